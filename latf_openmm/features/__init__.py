@@ -1,0 +1,241 @@
+"""Featurizers: TorchScript-compatible modules mapping positions (nm) to features.
+
+The same module computes features of saved trajectories (for training) and, later,
+inside an exported CV model that OpenMM runs, so the two can never disagree.
+
+A featurizer is described by a list of blocks (the ``[[features]]`` tables of a
+recipe); each block is a mapping with a ``kind``:
+
+``positions``
+    Cartesian components of atoms: ``atoms`` (mdtraj selection or index list),
+    ``components`` (subset of ``"xyz"``, default ``"xyz"``).
+``distances``
+    ``pairs`` (list of index pairs), or all pairs within ``atoms`` (selection or list).
+``dihedrals``
+    ``angles`` (names from ``phi``, ``psi``, ``omega``, ``chi1`` ... as mdtraj defines
+    them) or ``quadruplets`` (index lists); each angle gives sin and cos.
+``coordination``
+    Coordination number of each atom in ``atoms`` with the others in ``atoms``,
+    c_i = Σ_j (1 − (r_ij/r0)^n) / (1 − (r_ij/r0)^m); ``r0`` (nm), ``n``, ``m``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import mdtraj
+import numpy as np
+import openmm.app as app
+import torch
+
+from latf_openmm.errors import LatfError
+
+_COMPONENTS = {"x": 0, "y": 1, "z": 2}
+
+
+class Positions(torch.nn.Module):
+    """Selected Cartesian components of selected atoms."""
+
+    def __init__(self, atom_indices: Iterable[int], components: str = "xyz") -> None:
+        super().__init__()
+        atoms = [int(i) for i in atom_indices]
+        comps = [_COMPONENTS[c] for c in components]
+        self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
+        self.register_buffer("component_indices", torch.tensor(comps, dtype=torch.long))
+        self.names = [f"{c}{i}" for i in atoms for c in components]
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        selected = positions[..., self.atom_indices, :][..., self.component_indices]
+        return selected.flatten(start_dim=-2)
+
+
+class Distances(torch.nn.Module):
+    """Distances between atom pairs, nm."""
+
+    def __init__(self, pairs: Iterable[Iterable[int]]) -> None:
+        super().__init__()
+        pairs_t = torch.tensor([[int(i), int(j)] for i, j in pairs], dtype=torch.long).reshape(-1, 2)
+        self.register_buffer("pairs", pairs_t)
+        self.names = [f"d{i}-{j}" for i, j in pairs_t.tolist()]
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        delta = positions[..., self.pairs[:, 1], :] - positions[..., self.pairs[:, 0], :]
+        return torch.linalg.vector_norm(delta, dim=-1)
+
+
+class Dihedrals(torch.nn.Module):
+    """Dihedral angles as (sin, cos) pairs: sin of all angles, then cos of all angles."""
+
+    def __init__(self, quadruplets: Iterable[Iterable[int]], labels: list[str] | None = None) -> None:
+        super().__init__()
+        quads = torch.tensor([[int(i) for i in q] for q in quadruplets], dtype=torch.long).reshape(-1, 4)
+        self.register_buffer("quadruplets", quads)
+        labels = labels or ["dih" + "-".join(map(str, q)) for q in quads.tolist()]
+        self.names = [f"sin({a})" for a in labels] + [f"cos({a})" for a in labels]
+
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """Dihedral angles in radians, (-π, π], with mdtraj's sign convention."""
+        p = [positions[..., self.quadruplets[:, k], :] for k in range(4)]
+        b1, b2, b3 = p[1] - p[0], p[2] - p[1], p[3] - p[2]
+        n1 = torch.linalg.cross(b1, b2)
+        n2 = torch.linalg.cross(b2, b3)
+        y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)
+        x = (n1 * n2).sum(-1)
+        return torch.atan2(y, x)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        angle = self.angles(positions)
+        return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+
+
+class CoordinationNumbers(torch.nn.Module):
+    """Coordination number of each atom of a group with the rest of the group."""
+
+    def __init__(self, atom_indices: Iterable[int], r0: float, n: int = 6, m: int = 12) -> None:
+        super().__init__()
+        atoms = [int(i) for i in atom_indices]
+        if len(atoms) < 2:
+            raise LatfError("coordination numbers need at least two atoms")
+        if not (r0 > 0 and m > n > 0):
+            raise LatfError(f"coordination needs r0 > 0 and m > n > 0, got r0={r0}, n={n}, m={m}")
+        self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
+        self.r0, self.n, self.m = float(r0), int(n), int(m)
+        self.names = [f"cn{i}" for i in atoms]
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        group = positions[..., self.atom_indices, :]
+        delta = group.unsqueeze(-2) - group.unsqueeze(-3)
+        ratio = torch.linalg.vector_norm(delta, dim=-1) / self.r0
+        # (1 - x^n)/(1 - x^m) is n/m at x = 1; move x off the removable singularity.
+        near_one = (ratio - 1.0).abs() < 1e-6
+        ratio = torch.where(near_one, torch.full_like(ratio, 1.0 + 1e-6), ratio)
+        switch = (1.0 - ratio.pow(self.n)) / (1.0 - ratio.pow(self.m))
+        eye = torch.eye(group.shape[-2], dtype=torch.bool, device=group.device)
+        return torch.where(eye, torch.zeros_like(switch), switch).sum(-1)
+
+
+class Featurizer(torch.nn.Module):
+    """Concatenation of feature blocks: positions (..., n_atoms, 3) → features (..., n_features)."""
+
+    def __init__(self, blocks: list[torch.nn.Module], n_atoms: int) -> None:
+        super().__init__()
+        if not blocks:
+            raise LatfError("a featurizer needs at least one feature block")
+        self.blocks = torch.nn.ModuleList(blocks)
+        self.n_atoms = int(n_atoms)
+        self.names: list[str] = [name for block in blocks for name in block.names]
+
+    @property
+    def n_features(self) -> int:
+        """Number of output features."""
+        return len(self.names)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return torch.cat([block(positions) for block in self.blocks], dim=-1)
+
+    def transform(self, xyz: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Features of a trajectory array (n_frames, n_atoms, 3) in nm, computed in float64."""
+        xyz = np.asarray(xyz)
+        if xyz.ndim != 3 or xyz.shape[1:] != (self.n_atoms, 3):
+            raise LatfError(f"positions must have shape (n_frames, {self.n_atoms}, 3), got {xyz.shape}")
+        positions = torch.from_numpy(xyz).to(torch.float64)
+        with torch.no_grad():
+            out = [self(chunk) for chunk in positions.split(batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.n_features))
+
+
+def _as_mdtraj(topology: app.Topology | mdtraj.Topology) -> mdtraj.Topology:
+    return topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
+
+
+def _select(topology: mdtraj.Topology, atoms: Any, kind: str) -> list[int]:
+    if isinstance(atoms, str):
+        try:
+            indices = topology.select(atoms).tolist()
+        except Exception as exc:  # mdtraj raises several types for bad selections
+            raise LatfError(f"{kind} features: invalid atom selection {atoms!r}: {exc}") from exc
+    else:
+        indices = [int(i) for i in atoms]
+    if not indices:
+        raise LatfError(f"{kind} features: selection {atoms!r} matches no atoms")
+    bad = [i for i in indices if not 0 <= i < topology.n_atoms]
+    if bad:
+        raise LatfError(f"{kind} features: atom indices {bad} outside the topology's {topology.n_atoms} atoms")
+    return indices
+
+
+def _named_dihedrals(topology: mdtraj.Topology, names: list[str]) -> tuple[list[list[int]], list[str]]:
+    frame = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
+    quads: list[list[int]] = []
+    labels: list[str] = []
+    for name in names:
+        compute = getattr(mdtraj, f"compute_{name}", None)
+        if compute is None or name not in ("phi", "psi", "omega", "chi1", "chi2", "chi3", "chi4"):
+            raise LatfError(f"dihedral features: unknown angle {name!r}; use phi, psi, omega, chi1-chi4")
+        indices, _ = compute(frame)
+        if len(indices) == 0:
+            raise LatfError(f"dihedral features: the topology has no {name} angles")
+        for quad in indices.tolist():
+            quads.append(quad)
+            labels.append(f"{name}{topology.atom(quad[1]).residue.resSeq}")
+    return quads, labels
+
+
+def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Module:
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    allowed = {
+        "positions": {"atoms", "components"},
+        "distances": {"atoms", "pairs"},
+        "dihedrals": {"angles", "quadruplets"},
+        "coordination": {"atoms", "r0", "n", "m"},
+    }
+    if kind not in allowed:
+        raise LatfError(f"unknown feature kind {kind!r}; use one of {sorted(allowed)}")
+    unknown = set(spec) - allowed[kind]
+    if unknown:
+        raise LatfError(f"{kind} features: unknown keys {sorted(unknown)}; allowed {sorted(allowed[kind])}")
+    if kind == "positions":
+        components = spec.get("components", "xyz")
+        if not components or set(components) - set(_COMPONENTS):
+            raise LatfError(f"positions features: components must be letters of 'xyz', got {components!r}")
+        return Positions(_select(topology, spec.get("atoms", "all"), kind), components)
+    if kind == "distances":
+        if "pairs" in spec:
+            pairs = [list(p) for p in spec["pairs"]]
+            if any(len(p) != 2 for p in pairs):
+                raise LatfError("distances features: each pair needs two atom indices")
+            _select(topology, [i for p in pairs for i in p], kind)
+        else:
+            pairs = list(itertools.combinations(_select(topology, spec.get("atoms", "all"), kind), 2))
+        if not pairs:
+            raise LatfError("distances features: no atom pairs")
+        return Distances(pairs)
+    if kind == "dihedrals":
+        if "quadruplets" in spec:
+            quads = [list(q) for q in spec["quadruplets"]]
+            if not quads or any(len(q) != 4 for q in quads):
+                raise LatfError("dihedral features: each quadruplet needs four atom indices")
+            _select(topology, [i for q in quads for i in q], kind)
+            return Dihedrals(quads)
+        quads, labels = _named_dihedrals(topology, list(spec.get("angles", ["phi", "psi"])))
+        return Dihedrals(quads, labels)
+    return CoordinationNumbers(
+        _select(topology, spec.get("atoms", "all"), kind),
+        r0=float(spec.get("r0", 1.5)), n=int(spec.get("n", 6)), m=int(spec.get("m", 12)),
+    )
+
+
+def build_featurizer(
+    description: Iterable[Mapping[str, Any]], topology: app.Topology | mdtraj.Topology
+) -> Featurizer:
+    """Build a featurizer from its description and the topology it applies to."""
+    top = _as_mdtraj(topology)
+    return Featurizer([_block(spec, top) for spec in description], top.n_atoms)
+
+
+__all__ = [
+    "CoordinationNumbers", "Dihedrals", "Distances", "Featurizer", "Positions", "build_featurizer",
+]

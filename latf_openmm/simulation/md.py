@@ -1,0 +1,388 @@
+"""Unbiased Langevin MD with checkpoint/restart and atomic outputs.
+
+A run directory holds, when the run is complete::
+
+    trajectory.dcd | trajectory.xtc   frames (nm), readable by mdtraj with topology.pdb
+    topology.pdb                      topology and starting structure
+    timeseries.npz                    time (ps), step, potential_energy (kJ/mol),
+                                      temperature (K, instantaneous), features, feature_names
+    manifest.json                     written last: settings, seed, versions, timings
+
+While it runs, the frames live in ``partial/segment_NNNNNN.npz`` files. Each segment
+holds a block of frames *and* the OpenMM checkpoint taken right after its last frame,
+in one atomically written file, so data and checkpoint can never disagree. A killed
+run restarts from its last segment; the finished run gathers the segments into the
+final files and removes them. A complete run is recognised by its manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mdtraj
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+from tqdm.auto import tqdm
+
+from latf_openmm.errors import LatfError
+from latf_openmm.features import build_featurizer
+from latf_openmm.files import atomic_path, write_json, write_npz
+from latf_openmm.simulation.platforms import select_platform
+from latf_openmm.systems import MolecularSystem
+from latf_openmm.units import KB_KJ_PER_MOL_K
+from latf_openmm.versions import versions
+
+TRAJECTORY_FORMATS = ("dcd", "xtc")
+MANIFEST = "manifest.json"
+TIMESERIES = "timeseries.npz"
+TOPOLOGY = "topology.pdb"
+PARTIAL = "partial"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: its directory and manifest."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def trajectory(self) -> Path:
+        """Path of the trajectory file."""
+        return self.directory / self.manifest["files"]["trajectory"]
+
+    def load_timeseries(self) -> dict[str, np.ndarray]:
+        """The run's time series (time, step, energies, temperature, features)."""
+        with np.load(self.directory / TIMESERIES) as data:
+            return {key: data[key] for key in data.files}
+
+    def load_trajectory(self) -> mdtraj.Trajectory:
+        """The run's frames as an mdtraj trajectory."""
+        return mdtraj.load(str(self.trajectory), top=str(self.directory / TOPOLOGY))
+
+
+def seed_for(base_seed: int, index: int) -> int:
+    """Independent OpenMM seed (1 … 2³¹−1) for run ``index`` of a set started from ``base_seed``."""
+    state = np.random.SeedSequence([int(base_seed), int(index)]).generate_state(1)[0]
+    return int(state % (2**31 - 2)) + 1
+
+
+def degrees_of_freedom(system: openmm.System) -> int:
+    """Kinetic degrees of freedom: 3 per massive particle, less constraints and COM motion."""
+    dof = sum(3 for i in range(system.getNumParticles()) if system.getParticleMass(i) > 0 * u.dalton)
+    dof -= system.getNumConstraints()
+    if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
+        dof -= 3
+    return dof
+
+
+def simulate(
+    molsys: MolecularSystem,
+    temperature: float,
+    n_steps: int,
+    out_dir: str | Path,
+    *,
+    seed: int,
+    frame_interval: int | None = None,
+    timestep: float | None = None,
+    friction: float | None = None,
+    platform: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    trajectory_format: str = "dcd",
+    checkpoint_seconds: float = 60.0,
+    progress: bool = True,
+) -> RunResult:
+    """Run (or resume, or return the finished) Langevin MD of a system at one temperature.
+
+    Parameters
+    ----------
+    molsys
+        The system (see :func:`latf_openmm.systems.load_system`).
+    temperature
+        Temperature in K (for reduced-unit systems use ``molsys.to_kelvin``).
+    n_steps
+        Number of integration steps, a multiple of ``frame_interval``.
+    out_dir
+        Run directory; created if needed.
+    seed
+        Random seed (≥ 1) for initial velocities and the Langevin noise.
+    frame_interval, timestep, friction
+        Override the system's defaults (steps, ps, 1/ps).
+    platform, precision, threads
+        See :func:`latf_openmm.simulation.select_platform`; ``platform`` defaults to
+        the system's preferred platform, else CUDA when present, else CPU.
+    trajectory_format
+        ``"dcd"`` or ``"xtc"``.
+    checkpoint_seconds
+        Wall-clock seconds between checkpoints (0: after every frame).
+    progress
+        Show a progress bar with ns/day.
+
+    Returns
+    -------
+    RunResult
+    """
+    out_dir = Path(out_dir)
+    settings = _settings(molsys, temperature, n_steps, seed, frame_interval, timestep, friction,
+                         platform, precision, threads, trajectory_format)
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("settings") != settings:
+            raise LatfError(f"{out_dir} holds a finished run with other settings; choose a new output directory")
+        return RunResult(out_dir, manifest)
+
+    platform_obj, properties = select_platform(settings["platform"], precision, threads)
+    integrator = openmm.LangevinMiddleIntegrator(
+        settings["temperature_K"] * u.kelvin, settings["friction_per_ps"] / u.picosecond,
+        settings["timestep_ps"] * u.picoseconds,
+    )
+    integrator.setRandomNumberSeed(seed)
+    context = openmm.Context(molsys.system, integrator, platform_obj, properties)
+    segments = _Segments(out_dir / PARTIAL, settings)
+    frames_done = segments.frames_done()
+    if frames_done:
+        context.loadCheckpoint(segments.last_checkpoint())
+    else:
+        context.setPositions(molsys.positions * u.nanometer)
+        if molsys.topology.getPeriodicBoxVectors() is not None:
+            context.setPeriodicBoxVectors(*molsys.topology.getPeriodicBoxVectors())
+        if molsys.minimize:
+            openmm.LocalEnergyMinimizer.minimize(context)
+        context.setVelocitiesToTemperature(settings["temperature_K"] * u.kelvin, seed)
+
+    n_frames = n_steps // settings["frame_interval"]
+    dof = degrees_of_freedom(molsys.system)
+    periodic = molsys.system.usesPeriodicBoundaryConditions()
+    started = time.perf_counter()
+    bar = tqdm(total=n_steps, initial=frames_done * settings["frame_interval"], unit="step",
+               disable=not progress, desc=f"{molsys.name} {settings['temperature']:g} {settings['temperature_unit']}",
+               dynamic_ncols=True, mininterval=1.0)
+    buffer = _FrameBuffer()
+    last_flush = last_report = started
+    with bar:
+        for frame in range(frames_done, n_frames):
+            integrator.step(settings["frame_interval"])
+            state = context.getState(getPositions=True, getEnergy=True)
+            epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+            if not np.isfinite(epot):
+                step = (frame + 1) * settings["frame_interval"]
+                raise LatfError(
+                    f"simulation blew up by step {step} (t = {step * settings['timestep_ps']:g} ps): "
+                    f"the energy is not finite; reduce the timestep (now {settings['timestep_ps']} ps) "
+                    "or check the starting structure"
+                )
+            kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+            buffer.add(
+                state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
+                state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer) if periodic else None,
+                epot,
+                2 * kinetic / (dof * KB_KJ_PER_MOL_K) if dof else 0.0,
+            )
+            now = time.perf_counter()
+            if now - last_report >= 0.5 or frame + 1 == n_frames:
+                steps_now = (frame + 1 - frames_done) * settings["frame_interval"]
+                bar.update(frames_done * settings["frame_interval"] + steps_now - bar.n)
+                bar.set_postfix_str(_ns_per_day_text(steps_now, settings["timestep_ps"], now - started))
+                last_report = now
+            if frame + 1 == n_frames or now - last_flush >= checkpoint_seconds:
+                segments.write(buffer, frame + 1 - len(buffer), context.createCheckpoint())
+                buffer = _FrameBuffer()
+                last_flush = now
+    wall = time.perf_counter() - started
+    steps_run = (n_frames - frames_done) * settings["frame_interval"]
+    return _finish(molsys, out_dir, settings, segments, platform_obj, properties, wall, steps_run)
+
+
+def simulate_temperatures(
+    molsys: MolecularSystem,
+    temperatures: list[float],
+    n_steps: int,
+    out_dir: str | Path,
+    *,
+    seed: int,
+    **options: Any,
+) -> list[RunResult]:
+    """Independent runs at several temperatures (K), each with its own seed.
+
+    Run ``i`` goes to ``out_dir/<label>`` (``T0.75`` in reduced units, ``T300K`` in
+    kelvin) with seed :func:`seed_for` ``(seed, i)``; ``options`` go to :func:`simulate`.
+    """
+    if not temperatures:
+        raise LatfError("give at least one temperature")
+    labels = [run_label(molsys, t) for t in temperatures]
+    if len(set(labels)) != len(labels):
+        raise LatfError(f"temperatures must be distinct, got {labels}")
+    return [
+        simulate(molsys, t, n_steps, Path(out_dir) / label, seed=seed_for(seed, i), **options)
+        for i, (t, label) in enumerate(zip(temperatures, labels, strict=True))
+    ]
+
+
+def run_label(molsys: MolecularSystem, temperature: float) -> str:
+    """Folder name of a run at ``temperature`` (K): the user-facing temperature."""
+    shown = temperature * KB_KJ_PER_MOL_K if molsys.reduced_units else temperature
+    return f"T{shown:.6g}" + ("" if molsys.reduced_units else "K")
+
+
+def _ns_per_day_text(steps: int, timestep_ps: float, seconds: float) -> str:
+    if seconds <= 0:
+        return ""
+    return f"{steps * timestep_ps * 1e-3 * 86400 / seconds:.4g} ns/day"
+
+
+def _settings(molsys, temperature, n_steps, seed, frame_interval, timestep, friction, platform,
+              precision, threads, trajectory_format) -> dict[str, Any]:
+    temperature_k = float(temperature.value_in_unit(u.kelvin)) if u.is_quantity(temperature) else float(temperature)
+    if not np.isfinite(temperature_k) or temperature_k <= 0:
+        raise LatfError(f"temperature must be positive, got {temperature_k} K")
+    frame_interval = int(frame_interval or molsys.frame_interval)
+    timestep = float(timestep or molsys.timestep)
+    friction = float(molsys.friction if friction is None else friction)
+    if frame_interval < 1 or timestep <= 0 or friction < 0:
+        raise LatfError("frame_interval ≥ 1, timestep > 0 and friction ≥ 0 are required")
+    if int(n_steps) < frame_interval or int(n_steps) % frame_interval:
+        raise LatfError(f"steps ({n_steps}) must be a positive multiple of the frame interval ({frame_interval})")
+    if int(seed) < 1:
+        raise LatfError(f"seed must be a positive integer, got {seed}")
+    if trajectory_format not in TRAJECTORY_FORMATS:
+        raise LatfError(f"trajectory format must be one of {TRAJECTORY_FORMATS}, got {trajectory_format!r}")
+    platform_name = select_platform(platform or molsys.platform, precision, threads)[0].getName()
+    return {
+        "system": molsys.name,
+        "n_atoms": molsys.system.getNumParticles(),
+        "temperature_K": temperature_k,
+        "temperature": temperature_k * KB_KJ_PER_MOL_K if molsys.reduced_units else temperature_k,
+        "temperature_unit": molsys.temperature_unit,
+        "seed": int(seed),
+        "n_steps": int(n_steps),
+        "frame_interval": frame_interval,
+        "timestep_ps": timestep,
+        "friction_per_ps": friction,
+        "platform": platform_name,
+        "precision": precision,
+        "threads": threads,
+        "trajectory_format": trajectory_format,
+    }
+
+
+class _FrameBuffer:
+    """Frames collected since the last checkpoint."""
+
+    def __init__(self) -> None:
+        self.positions: list[np.ndarray] = []
+        self.boxes: list[np.ndarray] = []
+        self.energies: list[float] = []
+        self.temperatures: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def add(self, positions: np.ndarray, box: np.ndarray | None, energy: float, temperature: float) -> None:
+        self.positions.append(np.asarray(positions, dtype=np.float32))
+        if box is not None:
+            self.boxes.append(np.asarray(box, dtype=np.float32))
+        self.energies.append(energy)
+        self.temperatures.append(temperature)
+
+
+class _Segments:
+    """The ``partial/`` folder: blocks of frames, each with the checkpoint after its last frame."""
+
+    def __init__(self, folder: Path, settings: dict[str, Any]) -> None:
+        self.folder = folder
+        # n_steps may grow between attempts; everything else must match to resume.
+        self.identity = json.dumps({k: v for k, v in settings.items() if k != "n_steps"}, sort_keys=True)
+        self.paths = sorted(folder.glob("segment_*.npz")) if folder.is_dir() else []
+        for path in self.paths:
+            with np.load(path) as seg:
+                if str(seg["identity"]) != self.identity:
+                    raise LatfError(
+                        f"{folder} holds an unfinished run with other settings; "
+                        "rerun with the same settings to resume it, or choose a new output directory"
+                    )
+
+    def frames_done(self) -> int:
+        if not self.paths:
+            return 0
+        with np.load(self.paths[-1]) as seg:
+            return int(seg["first_frame"]) + len(seg["potential_energy"])
+
+    def last_checkpoint(self) -> bytes:
+        with np.load(self.paths[-1]) as seg:
+            return seg["checkpoint"].tobytes()
+
+    def write(self, buffer: _FrameBuffer, first_frame: int, checkpoint: bytes) -> None:
+        path = self.folder / f"segment_{len(self.paths):06d}.npz"
+        write_npz(
+            path,
+            identity=np.array(self.identity),
+            first_frame=np.array(first_frame),
+            positions=np.stack(buffer.positions),
+            boxes=np.stack(buffer.boxes) if buffer.boxes else np.zeros((0, 3, 3), np.float32),
+            potential_energy=np.array(buffer.energies),
+            temperature=np.array(buffer.temperatures),
+            checkpoint=np.frombuffer(checkpoint, dtype=np.uint8),
+        )
+        self.paths.append(path)
+
+    def gather(self) -> dict[str, np.ndarray]:
+        parts: dict[str, list[np.ndarray]] = {"positions": [], "boxes": [], "potential_energy": [], "temperature": []}
+        for path in self.paths:
+            with np.load(path) as seg:
+                for key, chunks in parts.items():
+                    chunks.append(seg[key])
+        return {key: np.concatenate(chunks) for key, chunks in parts.items()}
+
+
+def _finish(molsys, out_dir, settings, segments, platform, properties, wall, steps_run) -> RunResult:
+    data = segments.gather()
+    n_frames = len(data["potential_energy"])
+    steps = (np.arange(n_frames) + 1) * settings["frame_interval"]
+    times = steps * settings["timestep_ps"]
+    topology = mdtraj.Topology.from_openmm(molsys.topology)
+    trajectory = mdtraj.Trajectory(data["positions"], topology, time=times)
+    if len(data["boxes"]):
+        trajectory.unitcell_vectors = data["boxes"]
+    trajectory_name = f"trajectory.{settings['trajectory_format']}"
+    with atomic_path(out_dir / trajectory_name) as tmp:
+        trajectory.save(str(tmp))
+    with atomic_path(out_dir / TOPOLOGY) as tmp, open(tmp, "w") as handle:
+        app.PDBFile.writeFile(molsys.topology, molsys.positions * u.nanometer, handle)
+    featurizer = build_featurizer(molsys.features, topology) if molsys.features else None
+    features = featurizer.transform(data["positions"]) if featurizer else np.zeros((n_frames, 0))
+    write_npz(
+        out_dir / TIMESERIES,
+        time=times,
+        step=steps,
+        potential_energy=data["potential_energy"],
+        temperature=data["temperature"],
+        features=features.astype(np.float32),
+        feature_names=np.array(featurizer.names if featurizer else [], dtype=str),
+    )
+    manifest = {
+        "complete": True,
+        "settings": settings,
+        "system_description": molsys.description,
+        "recipe": molsys.recipe,
+        "n_frames": n_frames,
+        "features": molsys.features,
+        "platform_properties": properties,
+        "files": {"trajectory": trajectory_name, "topology": TOPOLOGY, "timeseries": TIMESERIES},
+        "wall_seconds_last_session": round(wall, 3),
+        "ns_per_day_last_session": (
+            steps_run * settings["timestep_ps"] * 1e-3 * 86400 / wall if wall > 0 and steps_run else None
+        ),
+        "versions": versions(),
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    shutil.rmtree(segments.folder, ignore_errors=True)
+    return RunResult(out_dir, manifest)
