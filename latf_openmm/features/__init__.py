@@ -38,6 +38,8 @@ _COMPONENTS = {"x": 0, "y": 1, "z": 2}
 class Positions(torch.nn.Module):
     """Selected Cartesian components of selected atoms."""
 
+    __jit_ignored_attributes__ = ["names"]  # noqa: RUF012  (metadata, not scripted)
+
     def __init__(self, atom_indices: Iterable[int], components: str = "xyz") -> None:
         super().__init__()
         atoms = [int(i) for i in atom_indices]
@@ -47,12 +49,14 @@ class Positions(torch.nn.Module):
         self.names = [f"{c}{i}" for i in atoms for c in components]
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        selected = positions[..., self.atom_indices, :][..., self.component_indices]
+        selected = positions.index_select(-2, self.atom_indices).index_select(-1, self.component_indices)
         return selected.flatten(start_dim=-2)
 
 
 class Distances(torch.nn.Module):
     """Distances between atom pairs, nm."""
+
+    __jit_ignored_attributes__ = ["names"]  # noqa: RUF012  (metadata, not scripted)
 
     def __init__(self, pairs: Iterable[Iterable[int]]) -> None:
         super().__init__()
@@ -61,12 +65,14 @@ class Distances(torch.nn.Module):
         self.names = [f"d{i}-{j}" for i, j in pairs_t.tolist()]
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        delta = positions[..., self.pairs[:, 1], :] - positions[..., self.pairs[:, 0], :]
+        delta = positions.index_select(-2, self.pairs[:, 1]) - positions.index_select(-2, self.pairs[:, 0])
         return torch.linalg.vector_norm(delta, dim=-1)
 
 
 class Dihedrals(torch.nn.Module):
     """Dihedral angles as (sin, cos) pairs: sin of all angles, then cos of all angles."""
+
+    __jit_ignored_attributes__ = ["names"]  # noqa: RUF012  (metadata, not scripted)
 
     def __init__(self, quadruplets: Iterable[Iterable[int]], labels: list[str] | None = None) -> None:
         super().__init__()
@@ -77,7 +83,7 @@ class Dihedrals(torch.nn.Module):
 
     def angles(self, positions: torch.Tensor) -> torch.Tensor:
         """Dihedral angles in radians, (-π, π], with mdtraj's sign convention."""
-        p = [positions[..., self.quadruplets[:, k], :] for k in range(4)]
+        p = [positions.index_select(-2, self.quadruplets[:, k]) for k in range(4)]
         b1, b2, b3 = p[1] - p[0], p[2] - p[1], p[3] - p[2]
         n1 = torch.linalg.cross(b1, b2)
         n2 = torch.linalg.cross(b2, b3)
@@ -93,6 +99,8 @@ class Dihedrals(torch.nn.Module):
 class CoordinationNumbers(torch.nn.Module):
     """Coordination number of each atom of a group with the rest of the group."""
 
+    __jit_ignored_attributes__ = ["names"]  # noqa: RUF012  (metadata, not scripted)
+
     def __init__(self, atom_indices: Iterable[int], r0: float, n: int = 6, m: int = 12) -> None:
         super().__init__()
         atoms = [int(i) for i in atom_indices]
@@ -105,7 +113,7 @@ class CoordinationNumbers(torch.nn.Module):
         self.names = [f"cn{i}" for i in atoms]
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        group = positions[..., self.atom_indices, :]
+        group = positions.index_select(-2, self.atom_indices)
         delta = group.unsqueeze(-2) - group.unsqueeze(-3)
         ratio = torch.linalg.vector_norm(delta, dim=-1) / self.r0
         # (1 - x^n)/(1 - x^m) is n/m at x = 1; move x off the removable singularity.
@@ -119,13 +127,16 @@ class CoordinationNumbers(torch.nn.Module):
 class Featurizer(torch.nn.Module):
     """Concatenation of feature blocks: positions (..., n_atoms, 3) → features (..., n_features)."""
 
+    __jit_ignored_attributes__ = ["names"]  # noqa: RUF012  (metadata, not scripted)
+    __jit_unused_properties__ = ["n_features"]  # noqa: RUF012
+
     def __init__(self, blocks: list[torch.nn.Module], n_atoms: int) -> None:
         super().__init__()
         if not blocks:
             raise LatfError("a featurizer needs at least one feature block")
         self.blocks = torch.nn.ModuleList(blocks)
         self.n_atoms = int(n_atoms)
-        self.names: list[str] = [name for block in blocks for name in block.names]
+        self.names = [name for block in blocks for name in block.names]
 
     @property
     def n_features(self) -> int:

@@ -173,16 +173,18 @@ def simulate(
             integrator.step(settings["frame_interval"])
             state = context.getState(getPositions=True, getEnergy=True)
             epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-            if not np.isfinite(epot):
+            with np.errstate(over="ignore", invalid="ignore"):
+                positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
+            if not (np.isfinite(epot) and np.isfinite(positions).all()):
                 step = (frame + 1) * settings["frame_interval"]
                 raise LatfError(
                     f"simulation blew up by step {step} (t = {step * settings['timestep_ps']:g} ps): "
-                    f"the energy is not finite; reduce the timestep (now {settings['timestep_ps']} ps) "
+                    f"energy or positions are not finite; reduce the timestep (now {settings['timestep_ps']} ps) "
                     "or check the starting structure"
                 )
             kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
             buffer.add(
-                state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
+                positions,
                 state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer) if periodic else None,
                 epot,
                 2 * kinetic / (dof * KB_KJ_PER_MOL_K) if dof else 0.0,
@@ -218,6 +220,8 @@ def simulate_temperatures(
     """
     if not temperatures:
         raise LatfError("give at least one temperature")
+    if int(seed) < 0:
+        raise LatfError(f"seed must be a non-negative integer, got {seed}")
     labels = [run_label(molsys, t) for t in temperatures]
     if len(set(labels)) != len(labels):
         raise LatfError(f"temperatures must be distinct, got {labels}")
@@ -287,7 +291,7 @@ class _FrameBuffer:
         return len(self.positions)
 
     def add(self, positions: np.ndarray, box: np.ndarray | None, energy: float, temperature: float) -> None:
-        self.positions.append(np.asarray(positions, dtype=np.float32))
+        self.positions.append(positions)
         if box is not None:
             self.boxes.append(np.asarray(box, dtype=np.float32))
         self.energies.append(energy)

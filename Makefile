@@ -1,0 +1,28 @@
+# Two entry points on a fresh machine (see README.md):
+#   make demo   set up .venv and run the main job on its built-in default
+#   make test   set up .venv and run the linters and the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/latf simulate --config workflows/threehole_md.toml
+	$(BIN)/latf fes runs/threehole_md --out runs/threehole_md/fes.png
+
+test: $(STAMP)
+	$(BIN)/ruff check latf_openmm tests bench
+	$(BIN)/python -m pytest -n 2 --durations=10
+
+bench: $(STAMP)
+	$(BIN)/python bench/md_speed.py

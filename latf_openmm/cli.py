@@ -1,0 +1,182 @@
+"""The ``latf`` command line.
+
+Every subcommand takes ``--config FILE.toml``: its keys are the subcommand's long
+options with ``_`` for ``-`` (``frame_interval = 3``); options given on the command
+line override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from latf_openmm.errors import LatfError
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # a bare string
+    return key.strip(), parsed
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="unbiased Langevin MD at one or more temperatures",
+        description="Unbiased Langevin MD (LangevinMiddleIntegrator) of a system at one or more "
+        "temperatures, each an independent run with its own seed. A killed run resumes from its "
+        "last checkpoint when the same command is run again.",
+    )
+    p.add_argument("--system", help="shipped system name (see 'latf systems') or a recipe .toml path")
+    p.add_argument("--system-arg", dest="system_args", action="append", type=_key_value, default=[],
+                   metavar="KEY=VALUE", help="builder option, e.g. start=extended for chignolin (repeatable)")
+    p.add_argument("--temperatures", nargs="+", type=float, metavar="T",
+                   help="temperatures: K, or k_BT/ε for reduced-unit systems (default: the recipe's)")
+    p.add_argument("--steps", type=int, help="integration steps per temperature (a multiple of the frame interval)")
+    p.add_argument("--out", help="output folder; each temperature gets a subfolder T<temperature>")
+    p.add_argument("--seed", type=int, default=1,
+                   help="base random seed (≥ 0); run i gets its own seed derived from it (default 1)")
+    p.add_argument("--frame-interval", type=int, help="steps between saved frames (default: the recipe's)")
+    p.add_argument("--timestep", type=float, help="integration time step, ps (default: the recipe's)")
+    p.add_argument("--friction", type=float, help="Langevin friction, 1/ps (default: the recipe's)")
+    p.add_argument("--platform", choices=["CUDA", "OpenCL", "CPU", "Reference"],
+                   help="OpenMM platform (default: the recipe's, else CUDA if present, else CPU)")
+    p.add_argument("--precision", choices=["single", "mixed", "double"], help="CUDA/OpenCL precision (default mixed)")
+    p.add_argument("--threads", type=int, help="CPU platform threads (default: OpenMM's choice)")
+    p.add_argument("--format", dest="trajectory_format", choices=["dcd", "xtc"], default="dcd",
+                   help="trajectory file format (default dcd)")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="wall-clock seconds between checkpoints (default 60)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from latf_openmm.simulation import simulate_temperatures
+    from latf_openmm.systems import load_system
+
+    molsys = load_system(args.system, **dict(args.system_args))
+    temperatures = (
+        [molsys.to_kelvin(t) for t in args.temperatures] if args.temperatures else list(molsys.temperatures)
+    )
+    results = simulate_temperatures(
+        molsys, temperatures, args.steps, args.out, seed=args.seed, frame_interval=args.frame_interval,
+        timestep=args.timestep, friction=args.friction, platform=args.platform, precision=args.precision,
+        threads=args.threads, trajectory_format=args.trajectory_format,
+        checkpoint_seconds=args.checkpoint_seconds, progress=args.progress,
+    )
+    for result in results:
+        settings = result.manifest["settings"]
+        rate = result.manifest.get("ns_per_day_last_session")
+        speed = f", {rate:.4g} ns/day" if rate else " (already complete)"
+        print(f"{result.directory}: {result.manifest['n_frames']} frames at "
+              f"{settings['temperature']:g} {settings['temperature_unit']}{speed}")
+    return 0
+
+
+def _add_fes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fes",
+        help="plot free-energy surfaces of finished runs",
+        description="Plot F = -k_B T ln p over two saved features for each finished run (one panel per "
+        "run) to a PNG, and write the surfaces to an .npz beside it.",
+    )
+    p.add_argument("runs", nargs="*", help="run folders, or folders of runs (as written by 'latf simulate')")
+    p.add_argument("--out", help="output PNG (default: <first run folder>/fes.png)")
+    p.add_argument("--features", nargs=2, default=["0", "1"], metavar=("X", "Y"),
+                   help="two features, by name or column index (default: 0 1)")
+    p.add_argument("--bins", type=int, default=60, help="histogram bins per dimension (default 60)")
+    p.set_defaults(handler=_fes, required=("runs",))
+
+
+def _fes(args: argparse.Namespace) -> int:
+    from latf_openmm.reports import plot_run_free_energies
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "fes.png"
+    if args.bins < 2:
+        raise LatfError(f"--bins must be at least 2, got {args.bins}")
+    plot_run_free_energies(args.runs, out, features=args.features, bins=args.bins)
+    print(f"wrote {out} and {out.with_suffix('.npz')}")
+    return 0
+
+
+def _add_systems(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("systems", help="list the shipped systems", description="List the shipped system recipes.")
+    p.set_defaults(handler=_systems, required=())
+
+
+def _systems(args: argparse.Namespace) -> int:
+    from latf_openmm.systems import available_systems
+
+    for name, description in available_systems().items():
+        print(f"{name:14s} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``latf`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="latf",
+        description="Learn CVs and temperature-dependent equilibrium distributions with SPIB/LaTF, "
+        "and drive OpenMM simulations with them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_systems, _add_simulate, _add_fes):
+        add(sub)
+    for subparser in sub.choices.values():
+        subparser.add_argument("--config", type=Path,
+                               help="TOML file of options (keys are long option names with _); "
+                               "command-line options override it")
+    return parser
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args
+    try:
+        config = tomllib.loads(args.config.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LatfError(f"cannot read config {args.config}: {exc}") from exc
+    subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    known = {a.dest for a in subparser._actions} - {"help", "config", "handler", "required"}
+    unknown = set(config) - known
+    if unknown:
+        raise LatfError(f"{args.config}: unknown option(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    if "system_args" in config:
+        config["system_args"] = list(dict(config["system_args"]).items())
+    subparser.set_defaults(**config)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``latf`` command line; returns the exit status."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _apply_config(parser, argv)
+        missing = [name for name in args.required if getattr(args, name) in (None, [])]
+        if missing:
+            flags = ", ".join(name if name == "runs" else f"--{name.replace('_', '-')}" for name in missing)
+            raise LatfError(f"{args.command}: missing {flags} (on the command line or in --config)")
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except LatfError as exc:
+        print(f"latf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("latf: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

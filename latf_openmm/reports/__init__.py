@@ -1,0 +1,140 @@
+"""Reports: free-energy surfaces and plots of finished runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latf_openmm.errors import LatfError
+from latf_openmm.files import atomic_path, write_npz
+from latf_openmm.simulation.md import MANIFEST, TIMESERIES
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+
+@dataclass(frozen=True)
+class FreeEnergySurface:
+    """F(s1, s2) = −k_B T ln p on a histogram grid, minimum set to zero; NaN where empty."""
+
+    free_energy: np.ndarray  # (n_bins, n_bins), kJ/mol (ε for reduced units)
+    x_edges: np.ndarray
+    y_edges: np.ndarray
+    temperature_K: float
+
+
+def free_energy_surface(
+    samples: np.ndarray,
+    temperature_K: float,
+    bins: int = 60,
+    weights: np.ndarray | None = None,
+    ranges: Sequence[Sequence[float]] | None = None,
+) -> FreeEnergySurface:
+    """Free-energy surface of 2-D samples at temperature ``temperature_K``.
+
+    Parameters
+    ----------
+    samples
+        (n, 2) array of CV values.
+    temperature_K
+        Temperature, K; F is in kJ/mol.
+    bins
+        Bins per dimension.
+    weights
+        Optional non-negative per-sample weights (e.g. reweighting factors).
+    ranges
+        ``[[xmin, xmax], [ymin, ymax]]``; default: the samples' extent.
+    """
+    samples = np.asarray(samples, dtype=float)
+    if samples.ndim != 2 or samples.shape[1] != 2 or len(samples) == 0:
+        raise LatfError(f"free-energy surface needs samples of shape (n, 2), got {samples.shape}")
+    if not np.isfinite(samples).all():
+        raise LatfError("free-energy surface: samples contain NaN or inf")
+    if weights is not None and (np.shape(weights) != (len(samples),) or np.any(np.asarray(weights) < 0)):
+        raise LatfError("free-energy surface: weights must be non-negative, one per sample")
+    hist, x_edges, y_edges = np.histogram2d(samples[:, 0], samples[:, 1], bins=bins, range=ranges,
+                                            weights=weights, density=True)
+    kt = KB_KJ_PER_MOL_K * temperature_K
+    with np.errstate(divide="ignore"):
+        free = -kt * np.log(hist)
+    free[~np.isfinite(free)] = np.nan
+    free -= np.nanmin(free)
+    return FreeEnergySurface(free, x_edges, y_edges, float(temperature_K))
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Finished run directories in ``paths`` (each a run or a folder of runs)."""
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if (path / MANIFEST).is_file():
+            runs.append(path)
+        elif path.is_dir():
+            runs.extend(sorted(p.parent for p in path.glob(f"*/{MANIFEST}")))
+        else:
+            raise LatfError(f"no such run directory: {path}")
+    if not runs:
+        raise LatfError(f"no finished runs (folders with {MANIFEST}) in {', '.join(map(str, paths))}")
+    return runs
+
+
+def plot_run_free_energies(
+    paths: Sequence[str | Path], out_png: str | Path, features: Sequence[str | int] = (0, 1), bins: int = 60
+) -> list[FreeEnergySurface]:
+    """Plot the free-energy surface of two features for each finished run, one panel per run.
+
+    Also writes the surfaces to ``out_png`` with suffix ``.npz``. Returns the surfaces.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(features) != 2:
+        raise LatfError(f"choose exactly two features to plot, got {list(features)}")
+    runs = find_runs(paths)
+    loaded = []
+    for run in runs:
+        manifest = json.loads((run / MANIFEST).read_text())
+        with np.load(run / TIMESERIES) as data:
+            names = [str(n) for n in data["feature_names"]]
+            columns = [_feature_column(f, names, run) for f in features]
+            loaded.append((manifest["settings"], data["features"][:, columns], [names[c] for c in columns]))
+    stacked = np.concatenate([samples for _, samples, _ in loaded])
+    ranges = [[stacked[:, k].min(), stacked[:, k].max()] for k in range(2)]
+    surfaces = [free_energy_surface(s, settings["temperature_K"], bins, ranges=ranges) for settings, s, _ in loaded]
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
+    for ax, surface, (settings, _, labels) in zip(axes[0], surfaces, loaded, strict=True):
+        unit = "ε" if settings["temperature_unit"] == "kT/eps" else "kJ/mol"
+        shown = f"{settings['temperature']:g} {'k_BT/ε' if unit == 'ε' else 'K'}"
+        mesh = ax.pcolormesh(surface.x_edges, surface.y_edges, surface.free_energy.T, cmap="viridis", shading="flat")
+        fig.colorbar(mesh, ax=ax, label=f"F ({unit})")
+        ax.set(xlabel=labels[0], ylabel=labels[1], title=f"{settings['system']}  T = {shown}")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    write_npz(
+        Path(out_png).with_suffix(".npz"),
+        free_energy=np.stack([s.free_energy for s in surfaces]),
+        x_edges=surfaces[0].x_edges,
+        y_edges=surfaces[0].y_edges,
+        temperature_K=np.array([s.temperature_K for s in surfaces]),
+        runs=np.array([str(r) for r in runs]),
+    )
+    return surfaces
+
+
+def _feature_column(feature: str | int, names: list[str], run: Path) -> int:
+    if isinstance(feature, int) or str(feature).isdigit():
+        index = int(feature)
+        if not 0 <= index < len(names):
+            raise LatfError(f"{run}: feature index {index} out of range (0..{len(names) - 1})")
+        return index
+    if feature not in names:
+        raise LatfError(f"{run}: no feature named {feature!r}; features are {', '.join(names)}")
+    return names.index(feature)
+
+
+__all__ = ["FreeEnergySurface", "find_runs", "free_energy_surface", "plot_run_free_energies"]

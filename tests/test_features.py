@@ -1,0 +1,81 @@
+"""Featurizers against mdtraj and direct formulas."""
+
+import mdtraj
+import numpy as np
+import pytest
+import torch
+
+from latf_openmm import LatfError, build_featurizer, load_system
+
+
+@pytest.fixture(scope="module")
+def ala2_frames(ala2_vacuum):
+    rng = np.random.default_rng(7)
+    xyz = ala2_vacuum.positions[None] + rng.normal(scale=0.03, size=(50, 22, 3))
+    return mdtraj.Trajectory(xyz.astype(np.float32), mdtraj.Topology.from_openmm(ala2_vacuum.topology))
+
+
+def test_distances_and_dihedrals_match_mdtraj(ala2_vacuum, ala2_frames):
+    featurizer = build_featurizer(ala2_vacuum.features, ala2_vacuum.topology)
+    features = featurizer.transform(ala2_frames.xyz)
+    _, phi = mdtraj.compute_phi(ala2_frames)
+    _, psi = mdtraj.compute_psi(ala2_frames)
+    angles = np.c_[phi, psi]
+    np.testing.assert_allclose(features[:, 0:2], np.sin(angles), atol=1e-5)
+    np.testing.assert_allclose(features[:, 2:4], np.cos(angles), atol=1e-5)
+    heavy = ala2_frames.topology.select("not element H")
+    pairs = np.array([(i, j) for k, i in enumerate(heavy) for j in heavy[k + 1:]])
+    assert len(pairs) == 45
+    np.testing.assert_allclose(features[:, 4:], mdtraj.compute_distances(ala2_frames, pairs), atol=1e-5)
+    assert featurizer.names[:4] == ["sin(phi2)", "sin(psi2)", "cos(phi2)", "cos(psi2)"]
+
+
+def test_dihedral_angles_signed_like_mdtraj(ala2_vacuum, ala2_frames):
+    indices, phi = mdtraj.compute_phi(ala2_frames)
+    featurizer = build_featurizer([{"kind": "dihedrals", "quadruplets": indices.tolist()}], ala2_vacuum.topology)
+    angles = featurizer.blocks[0].angles(torch.from_numpy(ala2_frames.xyz).double()).numpy()
+    np.testing.assert_allclose(angles, phi, atol=1e-5)
+
+
+def test_coordination_numbers_match_formula(rng):
+    lj7 = load_system("lj7")
+    featurizer = build_featurizer(lj7.features, lj7.topology)
+    xyz = lj7.positions[None] + rng.normal(scale=0.1, size=(20, 7, 3))
+    r = np.linalg.norm(xyz[:, :, None] - xyz[:, None], axis=-1) / 1.5
+    switch = (1 - r**8) / (1 - r**16)
+    expected = np.where(np.eye(7, dtype=bool), 0.0, switch).sum(-1)
+    np.testing.assert_allclose(featurizer.transform(xyz), expected, rtol=1e-10)
+    # at exactly r = r0 the switching function is n/m, not 0/0
+    on_r0 = np.zeros((1, 7, 3))
+    on_r0[0, 1, 0] = 1.5
+    on_r0[0, 2:, 0] = 100.0 + np.arange(5) * 10
+    assert featurizer.transform(on_r0)[0, 0] == pytest.approx(0.5, abs=1e-5)
+
+
+def test_featurizer_is_torchscriptable_and_dtype_preserving(ala2_vacuum, ala2_frames):
+    featurizer = build_featurizer(ala2_vacuum.features, ala2_vacuum.topology)
+    scripted = torch.jit.script(featurizer)
+    positions = torch.from_numpy(ala2_frames.xyz[0]).double()
+    out = scripted(positions)
+    assert out.dtype == torch.float64 and out.shape == (49,)
+    np.testing.assert_allclose(out.numpy(), featurizer.transform(ala2_frames.xyz[:1])[0], atol=1e-12)
+    positions.requires_grad_(True)
+    scripted(positions).sum().backward()
+    assert torch.isfinite(positions.grad).all()
+
+
+def test_bad_feature_descriptions(ala2_vacuum):
+    top = ala2_vacuum.topology
+    with pytest.raises(LatfError, match="unknown feature kind"):
+        build_featurizer([{"kind": "angles"}], top)
+    with pytest.raises(LatfError, match="matches no atoms"):
+        build_featurizer([{"kind": "distances", "atoms": "name XYZ"}], top)
+    with pytest.raises(LatfError, match="outside the topology"):
+        build_featurizer([{"kind": "distances", "pairs": [[0, 99]]}], top)
+    with pytest.raises(LatfError, match="unknown angle"):
+        build_featurizer([{"kind": "dihedrals", "angles": ["theta"]}], top)
+    with pytest.raises(LatfError, match="unknown keys"):
+        build_featurizer([{"kind": "positions", "atom": "all"}], top)
+    featurizer = build_featurizer([{"kind": "positions", "atoms": [0]}], top)
+    with pytest.raises(LatfError, match="shape"):
+        featurizer.transform(np.zeros((3, 5, 3)))
