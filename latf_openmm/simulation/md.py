@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ MANIFEST = "manifest.json"
 TIMESERIES = "timeseries.npz"
 TOPOLOGY = "topology.pdb"
 PARTIAL = "partial"
+_SEGMENT_FIELDS = ("first_frame", "positions", "boxes", "potential_energy", "temperature")
 
 
 @dataclass(frozen=True)
@@ -338,38 +341,60 @@ class _Segments:
         )
         self.paths.append(path)
 
-    def gather(self) -> dict[str, np.ndarray]:
-        parts: dict[str, list[np.ndarray]] = {"positions": [], "boxes": [], "potential_energy": [], "temperature": []}
+    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The segments' frames and time series, one segment at a time."""
         for path in self.paths:
             with np.load(path) as seg:
-                for key, chunks in parts.items():
-                    chunks.append(seg[key])
-        return {key: np.concatenate(chunks) for key, chunks in parts.items()}
+                yield {key: seg[key] for key in _SEGMENT_FIELDS}
+
+
+@contextmanager
+def _trajectory_writer(path: Path, trajectory_format: str) -> Iterator[Callable[[mdtraj.Trajectory], None]]:
+    """Yield a function that appends frames to a new DCD or XTC file (mdtraj's writers)."""
+    if trajectory_format == "dcd":
+        handle = mdtraj.formats.DCDTrajectoryFile(str(path), "w")
+
+        def write(frames: mdtraj.Trajectory) -> None:  # DCD stores Å
+            lengths = None if frames.unitcell_lengths is None else frames.unitcell_lengths * 10
+            handle.write(frames.xyz * 10, cell_lengths=lengths, cell_angles=frames.unitcell_angles)
+    else:
+        handle = mdtraj.formats.XTCTrajectoryFile(str(path), "w")
+
+        def write(frames: mdtraj.Trajectory) -> None:
+            handle.write(frames.xyz, time=frames.time, box=frames.unitcell_vectors)
+
+    with handle:
+        yield write
 
 
 def _finish(molsys, out_dir, settings, segments, platform, properties, wall, steps_run) -> RunResult:
-    data = segments.gather()
-    n_frames = len(data["potential_energy"])
-    steps = (np.arange(n_frames) + 1) * settings["frame_interval"]
-    times = steps * settings["timestep_ps"]
+    """Stream the segments into the final files, write the manifest last, drop the segments."""
     topology = mdtraj.Topology.from_openmm(molsys.topology)
-    trajectory = mdtraj.Trajectory(data["positions"], topology, time=times)
-    if len(data["boxes"]):
-        trajectory.unitcell_vectors = data["boxes"]
+    featurizer = build_featurizer(molsys.features, topology) if molsys.features else None
+    series: dict[str, list[np.ndarray]] = {"potential_energy": [], "temperature": [], "features": []}
     trajectory_name = f"trajectory.{settings['trajectory_format']}"
-    with atomic_path(out_dir / trajectory_name) as tmp:
-        trajectory.save(str(tmp))
+    with atomic_path(out_dir / trajectory_name) as tmp, _trajectory_writer(tmp, settings["trajectory_format"]) as write:
+        for chunk in segments.chunks():
+            steps = (int(chunk["first_frame"]) + 1 + np.arange(len(chunk["positions"]))) * settings["frame_interval"]
+            frames = mdtraj.Trajectory(chunk["positions"], topology, time=steps * settings["timestep_ps"])
+            if len(chunk["boxes"]):
+                frames.unitcell_vectors = chunk["boxes"]
+            write(frames)
+            series["potential_energy"].append(chunk["potential_energy"])
+            series["temperature"].append(chunk["temperature"])
+            if featurizer is not None:
+                series["features"].append(featurizer.transform(chunk["positions"]).astype(np.float32))
+    n_frames = sum(len(e) for e in series["potential_energy"])
+    steps = (np.arange(n_frames) + 1) * settings["frame_interval"]
     with atomic_path(out_dir / TOPOLOGY) as tmp, open(tmp, "w") as handle:
         app.PDBFile.writeFile(molsys.topology, molsys.positions * u.nanometer, handle)
-    featurizer = build_featurizer(molsys.features, topology) if molsys.features else None
-    features = featurizer.transform(data["positions"]) if featurizer else np.zeros((n_frames, 0))
     write_npz(
         out_dir / TIMESERIES,
-        time=times,
+        time=steps * settings["timestep_ps"],
         step=steps,
-        potential_energy=data["potential_energy"],
-        temperature=data["temperature"],
-        features=features.astype(np.float32),
+        potential_energy=np.concatenate(series["potential_energy"]),
+        temperature=np.concatenate(series["temperature"]),
+        features=np.concatenate(series["features"]) if featurizer else np.zeros((n_frames, 0), np.float32),
         feature_names=np.array(featurizer.names if featurizer else [], dtype=str),
     )
     manifest = {
