@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check latf_openmm tests bench
-	$(BIN)/python -m pytest -n 2 --durations=10
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python bench/md_speed.py

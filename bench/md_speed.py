@@ -53,8 +53,12 @@ def main() -> None:
         for platform in platforms:
             rate = steps_per_second(molsys, platform, args.threads, args.seconds)
             row = {
-                "system": name, "platform": platform, "threads": args.threads, "atoms": molsys.system.getNumParticles(),
-                "timestep_ps": molsys.timestep, "steps_per_s": round(rate, 1),
+                "system": name,
+                "platform": platform,
+                "threads": args.threads,
+                "atoms": molsys.system.getNumParticles(),
+                "timestep_ps": molsys.timestep,
+                "steps_per_s": round(rate, 1),
                 "ns_per_day": round(rate * molsys.timestep * 86400 * 1e-3, 2),
             }
             rows.append(row)

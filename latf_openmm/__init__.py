@@ -14,6 +14,15 @@ from latf_openmm.systems import MolecularSystem, available_systems, load_system
 __version__ = "0.1.0"
 
 __all__ = [
-    "Featurizer", "LatfError", "MolecularSystem", "RunResult", "__version__", "available_systems",
-    "build_featurizer", "load_system", "select_platform", "simulate", "simulate_temperatures",
+    "Featurizer",
+    "LatfError",
+    "MolecularSystem",
+    "RunResult",
+    "__version__",
+    "available_systems",
+    "build_featurizer",
+    "load_system",
+    "select_platform",
+    "simulate",
+    "simulate_temperatures",
 ]

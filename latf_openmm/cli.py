@@ -37,25 +37,50 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "last checkpoint when the same command is run again.",
     )
     p.add_argument("--system", help="shipped system name (see 'latf systems') or a recipe .toml path")
-    p.add_argument("--system-arg", dest="system_args", action="append", type=_key_value, default=[],
-                   metavar="KEY=VALUE", help="builder option, e.g. start=extended for chignolin (repeatable)")
-    p.add_argument("--temperatures", nargs="+", type=float, metavar="T",
-                   help="temperatures: K, or k_BT/ε for reduced-unit systems (default: the recipe's)")
+    p.add_argument(
+        "--system-arg",
+        dest="system_args",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder option, e.g. start=extended for chignolin (repeatable)",
+    )
+    p.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=float,
+        metavar="T",
+        help="temperatures: K, or k_BT/ε for reduced-unit systems (default: the recipe's)",
+    )
     p.add_argument("--steps", type=int, help="integration steps per temperature (a multiple of the frame interval)")
     p.add_argument("--out", help="output folder; each temperature gets a subfolder T<temperature>")
-    p.add_argument("--seed", type=int, default=1,
-                   help="base random seed (≥ 0); run i gets its own seed derived from it (default 1)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="base random seed (≥ 0); run i gets its own seed derived from it (default 1)",
+    )
     p.add_argument("--frame-interval", type=int, help="steps between saved frames (default: the recipe's)")
     p.add_argument("--timestep", type=float, help="integration time step, ps (default: the recipe's)")
     p.add_argument("--friction", type=float, help="Langevin friction, 1/ps (default: the recipe's)")
-    p.add_argument("--platform", choices=["CUDA", "OpenCL", "CPU", "Reference"],
-                   help="OpenMM platform (default: the recipe's, else CUDA if present, else CPU)")
+    p.add_argument(
+        "--platform",
+        choices=["CUDA", "OpenCL", "CPU", "Reference"],
+        help="OpenMM platform (default: the recipe's, else CUDA if present, else CPU)",
+    )
     p.add_argument("--precision", choices=["single", "mixed", "double"], help="CUDA/OpenCL precision (default mixed)")
     p.add_argument("--threads", type=int, help="CPU platform threads (default: OpenMM's choice)")
-    p.add_argument("--format", dest="trajectory_format", choices=["dcd", "xtc"], default="dcd",
-                   help="trajectory file format (default dcd)")
-    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
-                   help="wall-clock seconds between checkpoints (default 60)")
+    p.add_argument(
+        "--format",
+        dest="trajectory_format",
+        choices=["dcd", "xtc"],
+        default="dcd",
+        help="trajectory file format (default dcd)",
+    )
+    p.add_argument(
+        "--checkpoint-seconds", type=float, default=60.0, help="wall-clock seconds between checkpoints (default 60)"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
 
@@ -65,21 +90,31 @@ def _simulate(args: argparse.Namespace) -> int:
     from latf_openmm.systems import load_system
 
     molsys = load_system(args.system, **dict(args.system_args))
-    temperatures = (
-        [molsys.to_kelvin(t) for t in args.temperatures] if args.temperatures else list(molsys.temperatures)
-    )
+    temperatures = [molsys.to_kelvin(t) for t in args.temperatures] if args.temperatures else list(molsys.temperatures)
     results = simulate_temperatures(
-        molsys, temperatures, args.steps, args.out, seed=args.seed, frame_interval=args.frame_interval,
-        timestep=args.timestep, friction=args.friction, platform=args.platform, precision=args.precision,
-        threads=args.threads, trajectory_format=args.trajectory_format,
-        checkpoint_seconds=args.checkpoint_seconds, progress=args.progress,
+        molsys,
+        temperatures,
+        args.steps,
+        args.out,
+        seed=args.seed,
+        frame_interval=args.frame_interval,
+        timestep=args.timestep,
+        friction=args.friction,
+        platform=args.platform,
+        precision=args.precision,
+        threads=args.threads,
+        trajectory_format=args.trajectory_format,
+        checkpoint_seconds=args.checkpoint_seconds,
+        progress=args.progress,
     )
     for result in results:
         settings = result.manifest["settings"]
         rate = result.manifest.get("ns_per_day_last_session")
         speed = f", {rate:.4g} ns/day" if rate else " (already complete)"
-        print(f"{result.directory}: {result.manifest['n_frames']} frames at "
-              f"{settings['temperature']:g} {settings['temperature_unit']}{speed}")
+        print(
+            f"{result.directory}: {result.manifest['n_frames']} frames at "
+            f"{settings['temperature']:g} {settings['temperature_unit']}{speed}"
+        )
     return 0
 
 
@@ -92,8 +127,13 @@ def _add_fes(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", nargs="*", help="run folders, or folders of runs (as written by 'latf simulate')")
     p.add_argument("--out", help="output PNG (default: <first run folder>/fes.png)")
-    p.add_argument("--features", nargs=2, default=["0", "1"], metavar=("X", "Y"),
-                   help="two features, by name or column index (default: 0 1)")
+    p.add_argument(
+        "--features",
+        nargs=2,
+        default=["0", "1"],
+        metavar=("X", "Y"),
+        help="two features, by name or column index (default: 0 1)",
+    )
     p.add_argument("--bins", type=int, default=60, help="histogram bins per dimension (default 60)")
     p.set_defaults(handler=_fes, required=("runs",))
 
@@ -106,6 +146,97 @@ def _fes(args: argparse.Namespace) -> int:
         raise LatfError(f"--bins must be at least 2, got {args.bins}")
     plot_run_free_energies(args.runs, out, features=args.features, bins=args.bins)
     print(f"wrote {out} and {out.with_suffix('.npz')}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from latf_openmm.models import TrainingConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train a SPIB or LaTF model on trajectories of features",
+        description="Train SPIB (encoder → latent CV, decoder → future state, iterative label refinement) "
+        "or LaTF (SPIB, then joint training with a RealNVP flow onto a temperature-steered tilted Gaussian). "
+        "DATA are 'latf simulate' run folders (or folders of runs) or .npz files with 'features' "
+        "(n_traj, n_frames, n_features) or per-trajectory arrays, and optional 'labels', 'weights', 'temperatures'.",
+    )
+    p.add_argument("data", nargs="*", help="run folders or .npz files")
+    p.add_argument("--out", help="output model file (.pt)")
+    p.add_argument("--model", choices=["latf", "spib"], default="latf", help="what to train (default latf)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    for f in dataclasses.fields(TrainingConfig):
+        kind = {int: int, float: float, str: str}.get(type(f.default), float if "float" in str(f.type) else str)
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=kind,
+            default=f.default,
+            help=f"{f.metadata['help']} (default {f.default})",
+        )
+    p.set_defaults(handler=_train, required=("data", "out"))
+
+
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from latf_openmm.models import SPIB, LaTF, TrainingConfig, load_training_data
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LatfError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    config = TrainingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)})
+    data = load_training_data(args.data)
+    model = (LaTF if args.model == "latf" else SPIB)(config).fit(data)
+    model.save(args.out)
+    info = model.info
+    populations = ", ".join(f"{p:.3f}" for p in info["state_populations"])
+    print(
+        f"wrote {args.out}: {model.n_states} states (populations {populations}), "
+        f"{len(info['history'])} epochs in {info['train_seconds']:.1f} s"
+    )
+    return 0
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate latent samples, free energies and state populations at any temperature (LaTF)",
+        description="From a trained LaTF model, draw latent samples at each temperature, and write them with "
+        "the state populations and (for 2-D latents) the free-energy surface F(s; T) on a grid to an .npz; "
+        "optionally plot the surfaces.",
+    )
+    p.add_argument("model", nargs="?", help="model file written by 'latf train'")
+    p.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=float,
+        metavar="T",
+        help="temperatures, in the training data's unit (see the model's temperature_unit)",
+    )
+    p.add_argument("--n", type=int, default=100_000, help="samples per temperature (default 100000)")
+    p.add_argument("--out", help="output .npz")
+    p.add_argument("--plot", help="also plot the free-energy surfaces to this PNG")
+    p.add_argument("--bins", type=int, default=80, help="grid points per latent dimension (default 80)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(handler=_generate, required=("model", "temperatures", "out"))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+
+    from latf_openmm.generation import generate
+    from latf_openmm.models import LaTFModel, load_model
+
+    model = load_model(args.model)
+    if not isinstance(model, LaTFModel):
+        raise LatfError(f"{args.model} is a SPIB model; generation needs a LaTF model ('latf train --model latf')")
+    result = generate(model, args.temperatures, args.n, args.out, bins=args.bins, seed=args.seed, plot=args.plot)
+    print(json.dumps({"temperatures": args.temperatures, "state_populations": result["state_populations"].tolist()}))
     return 0
 
 
@@ -130,12 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and drive OpenMM simulations with them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_systems, _add_simulate, _add_fes):
+    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate):
         add(sub)
     for subparser in sub.choices.values():
-        subparser.add_argument("--config", type=Path,
-                               help="TOML file of options (keys are long option names with _); "
-                               "command-line options override it")
+        subparser.add_argument(
+            "--config",
+            type=Path,
+            help="TOML file of options (keys are long option names with _); command-line options override it",
+        )
     return parser
 
 

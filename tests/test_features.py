@@ -24,7 +24,7 @@ def test_distances_and_dihedrals_match_mdtraj(ala2_vacuum, ala2_frames):
     np.testing.assert_allclose(features[:, 0:2], np.sin(angles), atol=1e-5)
     np.testing.assert_allclose(features[:, 2:4], np.cos(angles), atol=1e-5)
     heavy = ala2_frames.topology.select("not element H")
-    pairs = np.array([(i, j) for k, i in enumerate(heavy) for j in heavy[k + 1:]])
+    pairs = np.array([(i, j) for k, i in enumerate(heavy) for j in heavy[k + 1 :]])
     assert len(pairs) == 45
     np.testing.assert_allclose(features[:, 4:], mdtraj.compute_distances(ala2_frames, pairs), atol=1e-5)
     assert featurizer.names[:4] == ["sin(phi2)", "sin(psi2)", "cos(phi2)", "cos(psi2)"]

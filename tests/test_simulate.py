@@ -14,24 +14,14 @@ import pytest
 
 from latf_openmm import LatfError, load_system, simulate, simulate_temperatures
 from latf_openmm.simulation import seed_for
-from latf_openmm.systems.builders import threehole_energy
+from latf_openmm.systems.builders import threehole_populations as threehole_quadrature
+from latf_openmm.systems.builders import threehole_well
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
 
 
-def threehole_quadrature(kt: float) -> np.ndarray:
-    """Exact left (x<0, y≤1) / top (y>1) / right populations by quadrature on a fine grid."""
-    grid = np.linspace(-3.5, 3.5, 1401)
-    x, y = np.meshgrid(grid, grid, indexing="ij")
-    weight = np.exp(-threehole_energy(x, y) / kt)
-    top = y > 1
-    return np.array([weight[~top & (x < 0)].sum(), weight[top].sum(), weight[~top & (x >= 0)].sum()]) / weight.sum()
-
-
 def wells(features: np.ndarray) -> np.ndarray:
-    x, y = features[:, 0], features[:, 1]
-    top = y > 1
-    return np.array([(~top & (x < 0)).mean(), top.mean(), (~top & (x >= 0)).mean()])
+    return np.bincount(threehole_well(features), minlength=3) / len(features)
 
 
 def test_quadrature_reference_values():
@@ -88,11 +78,26 @@ def _cli(*args, **kwargs):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_frames(tmp_path):
-    args = ["simulate", "--system", "threehole", "--temperatures", "0.75", "--steps", 900_000, "--seed", 5,
-            "--platform", "Reference", "--checkpoint-seconds", 0.05, "--no-progress"]
+    args = [
+        "simulate",
+        "--system",
+        "threehole",
+        "--temperatures",
+        "0.75",
+        "--steps",
+        900_000,
+        "--seed",
+        5,
+        "--platform",
+        "Reference",
+        "--checkpoint-seconds",
+        0.05,
+        "--no-progress",
+    ]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*LATF, *map(str, args), "--out", killed], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*LATF, *map(str, args), "--out", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     partial = killed / "T0.75" / "partial"
     deadline = time.time() + 120
     while len(list(partial.glob("segment_*.npz"))) < 3 and time.time() < deadline and proc.poll() is None:
@@ -118,8 +123,24 @@ def test_killed_run_resumes_to_the_uninterrupted_frames(tmp_path):
 
 
 def test_blow_up_is_reported_and_earlier_output_kept(tmp_path):
-    result = _cli("simulate", "--system", "lj7", "--temperatures", "0.5", "--steps", 20000, "--timestep", 0.2,
-                  "--frame-interval", 1, "--checkpoint-seconds", 0, "--no-progress", "--out", tmp_path)
+    result = _cli(
+        "simulate",
+        "--system",
+        "lj7",
+        "--temperatures",
+        "0.5",
+        "--steps",
+        20000,
+        "--timestep",
+        0.2,
+        "--frame-interval",
+        1,
+        "--checkpoint-seconds",
+        0,
+        "--no-progress",
+        "--out",
+        tmp_path,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "blew up" in lines[0] and "reduce the timestep" in lines[0]
@@ -148,8 +169,10 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
 
 def test_config_file_and_fes_plot(tmp_path):
     config = tmp_path / "md.toml"
-    config.write_text(f'system = "threehole"\ntemperatures = [0.75, 1.0]\nsteps = 30000\nout = "{tmp_path / "md"}"\n'
-                      "seed = 4\nprogress = false\n")
+    config.write_text(
+        f'system = "threehole"\ntemperatures = [0.75, 1.0]\nsteps = 30000\nout = "{tmp_path / "md"}"\n'
+        "seed = 4\nprogress = false\n"
+    )
     result = _cli("simulate", "--config", config, "--steps", 3000)  # command line overrides the file
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "md/T1/manifest.json").read_text())["settings"]["n_steps"] == 3000

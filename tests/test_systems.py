@@ -18,12 +18,12 @@ KJ = u.kilojoule_per_mole
 
 
 def _energy_forces(molsys, positions, groups=-1):
-    context = openmm.Context(molsys.system, openmm.VerletIntegrator(0.001),
-                             openmm.Platform.getPlatformByName("Reference"))
+    context = openmm.Context(
+        molsys.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
     context.setPositions(positions)
     state = context.getState(getEnergy=True, getForces=True, groups=groups)
-    return (state.getPotentialEnergy().value_in_unit(KJ),
-            state.getForces(asNumpy=True).value_in_unit(KJ / u.nanometer))
+    return (state.getPotentialEnergy().value_in_unit(KJ), state.getForces(asNumpy=True).value_in_unit(KJ / u.nanometer))
 
 
 def test_reduced_units_mapping():
@@ -76,8 +76,9 @@ def test_lj7_wall_holds_an_escaping_particle():
 def test_alanine_dipeptide_is_finite_and_runs(name):
     molsys = load_system(name)
     assert molsys.system.getNumParticles() == 22
-    assert any(isinstance(f, openmm.GBSAOBCForce) or isinstance(f, openmm.CustomGBForce)
-               for f in molsys.system.getForces()) == (name == "ala2_obc2")
+    assert any(
+        isinstance(f, openmm.GBSAOBCForce) or isinstance(f, openmm.CustomGBForce) for f in molsys.system.getForces()
+    ) == (name == "ala2_obc2")
     integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
     context = openmm.Context(molsys.system, integrator, openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(molsys.positions)

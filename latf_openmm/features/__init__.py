@@ -235,18 +235,23 @@ def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Modul
         return Dihedrals(quads, labels)
     return CoordinationNumbers(
         _select(topology, spec.get("atoms", "all"), kind),
-        r0=float(spec.get("r0", 1.5)), n=int(spec.get("n", 6)), m=int(spec.get("m", 12)),
+        r0=float(spec.get("r0", 1.5)),
+        n=int(spec.get("n", 6)),
+        m=int(spec.get("m", 12)),
     )
 
 
-def build_featurizer(
-    description: Iterable[Mapping[str, Any]], topology: app.Topology | mdtraj.Topology
-) -> Featurizer:
+def build_featurizer(description: Iterable[Mapping[str, Any]], topology: app.Topology | mdtraj.Topology) -> Featurizer:
     """Build a featurizer from its description and the topology it applies to."""
     top = _as_mdtraj(topology)
     return Featurizer([_block(spec, top) for spec in description], top.n_atoms)
 
 
 __all__ = [
-    "CoordinationNumbers", "Dihedrals", "Distances", "Featurizer", "Positions", "build_featurizer",
+    "CoordinationNumbers",
+    "Dihedrals",
+    "Distances",
+    "Featurizer",
+    "Positions",
+    "build_featurizer",
 ]

@@ -54,8 +54,9 @@ def free_energy_surface(
         raise LatfError("free-energy surface: samples contain NaN or inf")
     if weights is not None and (np.shape(weights) != (len(samples),) or np.any(np.asarray(weights) < 0)):
         raise LatfError("free-energy surface: weights must be non-negative, one per sample")
-    hist, x_edges, y_edges = np.histogram2d(samples[:, 0], samples[:, 1], bins=bins, range=ranges,
-                                            weights=weights, density=True)
+    hist, x_edges, y_edges = np.histogram2d(
+        samples[:, 0], samples[:, 1], bins=bins, range=ranges, weights=weights, density=True
+    )
     kt = KB_KJ_PER_MOL_K * temperature_K
     with np.errstate(divide="ignore"):
         free = -kt * np.log(hist)

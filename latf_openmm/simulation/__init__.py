@@ -11,6 +11,12 @@ from latf_openmm.simulation.md import (
 from latf_openmm.simulation.platforms import available_platforms, select_platform
 
 __all__ = [
-    "RunResult", "available_platforms", "degrees_of_freedom", "run_label", "seed_for",
-    "select_platform", "simulate", "simulate_temperatures",
+    "RunResult",
+    "available_platforms",
+    "degrees_of_freedom",
+    "run_label",
+    "seed_for",
+    "select_platform",
+    "simulate",
+    "simulate_temperatures",
 ]

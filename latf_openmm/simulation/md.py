@@ -134,8 +134,19 @@ def simulate(
     RunResult
     """
     out_dir = Path(out_dir)
-    settings = _settings(molsys, temperature, n_steps, seed, frame_interval, timestep, friction,
-                         platform, precision, threads, trajectory_format)
+    settings = _settings(
+        molsys,
+        temperature,
+        n_steps,
+        seed,
+        frame_interval,
+        timestep,
+        friction,
+        platform,
+        precision,
+        threads,
+        trajectory_format,
+    )
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -145,7 +156,8 @@ def simulate(
 
     platform_obj, properties = select_platform(settings["platform"], precision, threads)
     integrator = openmm.LangevinMiddleIntegrator(
-        settings["temperature_K"] * u.kelvin, settings["friction_per_ps"] / u.picosecond,
+        settings["temperature_K"] * u.kelvin,
+        settings["friction_per_ps"] / u.picosecond,
         settings["timestep_ps"] * u.picoseconds,
     )
     integrator.setRandomNumberSeed(seed)
@@ -166,9 +178,15 @@ def simulate(
     dof = degrees_of_freedom(molsys.system)
     periodic = molsys.system.usesPeriodicBoundaryConditions()
     started = time.perf_counter()
-    bar = tqdm(total=n_steps, initial=frames_done * settings["frame_interval"], unit="step",
-               disable=not progress, desc=f"{molsys.name} {settings['temperature']:g} {settings['temperature_unit']}",
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=n_steps,
+        initial=frames_done * settings["frame_interval"],
+        unit="step",
+        disable=not progress,
+        desc=f"{molsys.name} {settings['temperature']:g} {settings['temperature_unit']}",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     buffer = _FrameBuffer()
     last_flush = last_report = started
     with bar:
@@ -246,8 +264,19 @@ def _ns_per_day_text(steps: int, timestep_ps: float, seconds: float) -> str:
     return f"{steps * timestep_ps * 1e-3 * 86400 / seconds:.4g} ns/day"
 
 
-def _settings(molsys, temperature, n_steps, seed, frame_interval, timestep, friction, platform,
-              precision, threads, trajectory_format) -> dict[str, Any]:
+def _settings(
+    molsys,
+    temperature,
+    n_steps,
+    seed,
+    frame_interval,
+    timestep,
+    friction,
+    platform,
+    precision,
+    threads,
+    trajectory_format,
+) -> dict[str, Any]:
     temperature_k = float(temperature.value_in_unit(u.kelvin)) if u.is_quantity(temperature) else float(temperature)
     if not np.isfinite(temperature_k) or temperature_k <= 0:
         raise LatfError(f"temperature must be positive, got {temperature_k} K")

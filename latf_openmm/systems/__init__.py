@@ -47,8 +47,17 @@ BUILDERS: dict[str, Callable[..., builders.Built]] = {
 }
 
 _RECIPE_KEYS = {
-    "builder", "description", "reduced_units", "temperatures", "timestep", "friction",
-    "frame_interval", "minimize", "features", "args", "platform",
+    "builder",
+    "description",
+    "reduced_units",
+    "temperatures",
+    "timestep",
+    "friction",
+    "frame_interval",
+    "minimize",
+    "features",
+    "args",
+    "platform",
 }
 
 
@@ -212,5 +221,4 @@ def _read_recipe(path: Path) -> dict[str, Any]:
         raise LatfError(f"cannot read recipe {path}: {exc}") from exc
 
 
-__all__ = ["BUILDERS", "MolecularSystem", "available_systems", "find_recipe", "load_system",
-           "system_from_recipe"]
+__all__ = ["BUILDERS", "MolecularSystem", "available_systems", "find_recipe", "load_system", "system_from_recipe"]

@@ -40,13 +40,35 @@ class Built(NamedTuple):
 def threehole_energy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Three-hole potential V(x, y) in reduced units (ε)."""
     return (
-        3 * np.exp(-x**2 - (y - 1 / 3) ** 2)
-        - 3 * np.exp(-x**2 - (y - 5 / 3) ** 2)
+        3 * np.exp(-(x**2) - (y - 1 / 3) ** 2)
+        - 3 * np.exp(-(x**2) - (y - 5 / 3) ** 2)
         - 5 * np.exp(-((x - 1) ** 2) - y**2)
         - 5 * np.exp(-((x + 1) ** 2) - y**2)
         + 0.2 * x**4
         + 0.2 * (y - 1 / 3) ** 4
     )
+
+
+#: Names of the three-hole wells, in the order of :func:`threehole_well`'s indices.
+THREE_HOLE_WELLS = ("left", "top", "right")
+
+
+def threehole_well(xy: np.ndarray) -> np.ndarray:
+    """Well index of points (n, 2): 0 left (x < 0, y ≤ 1), 1 top (y > 1), 2 right (x ≥ 0, y ≤ 1)."""
+    xy = np.asarray(xy)
+    return np.select([xy[:, 1] > 1, xy[:, 0] < 0], [1, 0], 2)
+
+
+def threehole_populations(kt: float, n_grid: int = 1401) -> np.ndarray:
+    """Exact left / top / right well populations at k_BT = ``kt`` (ε), by quadrature on a grid.
+
+    0.462 / 0.077 / 0.462 at k_BT = 0.75; 0.439 / 0.121 / 0.440 at k_BT = 1.
+    """
+    axis = np.linspace(-3.5, 3.5, n_grid)
+    x, y = np.meshgrid(axis, axis, indexing="ij")
+    weight = np.exp(-threehole_energy(x, y) / kt).ravel()
+    wells = threehole_well(np.stack([x.ravel(), y.ravel()], axis=1))
+    return np.bincount(wells, weights=weight, minlength=3) / weight.sum()
 
 
 def _planar_topology(n_particles: int, residue: str, element_symbol: str) -> app.Topology:
@@ -187,8 +209,16 @@ CHIGNOLIN_SEQUENCE = "GYDPETGTWG"
 # Backbone (phi, psi) in degrees for the folded β-hairpin: strands G1-D3 and T8-G10,
 # with the D3-P4-E5-T6-G7 turn closed by the Y2/W9 and D3/T8 cross-strand pairs.
 _CHIGNOLIN_HAIRPIN = [
-    (-140.0, 150.0), (-130.0, 140.0), (-120.0, 110.0), (-60.0, -30.0), (-90.0, 0.0),
-    (-100.0, 10.0), (80.0, 20.0), (-120.0, 140.0), (-130.0, 140.0), (-140.0, 150.0),
+    (-140.0, 150.0),
+    (-130.0, 140.0),
+    (-120.0, 110.0),
+    (-60.0, -30.0),
+    (-90.0, 0.0),
+    (-100.0, 10.0),
+    (80.0, 20.0),
+    (-120.0, 140.0),
+    (-130.0, 140.0),
+    (-140.0, 150.0),
 ]
 _CHIGNOLIN_CROSS_STRAND = [(1, 8), (2, 7), (0, 9)]  # residue index pairs brought together
 
@@ -257,9 +287,7 @@ def _relax(
         for i, j in ca_pairs:
             restraint.addBond(ca[i], ca[j], [])
         system.addForce(restraint)
-    context = openmm.Context(
-        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU")
-    )
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
     context.setPositions(positions)
     openmm.LocalEnergyMinimizer.minimize(context, 1.0, 2000)
     if ca_pairs:
@@ -358,7 +386,19 @@ def _nm(positions) -> np.ndarray:
 
 
 __all__ = [
-    "CHIGNOLIN_SEQUENCE", "CONFINEMENT_GROUP", "THREE_HOLE_EXPRESSION", "Built",
-    "alanine_dipeptide", "chignolin", "from_amber", "from_pdb", "from_xml", "lj7",
-    "threehole", "threehole_energy",
+    "CHIGNOLIN_SEQUENCE",
+    "CONFINEMENT_GROUP",
+    "THREE_HOLE_EXPRESSION",
+    "THREE_HOLE_WELLS",
+    "Built",
+    "alanine_dipeptide",
+    "chignolin",
+    "from_amber",
+    "from_pdb",
+    "from_xml",
+    "lj7",
+    "threehole",
+    "threehole_energy",
+    "threehole_populations",
+    "threehole_well",
 ]

@@ -1,0 +1,79 @@
+"""Generate latent samples, free-energy surfaces and state populations at chosen temperatures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from latf_openmm.errors import LatfError
+from latf_openmm.files import atomic_path, write_npz
+from latf_openmm.models import LaTFModel
+
+
+def generate(
+    model: LaTFModel,
+    temperatures: Sequence[float],
+    n: int,
+    out: str | Path,
+    bins: int = 80,
+    seed: int = 0,
+    plot: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Samples, state populations and (d ≤ 2) free energies of ``model`` at each temperature.
+
+    Writes an ``.npz`` with ``temperatures``, ``samples`` (n_T, n, d), ``state_populations``
+    (n_T, n_states) and, for d ≤ 2, ``grid`` (one axis per latent dimension) and
+    ``free_energy`` (n_T, bins[, bins]; see :meth:`LaTFModel.free_energy` for units).
+    Returns the same arrays.
+    """
+    if not len(temperatures):
+        raise LatfError("give at least one temperature")
+    if n < 1 or bins < 2:
+        raise LatfError(f"need n ≥ 1 samples and bins ≥ 2, got n={n}, bins={bins}")
+    samples = np.stack([model.sample(t, n, seed + i) for i, t in enumerate(temperatures)])
+    populations = np.stack([np.bincount(model.latent_state(s), minlength=model.n_states) / n for s in samples])
+    result: dict[str, np.ndarray] = {
+        "temperatures": np.asarray(temperatures, dtype=float),
+        "samples": samples,
+        "state_populations": populations,
+        "temperature_unit": np.array(model.info.get("temperature_unit", "")),
+    }
+    if model.latent_dim <= 2:
+        flat = samples.reshape(-1, model.latent_dim)
+        low, high = np.percentile(flat, 0.1, axis=0), np.percentile(flat, 99.9, axis=0)
+        pad = 0.1 * (high - low)
+        axes = [np.linspace(lo, hi, bins) for lo, hi in zip(low - pad, high + pad, strict=True)]
+        mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, model.latent_dim)
+        result["grid"] = np.stack(axes)
+        result["free_energy"] = np.stack(
+            [model.free_energy(mesh, t).reshape((bins,) * model.latent_dim) for t in temperatures]
+        )
+    write_npz(out, **result)
+    if plot is not None:
+        if model.latent_dim != 2:
+            raise LatfError("free-energy plots need a 2-D latent space")
+        _plot(result, plot)
+    return result
+
+
+def _plot(result: dict[str, np.ndarray], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temps = result["temperatures"]
+    fig, axes = plt.subplots(1, len(temps), figsize=(4.2 * len(temps), 3.6), squeeze=False)
+    x, y = result["grid"]
+    for ax, t, free in zip(axes[0], temps, result["free_energy"], strict=True):
+        shown = free - free.min()
+        cap = np.percentile(shown, 60)
+        mesh = ax.pcolormesh(x, y, np.minimum(shown, cap).T, cmap="viridis", shading="nearest")
+        fig.colorbar(mesh, ax=ax, label="F − F_min")
+        ax.set(xlabel="s1", ylabel="s2", title=f"T = {t:g} {result['temperature_unit']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,230 @@
+"""Training data: per-trajectory features with optional labels, weights and temperatures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latf_openmm.errors import LatfError
+
+
+@dataclass
+class TrainingData:
+    """Trajectories of features, validated.
+
+    Attributes
+    ----------
+    features
+        One (n_frames_i, n_features) float array per trajectory.
+    labels
+        Optional initial state per frame (non-negative integers), one array per trajectory.
+    weights
+        Optional non-negative data weight per frame (e.g. reweighting factors of biased runs).
+    temperatures
+        Optional temperature of each trajectory (any unit, used consistently).
+    temperature_unit
+        Unit of ``temperatures`` (``"K"``, ``"kT/eps"`` or ``""`` when unknown).
+    feature_names
+        Name of each feature column.
+    """
+
+    features: list[np.ndarray]
+    labels: list[np.ndarray] | None = None
+    weights: list[np.ndarray] | None = None
+    temperatures: np.ndarray | None = None
+    temperature_unit: str = ""
+    feature_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, np.ndarray) and self.features.ndim == 3:
+            self.features = list(self.features)
+        if not len(self.features):
+            raise LatfError("training data holds no trajectories")
+        self.features = [np.asarray(f, dtype=np.float64) for f in self.features]
+        n_features = self.features[0].shape[-1] if self.features[0].ndim == 2 else None
+        for i, traj in enumerate(self.features):
+            if traj.ndim != 2 or traj.shape[1] != n_features:
+                raise LatfError(
+                    f"features of trajectory {i} have shape {traj.shape}; every trajectory needs "
+                    f"(n_frames, {n_features})"
+                )
+            if not np.isfinite(traj).all():
+                bad = np.argwhere(~np.isfinite(traj))[0]
+                raise LatfError(
+                    f"features of trajectory {i} contain NaN or inf (first at frame {bad[0]}, column {bad[1]})"
+                )
+        lengths = [len(f) for f in self.features]
+        self.labels = self._per_frame(self.labels, "labels", lengths, np.int64)
+        self.weights = self._per_frame(self.weights, "weights", lengths, np.float64)
+        if self.labels is not None and any(np.any(lab < 0) for lab in self.labels):
+            raise LatfError("labels must be non-negative integers")
+        if self.labels is not None and len(np.unique(np.concatenate(self.labels))) < 2:
+            raise LatfError("the initial labels hold a single state; SPIB needs at least two")
+        if self.weights is not None:
+            flat = np.concatenate(self.weights)
+            if not np.isfinite(flat).all() or np.any(flat < 0):
+                raise LatfError("weights must be finite and non-negative")
+            if flat.sum() <= 0:
+                raise LatfError("weights are all zero")
+        if self.temperatures is not None:
+            self.temperatures = np.asarray(self.temperatures, dtype=np.float64).reshape(-1)
+            if len(self.temperatures) != len(self.features):
+                raise LatfError(
+                    f"{len(self.temperatures)} temperatures for {len(self.features)} trajectories; "
+                    "give one per trajectory"
+                )
+            if not np.isfinite(self.temperatures).all() or np.any(self.temperatures <= 0):
+                raise LatfError(f"temperatures must be positive, got {self.temperatures.tolist()}")
+        if self.feature_names is None:
+            self.feature_names = [f"f{i}" for i in range(n_features)]
+        elif len(self.feature_names) != n_features:
+            raise LatfError(f"{len(self.feature_names)} feature names for {n_features} features")
+
+    @staticmethod
+    def _per_frame(arrays, name: str, lengths: list[int], dtype) -> list[np.ndarray] | None:
+        if arrays is None:
+            return None
+        if isinstance(arrays, np.ndarray) and arrays.ndim == 2:
+            arrays = list(arrays)
+        if len(arrays) != len(lengths):
+            raise LatfError(f"{name}: {len(arrays)} arrays for {len(lengths)} trajectories")
+        out = []
+        for i, (values, n) in enumerate(zip(arrays, lengths, strict=True)):
+            values = np.asarray(values)
+            if values.shape != (n,):
+                raise LatfError(f"{name} of trajectory {i} have shape {values.shape}; expected ({n},), one per frame")
+            if dtype is np.int64 and not np.issubdtype(values.dtype, np.integer):
+                if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+                    raise LatfError(f"{name} of trajectory {i} must be integers")
+            out.append(values.astype(dtype))
+        return out
+
+    @property
+    def n_features(self) -> int:
+        """Number of feature columns."""
+        return self.features[0].shape[1]
+
+    @property
+    def lengths(self) -> list[int]:
+        """Frames per trajectory."""
+        return [len(f) for f in self.features]
+
+    def digest(self) -> str:
+        """SHA-256 of the data (features, labels, weights, temperatures), for provenance."""
+        sha = hashlib.sha256()
+        for group in (self.features, self.labels or [], self.weights or []):
+            for array in group:
+                sha.update(np.ascontiguousarray(array).tobytes())
+        if self.temperatures is not None:
+            sha.update(self.temperatures.tobytes())
+        return sha.hexdigest()
+
+
+def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
+    """Load training data from ``.npz`` files or ``latf simulate`` run folders.
+
+    An ``.npz`` holds ``features`` shaped (n_traj, n_frames, n_features) or as an object
+    array of per-trajectory arrays, and optionally ``labels``, ``weights`` (per frame),
+    ``temperatures`` (per trajectory) and ``feature_names``. A run folder (or a folder of
+    run folders) contributes one trajectory per run, at the run's temperature (in the
+    system's user-facing unit). Several sources are concatenated.
+    """
+    parts: list[TrainingData] = []
+    for path in map(Path, paths):
+        if path.suffix == ".npz":
+            parts.append(_from_npz(path))
+        else:
+            from latf_openmm.reports import find_runs
+
+            parts.extend(_from_run(run) for run in find_runs([path]))
+    if not parts:
+        raise LatfError("no training data given")
+    names = parts[0].feature_names
+    for part in parts[1:]:
+        if part.n_features != parts[0].n_features:
+            raise LatfError("training data sources have different numbers of features")
+    units = {p.temperature_unit for p in parts}
+    with_t = [p.temperatures is not None for p in parts]
+    if any(with_t) and not all(with_t):
+        raise LatfError("some training data sources have temperatures and others do not")
+    if len(units) > 1:
+        raise LatfError(f"training data sources use different temperature units: {sorted(units)}")
+    has_labels = [p.labels is not None for p in parts]
+    if any(has_labels) and not all(has_labels):
+        raise LatfError("some training data sources have labels and others do not")
+    has_weights = [p.weights is not None for p in parts]
+    return TrainingData(
+        features=[f for p in parts for f in p.features],
+        labels=[lab for p in parts for lab in p.labels] if all(has_labels) else None,
+        weights=(
+            [w for p in parts for w in (p.weights or [np.ones(n) for n in p.lengths])] if any(has_weights) else None
+        ),
+        temperatures=np.concatenate([p.temperatures for p in parts]) if all(with_t) else None,
+        temperature_unit=units.pop(),
+        feature_names=names,
+    )
+
+
+def _from_npz(path: Path) -> TrainingData:
+    if not path.is_file():
+        raise LatfError(f"data file not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=True)
+    except (OSError, ValueError) as exc:
+        raise LatfError(f"cannot read {path}: {exc}") from exc
+    with data:
+        if "features" not in data.files:
+            raise LatfError(f"{path} has no 'features' array (it has: {', '.join(data.files)})")
+
+        def get(key):
+            return (
+                list(data[key])
+                if key in data.files and data[key].dtype == object
+                else (data[key] if key in data.files else None)
+            )
+
+        names = [str(n) for n in data["feature_names"]] if "feature_names" in data.files else None
+        return TrainingData(get("features"), get("labels"), get("weights"), get("temperatures"), feature_names=names)
+
+
+def _from_run(run: Path) -> TrainingData:
+    manifest = json.loads((run / "manifest.json").read_text())
+    with np.load(run / manifest["files"]["timeseries"]) as series:
+        features, names = series["features"], [str(n) for n in series["feature_names"]]
+    settings = manifest["settings"]
+    return TrainingData(
+        [features],
+        temperatures=np.array([settings["temperature"]]),
+        temperature_unit=settings["temperature_unit"],
+        feature_names=names,
+    )
+
+
+def initial_labels(features: np.ndarray, n_states: int, seed: int = 0, method: str = "auto") -> np.ndarray:
+    """Initial state of each frame: a regular grid or k-means clusters.
+
+    ``method="grid"``: ⌈n_states^(1/F)⌉ equal-width bins per feature over the data's
+    range; ``"kmeans"``: scikit-learn k-means with ``n_states`` clusters (one seeded
+    initialization); ``"auto"``: grid for ≤ 2 features, else k-means.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if n_states < 2:
+        raise LatfError(f"the number of initial states must be at least 2, got {n_states}")
+    if method not in ("auto", "grid", "kmeans"):
+        raise LatfError(f"initial-label method must be auto, grid or kmeans, got {method!r}")
+    if method == "grid" or (method == "auto" and features.shape[1] <= 2):
+        bins = int(np.ceil(n_states ** (1 / features.shape[1]) - 1e-9))
+        low, high = features.min(0), features.max(0)
+        index = np.floor((features - low) / np.where(high > low, high - low, 1) * bins).astype(np.int64)
+        index = np.clip(index, 0, bins - 1)
+        flat = np.ravel_multi_index(tuple(index.T), (bins,) * features.shape[1])
+    else:
+        from sklearn.cluster import KMeans
+
+        flat = KMeans(n_clusters=n_states, n_init=1, random_state=seed).fit_predict(features)
+    return np.unique(flat, return_inverse=True)[1].astype(np.int64)

@@ -1,0 +1,179 @@
+"""Trained models: latent CVs, states, and (LaTF) generation at any temperature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latf_openmm.errors import LatfError
+from latf_openmm.files import atomic_path
+from latf_openmm.models import prior
+from latf_openmm.models.network import LatentNetwork
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+FORMAT = "latf_openmm.latent_model"
+FORMAT_VERSION = 1
+
+
+class SPIBModel:
+    """A trained SPIB model: features → latent CV and metastable state.
+
+    Parameters
+    ----------
+    network
+        The trained network (moved to CPU, evaluation mode).
+    info
+        Everything else saved with it: ``architecture``, ``config``, ``feature_names``,
+        ``data_digest``, ``state_populations``, ``history``, temperature information.
+    """
+
+    kind = "spib"
+
+    def __init__(self, network: LatentNetwork, info: dict[str, Any]) -> None:
+        self.network = network.cpu().eval()
+        self.info = info
+
+    @property
+    def latent_dim(self) -> int:
+        """Dimension of the latent CV."""
+        return self.network.latent_dim
+
+    @property
+    def n_states(self) -> int:
+        """Number of metastable states."""
+        return self.network.n_states
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the input features."""
+        return list(self.info["feature_names"])
+
+    def _features(self, features: np.ndarray) -> torch.Tensor:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != len(self.feature_names):
+            raise LatfError(f"features must have shape (n, {len(self.feature_names)}), got {features.shape}")
+        if not np.isfinite(features).all():
+            raise LatfError("features contain NaN or inf")
+        return torch.from_numpy(features)
+
+    @torch.no_grad()
+    def transform(self, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Latent CV (encoder mean) of each row of ``features``."""
+        x = self._features(features)
+        return (
+            torch.cat([self.network(c) for c in x.split(batch_size)]).numpy()
+            if len(x)
+            else np.zeros((0, self.latent_dim), np.float32)
+        )
+
+    @torch.no_grad()
+    def predict_state(self, features: np.ndarray) -> np.ndarray:
+        """Most probable metastable state of each row of ``features``."""
+        return self.latent_state(self.transform(features))
+
+    @torch.no_grad()
+    def latent_state(self, latent: np.ndarray) -> np.ndarray:
+        """Most probable state of latent points (n, d)."""
+        latent = torch.as_tensor(np.asarray(latent, dtype=np.float32))
+        return self.network.state_log_probs(latent).argmax(-1).numpy()
+
+    def save(self, path: str | Path) -> None:
+        """Save atomically; :func:`load_model` restores an identical model."""
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "info": self.info,
+            "n_states": self.n_states,
+            "state_dict": self.network.state_dict(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+
+class LaTFModel(SPIBModel):
+    """A trained LaTF model: SPIB plus a flow onto the temperature-steered tilted Gaussian.
+
+    Temperatures are in the training data's unit (``info["temperature_unit"]``);
+    ``T′ = T / reference_temperature``.
+    """
+
+    kind = "latf"
+
+    @property
+    def tau(self) -> float:
+        """Tilting factor τ of the prior."""
+        return float(self.info["config"]["tau"])
+
+    @property
+    def reference_temperature(self) -> float:
+        """T_ref: the temperature at which T′ = 1."""
+        return float(self.info["reference_temperature"])
+
+    def _scaled(self, temperature: float) -> float:
+        temperature = float(temperature)
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise LatfError(f"temperature must be positive, got {temperature}")
+        return temperature / self.reference_temperature
+
+    @torch.no_grad()
+    def sample(self, temperature: float, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` latent samples of the equilibrium distribution at ``temperature``.
+
+        Exact samples of the tilted Gaussian at T′ mapped through the inverse flow.
+        """
+        if n < 0:
+            raise LatfError(f"number of samples must be non-negative, got {n}")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = prior.sample(n, self.latent_dim, self.tau, self._scaled(temperature), generator)
+        u, _ = self.network.flow.inverse(z.float())
+        return u.numpy()
+
+    @torch.no_grad()
+    def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
+        """log p(s | T) of latent points by change of variables (float64)."""
+        latent = np.asarray(latent, dtype=np.float64)
+        if latent.ndim != 2 or latent.shape[1] != self.latent_dim:
+            raise LatfError(f"latent points must have shape (n, {self.latent_dim}), got {latent.shape}")
+        flow = self.network.flow.double()
+        try:
+            z, log_det = flow(torch.from_numpy(latent))
+            return (prior.log_prob(z, self.tau, self._scaled(temperature)) + log_det).numpy()
+        finally:
+            flow.float()
+
+    def free_energy(self, grid: np.ndarray, temperature: float) -> np.ndarray:
+        """F(s; T) = −k_B T log p(s | T) at latent points ``grid`` (n, d).
+
+        In kJ/mol when temperatures are in K; otherwise in the temperature's unit
+        (ε for reduced units, k_B = 1).
+        """
+        k_b = KB_KJ_PER_MOL_K if self.info.get("temperature_unit") == "K" else 1.0
+        return -k_b * float(temperature) * self.log_prob(grid, temperature)
+
+    def state_populations(self, temperature: float, n: int = 200_000, seed: int = 0) -> np.ndarray:
+        """Populations of the metastable states at ``temperature``, from ``n`` generated samples."""
+        states = self.latent_state(self.sample(temperature, n, seed))
+        return np.bincount(states, minlength=self.n_states) / max(n, 1)
+
+
+def load_model(path: str | Path) -> SPIBModel:
+    """Load a model saved by :meth:`SPIBModel.save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatfError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign files
+        raise LatfError(f"cannot read model {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise LatfError(f"{path} is not a latf_openmm model")
+    if payload["version"] > FORMAT_VERSION:
+        raise LatfError(f"{path} was written by a newer latf_openmm (format {payload['version']})")
+    info = payload["info"]
+    network = LatentNetwork(n_states=payload["n_states"], **info["architecture"])
+    network.load_state_dict(payload["state_dict"])
+    return (LaTFModel if payload["kind"] == "latf" else SPIBModel)(network, info)

@@ -1,0 +1,356 @@
+"""Estimators: ``SPIB(...).fit(data)`` → :class:`SPIBModel`, ``LaTF(...).fit(data)`` → :class:`LaTFModel`.
+
+Training keeps the whole data set as tensors on the device and draws minibatches by
+indexing a random permutation, so a step costs one forward/backward pass and nothing
+else. Labels are refined only when a stage has converged (not every epoch), and the
+validation loss, which decides convergence, is one batched pass per epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latf_openmm.errors import LatfError
+from latf_openmm.models.data import TrainingData, initial_labels
+from latf_openmm.models.model import LaTFModel, SPIBModel
+from latf_openmm.models.network import LatentNetwork
+from latf_openmm.versions import versions
+
+log = logging.getLogger(__name__)
+
+
+def _option(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainingConfig:
+    """Hyperparameters of SPIB and LaTF training; each field's ``help`` metadata describes it
+    (``latf train --help`` shows the same text)."""
+
+    latent_dim: int = _option(2, "dimension d of the latent CV")
+    lag: int = _option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories")
+    beta: float = _option(1e-3, "weight of the prior (information-bottleneck) term")
+    encoder: str = _option("mlp", "'mlp' (two ReLU hidden layers) or 'linear'")
+    encoder_hidden: int = _option(16, "encoder hidden-layer width")
+    decoder_hidden: int = _option(16, "decoder hidden-layer width")
+    learning_rate: float = _option(1e-3, "Adam learning rate (reset at each refinement)")
+    lr_decay: float = _option(0.99, "learning-rate factor per epoch")
+    batch_size: int = _option(2048, "minibatch size (lagged pairs)")
+    tolerance: float = _option(
+        2e-3,
+        "a training round ends when the validation loss (joint stage: its cross-entropy and its "
+        "prior term, in nats) changes by less than this for 'patience' epochs",
+    )
+    patience: int = _option(2, "epochs within tolerance that end a training round")
+    max_epochs: int = _option(30, "epoch cap per SPIB training round")
+    refinements: int = _option(
+        10, "maximum label refinements in the SPIB stage (stops once fewer than 1 in 1000 labels change)"
+    )
+    n_initial_states: int = _option(50, "initial states when no labels are given (grid for ≤ 2 features, else k-means)")
+    validation_fraction: float = _option(0.1, "fraction of lagged pairs held out for the validation loss")
+    seed: int = _option(0, "seed for initialization, splitting, batching and noise")
+    flow_layers: int = _option(10, "LaTF: number of RealNVP coupling layers")
+    flow_hidden: int = _option(16, "LaTF: coupling-network hidden width")
+    tau: float = _option(3.0, "LaTF: tilting factor tau of the prior")
+    reference_temperature: float | None = _option(
+        None, "LaTF: T_ref, where T' = T/T_ref = 1 (default: lowest training temperature, else 1)"
+    )
+    joint_refinements: int = _option(1, "LaTF: label refinements in the joint stage")
+    joint_max_epochs: int = _option(40, "LaTF: epoch cap per joint training round")
+    device: str | None = _option(None, "'cpu' or 'cuda' (default: CUDA when available)")
+
+    def validate(self) -> None:
+        """Raise :class:`LatfError` for out-of-range values."""
+        checks = [
+            (self.latent_dim >= 1, "latent_dim must be ≥ 1"),
+            (self.lag >= 1, "lag must be ≥ 1 frame"),
+            (self.beta >= 0, "beta must be ≥ 0"),
+            (self.encoder in ("mlp", "linear"), "encoder must be 'mlp' or 'linear'"),
+            (min(self.encoder_hidden, self.decoder_hidden, self.flow_hidden) >= 1, "hidden widths must be ≥ 1"),
+            (self.learning_rate > 0 and 0 < self.lr_decay <= 1, "learning_rate > 0 and 0 < lr_decay ≤ 1 required"),
+            (self.batch_size >= 1, "batch_size must be ≥ 1"),
+            (self.tolerance >= 0 and self.patience >= 1, "tolerance ≥ 0 and patience ≥ 1 required"),
+            (self.max_epochs >= 1 and self.joint_max_epochs >= 1, "max_epochs must be ≥ 1"),
+            (self.refinements >= 0 and self.joint_refinements >= 0, "refinements must be ≥ 0"),
+            (self.n_initial_states >= 2, "n_initial_states must be ≥ 2"),
+            (0 <= self.validation_fraction < 1, "validation_fraction must be in [0, 1)"),
+            (self.flow_layers >= 1, "flow_layers must be ≥ 1"),
+            (self.tau >= 0, "tau must be ≥ 0"),
+            (self.reference_temperature is None or self.reference_temperature > 0, "reference_temperature must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LatfError(f"training config: {message}")
+
+
+class SPIB:
+    """State Predictive Information Bottleneck estimator (deeptime style: ``fit`` → model).
+
+    Parameters
+    ----------
+    config
+        A :class:`TrainingConfig`; keyword arguments override its fields.
+    """
+
+    def __init__(self, config: TrainingConfig | None = None, **overrides: Any) -> None:
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainingConfig)}
+        if unknown:
+            raise LatfError(f"unknown training option(s): {sorted(unknown)}")
+        self.config = dataclasses.replace(config or TrainingConfig(), **overrides)
+        self.config.validate()
+
+    def fit(self, data: TrainingData) -> SPIBModel:
+        """Train on ``data``; returns the model."""
+        trainer = _Trainer(data, self.config, flow=False)
+        trainer.spib_stage()
+        return SPIBModel(trainer.network, trainer.info("spib"))
+
+
+class LaTF(SPIB):
+    """Latent Thermodynamic Flows: SPIB pre-training, then joint encoder + decoder + flow training."""
+
+    def fit(self, data: TrainingData) -> LaTFModel:
+        """Train on ``data``; returns the model."""
+        trainer = _Trainer(data, self.config, flow=True)
+        trainer.spib_stage()
+        trainer.joint_stage()
+        return LaTFModel(trainer.network, trainer.info("latf"))
+
+
+class _Trainer:
+    """Holds the data as tensors and runs the training stages."""
+
+    def __init__(self, data: TrainingData, config: TrainingConfig, flow: bool) -> None:
+        self.config = config
+        self.data = data
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.started = time.perf_counter()
+        self.history: list[dict[str, Any]] = []
+        too_short = [i for i, n in enumerate(data.lengths) if n <= config.lag]
+        if too_short:
+            raise LatfError(
+                f"lag ({config.lag} frames) is not shorter than trajectories {too_short[:5]} "
+                f"(lengths {[data.lengths[i] for i in too_short[:5]]}); lower the lag or drop them"
+            )
+        features = np.concatenate(data.features)
+        labels = (
+            np.concatenate(data.labels)
+            if data.labels is not None
+            else initial_labels(features, config.n_initial_states, config.seed)
+        )
+        weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(features))
+        starts = np.cumsum([0, *data.lengths[:-1]])
+        past = np.concatenate([s + np.arange(n - config.lag) for s, n in zip(starts, data.lengths, strict=True)])
+        self.generator = torch.Generator().manual_seed(config.seed)
+        order = torch.randperm(len(past), generator=self.generator).numpy()
+        n_val = round(config.validation_fraction * len(past))
+        if len(past) - n_val < 1:
+            raise LatfError("too few lagged pairs for training")
+        if data.temperatures is not None:
+            t_ref = config.reference_temperature or float(data.temperatures.min())
+            per_frame_t = np.repeat(data.temperatures, data.lengths)
+        else:
+            t_ref = config.reference_temperature or 1.0
+            per_frame_t = np.full(len(features), t_ref)
+        self.reference_temperature = t_ref
+        to = dict(device=self.device)
+        self.x = torch.as_tensor(features, dtype=torch.float32, **to)
+        self.weights = torch.as_tensor(weights / weights[past].mean(), dtype=torch.float32, **to)
+        self.temperature_weights = torch.as_tensor(t_ref / per_frame_t, dtype=torch.float32, **to)
+        self.labels = torch.as_tensor(np.unique(labels, return_inverse=True)[1], dtype=torch.long, **to)
+        past_t = torch.as_tensor(past, dtype=torch.long, **to)
+        self.train_past = past_t[torch.as_tensor(order[n_val:], **to)]
+        self.val_past = past_t[torch.as_tensor(order[:n_val], **to)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.network = LatentNetwork(
+                data.n_features,
+                config.latent_dim,
+                int(self.labels.max()) + 1,
+                config.encoder,
+                config.encoder_hidden,
+                config.decoder_hidden,
+                config.flow_layers if flow else 0,
+                config.flow_hidden,
+            ).to(self.device)
+        w = self.weights[:, None]
+        mean = (w * self.x).sum(0) / w.sum()
+        scale = torch.sqrt((w * (self.x - mean) ** 2).sum(0) / w.sum())
+        self.network.feature_mean.copy_(mean)
+        self.network.feature_scale.copy_(torch.where(scale > 1e-8, scale, torch.ones_like(scale)))
+        self._reset_states()
+
+    # ----------------------------------------------------------------- losses
+    def _terms(
+        self, past: torch.Tensor, joint: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-pair cross-entropy and prior term (β's factor) for pairs starting at ``past``."""
+        net, lag = self.network, self.config.lag
+        mean = net(self.x[past])
+        noise = torch.randn(mean.shape, generator=generator or self.generator).to(self.device)
+        latent = mean + torch.exp(0.5 * net.log_var) * noise
+        cross_entropy = F.nll_loss(net.state_log_probs(latent), self.labels[past + lag], reduction="none")
+        if joint:
+            z, log_det = net.flow(latent)
+            squared = z.pow(2).sum(-1)
+            log_prior = self.config.tau * torch.sqrt(squared + 1e-12) - 0.5 * squared * self.temperature_weights[past]
+            return cross_entropy, -log_prior - log_det
+        log_q = -0.5 * (net.latent_dim * net.log_var + noise.pow(2).sum(-1))
+        return cross_entropy, log_q - net.vamp_log_prior(latent)
+
+    def _loss(self, past: torch.Tensor, joint: bool) -> torch.Tensor:
+        """Weighted mean loss: cross-entropy + β × prior term."""
+        cross_entropy, regularizer = self._terms(past, joint)
+        return (self.weights[past] * (cross_entropy + self.config.beta * regularizer)).mean()
+
+    @torch.no_grad()
+    def _validation_terms(self, joint: bool) -> np.ndarray:
+        """Weighted mean cross-entropy and prior term over the validation pairs."""
+        pairs = self.val_past if len(self.val_past) else self.train_past
+        total = torch.zeros(2, device=self.device)
+        noise = torch.Generator().manual_seed(self.config.seed + 1)  # the same noise every epoch
+        for chunk in pairs.split(65536):
+            w = self.weights[chunk]
+            total += torch.stack([(w * term).sum() for term in self._terms(chunk, joint, noise)])
+        return (total / self.weights[pairs].sum()).cpu().numpy()
+
+    # --------------------------------------------------------------- training
+    def _train_round(self, joint: bool, max_epochs: int, stage: str, refinement: int) -> None:
+        cfg = self.config
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate)
+        previous, calm = None, 0
+        n = len(self.train_past)
+        for epoch in range(max_epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.learning_rate * cfg.lr_decay**epoch
+            order = self.train_past[torch.randperm(n, generator=self.generator).to(self.device)]
+            for batch in order.split(cfg.batch_size):
+                loss = self._loss(batch, joint)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            terms = self._validation_terms(joint)
+            current = float(terms[0] + cfg.beta * terms[1])
+            if not np.isfinite(current):
+                raise LatfError(f"{stage} training diverged (loss is {current}); lower learning_rate or beta")
+            self.history.append(
+                {
+                    "stage": stage,
+                    "refinement": refinement,
+                    "epoch": epoch,
+                    "val_loss": current,
+                    "val_cross_entropy": float(terms[0]),
+                    "val_prior_term": float(terms[1]),
+                    "n_states": self.network.n_states,
+                    "seconds": round(time.perf_counter() - self.started, 3),
+                }
+            )
+            # SPIB rounds watch the total loss; joint rounds also the flow's prior term, which
+            # β scales down in the total but which decides how well the model generates
+            watched = terms if joint else np.array([current])
+            calm = calm + 1 if previous is not None and np.all(np.abs(watched - previous) < cfg.tolerance) else 0
+            previous = watched
+            if calm >= cfg.patience:
+                break
+        log.info(
+            "%s refinement %d: %d epochs, validation loss %.4f, %d states",
+            stage,
+            refinement,
+            epoch + 1,
+            current,
+            self.network.n_states,
+        )
+
+    @torch.no_grad()
+    def _predicted_labels(self) -> torch.Tensor:
+        net = self.network
+        return torch.cat([net.state_log_probs(net(c)).argmax(-1) for c in self.x.split(65536)])
+
+    @torch.no_grad()
+    def _reset_states(self) -> None:
+        """Keep the states present among the targets; renumber; re-pick representative inputs."""
+        present = torch.bincount(self.labels[self.train_past + self.config.lag], minlength=self.network.n_states) > 0
+        if int(present.sum()) < 2:
+            raise LatfError("only one metastable state is left; lower beta, shorten the lag, or give more data")
+        kept = present[self.labels]  # frames whose state survives (others are never targets)
+        self.labels = torch.cumsum(present.long(), 0)[self.labels] - 1
+        mean = torch.cat([self.network(c) for c in self.x.split(65536)])
+        representatives = []
+        for k in range(int(present.sum())):
+            members = kept & (self.labels == k)
+            w = self.weights[members][:, None]
+            centre = (w * mean[members]).sum(0) / w.sum().clamp(min=1e-30)
+            representatives.append(self.x[torch.argmin((mean - centre).pow(2).sum(-1))])
+        self.network.keep_states(present, torch.stack(representatives))
+
+    def _refine(self) -> float:
+        """Relabel every frame by the decoder at its latent mean; returns the fraction changed."""
+        new = self._predicted_labels()
+        changed = float((new != self.labels).float().mean())
+        self.labels = new
+        self._reset_states()
+        return changed
+
+    def spib_stage(self) -> None:
+        """SPIB with the VampPrior and iterative label refinement."""
+        for refinement in range(self.config.refinements + 1):
+            self._train_round(False, self.config.max_epochs, "spib", refinement)
+            if refinement == self.config.refinements:
+                break
+            before = self.network.n_states
+            if self._refine() < 1e-3 and self.network.n_states == before:
+                break
+
+    def joint_stage(self) -> None:
+        """Joint encoder + decoder + flow training on the tilted prior.
+
+        The flow's first (ActNorm) layer is first set so that the encoded data are
+        centred with RMS radius τ + 1 (the prior's shell at T′ = 1 plus its width),
+        which starts the flow near the prior's scale instead of far from it.
+        """
+        with torch.no_grad():
+            latent = torch.cat([self.network(c) for c in self.x.split(65536)])
+        self.network.flow.initialize(latent, self.config.tau + 1.0)
+        for refinement in range(self.config.joint_refinements + 1):
+            self._train_round(True, self.config.joint_max_epochs, "joint", refinement)
+            if refinement == self.config.joint_refinements:
+                break
+            self._refine()
+
+    # ----------------------------------------------------------------- output
+    @torch.no_grad()
+    def info(self, kind: str) -> dict[str, Any]:
+        labels = self._predicted_labels()
+        populations = torch.bincount(labels, weights=self.weights, minlength=self.network.n_states)
+        config = dataclasses.asdict(self.config)
+        return {
+            "architecture": {
+                "n_features": self.data.n_features,
+                "latent_dim": self.config.latent_dim,
+                "encoder": self.config.encoder,
+                "encoder_hidden": self.config.encoder_hidden,
+                "decoder_hidden": self.config.decoder_hidden,
+                "flow_layers": self.config.flow_layers if kind == "latf" else 0,
+                "flow_hidden": self.config.flow_hidden,
+            },
+            "config": config,
+            "feature_names": list(self.data.feature_names),
+            "data_digest": self.data.digest(),
+            "n_frames": len(self.x),
+            "temperatures": None if self.data.temperatures is None else self.data.temperatures.tolist(),
+            "temperature_unit": self.data.temperature_unit,
+            "reference_temperature": self.reference_temperature,
+            "state_populations": (populations / populations.sum()).cpu().tolist(),
+            "history": self.history,
+            "train_seconds": round(time.perf_counter() - self.started, 3),
+            "versions": versions(),
+        }

@@ -1,0 +1,132 @@
+"""SPIB/LaTF building blocks and models: flows, the tilted prior, training, saving, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from latf_openmm import LatfError
+from latf_openmm.generation import free_energy_profile_rmse, js_divergence_2d, kl_divergence_2d
+from latf_openmm.models import SPIB, TrainingData, initial_labels, prior
+from latf_openmm.models.flow import RealNVP
+
+
+def _randomized_flow(dim: int, seed: int = 0) -> RealNVP:
+    torch.manual_seed(seed)
+    flow = RealNVP(dim, n_layers=6, hidden=8).double()
+    with torch.no_grad():  # move away from the identity initialization
+        for parameter in flow.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    return flow
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_flow_inverse_is_inverse_and_log_det_is_jacobian(dim):
+    flow = _randomized_flow(dim)
+    u = torch.randn(64, dim, dtype=torch.float64)
+    z, log_det = flow(u)
+    assert not torch.allclose(z, u)  # the flow is not the identity
+    back, inv_log_det = flow.inverse(z)
+    torch.testing.assert_close(back, u, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inv_log_det, -log_det, atol=1e-8, rtol=0)
+    for i in range(8):
+        jacobian = torch.autograd.functional.jacobian(lambda x: flow(x[None])[0][0], u[i])
+        assert float(torch.slogdet(jacobian)[1]) == pytest.approx(float(log_det[i].detach()), abs=1e-8)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize(("tau", "t_scaled"), [(3.0, 1.0), (2.0, 2.5), (0.5, 0.3)])
+def test_tilted_gaussian_is_normalized(dim, tau, t_scaled):
+    sphere = 2 * math.pi ** (dim / 2) / math.gamma(dim / 2)
+    radial = integrate.quad(
+        lambda r: (
+            r ** (dim - 1) * math.exp(tau * r - r * r / (2 * t_scaled) - prior.log_normalizer(tau, dim, t_scaled))
+        ),
+        0,
+        np.inf,
+    )[0]
+    assert sphere * radial == pytest.approx(1.0, abs=1e-8)
+
+
+def test_tilted_gaussian_normalized_on_a_grid_in_2d():
+    axis = np.linspace(-9, 9, 601)
+    grid = torch.from_numpy(np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2))
+    density = torch.exp(prior.log_prob(grid, 3.0, 1.3)).numpy()
+    assert density.sum() * (axis[1] - axis[0]) ** 2 == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_tilted_gaussian_sampler_matches_density(dim):
+    tau, t_scaled = 3.0, 0.8
+    z = prior.sample(40_000, dim, tau, t_scaled, torch.Generator().manual_seed(dim)).numpy()
+    radius = np.linalg.norm(z, axis=1)
+
+    def cdf(r):
+        log_z = prior.log_normalizer(tau, dim, t_scaled)
+        sphere = 2 * math.pi ** (dim / 2) / math.gamma(dim / 2)
+        return (
+            sphere
+            * integrate.quad(lambda x: x ** (dim - 1) * math.exp(tau * x - x * x / (2 * t_scaled) - log_z), 0, r)[0]
+        )
+
+    grid = np.linspace(0, radius.max(), 200)
+    table = np.array([cdf(r) for r in grid])
+    assert stats.kstest(radius, lambda r: np.interp(r, grid, table)).pvalue > 1e-3
+    # directions are uniform: the mean direction vanishes
+    assert np.abs((z / radius[:, None]).mean(0)).max() < 0.02
+    # the wrong temperature is detected by the same test
+    hotter = np.linalg.norm(prior.sample(40_000, dim, tau, 1.2 * t_scaled).numpy(), axis=1)
+    assert stats.kstest(hotter, lambda r: np.interp(r, grid, table)).pvalue < 1e-6
+
+
+def test_metrics():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50_000, 2))
+    b = rng.normal(size=(50_000, 2))
+    assert kl_divergence_2d(a, a) == pytest.approx(0.0, abs=1e-12)
+    # two samples of one distribution: only the sparse-tail floor (ε = 1e-10 is harsh there)
+    assert kl_divergence_2d(a, b) < 0.4 < 1.0 < kl_divergence_2d(a, b + np.array([1.5, 0.0]))
+    assert js_divergence_2d(a, b + 1) == pytest.approx(js_divergence_2d(b + 1, a))
+    assert 0 < js_divergence_2d(a, b + 1) < math.log(2)
+    # profiles of the same distribution agree; a shifted one does not
+    assert free_energy_profile_rmse(a[:, 0], b[:, 0]) < 0.1 < free_energy_profile_rmse(a[:, 0], 1.5 * b[:, 0])
+
+
+def test_initial_labels_grid_and_kmeans():
+    rng = np.random.default_rng(1)
+    two = rng.uniform(size=(1000, 2))
+    labels = initial_labels(two, 16)
+    assert labels.max() + 1 == 16
+    cell = np.floor((two - two.min(0)) / (two.max(0) - two.min(0)) * 4).clip(0, 3)  # 4 × 4 equal bins
+    assert len({(tuple(c), lab) for c, lab in zip(cell.tolist(), labels.tolist(), strict=True)}) == 16
+    many = np.concatenate([rng.normal(size=(200, 5)) + 10 * k for k in range(3)])
+    assert len(np.unique(initial_labels(many, 3))) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"features": [np.zeros((10, 2)), np.zeros((10, 3))]}, "every trajectory needs"),
+        ({"features": [np.array([[0.0, np.nan]] * 5)]}, "NaN"),
+        ({"features": [np.zeros((10, 2))], "labels": [np.zeros(9)]}, "one per frame"),
+        ({"features": [np.zeros((10, 2))], "labels": [np.zeros(10)]}, "single state"),
+        ({"features": [np.zeros((10, 2))], "weights": [-np.ones(10)]}, "non-negative"),
+        ({"features": [np.zeros((10, 2))], "temperatures": [0.0]}, "positive"),
+        ({"features": [np.zeros((10, 2))] * 2, "temperatures": [1.0]}, "one per trajectory"),
+    ],
+)
+def test_bad_training_data(kwargs, message):
+    with pytest.raises(LatfError, match=message):
+        TrainingData(**kwargs)
+
+
+def test_lag_longer_than_trajectory_fails_before_training():
+    data = TrainingData([np.random.default_rng(0).normal(size=(20, 2))], labels=[np.arange(20) % 2])
+    with pytest.raises(LatfError, match="lag"):
+        SPIB(lag=20).fit(data)
+    with pytest.raises(LatfError, match="unknown training option"):
+        SPIB(lagtime=2)
+    with pytest.raises(LatfError, match="beta"):
+        SPIB(beta=-1)
