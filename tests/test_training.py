@@ -50,7 +50,7 @@ def unbiased(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def latf_model(unbiased):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # pytest runs two workers on two cores
     data = TrainingData(unbiased, temperatures=np.full(len(unbiased), KT))
     return LaTF(**SETTINGS, joint_max_epochs=60).fit(data)
 

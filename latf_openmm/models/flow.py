@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -47,7 +49,8 @@ class AffineCoupling(nn.Module):
     def _scale_shift(self, fixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         free = 1.0 - self.mask
         raw_scale, shift = self.conditioner(fixed).chunk(2, dim=-1)
-        return free * self.scale * torch.tanh(raw_scale), free * shift
+        # tanh is several times slower on the strided half than on a contiguous copy
+        return free * self.scale * torch.tanh(raw_scale.contiguous()), free * shift
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Map u → z; returns z and log|det ∂z/∂u| per sample."""
@@ -92,12 +95,26 @@ class RealNVP(nn.Module):
         self.layers = nn.ModuleList([ActNorm(dim), *(AffineCoupling(mask, hidden) for mask in masks)])
 
     @torch.no_grad()
-    def initialize(self, latent: torch.Tensor, radius: float) -> None:
-        """Set the ActNorm layer so that ``latent`` is centred with RMS norm ``radius``."""
+    def initialize(self, centres: torch.Tensor, radius: float) -> None:
+        """Set the ActNorm layer so that the points ``centres`` (k, d) land near the sphere |z| = ``radius``.
+
+        The sphere through the centres is a least-squares fit (Kåsa's linear method)
+        when there are more than d of them; otherwise their mean and mean distance.
+        The map is isotropic: shift by the fitted centre, scale by radius / fitted radius.
+        """
+        centres = centres.double()
+        k, dim = centres.shape
+        if k > dim:
+            design = torch.cat([2 * centres, torch.ones(k, 1, dtype=centres.dtype)], dim=1)
+            solution = torch.linalg.lstsq(design, centres.pow(2).sum(1, keepdim=True)).solution[:, 0]
+            centre = solution[:-1]
+            fitted = float(torch.sqrt((solution[-1] + centre.pow(2).sum()).clamp(min=0)))
+        else:
+            centre = centres.mean(0)
+            fitted = float((centres - centre).norm(dim=1).mean())
         actnorm = self.layers[0]
-        actnorm.shift.copy_(latent.mean(0))
-        spread = (latent - latent.mean(0)).pow(2).mean(0).sqrt().clamp(min=1e-6)
-        actnorm.log_scale.copy_(torch.log(radius / (spread * latent.shape[1] ** 0.5)))
+        actnorm.shift.copy_(centre)
+        actnorm.log_scale.fill_(math.log(radius / max(fitted, 1e-6)))
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u → z and log|det ∂z/∂u|."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,8 +65,8 @@ class TrainingConfig:
     reference_temperature: float | None = _option(
         None, "LaTF: T_ref, where T' = T/T_ref = 1 (default: lowest training temperature, else 1)"
     )
-    joint_refinements: int = _option(1, "LaTF: label refinements in the joint stage")
-    joint_max_epochs: int = _option(40, "LaTF: epoch cap per joint training round")
+    joint_refinements: int = _option(0, "LaTF: label refinements in the joint stage (0 or 1)")
+    joint_max_epochs: int = _option(50, "LaTF: epoch cap per joint training round")
     device: str | None = _option(None, "'cpu' or 'cuda' (default: CUDA when available)")
 
     def validate(self) -> None:
@@ -226,7 +227,8 @@ class _Trainer:
     # --------------------------------------------------------------- training
     def _train_round(self, joint: bool, max_epochs: int, stage: str, refinement: int) -> None:
         cfg = self.config
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate)
+        # fused Adam: one kernel for all of these many small tensors instead of a loop over them
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate, fused=True)
         previous, calm = None, 0
         n = len(self.train_past)
         for epoch in range(max_epochs):
@@ -313,13 +315,17 @@ class _Trainer:
     def joint_stage(self) -> None:
         """Joint encoder + decoder + flow training on the tilted prior.
 
-        The flow's first (ActNorm) layer is first set so that the encoded data are
-        centred with RMS radius τ + 1 (the prior's shell at T′ = 1 plus its width),
-        which starts the flow near the prior's scale instead of far from it.
+        The flow's first (ActNorm) layer is first set so that the states' mean latent
+        points lie on the prior's most probable shell at T′ = 1, so the flow starts with
+        every state where the prior has its mass.
         """
         with torch.no_grad():
             latent = torch.cat([self.network(c) for c in self.x.split(65536)])
-        self.network.flow.initialize(latent, self.config.tau + 1.0)
+        members = [self.labels == k for k in range(self.network.n_states)]
+        centres = torch.stack([(self.weights[m, None] * latent[m]).sum(0) / self.weights[m].sum() for m in members])
+        dim, tau = self.config.latent_dim, self.config.tau
+        shell = 0.5 * (tau + math.sqrt(tau * tau + 4 * (dim - 1)))  # mode of r^(d-1) exp(τr − r²/2)
+        self.network.flow.initialize(centres.cpu(), shell)
         for refinement in range(self.config.joint_refinements + 1):
             self._train_round(True, self.config.joint_max_epochs, "joint", refinement)
             if refinement == self.config.joint_refinements:

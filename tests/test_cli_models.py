@@ -1,0 +1,109 @@
+"""`latf train` and `latf generate` end to end on small synthetic data, and their bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+LATF = [sys.executable, "-m", "latf_openmm.cli"]
+
+
+def _cli(*args):
+    return subprocess.run([*LATF, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def two_state_data(tmp_path_factory):
+    """Two trajectories hopping between two Gaussian blobs (a slow 2-state Markov chain)."""
+    rng = np.random.default_rng(3)
+    trajectories = []
+    for _ in range(2):
+        state = np.cumsum(rng.random(4000) < 0.01) % 2  # ~100-frame residence
+        trajectories.append(np.c_[2.0 * state - 1.0, np.zeros(4000)] + 0.3 * rng.normal(size=(4000, 2)))
+    path = tmp_path_factory.mktemp("data") / "two_state.npz"
+    np.savez(path, features=np.stack(trajectories), temperatures=np.array([1.0, 1.5]))
+    return path
+
+
+def test_train_and_generate(two_state_data, tmp_path):
+    model = tmp_path / "model.pt"
+    result = _cli(
+        "train",
+        two_state_data,
+        "--out",
+        model,
+        "--lag",
+        5,
+        "--n-initial-states",
+        16,
+        "--learning-rate",
+        5e-3,
+        "--max-epochs",
+        20,
+        "--joint-max-epochs",
+        10,
+        "--batch-size",
+        256,
+        "--threads",
+        1,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 states" in result.stdout
+    out = tmp_path / "generated.npz"
+    result = _cli(
+        "generate", model, "--temperatures", 1.0, 2.0, "--n", 5000, "--out", out, "--plot", tmp_path / "f.png"
+    )
+    assert result.returncode == 0, result.stderr
+    populations = json.loads(result.stdout)["state_populations"]
+    assert len(populations) == 2 and all(abs(sum(p) - 1) < 1e-9 for p in populations)
+    with np.load(out) as generated:
+        assert generated["samples"].shape == (2, 5000, 2)
+        assert generated["free_energy"].shape == (2, 80, 80)
+        assert np.isfinite(generated["free_energy"]).all()
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_train_bad_input(tmp_path):
+    bad = tmp_path / "bad.npz"
+    features = np.zeros((2, 100, 3))
+    features[1, 50, 2] = np.nan
+    np.savez(bad, features=features)
+    result = _cli("train", bad, "--out", tmp_path / "m.pt")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "NaN" in result.stderr
+    result = _cli("train", tmp_path / "missing.npz", "--out", tmp_path / "m.pt")
+    assert result.returncode == 2 and "not found" in result.stderr
+    np.savez(bad, features=np.zeros((2, 100, 3)), weights=-np.ones((2, 100)))
+    result = _cli("train", bad, "--out", tmp_path / "m.pt")
+    assert result.returncode == 2 and "non-negative" in result.stderr
+    assert not (tmp_path / "m.pt").exists()
+    result = _cli("generate", tmp_path / "m.pt", "--temperatures", 1, "--out", tmp_path / "g.npz")
+    assert result.returncode == 2 and "not found" in result.stderr
+
+
+@pytest.mark.parametrize("latent_dim", [1, 3])
+def test_other_latent_dimensions(two_state_data, latent_dim):
+    from latf_openmm.models import LaTF, load_training_data
+
+    data = load_training_data([two_state_data])
+    model = LaTF(
+        latent_dim=latent_dim,
+        lag=5,
+        n_initial_states=16,
+        learning_rate=5e-3,
+        max_epochs=12,
+        refinements=4,
+        joint_max_epochs=5,
+        batch_size=256,
+        flow_layers=4,
+    ).fit(data)
+    assert model.n_states == 2
+    frames = np.concatenate(data.features)
+    assert model.transform(frames).shape == (len(frames), latent_dim)
+    samples = model.sample(1.0, 1000, seed=0)
+    assert samples.shape == (1000, latent_dim) and np.isfinite(model.log_prob(samples, 1.0)).all()
+    # the learned states split the two blobs
+    states = model.predict_state(frames)
+    blob = frames[:, 0] > 0
+    assert max(np.mean(states == blob), np.mean(states != blob)) > 0.95
