@@ -153,8 +153,7 @@ class Featurizer(torch.nn.Module):
             raise LatfError(f"positions must have shape (n_frames, {self.n_atoms}, 3), got {xyz.shape}")
         positions = torch.from_numpy(xyz).to(torch.float64)
         with torch.no_grad():
-            out = [self(chunk) for chunk in positions.split(batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros((0, self.n_features))
+            return torch.cat([self(chunk) for chunk in positions.split(batch_size)]).numpy()
 
 
 def _as_mdtraj(topology: app.Topology | mdtraj.Topology) -> mdtraj.Topology:

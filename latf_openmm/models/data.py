@@ -174,7 +174,7 @@ def _from_npz(path: Path) -> TrainingData:
     if not path.is_file():
         raise LatfError(f"data file not found: {path}")
     try:
-        data = np.load(path, allow_pickle=True)
+        data = np.load(path, allow_pickle=True)  # per-trajectory arrays of unequal length are object arrays
     except (OSError, ValueError) as exc:
         raise LatfError(f"cannot read {path}: {exc}") from exc
     with data:

@@ -62,12 +62,7 @@ class SPIBModel:
     @torch.no_grad()
     def transform(self, features: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """Latent CV (encoder mean) of each row of ``features``."""
-        x = self._features(features)
-        return (
-            torch.cat([self.network(c) for c in x.split(batch_size)]).numpy()
-            if len(x)
-            else np.zeros((0, self.latent_dim), np.float32)
-        )
+        return torch.cat([self.network(c) for c in self._features(features).split(batch_size)]).numpy()
 
     @torch.no_grad()
     def predict_state(self, features: np.ndarray) -> np.ndarray:
