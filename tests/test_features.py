@@ -79,3 +79,34 @@ def test_bad_feature_descriptions(ala2_vacuum):
     featurizer = build_featurizer([{"kind": "positions", "atoms": [0]}], top)
     with pytest.raises(LatfError, match="shape"):
         featurizer.transform(np.zeros((3, 5, 3)))
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        np.diag([2.0, 2.2, 2.4]),  # orthorhombic; widths > 2 × the longest intramolecular distance
+        np.array([[2.4, 0.0, 0.0], [0.7, 2.2, 0.0], [-0.6, 0.8, 2.1]]),  # triclinic, OpenMM reduced form
+    ],
+)
+def test_periodic_features_match_mdtraj_and_unwrapped(ala2_vacuum, ala2_frames, box):
+    featurizer = build_featurizer(
+        [*ala2_vacuum.features, {"kind": "coordination", "atoms": "not element H", "r0": 0.3}], ala2_vacuum.topology
+    )
+    unwrapped = ala2_frames.xyz.astype(np.float64) - ala2_frames.xyz.mean((0, 1))  # centred on a box corner
+    fractional = unwrapped @ np.linalg.inv(box)
+    wrapped = (fractional - np.floor(fractional)) @ box  # every atom wrapped into the cell: the molecule is split
+    boxes = np.repeat(box[None], len(wrapped), axis=0)
+    reference = featurizer.transform(unwrapped)
+    periodic = featurizer.transform(wrapped, boxes)
+    assert not np.allclose(featurizer.transform(wrapped), reference, atol=1e-3)  # the split matters without PBC
+    np.testing.assert_allclose(periodic, reference, atol=1e-9)
+    traj = mdtraj.Trajectory(wrapped.astype(np.float32), ala2_frames.topology)
+    traj.unitcell_vectors = boxes.astype(np.float32)
+    heavy = traj.topology.select("not element H")
+    pairs = np.array([(i, j) for k, i in enumerate(heavy) for j in heavy[k + 1 :]])
+    np.testing.assert_allclose(periodic[:, 4:49], mdtraj.compute_distances(traj, pairs, periodic=True), atol=1e-5)
+    _, phi = mdtraj.compute_phi(traj, periodic=True)
+    np.testing.assert_allclose(periodic[:, 0], np.sin(phi[:, 0]), atol=1e-5)
+    scripted = torch.jit.script(featurizer)
+    out = scripted(torch.from_numpy(wrapped[0]), torch.from_numpy(box))
+    np.testing.assert_allclose(out.numpy(), periodic[0], atol=1e-12)

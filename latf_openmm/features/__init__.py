@@ -3,6 +3,12 @@
 The same module computes features of saved trajectories (for training) and, later,
 inside an exported CV model that OpenMM runs, so the two can never disagree.
 
+Every module takes ``positions`` (..., n_atoms, 3) and an optional ``box`` (..., 3, 3)
+of periodic box vectors as rows, in OpenMM's reduced form (a along x, b in the xy
+plane), as a TorchForce with periodic boundary conditions receives it. With a box,
+displacements use the minimum image (orthorhombic or triclinic), the way OpenMM
+reduces them: exact for displacements shorter than half the smallest box width.
+
 A featurizer is described by a list of blocks (the ``[[features]]`` tables of a
 recipe); each block is a mapping with a ``kind``:
 
@@ -35,6 +41,17 @@ from latf_openmm.errors import LatfError
 _COMPONENTS = {"x": 0, "y": 1, "z": 2}
 
 
+def minimum_image(delta: torch.Tensor, box: torch.Tensor | None) -> torch.Tensor:
+    """Displacements (..., m, 3) reduced to their minimum image in ``box`` (..., 3, 3), if given."""
+    if box is None:
+        return delta
+    for k in (2, 1, 0):  # c, then b, then a: valid for OpenMM's reduced triclinic boxes
+        vector = box[..., k, :].unsqueeze(-2)
+        shift = torch.round(delta[..., k] / vector[..., k])
+        delta = delta - shift.unsqueeze(-1) * vector
+    return delta
+
+
 class Positions(torch.nn.Module):
     """Selected Cartesian components of selected atoms."""
 
@@ -48,7 +65,7 @@ class Positions(torch.nn.Module):
         self.register_buffer("component_indices", torch.tensor(comps, dtype=torch.long))
         self.names = [f"{c}{i}" for i in atoms for c in components]
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         selected = positions.index_select(-2, self.atom_indices).index_select(-1, self.component_indices)
         return selected.flatten(start_dim=-2)
 
@@ -64,8 +81,9 @@ class Distances(torch.nn.Module):
         self.register_buffer("pairs", pairs_t)
         self.names = [f"d{i}-{j}" for i, j in pairs_t.tolist()]
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         delta = positions.index_select(-2, self.pairs[:, 1]) - positions.index_select(-2, self.pairs[:, 0])
+        delta = minimum_image(delta, box)
         return torch.linalg.vector_norm(delta, dim=-1)
 
 
@@ -81,18 +99,20 @@ class Dihedrals(torch.nn.Module):
         labels = labels or ["dih" + "-".join(map(str, q)) for q in quads.tolist()]
         self.names = [f"sin({a})" for a in labels] + [f"cos({a})" for a in labels]
 
-    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+    def angles(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         """Dihedral angles in radians, (-π, π], with mdtraj's sign convention."""
         p = [positions.index_select(-2, self.quadruplets[:, k]) for k in range(4)]
-        b1, b2, b3 = p[1] - p[0], p[2] - p[1], p[3] - p[2]
+        b1 = minimum_image(p[1] - p[0], box)
+        b2 = minimum_image(p[2] - p[1], box)
+        b3 = minimum_image(p[3] - p[2], box)
         n1 = torch.linalg.cross(b1, b2)
         n2 = torch.linalg.cross(b2, b3)
         y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)
         x = (n1 * n2).sum(-1)
         return torch.atan2(y, x)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        angle = self.angles(positions)
+    def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        angle = self.angles(positions, box)
         return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
@@ -112,9 +132,11 @@ class CoordinationNumbers(torch.nn.Module):
         self.r0, self.n, self.m = float(r0), int(n), int(m)
         self.names = [f"cn{i}" for i in atoms]
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         group = positions.index_select(-2, self.atom_indices)
-        delta = group.unsqueeze(-2) - group.unsqueeze(-3)
+        n = group.shape[-2]
+        delta = (group.unsqueeze(-2) - group.unsqueeze(-3)).flatten(-3, -2)  # (..., n*n, 3)
+        delta = minimum_image(delta, box).unflatten(-2, (n, n))
         ratio = torch.linalg.vector_norm(delta, dim=-1) / self.r0
         # (1 - x^n)/(1 - x^m) is n/m at x = 1; move x off the removable singularity.
         near_one = (ratio - 1.0).abs() < 1e-6
@@ -143,17 +165,26 @@ class Featurizer(torch.nn.Module):
         """Number of output features."""
         return len(self.names)
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return torch.cat([block(positions) for block in self.blocks], dim=-1)
+    def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([block(positions, box) for block in self.blocks], dim=-1)
 
-    def transform(self, xyz: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        """Features of a trajectory array (n_frames, n_atoms, 3) in nm, computed in float64."""
+    def transform(self, xyz: np.ndarray, boxes: np.ndarray | None = None, batch_size: int = 65536) -> np.ndarray:
+        """Features of a trajectory (n_frames, n_atoms, 3) in nm, computed in float64.
+
+        ``boxes`` (n_frames, 3, 3), box vectors as rows in nm, turns on the minimum image.
+        """
         xyz = np.asarray(xyz)
         if xyz.ndim != 3 or xyz.shape[1:] != (self.n_atoms, 3):
             raise LatfError(f"positions must have shape (n_frames, {self.n_atoms}, 3), got {xyz.shape}")
+        if boxes is not None and np.shape(boxes) != (len(xyz), 3, 3):
+            raise LatfError(f"boxes must have shape ({len(xyz)}, 3, 3), got {np.shape(boxes)}")
         positions = torch.from_numpy(xyz).to(torch.float64)
+        cells = None if boxes is None else torch.from_numpy(np.asarray(boxes)).to(torch.float64)
         with torch.no_grad():
-            return torch.cat([self(chunk) for chunk in positions.split(batch_size)]).numpy()
+            return torch.cat([
+                self(chunk, None if cells is None else cells[start : start + len(chunk)])
+                for start, chunk in zip(range(0, len(positions), batch_size), positions.split(batch_size), strict=True)
+            ]).numpy()
 
 
 def _as_mdtraj(topology: app.Topology | mdtraj.Topology) -> mdtraj.Topology:

@@ -412,7 +412,8 @@ def _finish(molsys, out_dir, settings, segments, platform, properties, wall, ste
             series["potential_energy"].append(chunk["potential_energy"])
             series["temperature"].append(chunk["temperature"])
             if featurizer is not None:
-                series["features"].append(featurizer.transform(chunk["positions"]).astype(np.float32))
+                boxes = chunk["boxes"] if len(chunk["boxes"]) else None
+                series["features"].append(featurizer.transform(chunk["positions"], boxes).astype(np.float32))
     n_frames = sum(len(e) for e in series["potential_energy"])
     steps = (np.arange(n_frames) + 1) * settings["frame_interval"]
     with atomic_path(out_dir / TOPOLOGY) as tmp, open(tmp, "w") as handle:
