@@ -240,6 +240,49 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained model's CV as one TorchScript file (positions → CV)",
+        description="Write the trained encoder with the system's featurizer as a TorchScript file that maps "
+        "positions (nm) [and the periodic box] to the CV; it loads with torch alone and runs as an OpenMM "
+        "TorchForce. --component k writes the scalar component k, for a CustomCVForce.",
+    )
+    p.add_argument("model", nargs="?", help="model file written by 'latf train'")
+    p.add_argument("--system", help="system name or recipe whose featurizer the model was trained on")
+    p.add_argument(
+        "--system-arg",
+        dest="system_args",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder option of the system (repeatable)",
+    )
+    p.add_argument("--out", help="output TorchScript file (.pt)")
+    p.add_argument("--component", type=int, help="export only this CV component, as a scalar")
+    p.set_defaults(handler=_export, required=("model", "system", "out"))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from latf_openmm.export import export_cv
+    from latf_openmm.features import build_featurizer
+    from latf_openmm.models import load_model
+    from latf_openmm.systems import load_system
+
+    model = load_model(args.model)
+    molsys = load_system(args.system, **dict(args.system_args))
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    if featurizer.names != model.feature_names:
+        raise LatfError(f"{args.system}'s features differ from those {args.model} was trained on")
+    export_cv(model, featurizer, args.out, component=args.component, feature_description=molsys.features)
+    print(
+        f"wrote {args.out}: {molsys.topology.getNumAtoms()} atoms → "
+        f"{'CV component ' + str(args.component) if args.component is not None else f'{model.latent_dim}-D CV'}"
+    )
+    return 0
+
+
 def _add_systems(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("systems", help="list the shipped systems", description="List the shipped system recipes.")
     p.set_defaults(handler=_systems, required=())
@@ -261,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and drive OpenMM simulations with them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate):
+    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate, _add_export):
         add(sub)
     for subparser in sub.choices.values():
         subparser.add_argument(

@@ -8,6 +8,18 @@ import numpy as np
 import pytest
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
+QUICK_TRAIN = [
+    "--n-initial-states",
+    16,
+    "--learning-rate",
+    5e-3,
+    "--max-epochs",
+    20,
+    "--batch-size",
+    256,
+    "--threads",
+    1,
+]
 
 
 def _cli(*args):
@@ -107,3 +119,50 @@ def test_other_latent_dimensions(two_state_data, latent_dim):
     states = model.predict_state(frames)
     blob = frames[:, 0] > 0
     assert max(np.mean(states == blob), np.mean(states != blob)) > 0.95
+
+
+def test_export_cli(two_state_data, tmp_path):
+    import torch
+
+    from latf_openmm.models import load_model
+
+    run = tmp_path / "md"
+    simulate = ["--system", "threehole", "--temperatures", 1.0, "--steps", 600_000, "--frame-interval", 30]
+    result = _cli("simulate", *simulate, "--out", run, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    model = tmp_path / "model.pt"
+    result = _cli(
+        "train",
+        run,
+        "--model",
+        "spib",
+        "--out",
+        model,
+        "--lag",
+        3,
+        "--n-initial-states",
+        9,
+        "--learning-rate",
+        5e-3,
+        "--batch-size",
+        512,
+        "--max-epochs",
+        15,
+        "--refinements",
+        2,
+        "--threads",
+        1,
+    )
+    assert result.returncode == 0, result.stderr
+    result = _cli("export", model, "--system", "threehole", "--out", tmp_path / "cv.pt")
+    assert result.returncode == 0, result.stderr
+    exported = torch.jit.load(str(tmp_path / "cv.pt"))
+    positions = np.array([[-1.0, 0.2, 0.0]])
+    expected = load_model(model).transform(positions[:, :2])
+    np.testing.assert_allclose(exported(torch.from_numpy(positions)).detach().numpy(), expected[0], atol=1e-5)
+    # a model trained on other features is refused
+    other = tmp_path / "other.pt"
+    result = _cli("train", two_state_data, "--model", "spib", "--out", other, "--lag", 5, *QUICK_TRAIN)
+    assert result.returncode == 0, result.stderr
+    result = _cli("export", other, "--system", "threehole", "--out", tmp_path / "bad.pt")
+    assert result.returncode == 2 and "features differ" in result.stderr

@@ -1,0 +1,113 @@
+"""Export: a trained encoder plus its featurizer as one TorchScript file, positions → CV.
+
+The exported module maps positions (nm; float32 or float64, as OpenMM's CPU and
+Reference platforms pass float64) and an optional periodic box to the latent CV:
+features → normalization → encoder. With ``component=k`` it returns the scalar CV
+component k, which is what a TorchForce inside an OpenMM ``CustomCVForce`` needs.
+Metadata (feature description, atom count, CV dimension, units, training-data hash,
+versions) travel inside the file as ``latf_metadata.json``; loading needs only torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latf_openmm.errors import LatfError
+from latf_openmm.features import Featurizer
+from latf_openmm.files import atomic_path
+from latf_openmm.models import SPIBModel
+from latf_openmm.versions import versions
+
+METADATA_FILE = "latf_metadata.json"
+
+
+class CollectiveVariable(torch.nn.Module):
+    """positions (n_atoms, 3) [+ box (3, 3)] → CV (d,), or its component ``component`` (a scalar).
+
+    Features are computed in float64 and passed to the encoder in its own dtype; the
+    result is float64.
+    """
+
+    def __init__(self, featurizer: Featurizer, model: SPIBModel, component: int | None = None) -> None:
+        super().__init__()
+        if featurizer.n_features != len(model.feature_names):
+            raise LatfError(
+                f"the featurizer makes {featurizer.n_features} features but the model expects "
+                f"{len(model.feature_names)}; export the featurizer the model was trained with"
+            )
+        if component is not None and not 0 <= component < model.latent_dim:
+            raise LatfError(f"component {component} out of range for a {model.latent_dim}-D CV")
+        self.featurizer = featurizer
+        network = model.network
+        self.register_buffer("feature_mean", network.feature_mean.clone())
+        self.register_buffer("feature_scale", network.feature_scale.clone())
+        self.encoder = network.encoder
+        self.component = -1 if component is None else int(component)
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        positions = positions.to(torch.float64)
+        if box is not None:
+            box = box.to(torch.float64)
+        features = self.featurizer(positions, box)
+        normalized = (features - self.feature_mean.to(torch.float64)) / self.feature_scale.to(torch.float64)
+        cv = self.encoder(normalized.to(self.feature_mean.dtype)).to(torch.float64)
+        if self.component >= 0:
+            return cv[self.component]
+        return cv
+
+
+def export_cv(
+    model: SPIBModel,
+    featurizer: Featurizer,
+    path: str | Path,
+    component: int | None = None,
+    feature_description: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write the CV of ``model`` with ``featurizer`` as one TorchScript file (atomically).
+
+    Parameters
+    ----------
+    model
+        A trained SPIB or LaTF model.
+    featurizer
+        The featurizer whose features the model was trained on.
+    path
+        Output file (``.pt``).
+    component
+        Export only this CV component as a scalar (for an OpenMM CustomCVForce).
+    feature_description
+        The featurizer's description, stored in the metadata.
+    """
+    module = torch.jit.script(CollectiveVariable(featurizer, model, component).eval())
+    metadata = {
+        "format": "latf_openmm.cv",
+        "cv_dimension": model.latent_dim,
+        "component": component,
+        "n_atoms": featurizer.n_atoms,
+        "n_features": featurizer.n_features,
+        "feature_names": featurizer.names,
+        "features": feature_description,
+        "units": {"positions": "nm", "box": "nm", "cv": "latent (dimensionless)"},
+        "data_digest": model.info.get("data_digest"),
+        "versions": versions(),
+    }
+    with atomic_path(path) as tmp:
+        torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(metadata)})
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata stored in an exported CV file."""
+    extra = {METADATA_FILE: ""}
+    try:
+        torch.jit.load(str(path), _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:
+        raise LatfError(f"cannot read exported CV {path}: {exc}") from exc
+    return json.loads(extra[METADATA_FILE])
+
+
+__all__ = ["CollectiveVariable", "export_cv", "read_metadata"]
