@@ -261,6 +261,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output TorchScript file (.pt)")
     p.add_argument("--component", type=int, help="export only this CV component, as a scalar")
+    p.add_argument(
+        "--plumed",
+        metavar="DIR",
+        help="also write DIR/model.ptc (PLUMED PYTORCH_MODEL) and DIR/plumed.dat (features, CV, bias)",
+    )
+    p.add_argument(
+        "--plumed-bias",
+        choices=["opes", "metad"],
+        default="opes",
+        help="bias in plumed.dat: OPES_METAD or well-tempered METAD (default opes)",
+    )
+    p.add_argument("--temperature", type=float, help="temperature for plumed.dat, K (default: the system's first)")
     p.set_defaults(handler=_export, required=("model", "system", "out"))
 
 
@@ -276,6 +288,19 @@ def _export(args: argparse.Namespace) -> int:
     if featurizer.names != model.feature_names:
         raise LatfError(f"{args.system}'s features differ from those {args.model} was trained on")
     export_cv(model, featurizer, args.out, component=args.component, feature_description=molsys.features)
+    if args.plumed:
+        from pathlib import Path
+
+        from latf_openmm.export.plumed import plumed_input, write_plumed_model
+        from latf_openmm.files import atomic_path
+
+        folder = Path(args.plumed)
+        write_plumed_model(model, folder / "model.ptc")
+        temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
+        text = plumed_input(featurizer, "model.ptc", model.latent_dim, temperature, bias=args.plumed_bias)
+        with atomic_path(folder / "plumed.dat") as tmp:
+            tmp.write_text(text)
+        print(f"wrote {folder / 'model.ptc'} and {folder / 'plumed.dat'}")
     print(
         f"wrote {args.out}: {molsys.topology.getNumAtoms()} atoms → "
         f"{'CV component ' + str(args.component) if args.component is not None else f'{model.latent_dim}-D CV'}"

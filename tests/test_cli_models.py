@@ -154,8 +154,13 @@ def test_export_cli(two_state_data, tmp_path):
         1,
     )
     assert result.returncode == 0, result.stderr
-    result = _cli("export", model, "--system", "threehole", "--out", tmp_path / "cv.pt")
+    result = _cli("export", model, "--system", "threehole", "--out", tmp_path / "cv.pt", "--plumed", tmp_path / "pl")
     assert result.returncode == 0, result.stderr
+    plumed = (tmp_path / "pl" / "plumed.dat").read_text()
+    assert (
+        "p0_0: POSITION ATOM=1 NOPBC" in plumed and "ARG=p0_0.x,p0_0.y" in plumed and "TEMP=90.204" in plumed
+    )  # the recipe's first temperature, 0.75 ε
+    assert torch.jit.load(str(tmp_path / "pl" / "model.ptc"))(torch.zeros(1, 2)).shape == (1, 2)
     exported = torch.jit.load(str(tmp_path / "cv.pt"))
     positions = np.array([[-1.0, 0.2, 0.0]])
     expected = load_model(model).transform(positions[:, :2])

@@ -1,0 +1,174 @@
+"""PLUMED integration through the files PLUMED reads and writes.
+
+- :func:`write_plumed_model`: the features → CV part of a model as a TorchScript file for
+  PLUMED's ``PYTORCH_MODEL`` (input float32 (1, n_features), output (1, n_cv)).
+- :func:`plumed_input`: a ``plumed.dat`` that computes the same features with PLUMED
+  actions (1-based atom numbers, nm), feeds them to ``PYTORCH_MODEL``, biases the CV with
+  ``OPES_METAD`` or well-tempered ``METAD`` and prints CV and bias to ``COLVAR``.
+- :func:`read_colvar`: PLUMED ``COLVAR`` and ``HILLS`` files (``#! FIELDS`` headers, restarts).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latf_openmm.errors import LatfError
+from latf_openmm.features import CoordinationNumbers, Dihedrals, Distances, Featurizer, Positions
+from latf_openmm.files import atomic_path
+from latf_openmm.models import SPIBModel
+
+
+class _FeaturesToCV(torch.nn.Module):
+    def __init__(self, model: SPIBModel) -> None:
+        super().__init__()
+        network = model.network
+        self.register_buffer("feature_mean", network.feature_mean.clone().float())
+        self.register_buffer("feature_scale", network.feature_scale.clone().float())
+        self.encoder = copy.deepcopy(network.encoder).float()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.encoder((features.to(torch.float32) - self.feature_mean) / self.feature_scale)
+
+
+def write_plumed_model(model: SPIBModel, path: str | Path) -> Path:
+    """Write features (1, n_features) → CV (1, n_cv) as TorchScript for PLUMED's PYTORCH_MODEL."""
+    module = torch.jit.script(_FeaturesToCV(model).eval())
+    with atomic_path(path) as tmp:
+        torch.jit.save(module, str(tmp))
+    return Path(path)
+
+
+def _feature_lines(featurizer: Featurizer) -> tuple[list[str], list[str]]:
+    """PLUMED actions computing the featurizer's features, and the labels in feature order."""
+    lines: list[str] = []
+    labels: list[str] = []
+    for b, block in enumerate(featurizer.blocks):
+        if isinstance(block, Distances):
+            for k, (i, j) in enumerate(block.pairs.tolist()):
+                lines.append(f"d{b}_{k}: DISTANCE ATOMS={i + 1},{j + 1}")
+                labels.append(f"d{b}_{k}")
+        elif isinstance(block, Dihedrals):
+            quads = block.quadruplets.tolist()
+            for k, quad in enumerate(quads):
+                lines.append(f"t{b}_{k}: TORSION ATOMS={','.join(str(a + 1) for a in quad)}")
+            for func in ("sin", "cos"):
+                for k in range(len(quads)):
+                    lines.append(f"{func}{b}_{k}: CUSTOM ARG=t{b}_{k} FUNC={func}(x) PERIODIC=NO")
+                    labels.append(f"{func}{b}_{k}")
+        elif isinstance(block, Positions):
+            components = "xyz"
+            for atom in block.atom_indices.tolist():
+                lines.append(f"p{b}_{atom}: POSITION ATOM={atom + 1} NOPBC")
+                labels.extend(f"p{b}_{atom}.{components[c]}" for c in block.component_indices.tolist())
+        elif isinstance(block, CoordinationNumbers):
+            atoms = block.atom_indices.tolist()
+            for atom in atoms:
+                others = ",".join(str(a + 1) for a in atoms if a != atom)
+                lines.append(
+                    f"cn{b}_{atom}: COORDINATION GROUPA={atom + 1} GROUPB={others} "
+                    f"SWITCH={{RATIONAL R_0={block.r0} NN={block.n} MM={block.m}}}"
+                )
+                labels.append(f"cn{b}_{atom}")
+        else:  # pragma: no cover - every block kind is handled above
+            raise LatfError(f"no PLUMED equivalent for feature block {type(block).__name__}")
+    return lines, labels
+
+
+def plumed_input(
+    featurizer: Featurizer,
+    model_file: str,
+    cv_dimension: int,
+    temperature: float,
+    bias: str = "opes",
+    pace: int = 500,
+    barrier: float = 40.0,
+    sigma: float | list[float] = 0.1,
+    height: float = 1.2,
+    biasfactor: float = 10.0,
+    stride: int = 500,
+) -> str:
+    """Text of a ``plumed.dat`` biasing the learned CV (kJ/mol, nm, K, as PLUMED's defaults).
+
+    Parameters
+    ----------
+    featurizer
+        The featurizer the model was trained on.
+    model_file
+        File written by :func:`write_plumed_model`.
+    cv_dimension
+        Number of CV components (1 or 2 are biased; more are printed only).
+    temperature
+        Temperature, K.
+    bias
+        ``"opes"`` (OPES_METAD with ``barrier``) or ``"metad"`` (well-tempered METAD
+        with ``sigma``, ``height``, ``biasfactor``).
+    pace, stride
+        Deposition and printing strides in steps.
+    """
+    if bias not in ("opes", "metad"):
+        raise LatfError(f"bias must be 'opes' or 'metad', got {bias!r}")
+    if cv_dimension < 1 or temperature <= 0 or pace < 1 or stride < 1:
+        raise LatfError("cv_dimension ≥ 1, temperature > 0, pace ≥ 1 and stride ≥ 1 are required")
+    lines, labels = _feature_lines(featurizer)
+    cvs = [f"cv.node-{k}" for k in range(cv_dimension)]
+    biased = ",".join(cvs[:2])
+    out = [
+        "# latf_openmm: learned CV, written by latf_openmm.export.plumed",
+        "UNITS LENGTH=nm ENERGY=kj/mol TIME=ps",
+        *lines,
+        f"cv: PYTORCH_MODEL FILE={model_file} ARG={','.join(labels)}",
+    ]
+    if bias == "opes":
+        out.append(f"bias: OPES_METAD ARG={biased} PACE={pace} BARRIER={barrier} TEMP={temperature}")
+        printed = "bias.bias,bias.rct"
+    else:
+        sigmas = ",".join(str(s) for s in (np.broadcast_to(sigma, (len(cvs[:2]),))))
+        out.append(
+            f"bias: METAD ARG={biased} PACE={pace} SIGMA={sigmas} HEIGHT={height} "
+            f"BIASFACTOR={biasfactor} TEMP={temperature} CALC_RCT FILE=HILLS"
+        )
+        printed = "bias.bias,bias.rct"
+    out.append(f"PRINT ARG={','.join(cvs)},{printed} STRIDE={stride} FILE=COLVAR")
+    return "\n".join(out) + "\n"
+
+
+def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
+    """Columns of a PLUMED ``COLVAR`` or ``HILLS`` file by field name.
+
+    Later ``#! FIELDS`` headers (from restarts) must repeat the same fields; ``#! SET``
+    lines and blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LatfError(f"PLUMED file not found: {path}")
+    fields: list[str] | None = None
+    rows: list[list[float]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.startswith("#! FIELDS"):
+            header = line.split()[2:]
+            if fields is not None and header != fields:
+                raise LatfError(f"{path}:{number}: fields change from {fields} to {header}")
+            fields = header
+        elif not line.strip() or line.startswith("#"):
+            continue
+        else:
+            if fields is None:
+                raise LatfError(f"{path}:{number}: data before the '#! FIELDS' header")
+            values = line.split()
+            if len(values) != len(fields):
+                raise LatfError(f"{path}:{number}: {len(values)} values for {len(fields)} fields")
+            try:
+                rows.append([float(v) for v in values])
+            except ValueError as exc:
+                raise LatfError(f"{path}:{number}: {exc}") from exc
+    if fields is None:
+        raise LatfError(f"{path} has no '#! FIELDS' header; is it a PLUMED COLVAR or HILLS file?")
+    table = np.array(rows, dtype=float).reshape(-1, len(fields))
+    return {name: table[:, k] for k, name in enumerate(fields)}
+
+
+__all__ = ["plumed_input", "read_colvar", "write_plumed_model"]
