@@ -8,6 +8,7 @@ line override the file.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -189,6 +190,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise LatfError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="latf train: %(message)s", stream=sys.stderr)
     config = TrainingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)})
     data = load_training_data(args.data)
     model = (LaTF if args.model == "latf" else SPIB)(config).fit(data)

@@ -264,12 +264,13 @@ class _Trainer:
             if calm >= cfg.patience:
                 break
         log.info(
-            "%s refinement %d: %d epochs, validation loss %.4f, %d states",
+            "%s round %d: %d epochs, validation loss %.4f, %d states, %.1f s",
             stage,
             refinement,
             epoch + 1,
             current,
             self.network.n_states,
+            time.perf_counter() - self.started,
         )
 
     @torch.no_grad()
