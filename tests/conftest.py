@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import latf_openmm  # noqa: F401  (imports torch before openmm; see latf_openmm/__init__.py)
 
@@ -11,6 +12,25 @@ def ala2_vacuum():
     from latf_openmm.systems import load_system
 
     return load_system("ala2_vacuum")
+
+
+@pytest.fixture(scope="session")
+def cv_setup(ala2_vacuum):
+    """An (untrained) encoder on alanine dipeptide's default features, and 100 frames."""
+    from latf_openmm import build_featurizer
+    from latf_openmm.models import SPIBModel
+    from latf_openmm.models.network import LatentNetwork
+
+    featurizer = build_featurizer(ala2_vacuum.features, ala2_vacuum.topology)
+    rng = np.random.default_rng(11)
+    frames = ala2_vacuum.positions[None] + rng.normal(scale=0.02, size=(100, 22, 3))
+    torch.manual_seed(0)
+    network = LatentNetwork(featurizer.n_features, 2, 3)
+    features = featurizer.transform(frames)
+    network.feature_mean.copy_(torch.from_numpy(features.mean(0)))
+    network.feature_scale.copy_(torch.from_numpy(features.std(0) + 1e-3))
+    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"})
+    return featurizer, model, frames
 
 
 @pytest.fixture

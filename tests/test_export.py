@@ -15,22 +15,6 @@ from openmmtorch import TorchForce
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.export import export_cv, read_metadata
 from latf_openmm.models import SPIBModel
-from latf_openmm.models.network import LatentNetwork
-
-
-@pytest.fixture(scope="module")
-def cv_setup(ala2_vacuum):
-    """An (untrained) encoder on alanine dipeptide's default features, and 100 frames."""
-    featurizer = build_featurizer(ala2_vacuum.features, ala2_vacuum.topology)
-    rng = np.random.default_rng(11)
-    frames = ala2_vacuum.positions[None] + rng.normal(scale=0.02, size=(100, 22, 3))
-    torch.manual_seed(0)
-    network = LatentNetwork(featurizer.n_features, 2, 3)
-    features = featurizer.transform(frames)
-    network.feature_mean.copy_(torch.from_numpy(features.mean(0)))
-    network.feature_scale.copy_(torch.from_numpy(features.std(0) + 1e-3))
-    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"})
-    return featurizer, model, frames
 
 
 def test_export_matches_python_for_float32_and_float64(cv_setup, tmp_path):
