@@ -41,26 +41,7 @@ def two_state_data(tmp_path_factory):
 
 def test_train_and_generate(two_state_data, tmp_path):
     model = tmp_path / "model.pt"
-    result = _cli(
-        "train",
-        two_state_data,
-        "--out",
-        model,
-        "--lag",
-        5,
-        "--n-initial-states",
-        16,
-        "--learning-rate",
-        5e-3,
-        "--max-epochs",
-        20,
-        "--joint-max-epochs",
-        10,
-        "--batch-size",
-        256,
-        "--threads",
-        1,
-    )
+    result = _cli("train", two_state_data, "--out", model, "--lag", 5, "--joint-max-epochs", 10, *QUICK_TRAIN)
     assert result.returncode == 0, result.stderr
     assert "2 states" in result.stdout
     out = tmp_path / "generated.npz"
