@@ -29,15 +29,8 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def _add_simulate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "simulate",
-        help="unbiased Langevin MD at one or more temperatures",
-        description="Unbiased Langevin MD (LangevinMiddleIntegrator) of a system at one or more "
-        "temperatures, each an independent run with its own seed. A killed run resumes from its "
-        "last checkpoint when the same command is run again.",
-    )
-    p.add_argument("--system", help="shipped system name (see 'latf systems') or a recipe .toml path")
+def _add_system_options(p: argparse.ArgumentParser, system_help: str) -> None:
+    p.add_argument("--system", help=system_help)
     p.add_argument(
         "--system-arg",
         dest="system_args",
@@ -47,6 +40,23 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="builder option, e.g. start=extended for chignolin (repeatable)",
     )
+
+
+def _load_system(args: argparse.Namespace):
+    from latf_openmm.systems import load_system
+
+    return load_system(args.system, **dict(args.system_args))
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="unbiased Langevin MD at one or more temperatures",
+        description="Unbiased Langevin MD (LangevinMiddleIntegrator) of a system at one or more "
+        "temperatures, each an independent run with its own seed. A killed run resumes from its "
+        "last checkpoint when the same command is run again.",
+    )
+    _add_system_options(p, "shipped system name (see 'latf systems') or a recipe .toml path")
     p.add_argument(
         "--temperatures",
         nargs="+",
@@ -88,9 +98,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     from latf_openmm.simulation import simulate_temperatures
-    from latf_openmm.systems import load_system
 
-    molsys = load_system(args.system, **dict(args.system_args))
+    molsys = _load_system(args)
     temperatures = [molsys.to_kelvin(t) for t in args.temperatures] if args.temperatures else list(molsys.temperatures)
     results = simulate_temperatures(
         molsys,
@@ -251,16 +260,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "TorchForce. --component k writes the scalar component k, for a CustomCVForce.",
     )
     p.add_argument("model", nargs="?", help="model file written by 'latf train'")
-    p.add_argument("--system", help="system name or recipe whose featurizer the model was trained on")
-    p.add_argument(
-        "--system-arg",
-        dest="system_args",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="builder option of the system (repeatable)",
-    )
+    _add_system_options(p, "system name or recipe whose featurizer the model was trained on")
     p.add_argument("--out", help="output TorchScript file (.pt)")
     p.add_argument("--component", type=int, help="export only this CV component, as a scalar")
     p.add_argument(
@@ -282,10 +282,9 @@ def _export(args: argparse.Namespace) -> int:
     from latf_openmm.export import export_cv
     from latf_openmm.features import build_featurizer
     from latf_openmm.models import load_model
-    from latf_openmm.systems import load_system
 
     model = load_model(args.model)
-    molsys = load_system(args.system, **dict(args.system_args))
+    molsys = _load_system(args)
     featurizer = build_featurizer(molsys.features, molsys.topology)
     if featurizer.names != model.feature_names:
         raise LatfError(f"{args.system}'s features differ from those {args.model} was trained on")
