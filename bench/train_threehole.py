@@ -61,7 +61,7 @@ def main() -> None:
             {
                 "train_s": round(train_s, 2),
                 "n_states": model.n_states,
-                "populations": np.round(np.bincount(states, minlength=model.n_states) / len(states), 4).tolist(),
+                "populations": np.round(model.latent_populations(md_latent), 4).tolist(),
                 "generated_populations": np.round(model.state_populations(kt, len(frames), args.seed + 1), 4).tolist(),
                 "kl": round(kl_divergence_2d(md_latent, generated), 4),
                 "js": round(js_divergence_2d(md_latent, generated), 4),

@@ -10,6 +10,7 @@ versions) travel inside the file as ``latf_metadata.json``; loading needs only t
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,23 @@ from latf_openmm.models import SPIBModel
 from latf_openmm.versions import versions
 
 METADATA_FILE = "latf_metadata.json"
+
+
+class LatentMean(torch.nn.Module):
+    """features (..., n_features) → latent CV (..., d): normalization in float64, the encoder in
+    its own dtype, the result in float64. Shared by the OpenMM and PLUMED exports."""
+
+    def __init__(self, model: SPIBModel) -> None:
+        super().__init__()
+        network = model.network
+        self.register_buffer("feature_mean", network.feature_mean.clone())
+        self.register_buffer("feature_scale", network.feature_scale.clone())
+        self.encoder = copy.deepcopy(network.encoder)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.to(torch.float64)
+        normalized = (features - self.feature_mean.to(torch.float64)) / self.feature_scale.to(torch.float64)
+        return self.encoder(normalized.to(self.feature_mean.dtype)).to(torch.float64)
 
 
 class CollectiveVariable(torch.nn.Module):
@@ -42,19 +60,14 @@ class CollectiveVariable(torch.nn.Module):
         if component is not None and not 0 <= component < model.latent_dim:
             raise LatfError(f"component {component} out of range for a {model.latent_dim}-D CV")
         self.featurizer = featurizer
-        network = model.network
-        self.register_buffer("feature_mean", network.feature_mean.clone())
-        self.register_buffer("feature_scale", network.feature_scale.clone())
-        self.encoder = network.encoder
+        self.latent = LatentMean(model)
         self.component = -1 if component is None else int(component)
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         positions = positions.to(torch.float64)
         if box is not None:
             box = box.to(torch.float64)
-        features = self.featurizer(positions, box)
-        normalized = (features - self.feature_mean.to(torch.float64)) / self.feature_scale.to(torch.float64)
-        cv = self.encoder(normalized.to(self.feature_mean.dtype)).to(torch.float64)
+        cv = self.latent(self.featurizer(positions, box))
         if self.component >= 0:
             return cv[self.component]
         return cv
@@ -110,4 +123,4 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(extra[METADATA_FILE])
 
 
-__all__ = ["CollectiveVariable", "export_cv", "read_metadata"]
+__all__ = ["CollectiveVariable", "LatentMean", "export_cv", "read_metadata"]

@@ -10,33 +10,32 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latf_openmm.errors import LatfError
+from latf_openmm.export import LatentMean
 from latf_openmm.features import CoordinationNumbers, Dihedrals, Distances, Featurizer, Positions
 from latf_openmm.files import atomic_path
 from latf_openmm.models import SPIBModel
 
 
-class _FeaturesToCV(torch.nn.Module):
+class _PlumedCV(torch.nn.Module):
+    """PYTORCH_MODEL's contract: float32 features (1, n_features) in, float32 CV (1, n_cv) out."""
+
     def __init__(self, model: SPIBModel) -> None:
         super().__init__()
-        network = model.network
-        self.register_buffer("feature_mean", network.feature_mean.clone().float())
-        self.register_buffer("feature_scale", network.feature_scale.clone().float())
-        self.encoder = copy.deepcopy(network.encoder).float()
+        self.latent = LatentMean(model)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.encoder((features.to(torch.float32) - self.feature_mean) / self.feature_scale)
+        return self.latent(features).to(torch.float32)
 
 
 def write_plumed_model(model: SPIBModel, path: str | Path) -> Path:
     """Write features (1, n_features) → CV (1, n_cv) as TorchScript for PLUMED's PYTORCH_MODEL."""
-    module = torch.jit.script(_FeaturesToCV(model).eval())
+    module = torch.jit.script(_PlumedCV(model).eval())
     with atomic_path(path) as tmp:
         torch.jit.save(module, str(tmp))
     return Path(path)

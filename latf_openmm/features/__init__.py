@@ -181,10 +181,14 @@ class Featurizer(torch.nn.Module):
         positions = torch.from_numpy(xyz).to(torch.float64)
         cells = None if boxes is None else torch.from_numpy(np.asarray(boxes)).to(torch.float64)
         with torch.no_grad():
-            return torch.cat([
-                self(chunk, None if cells is None else cells[start : start + len(chunk)])
-                for start, chunk in zip(range(0, len(positions), batch_size), positions.split(batch_size), strict=True)
-            ]).numpy()
+            return torch.cat(
+                [
+                    self(chunk, None if cells is None else cells[start : start + len(chunk)])
+                    for start, chunk in zip(
+                        range(0, len(positions), batch_size), positions.split(batch_size), strict=True
+                    )
+                ]
+            ).numpy()
 
 
 def _as_mdtraj(topology: app.Topology | mdtraj.Topology) -> mdtraj.Topology:

@@ -33,7 +33,7 @@ def generate(
     if n < 1 or bins < 2:
         raise LatfError(f"need n ≥ 1 samples and bins ≥ 2, got n={n}, bins={bins}")
     samples = np.stack([model.sample(t, n, seed + i) for i, t in enumerate(temperatures)])
-    populations = np.stack([np.bincount(model.latent_state(s), minlength=model.n_states) / n for s in samples])
+    populations = np.stack([model.latent_populations(s) for s in samples])
     result: dict[str, np.ndarray] = {
         "temperatures": np.asarray(temperatures, dtype=float),
         "samples": samples,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,10 @@ class SPIBModel:
         latent = torch.as_tensor(np.asarray(latent, dtype=np.float32))
         return self.network.state_log_probs(latent).argmax(-1).numpy()
 
+    def latent_populations(self, latent: np.ndarray) -> np.ndarray:
+        """Fraction of latent points (n, d) in each metastable state."""
+        return np.bincount(self.latent_state(latent), minlength=self.n_states) / max(len(latent), 1)
+
     def save(self, path: str | Path) -> None:
         """Save atomically; :func:`load_model` restores an identical model."""
         payload = {
@@ -124,7 +129,7 @@ class LaTFModel(SPIBModel):
             raise LatfError(f"number of samples must be non-negative, got {n}")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         z = prior.sample(n, self.latent_dim, self.tau, self._scaled(temperature), generator)
-        u, _ = self.network.flow.inverse(z.float())
+        u, _ = self.network.flow.inverse(z.to(self.network.log_var.dtype))
         return u.numpy()
 
     @torch.no_grad()
@@ -133,12 +138,9 @@ class LaTFModel(SPIBModel):
         latent = np.asarray(latent, dtype=np.float64)
         if latent.ndim != 2 or latent.shape[1] != self.latent_dim:
             raise LatfError(f"latent points must have shape (n, {self.latent_dim}), got {latent.shape}")
-        flow = self.network.flow.double()
-        try:
-            z, log_det = flow(torch.from_numpy(latent))
-            return (prior.log_prob(z, self.tau, self._scaled(temperature)) + log_det).numpy()
-        finally:
-            flow.float()
+        flow = copy.deepcopy(self.network.flow).double()  # float64 density; the model keeps its dtype
+        z, log_det = flow(torch.from_numpy(latent))
+        return (prior.log_prob(z, self.tau, self._scaled(temperature)) + log_det).numpy()
 
     def free_energy(self, grid: np.ndarray, temperature: float) -> np.ndarray:
         """F(s; T) = −k_B T log p(s | T) at latent points ``grid`` (n, d).
@@ -151,8 +153,7 @@ class LaTFModel(SPIBModel):
 
     def state_populations(self, temperature: float, n: int = 200_000, seed: int = 0) -> np.ndarray:
         """Populations of the metastable states at ``temperature``, from ``n`` generated samples."""
-        states = self.latent_state(self.sample(temperature, n, seed))
-        return np.bincount(states, minlength=self.n_states) / max(n, 1)
+        return self.latent_populations(self.sample(temperature, n, seed))
 
 
 def load_model(path: str | Path) -> SPIBModel:

@@ -214,7 +214,8 @@ def simulate(
             if now - last_report >= 0.5 or frame + 1 == n_frames:
                 steps_now = (frame + 1 - frames_done) * settings["frame_interval"]
                 bar.update(frames_done * settings["frame_interval"] + steps_now - bar.n)
-                bar.set_postfix_str(_ns_per_day_text(steps_now, settings["timestep_ps"], now - started))
+                rate = _ns_per_day(steps_now, settings["timestep_ps"], now - started)
+                bar.set_postfix_str(f"{rate:.4g} ns/day" if rate else "")
                 last_report = now
             if frame + 1 == n_frames or now - last_flush >= checkpoint_seconds:
                 segments.write(buffer, frame + 1 - len(buffer), context.createCheckpoint())
@@ -222,7 +223,7 @@ def simulate(
                 last_flush = now
     wall = time.perf_counter() - started
     steps_run = (n_frames - frames_done) * settings["frame_interval"]
-    return _finish(molsys, out_dir, settings, segments, platform_obj, properties, wall, steps_run)
+    return _finish(molsys, out_dir, settings, segments, properties, wall, steps_run)
 
 
 def simulate_temperatures(
@@ -258,10 +259,9 @@ def run_label(molsys: MolecularSystem, temperature: float) -> str:
     return f"T{shown:.6g}" + ("" if molsys.reduced_units else "K")
 
 
-def _ns_per_day_text(steps: int, timestep_ps: float, seconds: float) -> str:
-    if seconds <= 0:
-        return ""
-    return f"{steps * timestep_ps * 1e-3 * 86400 / seconds:.4g} ns/day"
+def _ns_per_day(steps: int, timestep_ps: float, seconds: float) -> float | None:
+    """Simulated ns per wall-clock day, or None before anything was timed."""
+    return steps * timestep_ps * 1e-3 * 86400 / seconds if seconds > 0 and steps else None
 
 
 def _settings(
@@ -396,7 +396,7 @@ def _trajectory_writer(path: Path, trajectory_format: str) -> Iterator[Callable[
         yield write
 
 
-def _finish(molsys, out_dir, settings, segments, platform, properties, wall, steps_run) -> RunResult:
+def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run) -> RunResult:
     """Stream the segments into the final files, write the manifest last, drop the segments."""
     topology = mdtraj.Topology.from_openmm(molsys.topology)
     featurizer = build_featurizer(molsys.features, topology) if molsys.features else None
@@ -437,9 +437,7 @@ def _finish(molsys, out_dir, settings, segments, platform, properties, wall, ste
         "platform_properties": properties,
         "files": {"trajectory": trajectory_name, "topology": TOPOLOGY, "timeseries": TIMESERIES},
         "wall_seconds_last_session": round(wall, 3),
-        "ns_per_day_last_session": (
-            steps_run * settings["timestep_ps"] * 1e-3 * 86400 / wall if wall > 0 and steps_run else None
-        ),
+        "ns_per_day_last_session": (_ns_per_day(steps_run, settings["timestep_ps"], wall)),
         "versions": versions(),
     }
     write_json(out_dir / MANIFEST, manifest)
