@@ -22,6 +22,18 @@ def _randomized_flow(dim: int, seed: int = 0) -> RealNVP:
     return flow
 
 
+def test_new_flow_is_identity_and_its_scales_get_gradients():
+    torch.manual_seed(0)
+    flow = RealNVP(2, n_layers=4, hidden=8)
+    u = torch.randn(256, 2) * torch.tensor([2.0, 0.5])
+    z, log_det = flow(u)
+    torch.testing.assert_close(z, u)
+    (0.5 * z.pow(2).sum(-1) - log_det).mean().backward()
+    for layer in flow.layers[1:]:
+        raw_scale_rows = layer.conditioner[-1].weight.grad[:2]  # the conditioner's outputs are (s̃, t)
+        assert float(raw_scale_rows.abs().sum()) > 0  # the scale branch learns, not only the shift
+
+
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_flow_inverse_is_inverse_and_log_det_is_jacobian(dim):
     flow = _randomized_flow(dim)

@@ -33,8 +33,10 @@ class AffineCoupling(nn.Module):
     outputs both the scale and the shift: with ``hidden`` twice the width of the
     published separate scale and shift networks it can represent both of them
     (block-diagonal weights) at half the number of layer calls, which is what costs
-    time for networks this small. ``scale`` (per dimension) and the conditioner's
-    last layer start at zero, so a new layer is the identity.
+    time for networks this small. The conditioner's last layer starts at zero, so a
+    new layer is the identity; ``scale`` (per dimension) starts at one, not zero:
+    with both factors of s at zero neither gets a gradient, and the layers would
+    stay volume-preserving (shift only) for good.
     """
 
     def __init__(self, mask: torch.Tensor, hidden: int) -> None:
@@ -42,7 +44,7 @@ class AffineCoupling(nn.Module):
         dim = mask.numel()
         self.register_buffer("mask", mask.float())
         self.conditioner = mlp(dim, hidden, 2 * dim, activation=_LeakyReLU)
-        self.scale = nn.Parameter(torch.zeros(dim))
+        self.scale = nn.Parameter(torch.ones(dim))
         nn.init.zeros_(self.conditioner[-1].weight)
         nn.init.zeros_(self.conditioner[-1].bias)
 
