@@ -93,15 +93,18 @@ def test_generated_samples_reproduce_encoded_md(latf_model, unbiased):
     frames = np.concatenate(unbiased)
     encoded = latf_model.transform(frames)
     generated = latf_model.sample(KT, len(frames), seed=5)
-    # Baselines the model must beat: a Gaussian with the encoded data's mean and covariance,
-    # and the same model sampled at a wrong temperature (T' off by 60 %).
+    # KL on the papers' 100 × 100 histogram: two halves of these MD frames differ by ≈ 0.15 (the
+    # sampling-noise floor), a moment-matched Gaussian by ≈ 2.6, and a flow whose coupling layers
+    # cannot change volume (an earlier bug) by ≈ 1.0; the trained model gives ≈ 0.3.
     rng = np.random.default_rng(0)
     gaussian = rng.multivariate_normal(encoded.mean(0), np.cov(encoded.T), size=len(frames))
     kl = kl_divergence_2d(encoded, generated)
-    assert kl < 0.6 * kl_divergence_2d(encoded, gaussian)
-    assert js_divergence_2d(encoded, generated) < js_divergence_2d(encoded, latf_model.sample(1.6 * KT, len(frames), 5))
+    assert kl < 0.5
+    assert kl < 0.25 * kl_divergence_2d(encoded, gaussian)
+    wrong_temperature = latf_model.sample(1.6 * KT, len(frames), 5)
+    assert js_divergence_2d(encoded, generated) < js_divergence_2d(encoded, wrong_temperature)
     md_states = np.bincount(latf_model.latent_state(encoded), minlength=3) / len(frames)
-    np.testing.assert_allclose(latf_model.state_populations(KT, len(frames)), md_states, atol=0.15)
+    np.testing.assert_allclose(latf_model.state_populations(KT, len(frames)), md_states, atol=0.03)
 
 
 def test_log_prob_is_a_normalized_density_at_any_temperature(latf_model, unbiased):
