@@ -57,7 +57,7 @@ def main() -> None:
     model = LaTF(
         lag=10,
         beta=1e-3,
-        encoder="linear",
+        encoder_layers=0,
         flow_layers=20,
         flow_hidden=16,
         tau=2.0,

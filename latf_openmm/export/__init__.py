@@ -43,6 +43,15 @@ class LatentMean(torch.nn.Module):
         return self.encoder(normalized.to(self.feature_mean.dtype)).to(torch.float64)
 
 
+def check_compatible(featurizer: Featurizer, model: SPIBModel) -> None:
+    """Raise if the featurizer does not make the features the model was trained on."""
+    if featurizer.n_features != len(model.feature_names):
+        raise LatfError(
+            f"the featurizer makes {featurizer.n_features} features but the model expects "
+            f"{len(model.feature_names)}; use the featurizer the model was trained with"
+        )
+
+
 class CollectiveVariable(torch.nn.Module):
     """positions (n_atoms, 3) [+ box (3, 3)] → CV (d,), or its component ``component`` (a scalar).
 
@@ -52,11 +61,7 @@ class CollectiveVariable(torch.nn.Module):
 
     def __init__(self, featurizer: Featurizer, model: SPIBModel, component: int | None = None) -> None:
         super().__init__()
-        if featurizer.n_features != len(model.feature_names):
-            raise LatfError(
-                f"the featurizer makes {featurizer.n_features} features but the model expects "
-                f"{len(model.feature_names)}; export the featurizer the model was trained with"
-            )
+        check_compatible(featurizer, model)
         if component is not None and not 0 <= component < model.latent_dim:
             raise LatfError(f"component {component} out of range for a {model.latent_dim}-D CV")
         self.featurizer = featurizer
@@ -123,4 +128,4 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(extra[METADATA_FILE])
 
 
-__all__ = ["CollectiveVariable", "LatentMean", "export_cv", "read_metadata"]
+__all__ = ["CollectiveVariable", "LatentMean", "check_compatible", "export_cv", "read_metadata"]

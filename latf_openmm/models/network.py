@@ -15,8 +15,9 @@ class LatentNetwork(nn.Module):
     ----------
     n_features, latent_dim, n_states
         Input, latent and output sizes.
-    encoder
-        ``"mlp"`` (two ReLU hidden layers of ``encoder_hidden``) or ``"linear"``.
+    encoder_layers
+        Number of ReLU hidden layers of the encoder MLP (``encoder_hidden`` wide); 0 gives a
+        linear encoder.
     encoder_hidden, decoder_hidden
         Hidden widths.
     flow_layers, flow_hidden
@@ -28,7 +29,7 @@ class LatentNetwork(nn.Module):
         n_features: int,
         latent_dim: int,
         n_states: int,
-        encoder: str = "mlp",
+        encoder_layers: int = 2,
         encoder_hidden: int = 16,
         decoder_hidden: int = 16,
         flow_layers: int = 0,
@@ -38,7 +39,9 @@ class LatentNetwork(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))
         self.encoder = (
-            mlp(n_features, encoder_hidden, latent_dim) if encoder == "mlp" else nn.Linear(n_features, latent_dim)
+            mlp(n_features, encoder_hidden, latent_dim, n_hidden_layers=encoder_layers)
+            if encoder_layers
+            else nn.Linear(n_features, latent_dim)
         )
         self.log_var = nn.Parameter(torch.zeros(()))
         self.decoder = mlp(latent_dim, decoder_hidden, n_states)

@@ -40,7 +40,7 @@ class TrainingConfig:
     latent_dim: int = _option(2, "dimension d of the latent CV")
     lag: int = _option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories")
     beta: float = _option(1e-3, "weight of the prior (information-bottleneck) term")
-    encoder: str = _option("mlp", "'mlp' (two ReLU hidden layers) or 'linear'")
+    encoder_layers: int = _option(2, "encoder hidden layers (ReLU); 0 gives a linear encoder")
     encoder_hidden: int = _option(16, "encoder hidden-layer width")
     decoder_hidden: int = _option(16, "decoder hidden-layer width")
     learning_rate: float = _option(1e-3, "Adam learning rate (reset at each refinement)")
@@ -75,7 +75,7 @@ class TrainingConfig:
             (self.latent_dim >= 1, "latent_dim must be ≥ 1"),
             (self.lag >= 1, "lag must be ≥ 1 frame"),
             (self.beta >= 0, "beta must be ≥ 0"),
-            (self.encoder in ("mlp", "linear"), "encoder must be 'mlp' or 'linear'"),
+            (self.encoder_layers >= 0, "encoder_layers must be ≥ 0"),
             (min(self.encoder_hidden, self.decoder_hidden, self.flow_hidden) >= 1, "hidden widths must be ≥ 1"),
             (self.learning_rate > 0 and 0 < self.lr_decay <= 1, "learning_rate > 0 and 0 < lr_decay ≤ 1 required"),
             (self.batch_size >= 1, "batch_size must be ≥ 1"),
@@ -177,7 +177,7 @@ class _Trainer:
                 data.n_features,
                 config.latent_dim,
                 int(self.labels.max()) + 1,
-                config.encoder,
+                config.encoder_layers,
                 config.encoder_hidden,
                 config.decoder_hidden,
                 config.flow_layers if flow else 0,
@@ -343,7 +343,7 @@ class _Trainer:
             "architecture": {
                 "n_features": self.data.n_features,
                 "latent_dim": self.config.latent_dim,
-                "encoder": self.config.encoder,
+                "encoder_layers": self.config.encoder_layers,
                 "encoder_hidden": self.config.encoder_hidden,
                 "decoder_hidden": self.config.decoder_hidden,
                 "flow_layers": self.config.flow_layers if kind == "latf" else 0,
