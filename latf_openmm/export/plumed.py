@@ -135,6 +135,13 @@ def plumed_input(
     return "\n".join(out) + "\n"
 
 
+def write_colvar(path: str | Path, fields: list[str], table: np.ndarray) -> None:
+    """Write a PLUMED ``COLVAR`` file (``#! FIELDS`` header, one row per line), atomically."""
+    table = np.asarray(table, dtype=float).reshape(-1, len(fields))
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, table, fmt="%.10g", header="! FIELDS " + " ".join(fields), comments="#")
+
+
 def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
     """Columns of a PLUMED ``COLVAR`` or ``HILLS`` file by field name.
 
@@ -170,4 +177,4 @@ def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
     return {name: table[:, k] for k, name in enumerate(fields)}
 
 
-__all__ = ["plumed_input", "read_colvar", "write_plumed_model"]
+__all__ = ["plumed_input", "read_colvar", "write_colvar", "write_plumed_model"]

@@ -8,6 +8,12 @@ A run directory holds, when the run is complete::
                                       temperature (K, instantaneous), features, feature_names
     manifest.json                     written last: settings, seed, versions, timings
 
+A biased run (``bias=``, see :mod:`latf_openmm.bias`) also writes ``colvar.dat``, a
+PLUMED-style COLVAR file with one row per frame (time in ps, CV components, bias
+energy in kJ/mol and, for metadynamics/OPES, c(t) in kJ/mol), the same rows in
+``timeseries.npz`` (``colvar``, ``colvar_fields``), and ``bias_state.npz``, from which
+another run can continue the bias (``GridBias.load``).
+
 While it runs, the frames live in ``partial/segment_NNNNNN.npz`` files. Each segment
 holds a block of frames *and* the OpenMM checkpoint taken right after its last frame,
 in one atomically written file, so data and checkpoint can never disagree. A killed
@@ -33,7 +39,9 @@ import openmm.app as app
 import openmm.unit as u
 from tqdm.auto import tqdm
 
+from latf_openmm.bias.base import CVBias
 from latf_openmm.errors import LatfError
+from latf_openmm.export.plumed import write_colvar
 from latf_openmm.features import build_featurizer
 from latf_openmm.files import atomic_path, write_json, write_npz
 from latf_openmm.simulation.platforms import select_platform
@@ -46,7 +54,10 @@ MANIFEST = "manifest.json"
 TIMESERIES = "timeseries.npz"
 TOPOLOGY = "topology.pdb"
 PARTIAL = "partial"
-_SEGMENT_FIELDS = ("first_frame", "positions", "boxes", "potential_energy", "temperature")
+COLVAR = "colvar.dat"
+BIAS_STATE = "bias_state.npz"
+_SEGMENT_FIELDS = ("first_frame", "positions", "boxes", "potential_energy", "temperature", "colvar")
+_BIAS_STATE = "bias_state_"
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ def simulate(
     trajectory_format: str = "dcd",
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
+    bias: CVBias | None = None,
 ) -> RunResult:
     """Run (or resume, or return the finished) Langevin MD of a system at one temperature.
 
@@ -128,6 +140,9 @@ def simulate(
         Wall-clock seconds between checkpoints (0: after every frame).
     progress
         Show a progress bar with ns/day.
+    bias
+        A bias along a learned CV (restraint, metadynamics, OPES); its state is saved
+        with every checkpoint, so a resumed run continues the same bias.
 
     Returns
     -------
@@ -147,6 +162,13 @@ def simulate(
         threads,
         trajectory_format,
     )
+    if bias is not None:
+        settings["bias"] = bias.settings()
+        if bias.interval and settings["frame_interval"] % bias.interval and bias.interval % settings["frame_interval"]:
+            raise LatfError(
+                f"the bias pace ({bias.interval}) and the frame interval ({settings['frame_interval']}) "
+                "must divide one another"
+            )
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -161,11 +183,14 @@ def simulate(
         settings["timestep_ps"] * u.picoseconds,
     )
     integrator.setRandomNumberSeed(seed)
-    context = openmm.Context(molsys.system, integrator, platform_obj, properties)
+    system = molsys.system if bias is None else bias.add_to(molsys.system)
+    context = openmm.Context(system, integrator, platform_obj, properties)
     segments = _Segments(out_dir / PARTIAL, settings)
     frames_done = segments.frames_done()
     if frames_done:
         context.loadCheckpoint(segments.last_checkpoint())
+        if bias is not None:
+            bias.restore(segments.last_bias_state())
     else:
         context.setPositions(molsys.positions * u.nanometer)
         if molsys.topology.getPeriodicBoxVectors() is not None:
@@ -173,6 +198,8 @@ def simulate(
         if molsys.minimize:
             openmm.LocalEnergyMinimizer.minimize(context)
         context.setVelocitiesToTemperature(settings["temperature_K"] * u.kelvin, seed)
+    if bias is not None:
+        bias.attach(context)
 
     n_frames = n_steps // settings["frame_interval"]
     dof = degrees_of_freedom(molsys.system)
@@ -191,13 +218,13 @@ def simulate(
     last_flush = last_report = started
     with bar:
         for frame in range(frames_done, n_frames):
-            integrator.step(settings["frame_interval"])
+            step = (frame + 1) * settings["frame_interval"]
+            _advance(integrator, context, bias, step - settings["frame_interval"], step)
             state = context.getState(getPositions=True, getEnergy=True)
             epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
             with np.errstate(over="ignore", invalid="ignore"):
                 positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
             if not (np.isfinite(epot) and np.isfinite(positions).all()):
-                step = (frame + 1) * settings["frame_interval"]
                 raise LatfError(
                     f"simulation blew up by step {step} (t = {step * settings['timestep_ps']:g} ps): "
                     f"energy or positions are not finite; reduce the timestep (now {settings['timestep_ps']} ps) "
@@ -209,6 +236,7 @@ def simulate(
                 state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer) if periodic else None,
                 epot,
                 2 * kinetic / (dof * KB_KJ_PER_MOL_K) if dof else 0.0,
+                None if bias is None else bias.observe(context, step),
             )
             now = time.perf_counter()
             if now - last_report >= 0.5 or frame + 1 == n_frames:
@@ -218,12 +246,28 @@ def simulate(
                 bar.set_postfix_str(f"{rate:.4g} ns/day" if rate else "")
                 last_report = now
             if frame + 1 == n_frames or now - last_flush >= checkpoint_seconds:
-                segments.write(buffer, frame + 1 - len(buffer), context.createCheckpoint())
+                segments.write(
+                    buffer, frame + 1 - len(buffer), context.createCheckpoint(), {} if bias is None else bias.state()
+                )
                 buffer = _FrameBuffer()
                 last_flush = now
     wall = time.perf_counter() - started
     steps_run = (n_frames - frames_done) * settings["frame_interval"]
-    return _finish(molsys, out_dir, settings, segments, properties, wall, steps_run)
+    return _finish(molsys, out_dir, settings, segments, properties, wall, steps_run, bias)
+
+
+def _advance(integrator: openmm.Integrator, context: openmm.Context, bias: CVBias | None, start: int, end: int) -> None:
+    """Step from ``start`` to ``end``, letting the bias deposit at every multiple of its pace."""
+    if bias is None or not bias.interval:
+        integrator.step(end - start)
+        return
+    step = start
+    while step < end:
+        target = min(end, (step // bias.interval + 1) * bias.interval)
+        integrator.step(target - step)
+        step = target
+        if step % bias.interval == 0:
+            bias.update(context, step)
 
 
 def simulate_temperatures(
@@ -318,16 +362,26 @@ class _FrameBuffer:
         self.boxes: list[np.ndarray] = []
         self.energies: list[float] = []
         self.temperatures: list[float] = []
+        self.colvar: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def add(self, positions: np.ndarray, box: np.ndarray | None, energy: float, temperature: float) -> None:
+    def add(
+        self,
+        positions: np.ndarray,
+        box: np.ndarray | None,
+        energy: float,
+        temperature: float,
+        colvar: np.ndarray | None,
+    ) -> None:
         self.positions.append(positions)
         if box is not None:
             self.boxes.append(np.asarray(box, dtype=np.float32))
         self.energies.append(energy)
         self.temperatures.append(temperature)
+        if colvar is not None:
+            self.colvar.append(colvar)
 
 
 class _Segments:
@@ -356,7 +410,11 @@ class _Segments:
         with np.load(self.paths[-1]) as seg:
             return seg["checkpoint"].tobytes()
 
-    def write(self, buffer: _FrameBuffer, first_frame: int, checkpoint: bytes) -> None:
+    def last_bias_state(self) -> dict[str, np.ndarray]:
+        with np.load(self.paths[-1]) as seg:
+            return {k.removeprefix(_BIAS_STATE): seg[k] for k in seg.files if k.startswith(_BIAS_STATE)}
+
+    def write(self, buffer: _FrameBuffer, first_frame: int, checkpoint: bytes, bias_state: dict) -> None:
         path = self.folder / f"segment_{len(self.paths):06d}.npz"
         write_npz(
             path,
@@ -367,6 +425,8 @@ class _Segments:
             potential_energy=np.array(buffer.energies),
             temperature=np.array(buffer.temperatures),
             checkpoint=np.frombuffer(checkpoint, dtype=np.uint8),
+            colvar=np.array(buffer.colvar) if buffer.colvar else np.zeros((len(buffer), 0)),
+            **{_BIAS_STATE + key: value for key, value in bias_state.items()},
         )
         self.paths.append(path)
 
@@ -396,11 +456,11 @@ def _trajectory_writer(path: Path, trajectory_format: str) -> Iterator[Callable[
         yield write
 
 
-def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run) -> RunResult:
+def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run, bias) -> RunResult:
     """Stream the segments into the final files, write the manifest last, drop the segments."""
     topology = mdtraj.Topology.from_openmm(molsys.topology)
     featurizer = build_featurizer(molsys.features, topology) if molsys.features else None
-    series: dict[str, list[np.ndarray]] = {"potential_energy": [], "temperature": [], "features": []}
+    series: dict[str, list[np.ndarray]] = {"potential_energy": [], "temperature": [], "features": [], "colvar": []}
     trajectory_name = f"trajectory.{settings['trajectory_format']}"
     with atomic_path(out_dir / trajectory_name) as tmp, _trajectory_writer(tmp, settings["trajectory_format"]) as write:
         for chunk in segments.chunks():
@@ -411,6 +471,7 @@ def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run) ->
             write(frames)
             series["potential_energy"].append(chunk["potential_energy"])
             series["temperature"].append(chunk["temperature"])
+            series["colvar"].append(chunk["colvar"])
             if featurizer is not None:
                 boxes = chunk["boxes"] if len(chunk["boxes"]) else None
                 series["features"].append(featurizer.transform(chunk["positions"], boxes).astype(np.float32))
@@ -426,7 +487,19 @@ def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run) ->
         temperature=np.concatenate(series["temperature"]),
         features=np.concatenate(series["features"]) if featurizer else np.zeros((n_frames, 0), np.float32),
         feature_names=np.array(featurizer.names if featurizer else [], dtype=str),
+        colvar=np.concatenate(series["colvar"]),
+        colvar_fields=np.array(bias.fields if bias else [], dtype=str),
     )
+    files = {"trajectory": trajectory_name, "topology": TOPOLOGY, "timeseries": TIMESERIES}
+    if bias is not None:
+        files["colvar"] = COLVAR
+        write_colvar(
+            out_dir / COLVAR,
+            ["time", *bias.fields],
+            np.column_stack([steps * settings["timestep_ps"], np.concatenate(series["colvar"])]),
+        )
+        files["bias_state"] = BIAS_STATE
+        write_npz(out_dir / BIAS_STATE, **bias.state())
     manifest = {
         "complete": True,
         "settings": settings,
@@ -435,7 +508,7 @@ def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run) ->
         "n_frames": n_frames,
         "features": molsys.features,
         "platform_properties": properties,
-        "files": {"trajectory": trajectory_name, "topology": TOPOLOGY, "timeseries": TIMESERIES},
+        "files": files,
         "wall_seconds_last_session": round(wall, 3),
         "ns_per_day_last_session": (_ns_per_day(steps_run, settings["timestep_ps"], wall)),
         "versions": versions(),

@@ -1,0 +1,314 @@
+"""Well-tempered metadynamics and OPES along 1–2 components of the learned CV.
+
+Both keep their bias on a grid that OpenMM interpolates (a tabulated function inside
+the CV force), refreshed with ``updateParametersInContext`` after each deposition.
+Written here rather than taken from ``openmm.app.Metadynamics`` / ``openmm-opes``
+because those need one force per CV component inside a ``CustomCVForce``, which
+evaluates the network once per component and costs ≈ 10 % of the MD speed on
+alanine dipeptide (``bench/bias_overhead.py``); here the network runs once per step.
+Both also report the reweighting constant c(t), write their state with every
+checkpoint (exact restart), and share their bias with other walkers through a folder.
+
+The user chooses the region to explore, ``lower`` … ``upper`` per biased component.
+Flat-bottom walls (``wall_constant``) hold the CV there, and the grid extends 4σ
+beyond it; a CV that leaves the grid stops the run with an error rather than feeling
+a wrong bias. Energies in kJ/mol, temperatures in K, CV components are dimensionless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openmm
+from scipy.interpolate import RegularGridInterpolator
+from scipy.special import logsumexp
+
+from latf_openmm.bias.base import CVBias
+from latf_openmm.bias.cv import LearnedCV
+from latf_openmm.bias.harmonic import wall_energy
+from latf_openmm.errors import LatfError
+from latf_openmm.files import write_npz
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+
+class GridBias(CVBias):
+    """An adaptive bias on a grid over 1–2 CV components (base of :class:`Metadynamics` and :class:`OPES`).
+
+    Parameters
+    ----------
+    cv
+        The learned CV.
+    temperature
+        Simulation temperature, K.
+    components
+        Indices of the biased CV components (1 or 2).
+    lower, upper
+        Region to explore per biased component; walls hold the CV inside it.
+    sigma
+        Gaussian kernel width per biased component (CV units).
+    pace
+        Steps between depositions.
+    bias_factor
+        γ > 1.
+    bins
+        Grid points per component (default: 4 per σ over the grid).
+    wall_constant
+        Wall force constant, kJ/mol per CV unit².
+    walkers_dir, walker
+        Share the bias with other walkers through this folder; ``walker`` is this
+        walker's index (stable across restarts).
+    periodic
+        Whether the system is periodic.
+    """
+
+    def __init__(
+        self,
+        cv: LearnedCV,
+        temperature: float,
+        components: Sequence[int],
+        lower: Sequence[float],
+        upper: Sequence[float],
+        sigma: Sequence[float],
+        pace: int,
+        bias_factor: float,
+        bins: Sequence[int] | None = None,
+        wall_constant: float = 1000.0,
+        walkers_dir: str | Path | None = None,
+        walker: int = 0,
+        periodic: bool = False,
+    ) -> None:
+        components = [int(c) for c in components]
+        n = len(components)
+        if n not in (1, 2) or len(set(components)) != n or not all(0 <= c < cv.dim for c in components):
+            raise LatfError(f"bias 1 or 2 distinct CV components out of 0…{cv.dim - 1}, got {components}")
+        lower, upper, sigma = (np.asarray(v, dtype=float).reshape(-1) for v in (lower, upper, sigma))
+        if not (len(lower) == len(upper) == len(sigma) == n):
+            raise LatfError(f"lower, upper and sigma need one value per biased component ({n})")
+        if not (np.isfinite([*lower, *upper, *sigma]).all() and (upper > lower).all() and (sigma > 0).all()):
+            raise LatfError("need finite lower < upper and sigma > 0 for every biased component")
+        if not (temperature > 0 and bias_factor > 1 and int(pace) >= 1 and wall_constant >= 0):
+            raise LatfError("need temperature > 0, bias factor > 1, pace ≥ 1 and wall constant ≥ 0")
+        self.kt = KB_KJ_PER_MOL_K * float(temperature)
+        self.components, self.bias_factor, self.interval = components, float(bias_factor), int(pace)
+        self.lower, self.upper, self.sigma = lower, upper, sigma
+        self.grid_lower, self.grid_upper = lower - 4 * sigma, upper + 4 * sigma
+        if bins is None:
+            bins = np.ceil(4 * (self.grid_upper - self.grid_lower) / sigma).astype(int) + 1
+        self.bins = [int(b) for b in np.broadcast_to(bins, (n,))]
+        if min(self.bins) < 4:
+            raise LatfError("the bias grid needs at least 4 points per component")
+        self.axes = [
+            np.linspace(lo, hi, b) for lo, hi, b in zip(self.grid_lower, self.grid_upper, self.bins, strict=True)
+        ]
+        self.walkers_dir = None if walkers_dir is None else Path(walkers_dir)
+        self.walker = int(walker)
+        names = ", ".join(f"s{c}" for c in components)
+        walls = [
+            wall_energy(c, repr(float(lo)), repr(float(hi)), repr(float(wall_constant)))
+            for c, lo, hi in zip(components, lower, upper, strict=True)
+        ]
+        force = cv.energy_force(" + ".join([f"latf_bias({names})", *walls]), periodic)
+        table_type = openmm.Continuous1DFunction if n == 1 else openmm.Continuous2DFunction
+        self._table = table_type(*self._table_arguments(np.zeros(self.bins)))
+        force.addTabulatedFunction("latf_bias", self._table)
+        super().__init__(cv, force)
+        self._settings = {
+            "components": components,
+            "lower": lower.tolist(),
+            "upper": upper.tolist(),
+            "sigma": sigma.tolist(),
+            "pace": self.interval,
+            "bias_factor": self.bias_factor,
+            "bins": self.bins,
+            "wall_constant": float(wall_constant),
+            "temperature_K": float(temperature),
+            "walkers_dir": None if walkers_dir is None else str(walkers_dir),
+            "walker": self.walker,
+        }
+        self._others: dict[str, dict[str, np.ndarray]] = {}
+
+    # -- the grid -------------------------------------------------------------------
+    def _table_arguments(self, grid: np.ndarray) -> list:
+        """Arguments of the tabulated function's constructor and of ``setFunctionParameters``."""
+        limits = [v for lo, hi in zip(self.grid_lower, self.grid_upper, strict=True) for v in (lo, hi)]
+        if len(self.bins) == 1:
+            return [grid.ravel(), *limits]
+        return [*self.bins, grid.ravel(order="F"), *limits]  # x varies fastest
+
+    def _push(self, context: openmm.Context) -> None:
+        self._table.setFunctionParameters(*self._table_arguments(self.bias_grid()))
+        self.force.updateParametersInContext(context)
+
+    def kernel(self, centre: np.ndarray) -> np.ndarray:
+        """A unit-height Gaussian of width σ at ``centre``, on the grid."""
+        parts = [np.exp(-0.5 * ((axis - c) / s) ** 2) for axis, c, s in zip(self.axes, centre, self.sigma, strict=True)]
+        return parts[0] if len(parts) == 1 else np.multiply.outer(parts[0], parts[1])
+
+    def interpolate(self, grid: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Linear interpolation of a grid array at points (m, n_biased)."""
+        return RegularGridInterpolator(self.axes, grid)(np.atleast_2d(points))
+
+    def biased_values(self, context: openmm.Context, step: int) -> np.ndarray:
+        """The biased CV components now; raises if they left the grid."""
+        values = self.cv_values(context, step)[self.components]
+        outside = (values < self.grid_lower) | (values > self.grid_upper)
+        if outside.any():
+            k = int(np.argmax(outside))
+            raise LatfError(
+                f"CV component s{self.components[k]} = {values[k]:.4g} left the bias grid "
+                f"[{self.grid_lower[k]:.4g}, {self.grid_upper[k]:.4g}] at step {step}; "
+                "widen lower/upper or raise the wall constant"
+            )
+        return values
+
+    # -- what subclasses define -------------------------------------------------------
+    def bias_grid(self) -> np.ndarray:
+        """The bias (kJ/mol) on the grid, from this walker's and the others' depositions."""
+        raise NotImplementedError
+
+    def reweighting_constant(self) -> float:
+        """c(t), kJ/mol: frames weigh exp((V − c(t))/kT)."""
+        raise NotImplementedError
+
+    def _deposit(self, centre: np.ndarray) -> None:
+        raise NotImplementedError
+
+    # -- CVBias interface ---------------------------------------------------------------
+    @property
+    def fields(self) -> list[str]:
+        return [*super().fields, f"{self.kind}.rct"]
+
+    def observe(self, context: openmm.Context, step: int) -> np.ndarray:
+        self.biased_values(context, step)
+        return np.append(super().observe(context, step), self.reweighting_constant())
+
+    def update(self, context: openmm.Context, step: int) -> None:
+        self._deposit(self.biased_values(context, step))
+        self._share()
+        self._push(context)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return dict(self._own)
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        missing = set(self._own) - set(state)
+        if missing:
+            raise LatfError(f"the saved {self.kind} state lacks {sorted(missing)}; was it written by another bias?")
+        if np.shape(state[self._grid_key]) != tuple(self.bins) or any(
+            np.shape(state[key])[1:] != value.shape[1:] for key, value in self._own.items()
+        ):
+            raise LatfError(f"the saved {self.kind} state was made with another grid or CV; use the same settings")
+        self._own = {key: np.array(state[key]) for key in self._own}
+
+    def attach(self, context: openmm.Context) -> None:
+        self._share()
+        self._push(context)
+
+    def load(self, path: str | Path) -> None:
+        """Continue from the bias a finished run saved (its ``bias_state.npz``)."""
+        try:
+            with np.load(path) as data:
+                state = {key: data[key] for key in data.files}
+        except OSError as exc:
+            raise LatfError(f"cannot read the saved bias {path}: {exc}") from exc
+        self.restore(state)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), **self._settings}
+
+    # -- walkers --------------------------------------------------------------------
+    def _share(self) -> None:
+        """Write this walker's depositions and read the others' (atomic files, no locks)."""
+        if self.walkers_dir is None:
+            return
+        self.walkers_dir.mkdir(parents=True, exist_ok=True)
+        write_npz(self.walkers_dir / f"walker_{self.walker}.npz", **self._own)
+        for path in self.walkers_dir.glob("walker_*.npz"):
+            if path.name != f"walker_{self.walker}.npz":
+                with np.load(path) as data:
+                    self._others[path.name] = {key: data[key] for key in data.files}
+
+    def _all(self, key: str) -> list[np.ndarray]:
+        return [self._own[key], *(other[key] for other in self._others.values())]
+
+
+class Metadynamics(GridBias):
+    """Well-tempered metadynamics: hills of height h·exp(−V(s)/(k_B ΔT)), ΔT = (γ − 1) T.
+
+    ``height`` is the initial hill height (kJ/mol); the other parameters are those of
+    :class:`GridBias`. c(t) = k_B T ln[∫ e^{γV/(k_B ΔT)} ds / ∫ e^{V/(k_B ΔT)} ds]
+    (Tiwary and Parrinello, 2015).
+    """
+
+    kind = "metad"
+    _grid_key = "bias"
+
+    def __init__(self, cv: LearnedCV, temperature: float, height: float, **grid: Any) -> None:
+        super().__init__(cv, temperature, **grid)
+        if not height > 0:
+            raise LatfError(f"hill height must be positive, got {height}")
+        self.height = float(height)
+        self._settings["height"] = self.height
+        self._own = {"bias": np.zeros(self.bins), "hills": np.zeros((0, len(self.bins) + 1))}
+
+    def bias_grid(self) -> np.ndarray:
+        return np.sum(self._all("bias"), axis=0)
+
+    def reweighting_constant(self) -> float:
+        scaled = self.bias_grid() / (self.kt * (self.bias_factor - 1))
+        return float(self.kt * (logsumexp(self.bias_factor * scaled) - logsumexp(scaled)))
+
+    def _deposit(self, centre: np.ndarray) -> None:
+        current = self.interpolate(self.bias_grid(), centre)[0]
+        height = self.height * np.exp(-current / (self.kt * (self.bias_factor - 1)))
+        self._own["bias"] = self._own["bias"] + height * self.kernel(centre)
+        self._own["hills"] = np.vstack([self._own["hills"], [*centre, height]])
+
+
+class OPES(GridBias):
+    """OPES (Invernizzi and Parrinello, 2020) with fixed kernel widths.
+
+    V(s) = (1 − 1/γ) k_B T ln(P(s)/Z + ε), with P the kernel density estimate of the
+    reweighted CV distribution (kernels weighted by e^{V/k_B T} at deposition), Z its
+    mean over the kernel centres, ε = e^{−βΔE/(1 − 1/γ)}; ``barrier`` is ΔE (kJ/mol)
+    and ``bias_factor`` defaults to βΔE. c(t) = k_B T ln(Σ w / N) as PLUMED's ``rct``.
+    """
+
+    kind = "opes"
+    _grid_key = "density"
+
+    def __init__(
+        self, cv: LearnedCV, temperature: float, barrier: float, bias_factor: float | None = None, **grid: Any
+    ) -> None:
+        kt = KB_KJ_PER_MOL_K * float(temperature)
+        if not barrier > 0:
+            raise LatfError(f"the barrier must be positive, got {barrier}")
+        super().__init__(cv, temperature, bias_factor=bias_factor or barrier / kt, **grid)
+        self.barrier = float(barrier)
+        self._settings["barrier"] = self.barrier
+        self.epsilon = np.exp(-self.barrier / (self.kt * (1 - 1 / self.bias_factor)))
+        self._own = {"density": np.zeros(self.bins), "weights": np.zeros(0), "centres": np.zeros((0, len(self.bins)))}
+
+    def bias_grid(self) -> np.ndarray:
+        weights = np.concatenate(self._all("weights"))
+        if not len(weights):
+            return np.zeros(self.bins)
+        density = np.sum(self._all("density"), axis=0) / weights.sum()
+        normalization = self.interpolate(density, np.concatenate(self._all("centres"))).mean()
+        return (1 - 1 / self.bias_factor) * self.kt * np.log(density / normalization + self.epsilon)
+
+    def reweighting_constant(self) -> float:
+        weights = np.concatenate(self._all("weights"))
+        return float(self.kt * np.log(weights.mean())) if len(weights) else 0.0
+
+    def _deposit(self, centre: np.ndarray) -> None:
+        weight = np.exp(self.interpolate(self.bias_grid(), centre)[0] / self.kt)
+        self._own["density"] = self._own["density"] + weight * self.kernel(centre)
+        self._own["weights"] = np.append(self._own["weights"], weight)
+        self._own["centres"] = np.vstack([self._own["centres"], centre])
+
+
+__all__ = ["OPES", "GridBias", "Metadynamics"]

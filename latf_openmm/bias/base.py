@@ -1,0 +1,87 @@
+"""What every bias along a learned CV shares: one force in its own force group, COLVAR rows, state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import openmm
+import openmm.unit as u
+
+from latf_openmm.bias.cv import LearnedCV
+from latf_openmm.errors import LatfError
+
+
+class CVBias:
+    """A bias along a :class:`LearnedCV`, run by :func:`latf_openmm.simulation.simulate`.
+
+    Subclasses set ``self.force`` (made by ``cv.energy_force``) and may deposit every
+    ``interval`` steps (:meth:`update`). Each saved frame gets a COLVAR row with the
+    fields :attr:`fields`: the CV components, the bias energy (kJ/mol) and, for
+    adaptive biases, the reweighting constant c(t) (kJ/mol).
+    """
+
+    kind = "bias"
+    interval: int | None = None
+
+    def __init__(self, cv: LearnedCV, force: openmm.Force) -> None:
+        self.cv = cv
+        self.force = force
+        self.group: int | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        """COLVAR columns after ``time``."""
+        return [f"s{k}" for k in range(self.cv.dim)] + [f"{self.kind}.bias"]
+
+    def add_to(self, system: openmm.System) -> openmm.System:
+        """A copy of ``system`` with the bias force in a force group of its own."""
+        system = openmm.XmlSerializer.clone(system)
+        free = set(range(32)) - {force.getForceGroup() for force in system.getForces()}
+        if not free:
+            raise LatfError("all 32 force groups are in use; the bias needs one of its own")
+        self.group = max(free)
+        self.force.setForceGroup(self.group)
+        system.addForce(self.force)
+        return system
+
+    def energy(self, context: openmm.Context) -> float:
+        """The bias energy in ``context``, kJ/mol."""
+        state = context.getState(getEnergy=True, groups={self.group})
+        return state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+
+    def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
+        """The CV of the context's current positions; raises if it is not finite."""
+        state = context.getState(getPositions=True)
+        positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        box = None
+        if self.force.usesPeriodicBoundaryConditions():
+            box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+        values = self.cv.values(positions, box)
+        if not np.isfinite(values).all():
+            raise LatfError(f"the CV is not finite at step {step} ({values.tolist()}); check the model and structure")
+        return values
+
+    def observe(self, context: openmm.Context, step: int) -> np.ndarray:
+        """The COLVAR row (without time) of the current state."""
+        return np.array([*self.cv_values(context, step), self.energy(context)])
+
+    def update(self, context: openmm.Context, step: int) -> None:
+        """Called every ``interval`` steps (adaptive biases deposit here)."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the bias (saved with each checkpoint)."""
+        return {}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a :meth:`state` (call :meth:`attach` afterwards to reach a running context)."""
+
+    def attach(self, context: openmm.Context) -> None:
+        """Bring the force in ``context`` up to date with this bias (after creation or :meth:`restore`)."""
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that defines the bias (part of a run's identity)."""
+        return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim}
+
+
+__all__ = ["CVBias"]
