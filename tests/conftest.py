@@ -33,6 +33,23 @@ def cv_setup(ala2_vacuum):
     return featurizer, model, frames
 
 
+@pytest.fixture(scope="session")
+def small_cv_setup(ala2_vacuum):
+    """A small encoder (φ/ψ sin/cos → 8 ReLU → 2-D CV) that the native OpenMM-expression backend takes."""
+    from latf_openmm import build_featurizer
+    from latf_openmm.models import SPIBModel
+    from latf_openmm.models.network import LatentNetwork
+
+    featurizer = build_featurizer([{"kind": "dihedrals", "angles": ["phi", "psi"]}], ala2_vacuum.topology)
+    frames = ala2_vacuum.positions[None] + np.random.default_rng(12).normal(scale=0.03, size=(100, 22, 3))
+    torch.manual_seed(1)
+    network = LatentNetwork(featurizer.n_features, 2, 3, encoder_layers=1, encoder_hidden=8).double()
+    features = featurizer.transform(frames)
+    network.feature_mean.copy_(torch.from_numpy(features.mean(0)))
+    network.feature_scale.copy_(torch.from_numpy(features.std(0) + 1e-3))
+    return featurizer, SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"}), frames
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)

@@ -1,4 +1,4 @@
-"""Harmonic restraints and walls along a learned CV, as OpenMM forces."""
+"""Biases along a learned CV as OpenMM forces: both backends, restraints, metadynamics, OPES, COLVAR, errors."""
 
 import copy
 
@@ -6,27 +6,39 @@ import numpy as np
 import openmm
 import openmm.unit as u
 import pytest
+import torch
 
-from latf_openmm import LatfError
-from latf_openmm.bias import cv_component_forces, harmonic_bias, set_window
+from latf_openmm import LatfError, build_featurizer
+from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
+from latf_openmm.export.plumed import read_colvar
 from latf_openmm.models import SPIBModel
+from latf_openmm.models.network import LatentNetwork
+from latf_openmm.simulation import simulate
+from latf_openmm.systems import load_system
+from latf_openmm.systems.builders import threehole_populations, threehole_well
 
 KJ = u.kilojoule_per_mole
+KT = 0.75
 
 
-@pytest.fixture(scope="module")
-def biased_context(cv_setup, tmp_path_factory):
-    """A context whose only force is a window on the 2-D CV (float64 encoder, for finite differences)."""
-    featurizer, model, frames = cv_setup
-    model_64 = SPIBModel(copy.deepcopy(model.network).double(), model.info)
-    forces = cv_component_forces(model_64, featurizer, tmp_path_factory.mktemp("cv"))
-    bias = harmonic_bias(forces, centre=[0.1, -0.2], force_constant=80.0, upper=[None, 0.0], wall_constant=500.0)
+def _context(force, platform):
     system = openmm.System()
     for _ in range(22):
         system.addParticle(12.0)
-    system.addForce(bias)
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
-    return context, model_64.transform(featurizer.transform(frames)), frames
+    system.addForce(force)
+    return openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
+
+
+@pytest.fixture(scope="module", params=["torch", "native"])
+def biased_context(request, cv_setup, small_cv_setup):
+    """A context whose only force is a window on the 2-D CV (float64 encoders, for finite differences)."""
+    featurizer, model, frames = cv_setup if request.param == "torch" else small_cv_setup
+    model_64 = SPIBModel(copy.deepcopy(model.network).double(), model.info)
+    cv = LearnedCV(model_64, featurizer, backend=request.param)
+    assert cv.backend == request.param
+    bias = HarmonicBias(cv, centre=[0.1, -0.2], force_constant=80.0, upper=[None, 0.0], wall_constant=500.0)
+    context = _context(bias.force, "CPU" if request.param == "torch" else "Reference")
+    return context, cv.values(frames), frames
 
 
 def _energy(context, positions):
@@ -57,7 +69,7 @@ def test_forces_are_minus_the_energy_gradient(biased_context):
     context.setPositions(x0)
     forces = context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(KJ / u.nanometer)
     h = 1e-6
-    for atom in (1, 4, 6, 16):
+    for atom in (4, 6, 8, 14, 16):
         for dim in range(3):
             plus, minus = x0.copy(), x0.copy()
             plus[atom, dim] += h
@@ -66,12 +78,145 @@ def test_forces_are_minus_the_energy_gradient(biased_context):
             assert forces[atom, dim] == pytest.approx(numeric, rel=1e-4, abs=1e-4)
 
 
-def test_bad_bias_input(cv_setup, tmp_path):
+@pytest.mark.parametrize("platform", ["CPU", "Reference"])
+def test_native_cv_equals_the_torchscript_cv(small_cv_setup, platform):
+    featurizer, model, frames = small_cv_setup
+    cv = LearnedCV(model, featurizer, backend="native")
+    context = _context(cv.energy_force("s0"), platform)
+    second = _context(cv.energy_force("s1"), platform)
+    expected = cv.values(frames)
+    for frame, value in zip(frames, expected, strict=True):
+        np.testing.assert_allclose([_energy(context, frame), _energy(second, frame)], value, atol=1e-5)
+
+
+def test_bad_bias_input(cv_setup, ala2_vacuum):
     featurizer, model, _ = cv_setup
-    forces = cv_component_forces(model, featurizer, tmp_path)
+    cv = LearnedCV(model, featurizer, backend="torch")
     with pytest.raises(LatfError, match="one value per CV component"):
-        harmonic_bias(forces, centre=[0.0], force_constant=1.0)
+        HarmonicBias(cv, centre=[0.0], force_constant=1.0)
     with pytest.raises(LatfError, match="finite"):
-        harmonic_bias(forces, centre=[0.0, np.nan], force_constant=1.0)
+        HarmonicBias(cv, centre=[0.0, np.nan], force_constant=1.0)
     with pytest.raises(LatfError, match="≥ 0"):
-        harmonic_bias(forces, centre=[0.0, 0.0], force_constant=-1.0)
+        HarmonicBias(cv, centre=[0.0, 0.0], force_constant=-1.0)
+    with pytest.raises(LatfError, match="too large for OpenMM expressions"):
+        LearnedCV(model, featurizer, backend="native")
+    with pytest.raises(LatfError, match="unknown CV backend"):
+        LearnedCV(model, featurizer, backend="jax")
+    other = build_featurizer([{"kind": "dihedrals", "angles": ["phi", "psi"]}], ala2_vacuum.topology)
+    with pytest.raises(LatfError, match="featurizer makes 4 features but the model expects 49"):
+        LearnedCV(model, other)
+    grid = dict(components=[0], lower=[-1.0], upper=[1.0], sigma=[0.1], pace=10)
+    with pytest.raises(LatfError, match="1 or 2 distinct CV components"):
+        Metadynamics(cv, 300.0, height=1.0, bias_factor=5, **{**grid, "components": [0, 2]})
+    with pytest.raises(LatfError, match="lower < upper"):
+        Metadynamics(cv, 300.0, height=1.0, bias_factor=5, **{**grid, "upper": [-2.0]})
+    with pytest.raises(LatfError, match="bias factor > 1"):
+        Metadynamics(cv, 300.0, height=1.0, bias_factor=1.0, **grid)
+
+
+# -- adaptive biases on the three-hole potential, along s0 = x (an identity "encoder") ----------
+
+
+@pytest.fixture(scope="module")
+def threehole_cv():
+    molsys = load_system("threehole")
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    network = LatentNetwork(featurizer.n_features, 2, 2, encoder_layers=0)
+    with torch.no_grad():
+        network.encoder.weight.copy_(torch.eye(2))
+        network.encoder.bias.zero_()
+    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "identity"})
+    return molsys, LearnedCV(model, featurizer)
+
+
+def _adaptive(kind, cv, temperature, **options):
+    grid = dict(components=[0], lower=[-2.0], upper=[2.0], sigma=[0.15], pace=100, **options)
+    if kind == "metad":
+        return Metadynamics(cv, temperature, height=0.3, bias_factor=5.0, **grid)
+    return OPES(cv, temperature, barrier=5.0, **grid)
+
+
+@pytest.mark.parametrize("kind", ["metad", "opes"])
+def test_reweighted_adaptive_bias_recovers_exact_populations(kind, threehole_cv, tmp_path):
+    molsys, cv = threehole_cv
+    temperature = molsys.to_kelvin(KT)
+    bias = _adaptive(kind, cv, temperature)
+    run = simulate(molsys, temperature, 1_500_000, tmp_path, seed=3, frame_interval=100, bias=bias, progress=False)
+    series = run.load_timeseries()
+    colvar = read_colvar(tmp_path / "colvar.dat")
+    assert list(colvar) == ["time", "s0", "s1", f"{kind}.bias", f"{kind}.rct"]
+    np.testing.assert_allclose(colvar["time"], series["time"])
+    np.testing.assert_allclose(colvar["s0"], series["features"][:, 0], atol=1e-5)  # CV = x, frame by frame
+    keep = slice(len(series["time"]) // 5, None)  # drop the first 20 % (bias still growing)
+    weights = np.exp((colvar[f"{kind}.bias"] - colvar[f"{kind}.rct"])[keep] / KT)
+    wells = threehole_well(series["features"][keep])
+    unweighted = np.bincount(wells, minlength=3) / len(wells)
+    reweighted = np.bincount(wells, weights=weights, minlength=3) / weights.sum()
+    assert abs(unweighted[1] - threehole_populations(KT)[1]) > 0.04  # the bias changes the sampling
+    np.testing.assert_allclose(reweighted, threehole_populations(KT), atol=0.04)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["metad", "opes"])
+def test_killed_biased_run_resumes_to_the_uninterrupted_bias(kind, threehole_cv, tmp_path):
+    molsys, cv = threehole_cv
+    temperature = molsys.to_kelvin(KT)
+    options = dict(seed=5, frame_interval=100, progress=False, platform="Reference", checkpoint_seconds=0)
+    straight = simulate(
+        molsys, temperature, 20_000, tmp_path / "straight", bias=_adaptive(kind, cv, temperature), **options
+    )
+
+    dying = _adaptive(kind, cv, temperature)
+    deposit = dying.update
+
+    def update_then_die(context, step):
+        if step == 12_300:
+            raise _Killed
+        deposit(context, step)
+
+    dying.update = update_then_die
+    with pytest.raises(_Killed):
+        simulate(molsys, temperature, 20_000, tmp_path / "resumed", bias=dying, **options)
+    assert not (tmp_path / "resumed" / "colvar.dat").exists()
+    resumed = simulate(
+        molsys, temperature, 20_000, tmp_path / "resumed", bias=_adaptive(kind, cv, temperature), **options
+    )
+    a, b = straight.load_timeseries(), resumed.load_timeseries()
+    np.testing.assert_array_equal(a["colvar"], b["colvar"])  # same CV, bias and c(t), frame by frame
+    np.testing.assert_array_equal(a["features"], b["features"])
+    for key, value in np.load(straight.directory / "bias_state.npz").items():
+        np.testing.assert_array_equal(np.load(resumed.directory / "bias_state.npz")[key], value)
+
+
+def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(threehole_cv, tmp_path):
+    molsys, cv = threehole_cv
+    temperature = molsys.to_kelvin(KT)
+    options = dict(frame_interval=100, progress=False)
+    walkers = [_adaptive("metad", cv, temperature, walkers_dir=tmp_path / "shared", walker=i) for i in range(2)]
+    simulate(molsys, temperature, 20_000, tmp_path / "w0", seed=1, bias=walkers[0], **options)
+    simulate(molsys, temperature, 20_000, tmp_path / "w1", seed=2, bias=walkers[1], **options)
+    own = [np.load(tmp_path / f"w{i}" / "bias_state.npz")["bias"] for i in range(2)]
+    np.testing.assert_allclose(walkers[1].bias_grid(), own[0] + own[1])  # walker 1 sees walker 0's hills
+    assert len(np.load(tmp_path / "shared" / "walker_0.npz")["hills"]) == 200
+
+    later = _adaptive("metad", cv, temperature)
+    later.load(tmp_path / "w0" / "bias_state.npz")
+    np.testing.assert_allclose(later.bias_grid(), own[0])
+    with pytest.raises(LatfError, match="another grid"):
+        _adaptive("metad", cv, temperature, bins=[50]).load(tmp_path / "w0" / "bias_state.npz")
+    with pytest.raises(LatfError, match="cannot read the saved bias"):
+        later.load(tmp_path / "missing.npz")
+
+
+def test_a_cv_leaving_the_grid_stops_the_run(threehole_cv, tmp_path):
+    molsys, cv = threehole_cv
+    temperature = molsys.to_kelvin(KT)
+    narrow = Metadynamics(
+        cv, temperature, height=0.3, bias_factor=5.0, components=[0], lower=[-0.2], upper=[0.2], sigma=[0.05],
+        pace=10, wall_constant=0.0,
+    )  # fmt: skip
+    with pytest.raises(LatfError, match="left the bias grid"):
+        simulate(molsys, temperature, 3000, tmp_path, seed=1, frame_interval=10, bias=narrow, progress=False)

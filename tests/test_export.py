@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latf_openmm import LatfError, build_featurizer
-from latf_openmm.bias import cv_component_forces, harmonic_bias
+from latf_openmm.bias import HarmonicBias, LearnedCV
 from latf_openmm.export import export_cv, read_metadata
 
 
@@ -45,9 +45,9 @@ def test_export_loads_in_a_torch_only_process(cv_setup, tmp_path):
 
 
 @pytest.mark.parametrize("platform", ["CPU", "Reference"])
-def test_cv_inside_openmm_equals_python(cv_setup, tmp_path, platform):
+def test_cv_inside_openmm_equals_python(cv_setup, platform):
     featurizer, model, frames = cv_setup
-    bias = harmonic_bias(cv_component_forces(model, featurizer, tmp_path), centre=[0.0, 0.0], force_constant=1.0)
+    bias = HarmonicBias(LearnedCV(model, featurizer, backend="torch"), centre=[0.0, 0.0], force_constant=1.0).force
     system = openmm.System()
     for _ in range(22):
         system.addParticle(12.0)
