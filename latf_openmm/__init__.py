@@ -2,10 +2,11 @@
 distributions (SPIB, LaTF) from simulations, and drive OpenMM simulations with them."""
 
 # torch must be imported before openmm: openmm-torch's plugins link libnvrtc.so.12,
-# which only resolves once torch has loaded its CUDA libraries.
+# which only resolves once torch has loaded its CUDA libraries (see _plugins).
 import torch  # noqa: F401, I001
 import openmm  # noqa: F401
 
+from latf_openmm import _plugins  # noqa: F401
 from latf_openmm.errors import LatfError
 from latf_openmm.features import Featurizer, build_featurizer
 from latf_openmm.simulation import RunResult, select_platform, simulate, simulate_temperatures

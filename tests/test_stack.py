@@ -1,5 +1,7 @@
 """The pinned OpenMM / openmm-torch / torch stack and its known failure modes."""
 
+import subprocess
+import sys
 from importlib import metadata
 
 import numpy as np
@@ -78,3 +80,25 @@ def test_cpu_and_reference_pass_float64_positions(platform):
     context.setPositions([[0.1, 0.2, 0.3]])
     energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     assert energy == pytest.approx(1.0)  # float64: exported models must cast (they do, see _LinearCV)
+
+
+def test_torchforce_works_when_openmm_was_imported_before_torch(tmp_path):
+    script = tmp_path / "openmm_first.py"
+    script.write_text(
+        "import openmm\n"
+        "import latf_openmm\n"
+        "import torch\n"
+        "from openmmtorch import TorchForce\n\n\n"
+        "class Energy(torch.nn.Module):\n"
+        "    def forward(self, positions):\n"
+        "        return (positions**2).sum()\n\n\n"
+        "system = openmm.System()\n"
+        "system.addParticle(1.0)\n"
+        "system.addForce(TorchForce(torch.jit.script(Energy())))\n"
+        "context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName('CPU'))\n"
+        "context.setPositions([[1.0, 2.0, 3.0]])\n"
+        "print(context.getState(getEnergy=True).getPotentialEnergy()._value)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(14.0)

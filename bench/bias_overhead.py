@@ -1,0 +1,145 @@
+"""Speed of 2-D well-tempered metadynamics along a learned CV, as a ratio to plain MD in one run.
+
+Usage: python bench/bias_overhead.py [--rounds 7] [--steps 2000] [--threads 1]
+
+Alanine dipeptide, OBC2, CPU platform, 2 fs steps, hills every 500 steps. Every
+method runs in its own Context; the contexts take turns (``--steps`` each per round)
+and the median rate over rounds is compared with plain MD measured in the same rounds,
+so load on the shared machine affects all alike. Methods:
+
+``native``       latf Metadynamics, CV as OpenMM expressions (φ/ψ sin/cos → 16 ReLU → 2-D), one force
+``native_dist``  the same with 45 heavy-atom distances + φ/ψ → linear encoder
+``app_native``   openmm.app.Metadynamics over one expression force per CV component (CustomCVForce)
+``torch``        latf Metadynamics, CustomCVForce over one TorchForce per component,
+                 45 distances + φ/ψ → MLP 64-64 → 2-D (the issue's baseline network)
+
+Prints one JSON line per method (``plain_steps_per_s``, ``biased_steps_per_s``, ``ratio``,
+``method``, ``setup_s``: Context creation, incl. OpenMM's expression compilation), then
+the default method's line again last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import torch
+
+import latf_openmm  # noqa: F401  (torch before openmm)
+from latf_openmm import build_featurizer
+from latf_openmm.bias import LearnedCV, Metadynamics
+from latf_openmm.models import SPIBModel
+from latf_openmm.models.network import LatentNetwork
+from latf_openmm.simulation import select_platform
+from latf_openmm.systems import load_system
+
+DEFAULT = "native"
+PACE = 500
+TEMPERATURE = 300.0
+
+
+def _model(molsys, features, layers, hidden):
+    featurizer = build_featurizer(features, molsys.topology)
+    torch.manual_seed(0)
+    network = LatentNetwork(featurizer.n_features, 2, 2, encoder_layers=layers, encoder_hidden=hidden)
+    frames = molsys.positions[None] + np.random.default_rng(0).normal(scale=0.02, size=(200, *molsys.positions.shape))
+    values = featurizer.transform(frames)
+    network.feature_mean.copy_(torch.from_numpy(values.mean(0)))
+    network.feature_scale.copy_(torch.from_numpy(values.std(0) + 1e-3))
+    return SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "bench"}), featurizer
+
+
+def _metadynamics(cv):
+    return Metadynamics(
+        cv, TEMPERATURE, height=1.0, bias_factor=6.0, components=[0, 1], lower=[-5, -5], upper=[5, 5],
+        sigma=[0.2, 0.2], pace=PACE,
+    )  # fmt: skip
+
+
+def build(method, molsys, threads):
+    dihedrals = [molsys.features[0]]
+    updates = None
+    system = molsys.system
+    if method == "native":
+        bias = _metadynamics(LearnedCV(*_model(molsys, dihedrals, 1, 16), backend="native"))
+    elif method == "native_dist":
+        bias = _metadynamics(LearnedCV(*_model(molsys, molsys.features, 0, 16), backend="native"))
+    elif method == "torch":
+        bias = _metadynamics(LearnedCV(*_model(molsys, molsys.features, 2, 64), backend="torch"))
+    if method in ("native", "native_dist", "torch"):
+        system = bias.add_to(system)
+        updates = bias.update
+    elif method == "app_native":
+        cv = LearnedCV(*_model(molsys, dihedrals, 1, 16), backend="native")
+        system = openmm.XmlSerializer.clone(system)
+        variables = [app.BiasVariable(cv.energy_force(f"s{k}"), -5.0, 5.0, 0.2, False, 201) for k in range(2)]
+        meta = app.Metadynamics(system, variables, TEMPERATURE * u.kelvin, 6.0, 1.0 * u.kilojoule_per_mole, PACE)
+    platform, properties = select_platform("CPU", threads=threads)
+    integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
+    start = time.perf_counter()
+    simulation = app.Simulation(molsys.topology, system, integrator, platform, properties)
+    context = simulation.context
+    context.setPositions(molsys.positions * u.nanometer)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    context.setVelocitiesToTemperature(TEMPERATURE * u.kelvin, 1)
+    if updates is not None:
+        bias.attach(context)
+    setup = time.perf_counter() - start
+
+    def advance(steps):
+        if method == "app_native":
+            meta.step(simulation, steps)
+            return
+        for _ in range(steps // PACE):
+            integrator.step(PACE)
+            simulation.currentStep += PACE
+            if updates is not None:
+                updates(context, simulation.currentStep)
+
+    return advance, setup, context
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=2000, help="steps per method per round (multiple of 500)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", default="native,native_dist,app_native,torch")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    molsys = load_system("ala2_obc2")
+    methods = ["plain", *args.methods.split(",")]
+    runs = {m: build(m, molsys, args.threads) for m in methods}
+    rates: dict[str, list[float]] = {m: [] for m in methods}
+    for advance, _, _ in runs.values():
+        advance(PACE)  # warm-up
+    for _ in range(args.rounds):
+        for method, (advance, _, context) in runs.items():
+            start = time.perf_counter()
+            advance(args.steps)
+            context.getState(getEnergy=True)
+            rates[method].append(args.steps / (time.perf_counter() - start))
+    plain = float(np.median(rates["plain"]))
+    lines = {}
+    for method in methods[1:]:
+        biased = float(np.median(rates[method]))
+        lines[method] = {
+            "plain_steps_per_s": round(plain, 1),
+            "biased_steps_per_s": round(biased, 1),
+            "ratio": round(biased / plain, 3),
+            "method": method,
+            "setup_s": round(runs[method][1], 2),
+            "threads": args.threads,
+        }
+        print(json.dumps(lines[method]), flush=True)
+    if DEFAULT in lines:
+        print(json.dumps(lines[DEFAULT]))
+
+
+if __name__ == "__main__":
+    main()
