@@ -7,10 +7,10 @@ method runs in its own Context; the contexts take turns (``--steps`` each per ro
 and the median rate over rounds is compared with plain MD measured in the same rounds,
 so load on the shared machine affects all alike. Methods:
 
-``native``       latf Metadynamics, CV as OpenMM expressions (φ/ψ sin/cos → 16 ReLU → 2-D), one force
+``native``       latf Metadynamics, CV components as OpenMM expressions (φ/ψ sin/cos → 16 ReLU → 2-D)
 ``native_dist``  the same with 45 heavy-atom distances + φ/ψ → linear encoder
-``app_native``   openmm.app.Metadynamics over one expression force per CV component (CustomCVForce)
-``torch``        latf Metadynamics, CustomCVForce over one TorchForce per component,
+``app_native``   openmm.app.Metadynamics over the same expression forces as ``native``
+``torch``        latf Metadynamics over one TorchForce per component,
                  45 distances + φ/ψ → MLP 64-64 → 2-D (the issue's baseline network)
 
 Prints one JSON line per method (``plain_steps_per_s``, ``biased_steps_per_s``, ``ratio``,

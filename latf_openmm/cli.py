@@ -72,6 +72,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="base random seed (≥ 0); run i gets its own seed derived from it (default 1)",
     )
+    _add_md_options(p)
+    p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
+
+
+def _add_md_options(p: argparse.ArgumentParser) -> None:
+    """Options of the MD engine shared by ``simulate`` and ``bias``."""
     p.add_argument("--frame-interval", type=int, help="steps between saved frames (default: the recipe's)")
     p.add_argument("--timestep", type=float, help="integration time step, ps (default: the recipe's)")
     p.add_argument("--friction", type=float, help="Langevin friction, 1/ps (default: the recipe's)")
@@ -93,7 +99,11 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "--checkpoint-seconds", type=float, default=60.0, help="wall-clock seconds between checkpoints (default 60)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-    p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
+
+
+def _md_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("frame_interval", "timestep", "friction", "platform", "precision", "threads", "trajectory_format")
+    return {name: getattr(args, name) for name in (*names, "checkpoint_seconds", "progress")}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -107,24 +117,101 @@ def _simulate(args: argparse.Namespace) -> int:
         args.steps,
         args.out,
         seed=args.seed,
-        frame_interval=args.frame_interval,
-        timestep=args.timestep,
-        friction=args.friction,
-        platform=args.platform,
-        precision=args.precision,
-        threads=args.threads,
-        trajectory_format=args.trajectory_format,
-        checkpoint_seconds=args.checkpoint_seconds,
-        progress=args.progress,
+        **_md_options(args),
     )
     for result in results:
-        settings = result.manifest["settings"]
-        rate = result.manifest.get("ns_per_day_last_session")
-        speed = f", {rate:.4g} ns/day" if rate else " (already complete)"
-        print(
-            f"{result.directory}: {result.manifest['n_frames']} frames at "
-            f"{settings['temperature']:g} {settings['temperature_unit']}{speed}"
+        _report_run(result)
+    return 0
+
+
+def _report_run(result) -> None:
+    settings = result.manifest["settings"]
+    rate = result.manifest.get("ns_per_day_last_session")
+    speed = f", {rate:.4g} ns/day" if rate and result.ran_now else " (already complete)"
+    print(
+        f"{result.directory}: {result.manifest['n_frames']} frames at "
+        f"{settings['temperature']:g} {settings['temperature_unit']}{speed}"
+    )
+
+
+def _add_bias(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bias",
+        help="biased MD along a trained model's CV: restraint/umbrella, well-tempered metadynamics, OPES",
+        description="Run MD biased along the learned CV of a trained model: a harmonic restraint (umbrella "
+        "window), well-tempered metadynamics or OPES on 1-2 CV components. Writes what 'latf simulate' writes, "
+        "plus colvar.dat (PLUMED COLVAR: time, CV, bias, c(t)) and bias_state.npz. A killed run resumes when "
+        "the same command is run again; walkers sharing --walkers-dir build one bias together.",
+    )
+    p.add_argument("model", nargs="?", help="model file written by 'latf train'")
+    _add_system_options(p, "system name or recipe whose featurizer the model was trained on")
+    p.add_argument("--method", choices=["metad", "opes", "restraint"], default="metad", help="bias (default metad)")
+    p.add_argument(
+        "--temperature", type=float, help="K, or k_BT/ε for reduced-unit systems (default: the recipe's first)"
+    )
+    p.add_argument("--steps", type=int, help="integration steps (a multiple of the frame interval)")
+    p.add_argument("--out", help="output run folder")
+    p.add_argument("--seed", type=int, default=1, help="random seed (≥ 1, default 1)")
+    p.add_argument(
+        "--backend", choices=["auto", "native", "torch"], default="auto", help="CV inside OpenMM (default auto)"
+    )
+    p.add_argument("--components", type=int, nargs="+", help="biased CV components (metad/opes; default: all, ≤ 2)")
+    p.add_argument(
+        "--lower", type=float, nargs="+", help="lower wall per component (default: training data's range − 10 %%)"
+    )
+    p.add_argument(
+        "--upper", type=float, nargs="+", help="upper wall per component (default: training data's range + 10 %%)"
+    )
+    p.add_argument("--sigma", type=float, nargs="+", help="kernel width per component (default (upper − lower)/25)")
+    p.add_argument("--pace", type=int, default=500, help="steps between depositions (default 500)")
+    p.add_argument("--height", type=float, default=1.0, help="metad: initial hill height, kJ/mol (default 1)")
+    p.add_argument("--bias-factor", type=float, help="γ (metad default 10; opes default barrier/k_BT)")
+    p.add_argument("--barrier", type=float, default=30.0, help="opes: expected barrier ΔE, kJ/mol (default 30)")
+    p.add_argument("--centre", type=float, nargs="+", help="restraint: window centre per CV component")
+    p.add_argument("--force-constant", type=float, default=100.0, help="restraint: kJ/mol per CV unit² (default 100)")
+    p.add_argument("--wall-constant", type=float, default=1000.0, help="walls: kJ/mol per CV unit² (default 1000)")
+    p.add_argument("--walkers-dir", help="metad/opes: folder through which walkers share the bias")
+    p.add_argument("--walker", type=int, default=0, help="this walker's index (default 0)")
+    p.add_argument("--restart-bias", help="metad/opes: continue the bias saved by an earlier run (bias_state.npz)")
+    _add_md_options(p)
+    p.set_defaults(handler=_bias, required=("model", "system", "steps", "out"))
+
+
+def _bias(args: argparse.Namespace) -> int:
+    from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics
+    from latf_openmm.features import build_featurizer
+    from latf_openmm.models import load_model
+    from latf_openmm.simulation import simulate
+
+    model = load_model(args.model)
+    molsys = _load_system(args)
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    if featurizer.names != model.feature_names:
+        raise LatfError(f"{args.system}'s features differ from those {args.model} was trained on")
+    temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
+    cv = LearnedCV(model, featurizer, backend=args.backend)
+    periodic = molsys.system.usesPeriodicBoundaryConditions()
+    if args.method == "restraint":
+        if args.centre is None:
+            raise LatfError("restraint: give --centre, one value per CV component")
+        bias = HarmonicBias(
+            cv, args.centre, args.force_constant, args.lower, args.upper, args.wall_constant, periodic=periodic
         )
+    else:
+        components = args.components if args.components is not None else list(range(min(cv.dim, 2)))
+        grid = dict(
+            components=components, lower=args.lower, upper=args.upper, sigma=args.sigma, pace=args.pace,
+            wall_constant=args.wall_constant, walkers_dir=args.walkers_dir, walker=args.walker, periodic=periodic,
+        )  # fmt: skip
+        if args.method == "metad":
+            bias = Metadynamics(cv, temperature, height=args.height, bias_factor=args.bias_factor or 10.0, **grid)
+        else:
+            bias = OPES(cv, temperature, barrier=args.barrier, bias_factor=args.bias_factor, **grid)
+        if args.restart_bias:
+            bias.load(args.restart_bias)
+    print(f"{args.method} along the {cv.dim}-D CV ({cv.backend} backend)", flush=True)
+    result = simulate(molsys, temperature, args.steps, args.out, seed=args.seed, bias=bias, **_md_options(args))
+    _report_run(result)
     return 0
 
 
@@ -330,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and drive OpenMM simulations with them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate, _add_export):
+    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate, _add_export, _add_bias):
         add(sub)
     for subparser in sub.choices.values():
         subparser.add_argument(

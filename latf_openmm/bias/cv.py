@@ -1,19 +1,22 @@
 """The learned CV inside OpenMM: CV values in Python and forces whose energy is a function of the CV.
 
-Two backends compute the CV inside OpenMM:
+Every bias is one ``CustomCVForce`` whose collective variables ``s0 … s{d-1}`` are one
+force per CV component. Two backends compute those components:
 
 ``native``
-    One ``CustomCompoundBondForce`` evaluates features, encoder and bias as compiled
-    OpenMM expressions (:mod:`latf_openmm.export.expressions`): the network runs once
-    per step for all components, without libtorch, on every platform. For small
-    encoders; the fastest (see ``bench/bias_overhead.py``).
+    A ``CustomCompoundBondForce`` evaluates features, normalization and encoder as
+    compiled OpenMM expressions (:mod:`latf_openmm.export.expressions`): no libtorch
+    on the hot path, and it runs on every platform. For small encoders; the fastest
+    (see ``bench/bias_overhead.py``).
 ``torch``
-    A ``CustomCVForce`` over one openmm-torch ``TorchForce`` per CV component (the
-    exported TorchScript CV): any encoder size, CPU and CUDA.
+    An openmm-torch ``TorchForce`` running the exported TorchScript CV: any encoder
+    size, CPU and CUDA.
 
 ``auto`` picks ``native`` when the encoder has an expression form small enough to
-compile quickly, else ``torch``. Either way the CV values recorded in Python come
-from the same TorchScript module that ``latf export`` writes.
+compile quickly, else ``torch``. Either way the CV values recorded in Python come from
+the TorchScript module that ``latf export`` writes. Tabulated biases live in the
+``CustomCVForce``, whose ``updateParametersInContext`` is cheap; in a force that also
+holds the network's expressions it would recompile them (seconds) at every update.
 """
 
 from __future__ import annotations
@@ -68,26 +71,27 @@ class LearnedCV:
         with torch.no_grad():
             return self._module(positions_t, box_t).numpy()
 
-    def energy_force(self, energy: str, periodic: bool = False) -> openmm.Force:
-        """A force whose energy is ``energy``, an expression in the CV components ``s0 … s{d-1}``.
+    def energy_force(self, energy: str, periodic: bool = False) -> openmm.CustomCVForce:
+        """A ``CustomCVForce`` whose energy is ``energy``, an expression in ``s0 … s{d-1}``.
 
-        The caller adds the global parameters and tabulated functions the expression
-        uses; both force types support ``updateParametersInContext``.
+        The caller adds the global parameters and tabulated functions the expression uses.
         """
+        force = openmm.CustomCVForce(energy)
+        for k in range(self.dim):
+            force.addCollectiveVariable(f"s{k}", self.component_force(k, periodic))
+        return force
+
+    def component_force(self, component: int, periodic: bool = False) -> openmm.Force:
+        """A force whose energy (kJ/mol) equals CV component ``component``."""
         if self.expression is not None:
-            force = openmm.CustomCompoundBondForce(len(self.expression.atoms), self.expression.energy(energy))
+            force = openmm.CustomCompoundBondForce(len(self.expression.atoms), self.expression.energy(f"s{component}"))
             force.addBond(self.expression.atoms, [])
         else:
             from openmmtorch import TorchForce
 
-            force = openmm.CustomCVForce(energy)
-            for k in range(self.dim):
-                component = torch.jit.script(CollectiveVariable(self.featurizer, self.model, component=k).eval())
-                cv_force = TorchForce(component)
-                cv_force.setUsesPeriodicBoundaryConditions(periodic)
-                force.addCollectiveVariable(f"s{k}", cv_force)
-        if isinstance(force, openmm.CustomCompoundBondForce):
-            force.setUsesPeriodicBoundaryConditions(periodic)
+            module = CollectiveVariable(self.featurizer, self.model, component=component).eval()
+            force = TorchForce(torch.jit.script(module))
+        force.setUsesPeriodicBoundaryConditions(periodic)
         return force
 
 

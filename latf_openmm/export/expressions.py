@@ -2,10 +2,10 @@
 
 An OpenMM ``CustomCompoundBondForce`` with one "bond" over the featurizer's atoms can
 evaluate features (distances, dihedrals, coordinates; coordination numbers compile too
-slowly and are left to the TorchScript path), the normalization (folded
-into the first layer) and the encoder in compiled expressions, for all CV components
-at once and on every platform (CPU, CUDA, OpenCL) without openmm-torch. On alanine
-dipeptide this costs a fraction of a TorchForce call (see ``bench/bias_overhead.py``).
+slowly and are left to the TorchScript path), the normalization (folded into the first
+layer) and the encoder as compiled expressions, on every platform (CPU, CUDA, OpenCL)
+without openmm-torch. On alanine dipeptide this costs a fraction of a TorchForce call
+(see ``bench/bias_overhead.py``).
 
 OpenMM differentiates the expression symbolically when the Context is created; its
 cost grows quickly with the encoder's size, so this path is for small encoders:

@@ -339,6 +339,7 @@ class _Trainer:
         labels = self._predicted_labels()
         populations = torch.bincount(labels, weights=self.weights, minlength=self.network.n_states)
         config = dataclasses.asdict(self.config)
+        latent = torch.cat([self.network(chunk) for chunk in self.x.split(65536)])
         return {
             "architecture": {
                 "n_features": self.data.n_features,
@@ -357,6 +358,7 @@ class _Trainer:
             "temperature_unit": self.data.temperature_unit,
             "reference_temperature": self.reference_temperature,
             "state_populations": (populations / populations.sum()).cpu().tolist(),
+            "latent_range": [latent.min(0).values.cpu().tolist(), latent.max(0).values.cpu().tolist()],
             "history": self.history,
             "train_seconds": round(time.perf_counter() - self.started, 3),
             "versions": versions(),

@@ -62,10 +62,11 @@ _BIAS_STATE = "bias_state_"
 
 @dataclass(frozen=True)
 class RunResult:
-    """A finished run: its directory and manifest."""
+    """A finished run: its directory and manifest; ``ran_now`` is False if it was complete before the call."""
 
     directory: Path
     manifest: dict[str, Any]
+    ran_now: bool = True
 
     @property
     def trajectory(self) -> Path:
@@ -164,17 +165,12 @@ def simulate(
     )
     if bias is not None:
         settings["bias"] = bias.settings()
-        if bias.interval and settings["frame_interval"] % bias.interval and bias.interval % settings["frame_interval"]:
-            raise LatfError(
-                f"the bias pace ({bias.interval}) and the frame interval ({settings['frame_interval']}) "
-                "must divide one another"
-            )
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("settings") != settings:
             raise LatfError(f"{out_dir} holds a finished run with other settings; choose a new output directory")
-        return RunResult(out_dir, manifest)
+        return RunResult(out_dir, manifest, ran_now=False)
 
     platform_obj, properties = select_platform(settings["platform"], precision, threads)
     integrator = openmm.LangevinMiddleIntegrator(

@@ -1,0 +1,63 @@
+"""`latf bias` end to end: train a small SPIB on three-hole MD, then OPES / metadynamics / a restraint along it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from latf_openmm.export.plumed import read_colvar
+
+LATF = [sys.executable, "-m", "latf_openmm.cli"]
+
+
+def _cli(*args):
+    return subprocess.run([*LATF, *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli_bias")
+    result = _cli("simulate", "--system", "threehole", "--temperatures", 1.0, "--steps", 300_000,
+                  "--out", folder / "md", "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = folder / "spib.pt"
+    result = _cli("train", folder / "md", "--model", "spib", "--out", model, "--lag", 10, "--encoder-layers", 1,
+                  "--n-initial-states", 9, "--max-epochs", 30, "--refinements", 2, "--threads", 1)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return model
+
+
+@pytest.mark.parametrize("method", ["opes", "metad"])
+def test_bias_run_writes_colvar_and_resumes(model, tmp_path, method):
+    args = ["bias", model, "--system", "threehole", "--method", method, "--temperature", 1.0, "--steps", 30_000,
+            "--components", 0, "--pace", 30, "--frame-interval", 30, "--no-progress",
+            "--out", tmp_path / method]  # fmt: skip
+    result = _cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "native backend" in result.stdout
+    colvar = read_colvar(tmp_path / method / "colvar.dat")
+    assert list(colvar) == ["time", "s0", "s1", f"{method}.bias", f"{method}.rct"]
+    assert len(colvar["time"]) == 1000 and np.isfinite(colvar[f"{method}.bias"]).all()
+    with np.load(tmp_path / method / "bias_state.npz") as state:
+        assert len(state["centres" if method == "opes" else "hills"]) == 1000
+    again = _cli(*args)
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_restraint_and_bad_bias_input(model, tmp_path):
+    result = _cli("bias", model, "--system", "threehole", "--method", "restraint", "--centre", 0, 0,
+                  "--steps", 3000, "--frame-interval", 30, "--no-progress", "--out", tmp_path / "r")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert list(read_colvar(tmp_path / "r" / "colvar.dat")) == ["time", "s0", "s1", "restraint.bias"]
+    result = _cli(
+        "bias", model, "--system", "threehole", "--components", 0, 5, "--steps", 3000, "--out", tmp_path / "m"
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "distinct CV components" in result.stderr
+    result = _cli(
+        "bias", model, "--system", "lj7", "--lower", 0, 0, "--upper", 1, 1, "--steps", 300, "--out", tmp_path / "m"
+    )
+    assert result.returncode == 2 and "features differ" in result.stderr
+    result = _cli("bias", tmp_path / "none.pt", "--system", "threehole", "--steps", 300, "--out", tmp_path / "m")
+    assert result.returncode == 2 and "not found" in result.stderr
+    assert not (tmp_path / "m").exists()
