@@ -2,7 +2,7 @@
 
 Usage: python bench/ala2_metad.py [--ns 0.5] [--out DIR] [--threads 1]
 
-1. Short unbiased data: 100 ps at 800 K, where φ flips between its basins.
+1. Short unbiased data: 250 ps at 800 K (frames every 0.2 ps), where φ flips between its basins.
 2. SPIB on sin/cos of φ and ψ (encoder 4 → 16 ReLU → 2-D), initial labels from a 4 × 4
    grid over (φ, ψ); the CV runs inside OpenMM as native expressions.
 3. ``--ns`` of metadynamics along both CV components at 300 K (hills 1.5 kJ/mol every
@@ -65,7 +65,7 @@ def main() -> None:
     timings = {}
 
     start = time.perf_counter()
-    hot = simulate(molsys, 800.0, 50_000, out / "hot", seed=args.seed, **md)
+    hot = simulate(molsys, 800.0, 125_000, out / "hot", seed=args.seed, **{**md, "frame_interval": 100})
     features = hot.load_timeseries()["features"].astype(np.float64)
     phi, psi = np.arctan2(features[:, 0], features[:, 2]), np.arctan2(features[:, 1], features[:, 3])
     labels = np.digitize(phi, np.linspace(-np.pi, np.pi, 5)[1:-1]) * 4 + np.digitize(
@@ -74,7 +74,7 @@ def main() -> None:
     timings["data_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model = SPIB(lag=4, encoder_layers=1, encoder_hidden=16, beta=1e-3, refinements=4, seed=args.seed).fit(
+    model = SPIB(lag=5, encoder_layers=1, encoder_hidden=16, beta=1e-3, refinements=4, seed=args.seed).fit(
         TrainingData([features], labels=[labels])
     )
     timings["train_s"] = time.perf_counter() - start
