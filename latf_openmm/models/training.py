@@ -32,6 +32,9 @@ def _option(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+MIN_STEPS_PER_EPOCH = 32
+
+
 @dataclass
 class TrainingConfig:
     """Hyperparameters of SPIB and LaTF training; each field's ``help`` metadata describes it
@@ -45,7 +48,9 @@ class TrainingConfig:
     decoder_hidden: int = _option(16, "decoder hidden-layer width")
     learning_rate: float = _option(1e-3, "Adam learning rate (reset at each refinement)")
     lr_decay: float = _option(0.99, "learning-rate factor per epoch")
-    batch_size: int = _option(2048, "minibatch size (lagged pairs)")
+    batch_size: int = _option(
+        2048, "minibatch size (lagged pairs); small data sets use smaller batches, ≥ 32 per epoch"
+    )
     tolerance: float = _option(
         2e-3,
         "a training round ends when the validation loss (joint stage: its cross-entropy and its "
@@ -170,6 +175,9 @@ class _Trainer:
         self.labels = torch.as_tensor(np.unique(labels, return_inverse=True)[1], dtype=torch.long, **to)
         past_t = torch.as_tensor(past, dtype=torch.long, **to)
         self.train_past = past_t[torch.as_tensor(order[n_val:], **to)]
+        # Small data sets: at most 1/MIN_STEPS_PER_EPOCH of the pairs per batch (≥ 64), so that
+        # an epoch is still enough optimizer steps for the convergence test to mean something.
+        self.batch_size = min(config.batch_size, max(64, len(self.train_past) // MIN_STEPS_PER_EPOCH))
         self.val_past = past_t[torch.as_tensor(order[:n_val], **to)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -235,7 +243,7 @@ class _Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.learning_rate * cfg.lr_decay**epoch
             order = self.train_past[torch.randperm(n, generator=self.generator).to(self.device)]
-            for batch in order.split(cfg.batch_size):
+            for batch in order.split(self.batch_size):
                 loss = self._loss(batch, joint)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
