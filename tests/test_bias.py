@@ -105,6 +105,8 @@ def test_bad_bias_input(cv_setup, ala2_vacuum):
     other = build_featurizer([{"kind": "dihedrals", "angles": ["phi", "psi"]}], ala2_vacuum.topology)
     with pytest.raises(LatfError, match="featurizer makes 4 features but the model expects 49"):
         LearnedCV(model, other)
+    with pytest.raises(LatfError, match="built for 22 atoms but the system has 1"):
+        HarmonicBias(cv, centre=[0.0, 0.0], force_constant=1.0).add_to(load_system("threehole").system)
     grid = dict(components=[0], lower=[-1.0], upper=[1.0], sigma=[0.1], pace=10)
     with pytest.raises(LatfError, match="1 or 2 distinct CV components"):
         Metadynamics(cv, 300.0, height=1.0, bias_factor=5, **{**grid, "components": [0, 2]})
@@ -209,6 +211,14 @@ def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(threehole_cv, t
         _adaptive("metad", cv, temperature, bins=[50]).load(tmp_path / "w0" / "bias_state.npz")
     with pytest.raises(LatfError, match="cannot read the saved bias"):
         later.load(tmp_path / "missing.npz")
+
+
+def test_a_nan_cv_stops_the_run(threehole_cv, tmp_path, monkeypatch):
+    molsys, cv = threehole_cv
+    bias = HarmonicBias(cv, centre=[0.0, 0.0], force_constant=1.0)
+    monkeypatch.setattr(cv, "values", lambda positions, box=None: np.array([np.nan, 0.0]))
+    with pytest.raises(LatfError, match="CV is not finite at step 30"):
+        simulate(molsys, molsys.to_kelvin(KT), 300, tmp_path, seed=1, frame_interval=30, bias=bias, progress=False)
 
 
 def test_a_cv_leaving_the_grid_stops_the_run(threehole_cv, tmp_path):

@@ -36,6 +36,11 @@ class CVBias:
 
     def add_to(self, system: openmm.System) -> openmm.System:
         """A copy of ``system`` with the bias force in a force group of its own."""
+        if system.getNumParticles() != self.cv.featurizer.n_atoms:
+            raise LatfError(
+                f"the CV was built for {self.cv.featurizer.n_atoms} atoms but the system has "
+                f"{system.getNumParticles()}; use the system the model was trained on"
+            )
         system = openmm.XmlSerializer.clone(system)
         free = set(range(32)) - {force.getForceGroup() for force in system.getForces()}
         if not free:
