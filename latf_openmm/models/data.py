@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from latf_openmm.errors import LatfError
+from latf_openmm.reweighting import run_weights
 
 
 @dataclass
@@ -132,7 +133,8 @@ def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
     array of per-trajectory arrays, and optionally ``labels``, ``weights`` (per frame),
     ``temperatures`` (per trajectory) and ``feature_names``. A run folder (or a folder of
     run folders) contributes one trajectory per run, at the run's temperature (in the
-    system's user-facing unit). Several sources are concatenated.
+    system's user-facing unit); a biased run's frames carry its unbiasing weights
+    (:func:`latf_openmm.reweighting.run_weights`). Several sources are concatenated.
     """
     parts: list[TrainingData] = []
     for path in map(Path, paths):
@@ -199,6 +201,7 @@ def _from_run(run: Path) -> TrainingData:
     settings = manifest["settings"]
     return TrainingData(
         [features],
+        weights=[run_weights(run)] if settings.get("bias") else None,
         temperatures=np.array([settings["temperature"]]),
         temperature_unit=settings["temperature_unit"],
         feature_names=names,

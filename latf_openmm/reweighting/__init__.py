@@ -1,0 +1,133 @@
+"""Reweighting: per-frame weights that turn biased or multi-temperature data into equilibrium averages.
+
+- One biased run (:func:`run_weights`): well-tempered metadynamics and OPES frames weigh
+  exp((V − c(t))/k_BT), with c(t) from the run's COLVAR; a restraint's frames exp(V/k_BT).
+- Umbrella windows (:func:`umbrella_weights`): MBAR (pymbar) over the windows' restraint
+  energies, evaluated from each frame's CV in COLVAR.
+- Several temperatures (:func:`temperature_weights`): MBAR over the reduced potentials
+  E/k_BT of every run at every temperature, to any target temperature.
+
+Weights are returned normalized to sum to the number of frames, one array per run;
+:func:`effective_sample_size` says how many independent frames they are worth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+
+from latf_openmm.errors import LatfError
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size (Σw)² / Σw²."""
+    weights = np.asarray(weights, dtype=float).ravel()
+    return float(weights.sum() ** 2 / np.sum(weights**2)) if weights.size else 0.0
+
+
+def _normalized(log_weights: list[np.ndarray]) -> list[np.ndarray]:
+    """exp(log w), scaled so that all runs together sum to their number of frames."""
+    total = sum(len(w) for w in log_weights)
+    shift = logsumexp(np.concatenate(log_weights)) - np.log(total)
+    return [np.exp(w - shift) for w in log_weights]
+
+
+def _run(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A finished run's manifest and time series."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise LatfError(f"{path} is not a finished run (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    with np.load(path / manifest["files"]["timeseries"]) as series:
+        return manifest, {key: series[key] for key in series.files}
+
+
+def _bias_columns(series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    fields = [str(f) for f in series.get("colvar_fields", [])]
+    return {name: series["colvar"][:, k] for k, name in enumerate(fields)}
+
+
+def run_weights(path: str | Path) -> np.ndarray:
+    """Unbiasing weights of one run's frames (all 1 for an unbiased run), mean 1."""
+    manifest, series = _run(path)
+    bias = manifest["settings"].get("bias")
+    if bias is None:
+        return np.ones(len(series["time"]))
+    kt = KB_KJ_PER_MOL_K * manifest["settings"]["temperature_K"]
+    columns = _bias_columns(series)
+    energy = columns[f"{bias['kind']}.bias"]
+    constant = columns.get(f"{bias['kind']}.rct", np.zeros_like(energy))
+    return _normalized([(energy - constant) / kt])[0]
+
+
+def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
+    """Energy (kJ/mol) of a ``HarmonicBias`` with these settings at CV values (n, d)."""
+    cv = np.atleast_2d(cv)
+    centre = np.asarray(settings["centre"], dtype=float)
+    energy = 0.5 * settings["force_constant"] * np.sum((cv - centre) ** 2, axis=1)
+    for k, (low, high) in enumerate(zip(settings["lower"], settings["upper"], strict=True)):
+        if high is not None:
+            energy += 0.5 * settings["wall_constant"] * np.clip(cv[:, k] - high, 0, None) ** 2
+        if low is not None:
+            energy += 0.5 * settings["wall_constant"] * np.clip(low - cv[:, k], 0, None) ** 2
+    return energy
+
+
+def _mbar_log_weights(reduced: np.ndarray, counts: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """log weights of every frame in the target state: u_kn (K, N) reduced potentials of the
+    sampled states, N_k frames from each, u_target (N,)."""
+    from pymbar import MBAR
+
+    mbar = MBAR(reduced, counts, solver_protocol="robust")
+    log_denominator = logsumexp(mbar.f_k[:, None] - reduced, b=counts[:, None], axis=0)
+    return -target - log_denominator
+
+
+def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """Unbiased weights of the frames of umbrella-window runs (restraints on the same CV), by MBAR."""
+    runs = [_run(p) for p in paths]
+    settings = [m["settings"].get("bias") or {} for m, _ in runs]
+    if any(s.get("kind") != "restraint" for s in settings):
+        raise LatfError("umbrella_weights needs runs biased by restraints ('latf bias --method restraint')")
+    temperatures = {m["settings"]["temperature_K"] for m, _ in runs}
+    if len(temperatures) != 1:
+        raise LatfError(f"umbrella windows must share one temperature, got {sorted(temperatures)} K")
+    kt = KB_KJ_PER_MOL_K * temperatures.pop()
+    dim = settings[0]["cv_dim"]
+    cvs = [series["colvar"][:, :dim] for _, series in runs]
+    all_cv = np.concatenate(cvs)
+    reduced = np.stack([restraint_energy(s, all_cv) / kt for s in settings])
+    log_w = _mbar_log_weights(reduced, np.array([len(c) for c in cvs]), np.zeros(len(all_cv)))
+    return _normalized(np.split(log_w, np.cumsum([len(c) for c in cvs])[:-1]))
+
+
+def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list[np.ndarray]:
+    """Weights at ``temperature`` (K) of the frames of unbiased runs at several temperatures, by MBAR
+    over their potential energies."""
+    runs = [_run(p) for p in paths]
+    if any(m["settings"].get("bias") for m, _ in runs):
+        raise LatfError("temperature_weights takes unbiased runs; reweight biased runs with run_weights first")
+    if not temperature > 0:
+        raise LatfError(f"the target temperature must be positive, got {temperature}")
+    energies = [series["potential_energy"] for _, series in runs]
+    all_energy = np.concatenate(energies)
+    betas = np.array([1 / (KB_KJ_PER_MOL_K * m["settings"]["temperature_K"]) for m, _ in runs])
+    unique, index = np.unique(betas, return_inverse=True)
+    counts = np.bincount(index, weights=[len(e) for e in energies]).astype(float)
+    log_w = _mbar_log_weights(unique[:, None] * all_energy, counts, all_energy / (KB_KJ_PER_MOL_K * temperature))
+    return _normalized(np.split(log_w, np.cumsum([len(e) for e in energies])[:-1]))
+
+
+__all__ = [
+    "effective_sample_size",
+    "restraint_energy",
+    "run_weights",
+    "temperature_weights",
+    "umbrella_weights",
+]
