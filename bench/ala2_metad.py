@@ -5,8 +5,9 @@ Usage: python bench/ala2_metad.py [--ns 0.5] [--out DIR] [--threads 1]
 1. Short unbiased data: 250 ps at 800 K (frames every 0.2 ps), where φ flips between its basins.
 2. SPIB on sin/cos of φ and ψ (encoder 4 → 16 ReLU → 2-D), initial labels from a 4 × 4
    grid over (φ, ψ); the CV runs inside OpenMM as native expressions.
-3. ``--ns`` of metadynamics along both CV components at 300 K (hills 1.5 kJ/mol every
-   1 ps, γ = 8) and of unbiased MD from the same start.
+3. ``--ns`` of metadynamics along both CV components at 300 K (hills 2 kJ/mol every
+   0.5 ps, σ = 1/15 of the training data's CV range, γ = 10) and of unbiased MD from the
+   same start.
 4. Crossings between the φ < 0 basin (C7eq/C5: −170° < φ < −50°) and the φ > 0 basin
    (C7ax/αL: 30° < φ < 100°), counted with hysteresis: a crossing is a visit to one basin
    after the other, so recrossings at the barrier top do not count.
@@ -82,8 +83,8 @@ def main() -> None:
     low, high = (np.array(v) for v in model.info["latent_range"])
     margin = 0.15 * (high - low)
     bias = Metadynamics(
-        cv, 300.0, height=1.5, bias_factor=8.0, components=[0, 1], lower=low - margin, upper=high + margin,
-        sigma=(high - low) / 20, pace=500,
+        cv, 300.0, height=2.0, bias_factor=10.0, components=[0, 1], lower=low - margin, upper=high + margin,
+        sigma=(high - low) / 15, pace=250,
     )  # fmt: skip
     steps = round(args.ns * 1e3 / molsys.timestep / FRAME_INTERVAL) * FRAME_INTERVAL
     start = time.perf_counter()

@@ -396,6 +396,47 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_loop(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "loop",
+        help="the iterative loop: MD → train LaTF → biased walkers → reweight → retrain, then generate",
+        description="Run a workflow (see workflows/*.toml): unbiased MD, then rounds of LaTF training on all "
+        "data so far (biased frames reweighted), OPES or metadynamics walkers along the learned CV (Dask "
+        "tasks), until the reweighted state populations change by less than the tolerance; then "
+        "populations and free-energy profiles at the target temperatures. Run the same command again to "
+        "resume a killed loop.",
+    )
+    p.add_argument("workflow", nargs="?", help="workflow .toml")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
+    p.set_defaults(handler=_loop, required=("workflow", "out"))
+
+
+def _loop(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from latf_openmm.loop import LoopConfig, run_loop
+
+    config = LoopConfig.from_toml(args.workflow)
+    if args.scheduler:
+        config = dataclasses.replace(config, scheduler=args.scheduler)
+    summary = run_loop(config, args.out)
+    last = summary["rounds"][-1] if summary["rounds"] else {}
+    print(
+        json.dumps(
+            {
+                "rounds": len(summary["rounds"]),
+                "converged": summary["converged"],
+                "reweighted_populations": last.get("populations"),
+                "generated_populations": {t: v["state_populations"] for t, v in summary["targets"].items()},
+            }
+        )
+    )
+    print(f"wrote {Path(args.out) / 'summary.json'}, summary.png and fes.png")
+    return 0
+
+
 def _add_systems(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("systems", help="list the shipped systems", description="List the shipped system recipes.")
     p.set_defaults(handler=_systems, required=())
@@ -417,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and drive OpenMM simulations with them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate, _add_export, _add_bias):
+    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate, _add_export, _add_bias, _add_loop):
         add(sub)
     for subparser in sub.choices.values():
         subparser.add_argument(

@@ -112,10 +112,7 @@ def plot_run_free_energies(
         mesh = ax.pcolormesh(surface.x_edges, surface.y_edges, surface.free_energy.T, cmap="viridis", shading="flat")
         fig.colorbar(mesh, ax=ax, label=f"F ({unit})")
         ax.set(xlabel=labels[0], ylabel=labels[1], title=f"{settings['system']}  T = {shown}")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, out_png)
     write_npz(
         Path(out_png).with_suffix(".npz"),
         free_energy=np.stack([s.free_energy for s in surfaces]),
@@ -125,6 +122,40 @@ def plot_run_free_energies(
         runs=np.array([str(r) for r in runs]),
     )
     return surfaces
+
+
+def _save_figure(fig, out_png: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
+    """Three panels of a ``latf loop`` run: generated state populations against temperature,
+    the largest population change per round, and the CV time series of the last round's walkers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (pops, change, walkers) = plt.subplots(1, 3, figsize=(13, 3.6))
+    temperatures = sorted(summary["targets"], key=float)
+    table = np.array([summary["targets"][t]["state_populations"] for t in temperatures])
+    for state in range(table.shape[1]):
+        pops.plot([float(t) for t in temperatures], table[:, state], "o-", label=f"state {state}")
+    pops.set(xlabel=f"T ({summary['temperature_unit']})", ylabel="population", title="generated populations")
+    pops.legend(fontsize=8)
+    changes = [(r["round"], r["population_change"]) for r in rounds if r["population_change"] is not None]
+    change.semilogy([c[0] for c in changes], [c[1] for c in changes], "o-")
+    change.set(xlabel="round", ylabel="max |Δ population|", title="convergence")
+    for walker in rounds[-1]["walkers"]:
+        with np.load(Path(walker) / TIMESERIES) as data:
+            walkers.plot(data["time"], data["colvar"][:, 0], lw=0.5)
+    walkers.set(xlabel="time (ps)", ylabel="s0", title=f"walkers, round {rounds[-1]['round']}")
+    _save_figure(fig, out_png)
 
 
 def _feature_column(feature: str | int, names: list[str], run: Path) -> int:
@@ -138,4 +169,4 @@ def _feature_column(feature: str | int, names: list[str], run: Path) -> int:
     return names.index(feature)
 
 
-__all__ = ["FreeEnergySurface", "find_runs", "free_energy_surface", "plot_run_free_energies"]
+__all__ = ["FreeEnergySurface", "find_runs", "free_energy_surface", "plot_loop", "plot_run_free_energies"]

@@ -1,0 +1,347 @@
+"""The iterative loop: unbiased MD → train → biased walkers along the learned CV → reweight → retrain.
+
+``latf loop WORKFLOW.toml --out RUN_DIR`` (or :func:`run_loop`). The run directory holds::
+
+    round_000/md/T…/            unbiased MD (round 0)
+    round_001/model.pt          LaTF trained on all data so far (biased frames reweighted)
+    round_001/cv.pt             its CV, exported (TorchScript)
+    round_001/walkers/walker_i/ biased walkers (metadynamics or OPES) sharing round_001/shared/
+    round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
+    summary.json                per target temperature: state populations and free-energy profiles
+    summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
+
+A round is complete when its ``round.json`` exists; running the same command again skips
+complete rounds and resumes the first incomplete one (its walkers resume from their
+checkpoints). Walkers and training are tasks on Dask distributed: a local cluster by
+default, or an existing scheduler (``scheduler = "tcp://host:port"``, e.g. dask-jobqueue
+on SLURM). Each round after the first warm-starts from the previous model's states: its
+initial labels are the previous model's state assignments of all frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latf_openmm.errors import LatfError
+from latf_openmm.files import write_json
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+ROUND_FILE = "round.json"
+SUMMARY = "summary.json"
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    """A workflow: what to simulate, how to train and bias, when to stop. Temperatures are in the
+    system's user-facing unit (K, or k_BT/ε for reduced-unit systems)."""
+
+    system: str
+    system_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int = 1
+    rounds: int = 3
+    tolerance: float = 0.02
+    md_temperatures: list[float] = dataclasses.field(default_factory=list)
+    md_steps: int = 100_000
+    frame_interval: int | None = None
+    platform: str | None = None
+    threads: int | None = None
+    walkers: int = 2
+    walker_steps: int = 100_000
+    walker_temperature: float | None = None
+    bias: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "opes"})
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    targets: list[float] = dataclasses.field(default_factory=list)
+    samples: int = 100_000
+    scheduler: str | None = None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> LoopConfig:
+        """Read a workflow file (top-level keys are the field names; ``[bias]``, ``[train]`` tables)."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise LatfError(f"cannot read workflow {path}: {exc}") from exc
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise LatfError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+        if "system" not in raw:
+            raise LatfError(f"{path}: 'system' is required")
+        config = cls(**raw)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise :class:`LatfError` for out-of-range settings."""
+        from latf_openmm.models import TrainingConfig
+
+        checks = [
+            (self.rounds >= 1, "rounds must be ≥ 1"),
+            (self.tolerance > 0, "tolerance must be positive"),
+            (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
+            (self.bias.get("method") in ("opes", "metad"), "bias.method must be 'opes' or 'metad'"),
+            (all(t > 0 for t in [*self.md_temperatures, *self.targets]), "temperatures must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LatfError(f"workflow: {message}")
+        known = {f.name for f in dataclasses.fields(TrainingConfig)}
+        if set(self.train) - known:
+            raise LatfError(f"workflow [train]: unknown option(s) {sorted(set(self.train) - known)}")
+        TrainingConfig(**self.train)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_system(config: LoopConfig):
+    from latf_openmm.systems import load_system
+
+    return load_system(config.system, **config.system_args)
+
+
+def _md_options(config: LoopConfig) -> dict[str, Any]:
+    return {
+        "frame_interval": config.frame_interval,
+        "platform": config.platform,
+        "threads": config.threads if config.platform in (None, "CPU") else None,
+        "progress": False,
+    }
+
+
+# -- tasks (run on Dask workers; arguments are plain data) -------------------------------
+def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out: str) -> str:
+    """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``."""
+    import torch
+
+    from latf_openmm.models import LaTF, TrainingConfig, load_model, load_training_data
+
+    torch.set_num_threads(config.threads or 1)
+    training = load_training_data(data)
+    if labels_from is not None:  # warm start: the previous model's states as initial labels
+        previous = load_model(labels_from)
+        training = dataclasses.replace(training, labels=[previous.predict_state(f) for f in training.features])
+    options = {"seed": config.seed, **config.train}
+    model = LaTF(TrainingConfig(**options)).fit(training)
+    model.save(out)
+    return out
+
+
+def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, out: str) -> str:
+    """One biased walker along the model's CV; returns its run folder."""
+    import torch
+
+    from latf_openmm.bias import OPES, LearnedCV, Metadynamics
+    from latf_openmm.features import build_featurizer
+    from latf_openmm.models import load_model
+    from latf_openmm.simulation import seed_for, simulate
+
+    torch.set_num_threads(config.threads or 1)
+    molsys = _load_system(config)
+    model = load_model(model_path)
+    cv = LearnedCV(model, build_featurizer(molsys.features, molsys.topology))
+    options = dict(config.bias)
+    method = options.pop("method")
+    user_temperature = config.walker_temperature or config.md_temperatures[0]
+    temperature = molsys.to_kelvin(user_temperature)
+    bias_type = OPES if method == "opes" else Metadynamics
+    bias = bias_type(cv, temperature, walkers_dir=shared, walker=walker, **options)
+    index = int(Path(out).parent.parent.name.split("_")[1]) * 1000 + walker
+    run = simulate(molsys, temperature, config.walker_steps, out, seed=seed_for(config.seed, index),
+                   bias=bias, **_md_options(config))  # fmt: skip
+    return str(run.directory)
+
+
+# -- the loop -------------------------------------------------------------------------
+def _client(config: LoopConfig):
+    from dask.distributed import Client, LocalCluster
+
+    if config.scheduler:
+        return Client(config.scheduler)
+    cluster = LocalCluster(
+        n_workers=config.walkers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    )
+    return Client(cluster)
+
+
+def _populations(model_path: str, runs: list[str]) -> dict[str, list[float]]:
+    """Reweighted state populations of all frames, per simulated temperature."""
+    from latf_openmm.models import load_model, load_training_data
+
+    model = load_model(model_path)
+    data = load_training_data(runs)
+    weights = data.weights or [np.ones(n) for n in data.lengths]
+    result: dict[str, list[float]] = {}
+    for temperature in np.unique(data.temperatures):
+        keep = [k for k, t in enumerate(data.temperatures) if t == temperature]
+        states = np.concatenate([model.predict_state(data.features[k]) for k in keep])
+        w = np.concatenate([weights[k] for k in keep])
+        result[f"{temperature:g}"] = (np.bincount(states, weights=w, minlength=model.n_states) / w.sum()).tolist()
+    return result
+
+
+def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run (or resume) the loop of ``config`` in ``out_dir``; returns the summary."""
+    from latf_openmm.reweighting import effective_sample_size, run_weights
+    from latf_openmm.simulation import simulate_temperatures
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    molsys = _load_system(config)
+    md_temperatures = config.md_temperatures or [
+        t * KB_KJ_PER_MOL_K if molsys.reduced_units else t for t in molsys.temperatures
+    ]
+    config = dataclasses.replace(config, md_temperatures=md_temperatures, targets=config.targets or md_temperatures)
+    write_json(out / "config.json", dataclasses.asdict(config))
+    started = time.perf_counter()
+
+    round_zero = out / "round_000"
+    if not (round_zero / ROUND_FILE).is_file():
+        kelvin = [molsys.to_kelvin(t) for t in md_temperatures]
+        simulate_temperatures(molsys, kelvin, config.md_steps, round_zero / "md", seed=config.seed,
+                              **_md_options(config))  # fmt: skip
+        write_json(
+            round_zero / ROUND_FILE, {"round": 0, "runs": [str(p) for p in sorted((round_zero / "md").iterdir())]}
+        )
+    runs = [str(p) for p in sorted((round_zero / "md").iterdir()) if (p / "manifest.json").is_file()]
+
+    history: list[dict[str, Any]] = []
+    previous_model: str | None = None
+    previous_populations: dict[str, list[float]] | None = None
+    client = None
+    try:
+        for number in range(1, config.rounds + 1):
+            folder = out / f"round_{number:03d}"
+            record_path = folder / ROUND_FILE
+            if record_path.is_file():
+                record = json.loads(record_path.read_text())
+            else:
+                client = client or _client(config)
+                folder.mkdir(exist_ok=True)
+                t0 = time.perf_counter()
+                model_path = str(folder / "model.pt")
+                if not Path(model_path).is_file():
+                    client.submit(train_task, config, runs, previous_model, model_path, pure=False).result()
+                t1 = time.perf_counter()
+                _export(config, model_path, folder / "cv.pt")
+                futures = [
+                    client.submit(
+                        walker_task,
+                        config,
+                        model_path,
+                        str(folder / "shared"),
+                        i,
+                        str(folder / "walkers" / f"walker_{i}"),
+                        pure=False,
+                    )
+                    for i in range(config.walkers)
+                ]
+                walkers = [f.result() for f in futures]
+                t2 = time.perf_counter()
+                populations = _populations(model_path, runs + walkers)
+                change = (
+                    None
+                    if previous_populations is None or _shape(previous_populations) != _shape(populations)
+                    else max(
+                        float(np.max(np.abs(np.subtract(populations[t], previous_populations[t]))))
+                        for t in populations
+                        if t in previous_populations
+                    )
+                )
+                record = {
+                    "round": number,
+                    "model": model_path,
+                    "model_sha256": _sha256(Path(model_path)),
+                    "walkers": walkers,
+                    "populations": populations,
+                    "population_change": change,
+                    "effective_sample_size": {w: effective_sample_size(run_weights(w)) for w in walkers},
+                    "train_seconds": round(t1 - t0, 2),
+                    "walker_seconds": round(t2 - t1, 2),
+                }
+                write_json(record_path, record)
+            history.append(record)
+            runs = runs + record["walkers"]
+            previous_model, previous_populations = record["model"], record["populations"]
+            change = record["population_change"]
+            if change is not None and change < config.tolerance:
+                break
+    finally:
+        if client is not None:
+            client.close()
+    summary = _summarize(config, out, history, previous_model, time.perf_counter() - started)
+    return summary
+
+
+def _shape(populations: dict[str, list[float]]) -> list[int]:
+    return [len(v) for v in populations.values()]
+
+
+def _export(config: LoopConfig, model_path: str, out: Path) -> None:
+    from latf_openmm.export import export_cv
+    from latf_openmm.features import build_featurizer
+    from latf_openmm.models import load_model
+
+    molsys = _load_system(config)
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    export_cv(load_model(model_path), featurizer, out, feature_description=molsys.features)
+
+
+def _summarize(config, out: Path, history, model_path, seconds) -> dict[str, Any]:
+    from latf_openmm.models import load_model
+    from latf_openmm.reports import plot_loop
+
+    model = load_model(model_path)
+    targets: dict[str, Any] = {}
+    for k, temperature in enumerate(config.targets):
+        samples = model.sample(temperature, config.samples, seed=config.seed + k)
+        profiles = []
+        for component in range(model.latent_dim):
+            counts, edges = np.histogram(samples[:, component], bins=50)
+            with np.errstate(divide="ignore"):
+                free = -np.log(counts / counts.max())
+            profiles.append(
+                {
+                    "s": (0.5 * (edges[1:] + edges[:-1])).tolist(),
+                    "free_energy_kT": np.where(counts, free, None).tolist(),
+                }
+            )
+        targets[f"{temperature:g}"] = {
+            "state_populations": model.latent_populations(samples).tolist(),
+            "free_energy_profiles": profiles,
+        }
+    summary = {
+        "temperature_unit": model.info.get("temperature_unit"),
+        "targets": targets,
+        "rounds": [
+            {k: r[k] for k in ("round", "populations", "population_change", "train_seconds", "walker_seconds")}
+            | {"effective_sample_size": r["effective_sample_size"]}
+            for r in history
+        ],
+        "final_model": model_path,
+        "converged": bool(
+            history
+            and history[-1]["population_change"] is not None
+            and history[-1]["population_change"] < config.tolerance
+        ),
+        "wall_seconds_last_session": round(seconds, 1),
+    }
+    write_json(out / SUMMARY, summary)
+    plot_loop(summary, history, out / "summary.png")
+    if model.latent_dim == 2:
+        from latf_openmm.generation import generate
+
+        generate(model, config.targets, min(config.samples, 50_000), out / "generated.npz", plot=out / "fes.png")
+    return summary
+
+
+__all__ = ["LoopConfig", "run_loop", "train_task", "walker_task"]
