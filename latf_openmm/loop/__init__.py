@@ -87,7 +87,7 @@ class LoopConfig:
             (self.rounds >= 1, "rounds must be ≥ 1"),
             (self.tolerance > 0, "tolerance must be positive"),
             (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
-            (self.bias.get("method") in ("opes", "metad"), "bias.method must be 'opes' or 'metad'"),
+            (self.bias.get("method") in ("opes", "metad"), "the bias method must be 'opes' or 'metad'"),
             (all(t > 0 for t in [*self.md_temperatures, *self.targets]), "temperatures must be positive"),
         ]
         for ok, message in checks:
@@ -168,7 +168,12 @@ def _client(config: LoopConfig):
     if config.scheduler:
         return Client(config.scheduler)
     cluster = LocalCluster(
-        n_workers=config.walkers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        n_workers=config.walkers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
     )
     return Client(cluster)
 

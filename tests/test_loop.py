@@ -1,0 +1,104 @@
+"""`latf loop` end to end on the three-hole potential: Dask walkers on a local cluster, kill and resume,
+reweighted populations against exact quadrature."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from latf_openmm import LatfError
+from latf_openmm.loop import LoopConfig
+from latf_openmm.systems.builders import threehole_populations, threehole_well
+
+LATF = [sys.executable, "-m", "latf_openmm.cli"]
+WORKFLOW = """
+system = "threehole"
+seed = 2
+rounds = 2
+tolerance = 1e-9
+md_temperatures = [0.75]
+md_steps = 900_000
+frame_interval = 30
+platform = "Reference"
+walkers = 2
+walker_steps = 300_000
+targets = [0.75, 1.0]
+samples = 20_000
+[bias]
+method = "opes"
+components = [0, 1]
+barrier = 6.0
+pace = 100
+[train]
+lag = 3
+beta = 1e-3
+n_initial_states = 25
+refinements = 6
+encoder_layers = 1
+max_epochs = 20
+joint_max_epochs = 15
+"""
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
+    workflow = tmp_path / "tiny.toml"
+    workflow.write_text(WORKFLOW)
+    out = tmp_path / "run"
+    command = [*LATF, "loop", str(workflow), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    model = out / "round_001" / "model.pt"
+    deadline = time.time() + 300
+    while not (out / "round_001" / "walkers").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the walkers (Dask worker processes) are running
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert model.is_file() and not (out / "round_001" / "round.json").exists(), "killed at the wrong moment"
+    round_zero, trained = (out / "round_000" / "round.json").stat().st_mtime_ns, _sha(model)
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (out / "round_000" / "round.json").stat().st_mtime_ns == round_zero  # complete rounds untouched
+    assert _sha(model) == trained  # the trained model was kept, not retrained
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert set(summary["targets"]) == {"0.75", "1"}
+    assert (out / "summary.png").stat().st_size > 10_000 and (out / "fes.png").is_file()
+    for ess in summary["rounds"][-1]["effective_sample_size"].values():
+        assert 1000 < ess <= 10_000  # each walker: 10 000 frames, weighted
+
+    # Reweighted populations of the learned states, mapped to the wells they cover, vs quadrature.
+    from latf_openmm.models import load_model
+
+    final = load_model(summary["final_model"])
+    features = np.load(next((out / "round_000" / "md").iterdir()) / "timeseries.npz")["features"]
+    states = final.predict_state(features)
+    wells = threehole_well(features)
+    majority = [np.bincount(wells[states == k], minlength=3).argmax() for k in range(final.n_states)]
+    assert sorted(majority) == [0, 1, 2]
+    populations = np.zeros(3)
+    np.add.at(populations, majority, summary["rounds"][-1]["populations"]["0.75"])
+    np.testing.assert_allclose(populations, threehole_populations(0.75), atol=0.03)
+
+
+def test_bad_workflow(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('system = "threehole"\nwalkerz = 3\n')
+    result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert result.returncode == 2 and "unknown key(s) ['walkerz']" in result.stderr
+    bad.write_text('system = "threehole"\n[bias]\nmethod = "abf"\n')
+    with pytest.raises(LatfError, match="bias method"):
+        LoopConfig.from_toml(bad)
+    bad.write_text('system = "threehole"\n[train]\nlagg = 3\n')
+    with pytest.raises(LatfError, match="lagg"):
+        LoopConfig.from_toml(bad)
