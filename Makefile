@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/latf simulate --config workflows/threehole_md.toml
-	$(BIN)/latf fes runs/threehole_md --out runs/threehole_md/fes.png
+	$(BIN)/latf loop workflows/threehole.toml --out runs/threehole
 
 test: $(STAMP)
 	$(BIN)/ruff check latf_openmm tests bench
@@ -26,3 +25,5 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/md_speed.py
+	$(BIN)/python bench/bias_overhead.py
+	$(BIN)/python bench/ala2_metad.py
