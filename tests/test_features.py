@@ -1,5 +1,7 @@
 """Featurizers against mdtraj and direct formulas."""
 
+import itertools
+
 import mdtraj
 import numpy as np
 import pytest
@@ -50,6 +52,19 @@ def test_coordination_numbers_match_formula(rng):
     on_r0[0, 1, 0] = 1.5
     on_r0[0, 2:, 0] = 100.0 + np.arange(5) * 10
     assert featurizer.transform(on_r0)[0, 0] == pytest.approx(0.5, abs=1e-5)
+
+
+def test_contact_map_matches_mdtraj_distances_through_the_switch(ala2_vacuum, ala2_frames):
+    featurizer = build_featurizer(
+        [{"kind": "contacts", "atoms": "name CA or name C", "r0": 0.25, "n": 6, "m": 12}], ala2_vacuum.topology
+    )
+    atoms = mdtraj.Topology.from_openmm(ala2_vacuum.topology).select("name CA or name C")
+    pairs = np.array(list(itertools.combinations(atoms, 2)))
+    x = mdtraj.compute_distances(ala2_frames, pairs) / 0.25
+    np.testing.assert_allclose(featurizer.transform(ala2_frames.xyz), (1 - x**6) / (1 - x**12), rtol=1e-5)
+    assert featurizer.names[0].startswith("contact")
+    with pytest.raises(LatfError, match="m > n > 0"):
+        build_featurizer([{"kind": "contacts", "pairs": [[0, 1]], "r0": 0.3, "n": 12, "m": 6}], ala2_vacuum.topology)
 
 
 def test_featurizer_is_torchscriptable_and_dtype_preserving(ala2_vacuum, ala2_frames):

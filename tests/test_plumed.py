@@ -62,13 +62,15 @@ def test_coordination_and_positions_translate(ala2_vacuum):
         [
             {"kind": "coordination", "atoms": [0, 1, 2], "r0": 0.5, "n": 8, "m": 16},
             {"kind": "positions", "atoms": [3], "components": "xy"},
+            {"kind": "contacts", "pairs": [[4, 6]], "r0": 0.3},
         ],
         ala2_vacuum.topology,
     )
     text = plumed_input(lj7_like, "m.ptc", 1, 300.0)
     assert "cn0_0: COORDINATION GROUPA=1 GROUPB=2,3 SWITCH={RATIONAL R_0=0.5 NN=8 MM=16}" in text
     assert "p1_3: POSITION ATOM=4 NOPBC" in text
-    assert "ARG=cn0_0,cn0_1,cn0_2,p1_3.x,p1_3.y" in text
+    assert "c2_0: COORDINATION GROUPA=5 GROUPB=7 SWITCH={RATIONAL R_0=0.3 NN=6 MM=12}" in text
+    assert "ARG=cn0_0,cn0_1,cn0_2,p1_3.x,p1_3.y,c2_0" in text
 
 
 def test_read_colvar_and_hills(tmp_path):

@@ -17,7 +17,7 @@ import torch
 
 from latf_openmm.errors import LatfError
 from latf_openmm.export import LatentMean
-from latf_openmm.features import CoordinationNumbers, Dihedrals, Distances, Featurizer, Positions
+from latf_openmm.features import Contacts, CoordinationNumbers, Dihedrals, Distances, Featurizer, Positions
 from latf_openmm.files import atomic_path
 from latf_openmm.models import SPIBModel
 
@@ -72,6 +72,13 @@ def _feature_lines(featurizer: Featurizer) -> tuple[list[str], list[str]]:
                     f"SWITCH={{RATIONAL R_0={block.r0} NN={block.n} MM={block.m}}}"
                 )
                 labels.append(f"cn{b}_{atom}")
+        elif isinstance(block, Contacts):
+            for k, (i, j) in enumerate(block.distances.pairs.tolist()):
+                lines.append(
+                    f"c{b}_{k}: COORDINATION GROUPA={i + 1} GROUPB={j + 1} "
+                    f"SWITCH={{RATIONAL R_0={block.r0} NN={block.n} MM={block.m}}}"
+                )
+                labels.append(f"c{b}_{k}")
         else:  # pragma: no cover - every block kind is handled above
             raise LatfError(f"no PLUMED equivalent for feature block {type(block).__name__}")
     return lines, labels

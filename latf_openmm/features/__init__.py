@@ -23,6 +23,9 @@ recipe); each block is a mapping with a ``kind``:
 ``coordination``
     Coordination number of each atom in ``atoms`` with the others in ``atoms``,
     c_i = Σ_j (1 − (r_ij/r0)^n) / (1 − (r_ij/r0)^m); ``r0`` (nm), ``n``, ``m``.
+``contacts``
+    Contact map: the same rational switch of each pair's distance, one feature per pair;
+    ``pairs`` or all pairs within ``atoms``, and ``r0``, ``n``, ``m``.
 """
 
 from __future__ import annotations
@@ -116,6 +119,34 @@ class Dihedrals(torch.nn.Module):
         return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
+def rational_switch(ratio: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """(1 − x^n)/(1 − x^m) of x = r/r0, with x moved off its removable singularity at 1 (value n/m)."""
+    near_one = (ratio - 1.0).abs() < 1e-6
+    ratio = torch.where(near_one, torch.full_like(ratio, 1.0 + 1e-6), ratio)
+    return (1.0 - ratio.pow(n)) / (1.0 - ratio.pow(m))
+
+
+def _check_switch(r0: float, n: int, m: int) -> None:
+    if not (r0 > 0 and m > n > 0):
+        raise LatfError(f"switching functions need r0 > 0 and m > n > 0, got r0={r0}, n={n}, m={m}")
+
+
+class Contacts(torch.nn.Module):
+    """Contact map: a rational switch of each pair's distance."""
+
+    __jit_ignored_attributes__ = ["names"]  # noqa: RUF012  (metadata, not scripted)
+
+    def __init__(self, pairs: Iterable[Iterable[int]], r0: float, n: int = 6, m: int = 12) -> None:
+        super().__init__()
+        _check_switch(r0, n, m)
+        self.distances = Distances(pairs)
+        self.r0, self.n, self.m = float(r0), int(n), int(m)
+        self.names = [f"contact{name[1:]}" for name in self.distances.names]
+
+    def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        return rational_switch(self.distances(positions, box) / self.r0, self.n, self.m)
+
+
 class CoordinationNumbers(torch.nn.Module):
     """Coordination number of each atom of a group with the rest of the group."""
 
@@ -126,8 +157,7 @@ class CoordinationNumbers(torch.nn.Module):
         atoms = [int(i) for i in atom_indices]
         if len(atoms) < 2:
             raise LatfError("coordination numbers need at least two atoms")
-        if not (r0 > 0 and m > n > 0):
-            raise LatfError(f"coordination needs r0 > 0 and m > n > 0, got r0={r0}, n={n}, m={m}")
+        _check_switch(r0, n, m)
         self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
         self.r0, self.n, self.m = float(r0), int(n), int(m)
         self.names = [f"cn{i}" for i in atoms]
@@ -137,11 +167,7 @@ class CoordinationNumbers(torch.nn.Module):
         n = group.shape[-2]
         delta = (group.unsqueeze(-2) - group.unsqueeze(-3)).flatten(-3, -2)  # (..., n*n, 3)
         delta = minimum_image(delta, box).unflatten(-2, (n, n))
-        ratio = torch.linalg.vector_norm(delta, dim=-1) / self.r0
-        # (1 - x^n)/(1 - x^m) is n/m at x = 1; move x off the removable singularity.
-        near_one = (ratio - 1.0).abs() < 1e-6
-        ratio = torch.where(near_one, torch.full_like(ratio, 1.0 + 1e-6), ratio)
-        switch = (1.0 - ratio.pow(self.n)) / (1.0 - ratio.pow(self.m))
+        switch = rational_switch(torch.linalg.vector_norm(delta, dim=-1) / self.r0, self.n, self.m)
         eye = torch.eye(group.shape[-2], dtype=torch.bool, device=group.device)
         return torch.where(eye, torch.zeros_like(switch), switch).sum(-1)
 
@@ -236,6 +262,7 @@ def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Modul
         "distances": {"atoms", "pairs"},
         "dihedrals": {"angles", "quadruplets"},
         "coordination": {"atoms", "r0", "n", "m"},
+        "contacts": {"atoms", "pairs", "r0", "n", "m"},
     }
     if kind not in allowed:
         raise LatfError(f"unknown feature kind {kind!r}; use one of {sorted(allowed)}")
@@ -247,17 +274,19 @@ def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Modul
         if not components or set(components) - set(_COMPONENTS):
             raise LatfError(f"positions features: components must be letters of 'xyz', got {components!r}")
         return Positions(_select(topology, spec.get("atoms", "all"), kind), components)
-    if kind == "distances":
+    if kind in ("distances", "contacts"):
         if "pairs" in spec:
             pairs = [list(p) for p in spec["pairs"]]
             if any(len(p) != 2 for p in pairs):
-                raise LatfError("distances features: each pair needs two atom indices")
+                raise LatfError(f"{kind} features: each pair needs two atom indices")
             _select(topology, [i for p in pairs for i in p], kind)
         else:
             pairs = list(itertools.combinations(_select(topology, spec.get("atoms", "all"), kind), 2))
         if not pairs:
-            raise LatfError("distances features: no atom pairs")
-        return Distances(pairs)
+            raise LatfError(f"{kind} features: no atom pairs")
+        if kind == "distances":
+            return Distances(pairs)
+        return Contacts(pairs, r0=float(spec.get("r0", 0.8)), n=int(spec.get("n", 6)), m=int(spec.get("m", 12)))
     if kind == "dihedrals":
         if "quadruplets" in spec:
             quads = [list(q) for q in spec["quadruplets"]]
@@ -282,10 +311,12 @@ def build_featurizer(description: Iterable[Mapping[str, Any]], topology: app.Top
 
 
 __all__ = [
+    "Contacts",
     "CoordinationNumbers",
     "Dihedrals",
     "Distances",
     "Featurizer",
     "Positions",
     "build_featurizer",
+    "rational_switch",
 ]
