@@ -249,7 +249,9 @@ def simulate(
                 last_flush = now
     wall = time.perf_counter() - started
     steps_run = (n_frames - frames_done) * settings["frame_interval"]
-    return _finish(molsys, out_dir, settings, segments, properties, wall, steps_run, bias)
+    result = write_run(molsys, out_dir, settings, segments.chunks(), properties, wall, steps_run, bias)
+    shutil.rmtree(segments.folder, ignore_errors=True)
+    return result
 
 
 def _advance(integrator: openmm.Integrator, context: openmm.Context, bias: CVBias | None, start: int, end: int) -> None:
@@ -452,14 +454,28 @@ def _trajectory_writer(path: Path, trajectory_format: str) -> Iterator[Callable[
         yield write
 
 
-def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run, bias) -> RunResult:
-    """Stream the segments into the final files, write the manifest last, drop the segments."""
+def write_run(
+    molsys: MolecularSystem,
+    out_dir: Path,
+    settings: dict[str, Any],
+    chunks: Iterator[dict[str, np.ndarray]],
+    properties: dict[str, str],
+    wall: float,
+    steps_run: int,
+    bias: CVBias | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunResult:
+    """Write a run folder from blocks of frames (``_SEGMENT_FIELDS``); the manifest comes last.
+
+    Used by :func:`simulate` and by replica exchange (one folder per temperature);
+    ``extra`` goes into the manifest.
+    """
     topology = mdtraj.Topology.from_openmm(molsys.topology)
     featurizer = build_featurizer(molsys.features, topology) if molsys.features else None
     series: dict[str, list[np.ndarray]] = {"potential_energy": [], "temperature": [], "features": [], "colvar": []}
     trajectory_name = f"trajectory.{settings['trajectory_format']}"
     with atomic_path(out_dir / trajectory_name) as tmp, _trajectory_writer(tmp, settings["trajectory_format"]) as write:
-        for chunk in segments.chunks():
+        for chunk in chunks:
             steps = (int(chunk["first_frame"]) + 1 + np.arange(len(chunk["positions"]))) * settings["frame_interval"]
             frames = mdtraj.Trajectory(chunk["positions"], topology, time=steps * settings["timestep_ps"])
             if len(chunk["boxes"]):
@@ -508,7 +524,7 @@ def _finish(molsys, out_dir, settings, segments, properties, wall, steps_run, bi
         "wall_seconds_last_session": round(wall, 3),
         "ns_per_day_last_session": (_ns_per_day(steps_run, settings["timestep_ps"], wall)),
         "versions": versions(),
+        **(extra or {}),
     }
     write_json(out_dir / MANIFEST, manifest)
-    shutil.rmtree(segments.folder, ignore_errors=True)
     return RunResult(out_dir, manifest)

@@ -1,0 +1,179 @@
+"""Temperature replica exchange (parallel tempering) with openmmtools' multistate sampler.
+
+One replica per temperature; every iteration each replica runs ``frame_interval`` Langevin
+steps (openmmtools' ``LangevinDynamicsMove``, BAOAB) and then exchanges are attempted
+between all pairs of temperatures (``swap-all``). openmmtools stores everything in
+``OUT/replicas.nc`` and checkpoints it, so a killed run resumes from its last iteration
+when called again. When the run is complete, frames are demultiplexed by temperature into
+``OUT/T<temperature>/`` folders holding exactly what :func:`latf_openmm.simulation.simulate`
+writes (trajectory, topology, ``timeseries.npz`` with energies and features, manifest), so
+training reads them the same way, and ``OUT/exchange.json`` reports the acceptance rates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openmm.unit as u
+
+from latf_openmm.errors import LatfError
+from latf_openmm.files import write_json
+from latf_openmm.simulation.md import RunResult, _settings, run_label, write_run
+from latf_openmm.simulation.platforms import select_platform
+from latf_openmm.systems import MolecularSystem
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+STORAGE = "replicas.nc"
+EXCHANGE = "exchange.json"
+
+
+@dataclass(frozen=True)
+class ReplicaExchangeResult:
+    """Per-temperature runs (demultiplexed) and the exchange statistics."""
+
+    runs: list[RunResult]
+    acceptance: np.ndarray  # (n_T, n_T): accepted / proposed swaps between temperatures
+
+    @property
+    def neighbour_acceptance(self) -> list[float]:
+        """Acceptance rate between neighbouring temperatures."""
+        return [float(self.acceptance[k, k + 1]) for k in range(len(self.acceptance) - 1)]
+
+
+def _multistate():
+    with contextlib.redirect_stdout(io.StringIO()):  # pymbar's import banner
+        from openmmtools import cache, mcmc, multistate, states
+    return cache, mcmc, multistate, states
+
+
+def replica_exchange(
+    molsys: MolecularSystem,
+    temperatures: list[float],
+    n_iterations: int,
+    out_dir: str | Path,
+    *,
+    frame_interval: int | None = None,
+    timestep: float | None = None,
+    friction: float | None = None,
+    platform: str | None = None,
+    threads: int | None = None,
+    seed: int = 1,
+) -> ReplicaExchangeResult:
+    """Run (or resume) temperature replica exchange; temperatures in K, ascending.
+
+    Parameters
+    ----------
+    molsys
+        The system.
+    temperatures
+        One replica per temperature (K), at least two, distinct.
+    n_iterations
+        Exchange iterations; each is ``frame_interval`` MD steps and saves one frame per temperature.
+    out_dir
+        Output folder.
+    frame_interval, timestep, friction, platform, threads
+        As in :func:`latf_openmm.simulation.simulate`.
+    seed
+        Seeds numpy's generator, which openmmtools uses for the exchanges.
+    """
+    temperatures = sorted(float(t) for t in temperatures)
+    if len(temperatures) < 2 or len(set(temperatures)) != len(temperatures) or temperatures[0] <= 0:
+        raise LatfError(f"replica exchange needs ≥ 2 distinct positive temperatures, got {temperatures}")
+    if int(n_iterations) < 1:
+        raise LatfError(f"n_iterations must be ≥ 1, got {n_iterations}")
+    out = Path(out_dir)
+    steps = int(n_iterations) * int(frame_interval or molsys.frame_interval)
+    options = (frame_interval, timestep, friction, platform, None, threads, "dcd")
+    per_temperature = [_settings(molsys, t, steps, seed, *options) for t in temperatures]
+    folders = [out / run_label(molsys, t) for t in temperatures]
+    if all((f / "manifest.json").is_file() for f in folders):
+        return _result(out, folders)
+    cache, mcmc, multistate, states = _multistate()
+    settings = per_temperature[0]
+    platform_obj, properties = select_platform(settings["platform"], None, threads)
+    context_cache = cache.ContextCache(platform=platform_obj, platform_properties=properties or None)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = out / STORAGE
+    np.random.seed(seed)  # noqa: NPY002  (openmmtools draws its exchanges from numpy's global generator)
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        reporter = multistate.MultiStateReporter(str(storage), checkpoint_interval=1)
+        if storage.is_file():
+            sampler = multistate.ReplicaExchangeSampler.from_storage(reporter)
+        else:
+            move = mcmc.LangevinDynamicsMove(
+                timestep=settings["timestep_ps"] * u.picoseconds,
+                collision_rate=settings["friction_per_ps"] / u.picosecond,
+                n_steps=settings["frame_interval"],
+                reassign_velocities=False,
+            )
+            sampler = multistate.ReplicaExchangeSampler(
+                mcmc_moves=move, number_of_iterations=int(n_iterations), online_analysis_interval=None
+            )
+            thermodynamic_states = [states.ThermodynamicState(molsys.system, t * u.kelvin) for t in temperatures]
+            box = molsys.topology.getPeriodicBoxVectors()
+            start = states.SamplerState(molsys.positions * u.nanometer, box_vectors=box)
+            sampler.create(thermodynamic_states, [start] * len(temperatures), reporter)
+        sampler.energy_context_cache = context_cache
+        sampler.sampler_context_cache = context_cache
+        first = sampler.iteration
+        sampler.run()
+        reporter.close()
+    wall = time.perf_counter() - started
+    _demultiplex(molsys, out, folders, per_temperature, properties, wall, (sampler.iteration - first))
+    return _result(out, folders)
+
+
+def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: float, iterations_run: int) -> None:
+    _, _, multistate, _ = _multistate()
+    with contextlib.redirect_stdout(io.StringIO()):
+        reporter = multistate.MultiStateReporter(str(out / STORAGE), open_mode="r")
+        try:
+            n_iterations = reporter.read_last_iteration()
+            replica_state = reporter.read_replica_thermodynamic_states()  # (n_iter + 1, n_replicas)
+            reduced, _, _ = reporter.read_energies()  # (n_iter + 1, n_replicas, n_states)
+            positions = np.stack(
+                [
+                    [s.positions.value_in_unit(u.nanometer) for s in reporter.read_sampler_states(it)]
+                    for it in range(1, n_iterations + 1)
+                ]
+            ).astype(np.float32)  # (n_iter, n_replicas, n_atoms, 3)
+            accepted, proposed = reporter.read_mixing_statistics()
+        finally:
+            reporter.close()
+    accepted, proposed = np.sum(accepted, axis=0), np.sum(proposed, axis=0)
+    acceptance = np.divide(accepted + accepted.T, proposed + proposed.T, out=np.zeros(accepted.shape),
+                           where=(proposed + proposed.T) > 0)  # fmt: skip
+    write_json(out / EXCHANGE, {"acceptance": acceptance.tolist(), "n_iterations": int(n_iterations)})
+    states_by_iteration = replica_state[1 : n_iterations + 1]
+    for k, (folder, settings) in enumerate(zip(folders, per_temperature, strict=True)):
+        replica = np.argmax(states_by_iteration == k, axis=1)  # which replica held temperature k
+        rows = np.arange(n_iterations)
+        kt = KB_KJ_PER_MOL_K * settings["temperature_K"]
+        chunk = {
+            "first_frame": np.array(0),
+            "positions": positions[rows, replica],
+            "boxes": np.zeros((0, 3, 3), np.float32),
+            "potential_energy": reduced[1 : n_iterations + 1][rows, replica, k] * kt,
+            "temperature": np.full(n_iterations, settings["temperature_K"]),
+            "colvar": np.zeros((n_iterations, 0)),
+        }
+        extra = {"replica_exchange": {"storage": str(out / STORAGE), "temperature_index": k}}
+        steps_run = iterations_run * settings["frame_interval"]
+        write_run(molsys, folder, settings, iter([chunk]), properties, wall, steps_run, extra=extra)
+
+
+def _result(out: Path, folders: list[Path]) -> ReplicaExchangeResult:
+    import json
+
+    runs = [RunResult(f, json.loads((f / "manifest.json").read_text()), ran_now=False) for f in folders]
+    acceptance = np.array(json.loads((out / EXCHANGE).read_text())["acceptance"])
+    return ReplicaExchangeResult(runs, acceptance)
+
+
+__all__ = ["ReplicaExchangeResult", "replica_exchange"]
