@@ -72,6 +72,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="base random seed (≥ 0); run i gets its own seed derived from it (default 1)",
     )
+    p.add_argument(
+        "--replica-exchange",
+        action="store_true",
+        help="temperature replica exchange across --temperatures (openmmtools), one exchange attempt per "
+        "frame; writes the same per-temperature folders plus exchange.json (acceptance rates)",
+    )
     _add_md_options(p)
     p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
 
@@ -111,6 +117,20 @@ def _simulate(args: argparse.Namespace) -> int:
 
     molsys = _load_system(args)
     temperatures = [molsys.to_kelvin(t) for t in args.temperatures] if args.temperatures else list(molsys.temperatures)
+    if args.replica_exchange:
+        from latf_openmm.simulation.replica import replica_exchange
+
+        frame_interval = args.frame_interval or molsys.frame_interval
+        if args.steps % frame_interval:
+            raise LatfError(f"steps ({args.steps}) must be a multiple of the frame interval ({frame_interval})")
+        exchange = replica_exchange(
+            molsys, temperatures, args.steps // frame_interval, args.out, seed=args.seed, frame_interval=frame_interval,
+            timestep=args.timestep, friction=args.friction, platform=args.platform, threads=args.threads,
+        )  # fmt: skip
+        for result in exchange.runs:
+            _report_run(result)
+        print("neighbour acceptance: " + ", ".join(f"{a:.2f}" for a in exchange.neighbour_acceptance))
+        return 0
     results = simulate_temperatures(
         molsys,
         temperatures,

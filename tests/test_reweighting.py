@@ -1,5 +1,9 @@
 """Reweighting biased and multi-temperature three-hole data back to exact populations."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +86,20 @@ def test_temperature_mbar_reweights_to_trained_and_unseen_temperatures(threehole
 def test_effective_sample_size():
     assert effective_sample_size(np.ones(10)) == pytest.approx(10)
     assert effective_sample_size(np.r_[1.0, np.zeros(9)]) == pytest.approx(1)
+
+
+def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_path):
+    args = ["simulate", "--system", "threehole", "--temperatures", 0.75, 0.95, 1.2, "--steps", 90_000,
+            "--frame-interval", 30, "--replica-exchange", "--seed", 4, "--out", tmp_path]  # fmt: skip
+    command = [sys.executable, "-m", "latf_openmm.cli", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    acceptance = [float(a) for a in result.stdout.rsplit(":", 1)[1].split(",")]
+    assert len(acceptance) == 2 and all(0.3 < a <= 1 for a in acceptance)
+    paths = [tmp_path / label for label in ("T0.75", "T0.95", "T1.2")]
+    for path, kt in zip(paths, (0.75, 0.95, 1.2), strict=True):
+        series = np.load(path / "timeseries.npz")
+        assert series["features"].shape == (3000, 2)
+        assert json.loads((path / "manifest.json").read_text())["settings"]["temperature"] == pytest.approx(kt)
+    weights = temperature_weights(paths, load_system("threehole").to_kelvin(0.75))
+    np.testing.assert_allclose(_populations(paths, weights), threehole_populations(0.75), atol=0.04)
