@@ -30,6 +30,7 @@ walkers = 2
 walker_steps = 300_000
 targets = [0.75, 1.0]
 samples = 20_000
+validation_steps = 60_000
 [bias]
 method = "opes"
 components = [0, 1]
@@ -73,6 +74,10 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert set(summary["targets"]) == {"0.75", "1"}
+    for target in summary["targets"].values():  # generated vs unbiased MD at each target temperature
+        comparison = target["md_comparison"]
+        assert len(comparison["profile_rmse_kT"]) == 2 and all(np.isfinite(comparison["profile_rmse_kT"]))
+        assert comparison["kl"] >= 0 and abs(sum(comparison["md_state_populations"]) - 1) < 1e-9
     assert (out / "summary.png").stat().st_size > 10_000 and (out / "fes.png").is_file()
     for ess in summary["rounds"][-1]["effective_sample_size"].values():
         assert 1000 < ess <= 10_000  # each walker: 10 000 frames, weighted

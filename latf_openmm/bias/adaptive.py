@@ -48,7 +48,8 @@ class GridBias(CVBias):
         Indices of the biased CV components (1 or 2).
     lower, upper
         Region to explore per biased component; walls hold the CV inside it. Default:
-        the range of the model's training data on that component, widened by 10 %.
+        the range of the model's training data on that component, widened on each side
+        by ``margin`` times that range.
     sigma
         Gaussian kernel width per biased component (CV units); default (upper − lower)/25.
     pace
@@ -59,6 +60,8 @@ class GridBias(CVBias):
         Grid points per component (default: 4 per σ over the grid).
     wall_constant
         Wall force constant, kJ/mol per CV unit².
+    margin
+        See ``lower, upper`` (default 0.1); larger values let walkers explore beyond the data.
     walkers_dir, walker
         Share the bias with other walkers through this folder; ``walker`` is this
         walker's index (stable across restarts).
@@ -78,6 +81,7 @@ class GridBias(CVBias):
         sigma: Sequence[float] | None = None,
         bins: Sequence[int] | None = None,
         wall_constant: float = 1000.0,
+        margin: float = 0.1,
         walkers_dir: str | Path | None = None,
         walker: int = 0,
         periodic: bool = False,
@@ -90,8 +94,8 @@ class GridBias(CVBias):
             if "latent_range" not in cv.model.info:
                 raise LatfError("give lower and upper (the CV region to explore) for each biased component")
             low, high = (np.asarray(v, dtype=float)[components] for v in cv.model.info["latent_range"])
-            lower = low - 0.1 * (high - low) if lower is None else lower
-            upper = high + 0.1 * (high - low) if upper is None else upper
+            lower = low - margin * (high - low) if lower is None else lower
+            upper = high + margin * (high - low) if upper is None else upper
         lower, upper = (np.asarray(v, dtype=float).reshape(-1) for v in (lower, upper))
         if len(lower) == len(upper) and sigma is None:
             sigma = (upper - lower) / 25

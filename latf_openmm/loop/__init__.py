@@ -60,6 +60,7 @@ class LoopConfig:
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     targets: list[float] = dataclasses.field(default_factory=list)
     samples: int = 100_000
+    validation_steps: int = 0
     scheduler: str | None = None
 
     @classmethod
@@ -87,6 +88,7 @@ class LoopConfig:
             (self.rounds >= 1, "rounds must be ≥ 1"),
             (self.tolerance > 0, "tolerance must be positive"),
             (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
+            (self.validation_steps >= 0, "validation_steps must be ≥ 0"),
             (self.bias.get("method") in ("opes", "metad"), "the bias method must be 'opes' or 'metad'"),
             (all(t > 0 for t in [*self.md_temperatures, *self.targets]), "temperatures must be positive"),
         ]
@@ -158,6 +160,17 @@ def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, o
     index = int(Path(out).parent.parent.name.split("_")[1]) * 1000 + walker
     run = simulate(molsys, temperature, config.walker_steps, out, seed=seed_for(config.seed, index),
                    bias=bias, **_md_options(config))  # fmt: skip
+    return str(run.directory)
+
+
+def validation_task(config: LoopConfig, temperature: float, out: str) -> str:
+    """Unbiased MD at a target temperature, to compare the generated distribution with."""
+    from latf_openmm.simulation import seed_for, simulate
+
+    molsys = _load_system(config)
+    index = 10_000 + config.targets.index(temperature)
+    run = simulate(molsys, molsys.to_kelvin(temperature), config.validation_steps, out,
+                   seed=seed_for(config.seed, index), **_md_options(config))  # fmt: skip
     return str(run.directory)
 
 
@@ -280,11 +293,18 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
             change = record["population_change"]
             if change is not None and change < config.tolerance:
                 break
+        validation = {}
+        if config.validation_steps:
+            client = client or _client(config)
+            futures = {
+                t: client.submit(validation_task, config, t, str(out / "validation" / f"T{t:g}"), pure=False)
+                for t in config.targets
+            }
+            validation = {t: future.result() for t, future in futures.items()}
     finally:
         if client is not None:
             client.close()
-    summary = _summarize(config, out, history, previous_model, time.perf_counter() - started)
-    return summary
+    return _summarize(config, out, history, previous_model, validation, time.perf_counter() - started)
 
 
 def _shape(populations: dict[str, list[float]]) -> list[int]:
@@ -301,7 +321,23 @@ def _export(config: LoopConfig, model_path: str, out: Path) -> None:
     export_cv(load_model(model_path), featurizer, out, feature_description=molsys.features)
 
 
-def _summarize(config, out: Path, history, model_path, seconds) -> dict[str, Any]:
+def _compare_with_md(model, samples: np.ndarray, run: str) -> dict[str, Any]:
+    """Generated vs encoded MD at one temperature: KL (2-D), free-energy-profile RMSE per component."""
+    from latf_openmm.generation import free_energy_profile_rmse, kl_divergence_2d
+
+    with np.load(Path(run) / "timeseries.npz") as series:
+        encoded = model.transform(series["features"].astype(np.float64))
+    comparison: dict[str, Any] = {
+        "md_run": run,
+        "profile_rmse_kT": [free_energy_profile_rmse(encoded[:, k], samples[:, k]) for k in range(model.latent_dim)],
+        "md_state_populations": model.latent_populations(encoded).tolist(),
+    }
+    if model.latent_dim == 2:
+        comparison["kl"] = kl_divergence_2d(encoded, samples)
+    return comparison
+
+
+def _summarize(config, out: Path, history, model_path, validation: dict, seconds) -> dict[str, Any]:
     from latf_openmm.models import load_model
     from latf_openmm.reports import plot_loop
 
@@ -324,6 +360,8 @@ def _summarize(config, out: Path, history, model_path, seconds) -> dict[str, Any
             "state_populations": model.latent_populations(samples).tolist(),
             "free_energy_profiles": profiles,
         }
+        if temperature in validation:
+            targets[f"{temperature:g}"]["md_comparison"] = _compare_with_md(model, samples, validation[temperature])
     summary = {
         "temperature_unit": model.info.get("temperature_unit"),
         "targets": targets,

@@ -1,0 +1,114 @@
+"""Reference ΔG between the φ > 0 (C7ax/αL) and φ < 0 (C7eq/C5) basins of alanine dipeptide (OBC2, 300 K),
+and the same ΔG from a `latf loop` run.
+
+Usage: python bench/ala2_reference.py [--ns 2] [--out DIR] [--loop RUN_DIR]
+
+The reference is well-tempered metadynamics on φ and ψ themselves, with OpenMM's own
+``openmm.app.Metadynamics`` (an implementation independent of latf_openmm's): hills of
+1.2 kJ/mol every 1 ps, widths 0.35 rad, γ = 6, 2 fs steps, 1 thread. ΔG = G(B) − G(A) with
+B = 0° < φ < 130° and A the rest of φ, from the final free-energy surface (the second
+half's average surface is also printed, as a convergence check). With ``--loop``, ΔG is
+also computed from the loop's data: every frame of every round's MD and walkers, with the
+loop's weights (walker frames reweighted by exp((V − c(t))/k_BT)), classified by φ.
+Prints one JSON line: ``dG_reference`` (kJ/mol), ``dG_loop``, ``difference``, timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+import latf_openmm  # noqa: F401  (torch before openmm)
+from latf_openmm.reports import find_runs
+from latf_openmm.reweighting import run_weights
+from latf_openmm.simulation import select_platform
+from latf_openmm.systems import load_system
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+KT = KB_KJ_PER_MOL_K * 300.0
+PHI, PSI = (4, 6, 8, 14), (6, 8, 14, 16)
+
+
+def in_basin_b(phi: np.ndarray) -> np.ndarray:
+    """C7ax/αL: 0 < φ < 130° (radians in, booleans out)."""
+    return (phi > 0) & (phi < np.radians(130))
+
+
+def delta_g_from_surface(free: np.ndarray, phi_axis: np.ndarray) -> float:
+    """G(B) − G(A) from a free-energy surface F[ψ, φ] (kJ/mol) on a φ axis (radians)."""
+    weight = np.exp(-(free - free.min()) / KT).sum(axis=0)
+    b = in_basin_b(phi_axis)
+    return float(-KT * np.log(weight[b].sum() / weight[~b].sum()))
+
+
+def reference(ns: float, out: Path) -> tuple[float, float, float]:
+    molsys = load_system("ala2_obc2")
+    system = openmm.XmlSerializer.clone(molsys.system)
+    variables = []
+    for atoms in (PHI, PSI):
+        torsion = openmm.CustomTorsionForce("theta")
+        torsion.addTorsion(*atoms, [])
+        variables.append(app.BiasVariable(torsion, -np.pi, np.pi, 0.35, True, 73))
+    meta = app.Metadynamics(system, variables, 300 * u.kelvin, 6.0, 1.2 * u.kilojoule_per_mole, 500)
+    platform, properties = select_platform("CPU", threads=1)
+    integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
+    integrator.setRandomNumberSeed(11)
+    simulation = app.Simulation(molsys.topology, system, integrator, platform, properties)
+    simulation.context.setPositions(molsys.positions * u.nanometer)
+    simulation.minimizeEnergy()
+    simulation.context.setVelocitiesToTemperature(300 * u.kelvin, 11)
+    steps = int(ns * 500_000)
+    start = time.perf_counter()
+    surfaces = []
+    for _ in range(20):
+        meta.step(simulation, steps // 20)
+        surfaces.append(meta.getFreeEnergy().value_in_unit(u.kilojoule_per_mole))
+    np.save(out / "reference_fes.npy", np.array(surfaces))
+    phi_axis = np.linspace(-np.pi, np.pi, 73)
+    final = delta_g_from_surface(surfaces[-1], phi_axis)
+    second_half = float(np.mean([delta_g_from_surface(f, phi_axis) for f in surfaces[10:]]))
+    return final, second_half, time.perf_counter() - start
+
+
+def from_loop(run_dir: Path) -> float:
+    numerator = denominator = 0.0
+    for run in find_runs([run_dir]):
+        series = np.load(run / "timeseries.npz")
+        names = [str(n) for n in series["feature_names"]]
+        sin_phi, cos_phi = (series["features"][:, names.index(f"{f}(phi2)")] for f in ("sin", "cos"))
+        weights = run_weights(run)
+        b = in_basin_b(np.arctan2(sin_phi, cos_phi))
+        numerator += weights[b].sum()
+        denominator += weights[~b].sum()
+    return float(-KT * np.log(numerator / denominator))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ns", type=float, default=2.0)
+    parser.add_argument("--out", help="folder for the reference surfaces (default: temporary)")
+    parser.add_argument("--loop", help="a 'latf loop' run folder (e.g. from workflows/ala2.toml)")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="ala2_reference_"))
+    out.mkdir(parents=True, exist_ok=True)
+    final, second_half, seconds = reference(args.ns, out)
+    line = {"dG_reference": round(final, 2), "dG_reference_second_half": round(second_half, 2), "ns": args.ns,
+            "reference_s": round(seconds, 1)}  # fmt: skip
+    if args.loop:
+        loop = from_loop(Path(args.loop))
+        summary = json.loads((Path(args.loop) / "summary.json").read_text())
+        line |= {"dG_loop": round(loop, 2), "difference": round(loop - final, 2),
+                 "loop_wall_s": summary.get("wall_seconds_last_session")}  # fmt: skip
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
