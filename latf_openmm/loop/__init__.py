@@ -2,9 +2,11 @@
 
 ``latf loop WORKFLOW.toml --out RUN_DIR`` (or :func:`run_loop`). The run directory holds::
 
-    round_000/md/T…/            unbiased MD (round 0)
+    round_000/md/T…/            round 0: unbiased MD (independent runs, or replica exchange with
+                                ``replica_exchange = true``), unless ``initial_data`` names the user's runs
     round_001/model.pt          LaTF trained on all data so far (biased frames reweighted)
     round_001/cv.pt             its CV, exported (TorchScript)
+    round_001/fes.png           generated F(s; T) at the target temperatures (generated.npz: the data)
     round_001/walkers/walker_i/ biased walkers (metadynamics or OPES) sharing round_001/shared/
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
     summary.json                per target temperature: state populations and free-energy profiles
@@ -33,6 +35,7 @@ import numpy as np
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_json
 from latf_openmm.units import KB_KJ_PER_MOL_K
+from latf_openmm.versions import versions
 
 ROUND_FILE = "round.json"
 SUMMARY = "summary.json"
@@ -50,6 +53,8 @@ class LoopConfig:
     tolerance: float = 0.02
     md_temperatures: list[float] = dataclasses.field(default_factory=list)
     md_steps: int = 100_000
+    replica_exchange: bool = False
+    initial_data: list[str] = dataclasses.field(default_factory=list)
     frame_interval: int | None = None
     platform: str | None = None
     threads: int | None = None
@@ -210,7 +215,6 @@ def _populations(model_path: str, runs: list[str]) -> dict[str, list[float]]:
 def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) the loop of ``config`` in ``out_dir``; returns the summary."""
     from latf_openmm.reweighting import effective_sample_size, run_weights
-    from latf_openmm.simulation import simulate_temperatures
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,13 +228,8 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
 
     round_zero = out / "round_000"
     if not (round_zero / ROUND_FILE).is_file():
-        kelvin = [molsys.to_kelvin(t) for t in md_temperatures]
-        simulate_temperatures(molsys, kelvin, config.md_steps, round_zero / "md", seed=config.seed,
-                              **_md_options(config))  # fmt: skip
-        write_json(
-            round_zero / ROUND_FILE, {"round": 0, "runs": [str(p) for p in sorted((round_zero / "md").iterdir())]}
-        )
-    runs = [str(p) for p in sorted((round_zero / "md").iterdir()) if (p / "manifest.json").is_file()]
+        write_json(round_zero / ROUND_FILE, {"round": 0, "runs": _round_zero(config, molsys, round_zero)})
+    runs = json.loads((round_zero / ROUND_FILE).read_text())["runs"]
 
     history: list[dict[str, Any]] = []
     previous_model: str | None = None
@@ -275,10 +274,13 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                         if t in previous_populations
                     )
                 )
+                data_digest = _report_round(config, model_path, folder)
                 record = {
                     "round": number,
                     "model": model_path,
                     "model_sha256": _sha256(Path(model_path)),
+                    "data_digest": data_digest,
+                    "versions": versions(),
                     "walkers": walkers,
                     "populations": populations,
                     "population_change": change,
@@ -305,6 +307,38 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
         if client is not None:
             client.close()
     return _summarize(config, out, history, previous_model, validation, time.perf_counter() - started)
+
+
+def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
+    """A round's generated distributions and (2-D) free-energy surfaces at the targets; the data digest."""
+    from latf_openmm.generation import generate
+    from latf_openmm.models import load_model
+
+    model = load_model(model_path)
+    plot = folder / "fes.png" if model.latent_dim == 2 else None
+    generate(model, config.targets, min(config.samples, 50_000), folder / "generated.npz", plot=plot)
+    return model.info["data_digest"]
+
+
+def _round_zero(config: LoopConfig, molsys, folder: Path) -> list[str]:
+    """Round 0's runs: the user's data, or unbiased MD (independent runs or replica exchange)."""
+    from latf_openmm.reports import find_runs
+    from latf_openmm.simulation import simulate_temperatures
+    from latf_openmm.simulation.replica import replica_exchange
+
+    if config.initial_data:
+        return [str(p.resolve()) for p in find_runs(config.initial_data)]
+    kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
+    if config.replica_exchange:
+        frame_interval = config.frame_interval or molsys.frame_interval
+        options = {k: v for k, v in _md_options(config).items() if k != "progress"}
+        result = replica_exchange(molsys, kelvin, config.md_steps // frame_interval, folder / "md", seed=config.seed,
+                                  **options)  # fmt: skip
+        return [str(run.directory) for run in result.runs]
+    runs = simulate_temperatures(
+        molsys, kelvin, config.md_steps, folder / "md", seed=config.seed, **_md_options(config)
+    )
+    return [str(run.directory) for run in runs]
 
 
 def _shape(populations: dict[str, list[float]]) -> list[int]:
