@@ -214,8 +214,6 @@ def _populations(model_path: str, runs: list[str]) -> dict[str, list[float]]:
 
 def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) the loop of ``config`` in ``out_dir``; returns the summary."""
-    from latf_openmm.reweighting import effective_sample_size, run_weights
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     molsys = _load_system(config)
@@ -243,51 +241,7 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 record = json.loads(record_path.read_text())
             else:
                 client = client or _client(config)
-                folder.mkdir(exist_ok=True)
-                t0 = time.perf_counter()
-                model_path = str(folder / "model.pt")
-                if not Path(model_path).is_file():
-                    client.submit(train_task, config, runs, previous_model, model_path, pure=False).result()
-                t1 = time.perf_counter()
-                _export(config, model_path, folder / "cv.pt")
-                futures = [
-                    client.submit(
-                        walker_task,
-                        config,
-                        model_path,
-                        str(folder / "shared"),
-                        i,
-                        str(folder / "walkers" / f"walker_{i}"),
-                        pure=False,
-                    )
-                    for i in range(config.walkers)
-                ]
-                walkers = [f.result() for f in futures]
-                t2 = time.perf_counter()
-                populations = _populations(model_path, runs + walkers)
-                change = (
-                    None
-                    if previous_populations is None or _shape(previous_populations) != _shape(populations)
-                    else max(
-                        float(np.max(np.abs(np.subtract(populations[t], previous_populations[t]))))
-                        for t in populations
-                        if t in previous_populations
-                    )
-                )
-                data_digest = _report_round(config, model_path, folder)
-                record = {
-                    "round": number,
-                    "model": model_path,
-                    "model_sha256": _sha256(Path(model_path)),
-                    "data_digest": data_digest,
-                    "versions": versions(),
-                    "walkers": walkers,
-                    "populations": populations,
-                    "population_change": change,
-                    "effective_sample_size": {w: effective_sample_size(run_weights(w)) for w in walkers},
-                    "train_seconds": round(t1 - t0, 2),
-                    "walker_seconds": round(t2 - t1, 2),
-                }
+                record = _new_round(config, client, folder, number, runs, previous_model, previous_populations)
                 write_json(record_path, record)
             history.append(record)
             runs = runs + record["walkers"]
@@ -307,6 +261,65 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
         if client is not None:
             client.close()
     return _summarize(config, out, history, previous_model, validation, time.perf_counter() - started)
+
+
+def _new_round(
+    config: LoopConfig,
+    client,
+    folder: Path,
+    number: int,
+    runs: list[str],
+    previous_model: str | None,
+    previous_populations: dict | None,
+) -> dict[str, Any]:
+    """Train on ``runs``, export, run the walkers, reweight: the round's record."""
+    from latf_openmm.reweighting import effective_sample_size, run_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model_path = str(folder / "model.pt")
+    if not Path(model_path).is_file():
+        client.submit(train_task, config, runs, previous_model, model_path, pure=False).result()
+    t1 = time.perf_counter()
+    _export(config, model_path, folder / "cv.pt")
+    futures = [
+        client.submit(
+            walker_task,
+            config,
+            model_path,
+            str(folder / "shared"),
+            i,
+            str(folder / "walkers" / f"walker_{i}"),
+            pure=False,
+        )
+        for i in range(config.walkers)
+    ]
+    walkers = [f.result() for f in futures]
+    t2 = time.perf_counter()
+    populations = _populations(model_path, runs + walkers)
+    change = (
+        None
+        if previous_populations is None or _shape(previous_populations) != _shape(populations)
+        else max(
+            float(np.max(np.abs(np.subtract(populations[t], previous_populations[t]))))
+            for t in populations
+            if t in previous_populations
+        )
+    )
+    data_digest = _report_round(config, model_path, folder)
+    return {
+        "round": number,
+        "model": model_path,
+        "model_sha256": _sha256(Path(model_path)),
+        "data_digest": data_digest,
+        "versions": versions(),
+        "walkers": walkers,
+        "populations": populations,
+        "population_change": change,
+        "effective_sample_size": {w: effective_sample_size(run_weights(w)) for w in walkers},
+        "train_seconds": round(t1 - t0, 2),
+        "walker_seconds": round(t2 - t1, 2),
+    }
 
 
 def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
