@@ -315,7 +315,7 @@ def _train(args: argparse.Namespace) -> int:
     populations = ", ".join(f"{p:.3f}" for p in info["state_populations"])
     print(
         f"wrote {args.out}: {model.n_states} states (populations {populations}), "
-        f"{len(info['history'])} epochs in {info['train_seconds']:.1f} s"
+        f"{sum(r['stage'] != 'polish' for r in info['history'])} epochs in {info['train_seconds']:.1f} s"
     )
     return 0
 

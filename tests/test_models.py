@@ -9,7 +9,7 @@ from scipy import integrate, stats
 
 from latf_openmm import LatfError
 from latf_openmm.generation import free_energy_profile_rmse, js_divergence_2d, kl_divergence_2d
-from latf_openmm.models import SPIB, TrainingData, initial_labels, prior
+from latf_openmm.models import SPIB, LaTF, TrainingData, initial_labels, prior
 from latf_openmm.models.flow import RealNVP
 
 
@@ -142,3 +142,24 @@ def test_lag_longer_than_trajectory_fails_before_training():
         SPIB(lagtime=2)
     with pytest.raises(LatfError, match="beta"):
         SPIB(beta=-1)
+
+
+def test_flow_polishing_fits_the_flow_alone_and_keeps_the_encoder():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    side = rng.integers(0, 2, size=(4, 1))
+    trajectories = [rng.normal(size=(600, 2)) * 0.3 + np.array([2.0, 0.0]) * (2 * s - 1) for s in side]
+    data = TrainingData(trajectories, labels=[np.full(600, int(s[0])) for s in side])
+    settings = dict(lag=2, max_epochs=3, refinements=0, joint_max_epochs=3, flow_layers=4, seed=0)
+
+    plain = LaTF(**settings, polish_steps=0).fit(data)
+    polished = LaTF(**settings, polish_steps=1500, polish_batch_size=128).fit(data)
+    frames = np.concatenate(trajectories)
+    np.testing.assert_array_equal(plain.transform(frames), polished.transform(frames))  # encoder frozen
+    checks = [r for r in polished.info["history"] if r["stage"] == "polish"]
+    assert [r["epoch"] for r in checks] == [1000, 1500]
+    assert not [r for r in plain.info["history"] if r["stage"] == "polish"]
+    latent = plain.transform(frames)
+    assert polished.log_prob(latent, 1.0).mean() > plain.log_prob(latent, 1.0).mean()  # a better density fit
+    with pytest.raises(LatfError, match="polish"):
+        LaTF(polish_steps=-1)
