@@ -19,6 +19,8 @@ QUICK_TRAIN = [
     256,
     "--threads",
     1,
+    "--polish-steps",
+    1000,
 ]
 
 

@@ -44,6 +44,7 @@ refinements = 6
 encoder_layers = 1
 max_epochs = 20
 joint_max_epochs = 15
+polish_steps = 2000
 """
 
 
