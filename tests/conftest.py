@@ -6,6 +6,8 @@ import torch
 
 import latf_openmm  # noqa: F401  (imports torch before openmm; see latf_openmm/__init__.py)
 
+torch.set_num_threads(1)  # pytest runs two workers on two cores: one thread each
+
 
 @pytest.fixture(scope="session")
 def ala2_vacuum():

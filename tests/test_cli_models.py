@@ -92,6 +92,7 @@ def test_other_latent_dimensions(two_state_data, latent_dim):
         joint_max_epochs=5,
         batch_size=256,
         flow_layers=4,
+        polish_steps=500,
     ).fit(data)
     assert model.n_states == 2
     frames = np.concatenate(data.features)
