@@ -51,7 +51,7 @@ def _load_system(args: argparse.Namespace):
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
-        help="unbiased Langevin MD at one or more temperatures",
+        help="unbiased Langevin MD at one or more temperatures (independent runs or replica exchange)",
         description="Unbiased Langevin MD (LangevinMiddleIntegrator) of a system at one or more "
         "temperatures, each an independent run with its own seed. A killed run resumes from its "
         "last checkpoint when the same command is run again.",
