@@ -166,14 +166,15 @@ class GridBias(CVBias):
         """Linear interpolation of a grid array at points (m, n_biased)."""
         return RegularGridInterpolator(self.axes, grid)(np.atleast_2d(points))
 
-    def biased_values(self, context: openmm.Context, step: int) -> np.ndarray:
-        """The biased CV components now; raises if they left the grid."""
-        values = self.cv_values(context, step)[self.components]
-        outside = (values < self.grid_lower) | (values > self.grid_upper)
+    def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
+        """The CV now; raises if a biased component left the grid."""
+        values = super().cv_values(context, step)
+        biased = values[self.components]
+        outside = (biased < self.grid_lower) | (biased > self.grid_upper)
         if outside.any():
             k = int(np.argmax(outside))
             raise LatfError(
-                f"CV component s{self.components[k]} = {values[k]:.4g} left the bias grid "
+                f"CV component s{self.components[k]} = {biased[k]:.4g} left the bias grid "
                 f"[{self.grid_lower[k]:.4g}, {self.grid_upper[k]:.4g}] at step {step}; "
                 "widen lower/upper or raise the wall constant"
             )
@@ -197,11 +198,10 @@ class GridBias(CVBias):
         return [*super().fields, f"{self.kind}.rct"]
 
     def observe(self, context: openmm.Context, step: int) -> np.ndarray:
-        self.biased_values(context, step)
         return np.append(super().observe(context, step), self.reweighting_constant())
 
     def update(self, context: openmm.Context, step: int) -> None:
-        self._deposit(self.biased_values(context, step))
+        self._deposit(self.cv_values(context, step)[self.components])
         self._share()
         self._push(context)
 
