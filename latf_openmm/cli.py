@@ -48,6 +48,19 @@ def _load_system(args: argparse.Namespace):
     return load_system(args.system, **dict(args.system_args))
 
 
+def _load_model_on_system(args: argparse.Namespace):
+    """The trained model, the system and its featurizer; raises if the features differ from the model's."""
+    from latf_openmm.features import build_featurizer
+    from latf_openmm.models import load_model
+
+    model = load_model(args.model)
+    molsys = _load_system(args)
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    if featurizer.names != model.feature_names:
+        raise LatfError(f"{args.system}'s features differ from those {args.model} was trained on")
+    return model, molsys, featurizer
+
+
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
@@ -199,15 +212,9 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
 
 def _bias(args: argparse.Namespace) -> int:
     from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics
-    from latf_openmm.features import build_featurizer
-    from latf_openmm.models import load_model
     from latf_openmm.simulation import simulate
 
-    model = load_model(args.model)
-    molsys = _load_system(args)
-    featurizer = build_featurizer(molsys.features, molsys.topology)
-    if featurizer.names != model.feature_names:
-        raise LatfError(f"{args.system}'s features differ from those {args.model} was trained on")
+    model, molsys, featurizer = _load_model_on_system(args)
     temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
     cv = LearnedCV(model, featurizer, backend=args.backend)
     periodic = molsys.system.usesPeriodicBoundaryConditions()
@@ -387,14 +394,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from latf_openmm.export import export_cv
-    from latf_openmm.features import build_featurizer
-    from latf_openmm.models import load_model
 
-    model = load_model(args.model)
-    molsys = _load_system(args)
-    featurizer = build_featurizer(molsys.features, molsys.topology)
-    if featurizer.names != model.feature_names:
-        raise LatfError(f"{args.system}'s features differ from those {args.model} was trained on")
+    model, molsys, featurizer = _load_model_on_system(args)
     export_cv(model, featurizer, args.out, component=args.component, feature_description=molsys.features)
     if args.plumed:
         from pathlib import Path
