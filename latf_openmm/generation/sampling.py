@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from latf_openmm.errors import LatfError
-from latf_openmm.files import atomic_path, write_npz
+from latf_openmm.files import write_npz
 from latf_openmm.models import LaTFModel
+from latf_openmm.reports import save_figure
 
 
 def generate(
@@ -73,7 +74,4 @@ def _plot(result: dict[str, np.ndarray], path: str | Path) -> None:
         mesh = ax.pcolormesh(x, y, np.minimum(shown, cap).T, cmap="viridis", shading="nearest")
         fig.colorbar(mesh, ax=ax, label="F − F_min")
         ax.set(xlabel="s1", ylabel="s2", title=f"T = {t:g} {result['temperature_unit']}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -112,7 +112,7 @@ def plot_run_free_energies(
         mesh = ax.pcolormesh(surface.x_edges, surface.y_edges, surface.free_energy.T, cmap="viridis", shading="flat")
         fig.colorbar(mesh, ax=ax, label=f"F ({unit})")
         ax.set(xlabel=labels[0], ylabel=labels[1], title=f"{settings['system']}  T = {shown}")
-    _save_figure(fig, out_png)
+    save_figure(fig, out_png)
     write_npz(
         Path(out_png).with_suffix(".npz"),
         free_energy=np.stack([s.free_energy for s in surfaces]),
@@ -124,7 +124,8 @@ def plot_run_free_energies(
     return surfaces
 
 
-def _save_figure(fig, out_png: str | Path) -> None:
+def save_figure(fig, out_png: str | Path) -> None:
+    """Lay out, save atomically (PNG, 120 dpi) and close a matplotlib figure."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -155,7 +156,7 @@ def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
         with np.load(Path(walker) / TIMESERIES) as data:
             walkers.plot(data["time"], data["colvar"][:, 0], lw=0.5)
     walkers.set(xlabel="time (ps)", ylabel="s0", title=f"walkers, round {rounds[-1]['round']}")
-    _save_figure(fig, out_png)
+    save_figure(fig, out_png)
 
 
 def _feature_column(feature: str | int, names: list[str], run: Path) -> int:
@@ -169,4 +170,11 @@ def _feature_column(feature: str | int, names: list[str], run: Path) -> int:
     return names.index(feature)
 
 
-__all__ = ["FreeEnergySurface", "find_runs", "free_energy_surface", "plot_loop", "plot_run_free_energies"]
+__all__ = [
+    "FreeEnergySurface",
+    "find_runs",
+    "free_energy_surface",
+    "plot_loop",
+    "plot_run_free_energies",
+    "save_figure",
+]
