@@ -6,13 +6,12 @@ import numpy as np
 import openmm
 import openmm.unit as u
 import pytest
-import torch
+from conftest import threehole_linear_cv
 
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
 from latf_openmm.export.plumed import read_colvar
 from latf_openmm.models import SPIBModel
-from latf_openmm.models.network import LatentNetwork
 from latf_openmm.simulation import simulate
 from latf_openmm.systems import load_system
 from latf_openmm.systems.builders import threehole_populations, threehole_well
@@ -121,14 +120,7 @@ def test_bad_bias_input(cv_setup, ala2_vacuum):
 
 @pytest.fixture(scope="module")
 def threehole_cv():
-    molsys = load_system("threehole")
-    featurizer = build_featurizer(molsys.features, molsys.topology)
-    network = LatentNetwork(featurizer.n_features, 2, 2, encoder_layers=0)
-    with torch.no_grad():
-        network.encoder.weight.copy_(torch.eye(2))
-        network.encoder.bias.zero_()
-    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "identity"})
-    return molsys, LearnedCV(model, featurizer)
+    return threehole_linear_cv(np.eye(2))
 
 
 def _adaptive(kind, cv, temperature, **options):

@@ -6,12 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from conftest import threehole_linear_cv
 
-from latf_openmm import LatfError, build_featurizer
-from latf_openmm.bias import HarmonicBias, LearnedCV
-from latf_openmm.models import SPIBModel
-from latf_openmm.models.network import LatentNetwork
+from latf_openmm import LatfError
+from latf_openmm.bias import HarmonicBias
 from latf_openmm.reweighting import (
     effective_sample_size,
     restraint_energy,
@@ -28,15 +26,8 @@ KT = 0.75
 
 @pytest.fixture(scope="module")
 def threehole():
-    """The three-hole system and a 1-D CV s0 = x (a linear "encoder")."""
-    molsys = load_system("threehole")
-    featurizer = build_featurizer(molsys.features, molsys.topology)
-    network = LatentNetwork(featurizer.n_features, 1, 2, encoder_layers=0)
-    with torch.no_grad():
-        network.encoder.weight.copy_(torch.tensor([[1.0, 0.0]]))
-        network.encoder.bias.zero_()
-    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "x"})
-    return molsys, LearnedCV(model, featurizer)
+    """The three-hole system and a 1-D CV s0 = x."""
+    return threehole_linear_cv([[1.0, 0.0]])
 
 
 def _populations(paths, weights):
