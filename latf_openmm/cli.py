@@ -131,7 +131,7 @@ def _simulate(args: argparse.Namespace) -> int:
     molsys = _load_system(args)
     temperatures = [molsys.to_kelvin(t) for t in args.temperatures] if args.temperatures else list(molsys.temperatures)
     if args.replica_exchange:
-        from latf_openmm.simulation.replica import replica_exchange
+        from latf_openmm.simulation import replica_exchange
 
         frame_interval = args.frame_interval or molsys.frame_interval
         if args.steps % frame_interval:

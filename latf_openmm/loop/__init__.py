@@ -336,8 +336,7 @@ def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
 def _round_zero(config: LoopConfig, molsys, folder: Path) -> list[str]:
     """Round 0's runs: the user's data, or unbiased MD (independent runs or replica exchange)."""
     from latf_openmm.reports import find_runs
-    from latf_openmm.simulation import simulate_temperatures
-    from latf_openmm.simulation.replica import replica_exchange
+    from latf_openmm.simulation import replica_exchange, simulate_temperatures
 
     if config.initial_data:
         return [str(p.resolve()) for p in find_runs(config.initial_data)]

@@ -1,4 +1,4 @@
-"""Simulation: plain multi-temperature Langevin MD with checkpoints (``latf simulate``)."""
+"""Simulation: multi-temperature Langevin MD with checkpoints, and temperature replica exchange (``latf simulate``)."""
 
 from latf_openmm.simulation.md import (
     RunResult,
@@ -9,11 +9,14 @@ from latf_openmm.simulation.md import (
     simulate_temperatures,
 )
 from latf_openmm.simulation.platforms import available_platforms, select_platform
+from latf_openmm.simulation.replica import ReplicaExchangeResult, replica_exchange
 
 __all__ = [
+    "ReplicaExchangeResult",
     "RunResult",
     "available_platforms",
     "degrees_of_freedom",
+    "replica_exchange",
     "run_label",
     "seed_for",
     "select_platform",

@@ -47,8 +47,10 @@ class ReplicaExchangeResult:
 
 def _multistate():
     with contextlib.redirect_stdout(io.StringIO()):  # pymbar's import banner
-        from openmmtools import cache, mcmc, multistate, states
-    return cache, mcmc, multistate, states
+        from openmmtools import cache, multistate, states
+
+        from latf_openmm.simulation import replica_move
+    return cache, replica_move, multistate, states
 
 
 def replica_exchange(
@@ -79,7 +81,8 @@ def replica_exchange(
     frame_interval, timestep, friction, platform, threads
         As in :func:`latf_openmm.simulation.simulate`.
     seed
-        Seeds numpy's generator, which openmmtools uses for the exchanges.
+        Seeds the Langevin integrator and numpy's generator, which openmmtools uses for the
+        exchanges; the same seed on the same platform and thread count repeats the run.
     """
     temperatures = sorted(float(t) for t in temperatures)
     if len(temperatures) < 2 or len(set(temperatures)) != len(temperatures) or temperatures[0] <= 0:
@@ -93,20 +96,21 @@ def replica_exchange(
     folders = [out / run_label(molsys, t) for t in temperatures]
     if all((f / "manifest.json").is_file() for f in folders):
         return _result(out, folders)
-    cache, mcmc, multistate, states = _multistate()
+    cache, replica_move, multistate, states = _multistate()
     settings = per_temperature[0]
     platform_obj, properties = select_platform(settings["platform"], None, threads)
     context_cache = cache.ContextCache(platform=platform_obj, platform_properties=properties or None)
     out.mkdir(parents=True, exist_ok=True)
     storage = out / STORAGE
-    np.random.seed(seed)  # noqa: NPY002  (openmmtools draws its exchanges from numpy's global generator)
+    replica_move.seed_exchanges(seed)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         reporter = multistate.MultiStateReporter(str(storage), checkpoint_interval=1)
         if storage.is_file():
             sampler = multistate.ReplicaExchangeSampler.from_storage(reporter)
         else:
-            move = mcmc.LangevinDynamicsMove(
+            move = replica_move.SeededLangevinMove(
+                seed=settings["seed"],
                 timestep=settings["timestep_ps"] * u.picoseconds,
                 collision_rate=settings["friction_per_ps"] / u.picosecond,
                 n_steps=settings["frame_interval"],
