@@ -1,7 +1,7 @@
 """Reference ΔG between the φ > 0 (C7ax/αL) and φ < 0 (C7eq/C5) basins of alanine dipeptide (OBC2, 300 K),
 and the same ΔG from a `latf loop` run.
 
-Usage: python bench/ala2_reference.py [--ns 2] [--out DIR] [--loop RUN_DIR]
+Usage: python bench/ala2_reference.py [--ns 5] [--seed 11] [--out DIR] [--loop RUN_DIR]
 
 The reference is well-tempered metadynamics on φ and ψ themselves, with OpenMM's own
 ``openmm.app.Metadynamics`` (an implementation independent of latf_openmm's): hills of
@@ -49,7 +49,7 @@ def delta_g_from_surface(free: np.ndarray, phi_axis: np.ndarray) -> float:
     return float(-KT * np.log(weight[b].sum() / weight[~b].sum()))
 
 
-def reference(ns: float, out: Path) -> tuple[float, float, float]:
+def reference(ns: float, seed: int, out: Path) -> tuple[float, float, float]:
     molsys = load_system("ala2_obc2")
     system = openmm.XmlSerializer.clone(molsys.system)
     variables = []
@@ -60,11 +60,11 @@ def reference(ns: float, out: Path) -> tuple[float, float, float]:
     meta = app.Metadynamics(system, variables, 300 * u.kelvin, 6.0, 1.2 * u.kilojoule_per_mole, 500)
     platform, properties = select_platform("CPU", threads=1)
     integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
-    integrator.setRandomNumberSeed(11)
+    integrator.setRandomNumberSeed(seed)
     simulation = app.Simulation(molsys.topology, system, integrator, platform, properties)
     simulation.context.setPositions(molsys.positions * u.nanometer)
     simulation.minimizeEnergy()
-    simulation.context.setVelocitiesToTemperature(300 * u.kelvin, 11)
+    simulation.context.setVelocitiesToTemperature(300 * u.kelvin, seed)
     steps = int(ns * 500_000)
     start = time.perf_counter()
     surfaces = []
@@ -93,15 +93,16 @@ def from_loop(run_dir: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ns", type=float, default=2.0)
+    parser.add_argument("--ns", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", help="folder for the reference surfaces (default: temporary)")
     parser.add_argument("--loop", help="a 'latf loop' run folder (e.g. from workflows/ala2.toml)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="ala2_reference_"))
     out.mkdir(parents=True, exist_ok=True)
-    final, second_half, seconds = reference(args.ns, out)
+    final, second_half, seconds = reference(args.ns, args.seed, out)
     line = {"dG_reference": round(final, 2), "dG_reference_second_half": round(second_half, 2), "ns": args.ns,
-            "reference_s": round(seconds, 1)}  # fmt: skip
+            "seed": args.seed, "reference_s": round(seconds, 1)}  # fmt: skip
     if args.loop:
         loop = from_loop(Path(args.loop))
         summary = json.loads((Path(args.loop) / "summary.json").read_text())

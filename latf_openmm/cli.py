@@ -88,8 +88,14 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--replica-exchange",
         action="store_true",
-        help="temperature replica exchange across --temperatures (openmmtools), one exchange attempt per "
-        "frame; writes the same per-temperature folders plus exchange.json (acceptance rates)",
+        help="temperature replica exchange across --temperatures (openmmtools); writes the same "
+        "per-temperature folders plus exchange.json (acceptance rates)",
+    )
+    p.add_argument(
+        "--exchange-interval",
+        type=int,
+        default=1,
+        help="frames between exchange attempts; exchange less often than a training lag (default 1)",
     )
     _add_md_options(p)
     p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
@@ -139,6 +145,7 @@ def _simulate(args: argparse.Namespace) -> int:
         exchange = replica_exchange(
             molsys, temperatures, args.steps // frame_interval, args.out, seed=args.seed, frame_interval=frame_interval,
             timestep=args.timestep, friction=args.friction, platform=args.platform, threads=args.threads,
+            exchange_interval=args.exchange_interval,
         )  # fmt: skip
         for result in exchange.runs:
             _report_run(result)

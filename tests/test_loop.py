@@ -80,6 +80,8 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
         assert len(comparison["profile_rmse_kT"]) == 2 and all(np.isfinite(comparison["profile_rmse_kT"]))
         assert comparison["kl"] >= 0 and abs(sum(comparison["md_state_populations"]) - 1) < 1e-9
     assert (out / "summary.png").stat().st_size > 10_000 and (out / "fes.png").is_file()
+    assert all(r["fes_change_kT"] > 0 and 0 < r["population_change"] < 1 for r in summary["rounds"])
+    assert not summary["converged"]  # tolerance 1e-9
     for ess in summary["rounds"][-1]["effective_sample_size"].values():
         assert 1000 < ess <= 10_000  # each walker: 10 000 frames, weighted
 

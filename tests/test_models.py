@@ -8,7 +8,12 @@ import torch
 from scipy import integrate, stats
 
 from latf_openmm import LatfError
-from latf_openmm.generation import free_energy_profile_rmse, js_divergence_2d, kl_divergence_2d
+from latf_openmm.generation import (
+    free_energy_profile_change,
+    free_energy_profile_rmse,
+    js_divergence_2d,
+    kl_divergence_2d,
+)
 from latf_openmm.models import SPIB, LaTF, TrainingData, initial_labels, prior
 from latf_openmm.models.flow import RealNVP
 
@@ -106,6 +111,21 @@ def test_metrics():
     assert free_energy_profile_rmse(a[:, 0], b[:, 0]) < 0.1 < free_energy_profile_rmse(a[:, 0], 1.5 * b[:, 0])
 
 
+def test_profile_change_is_the_rms_free_energy_difference():
+    rng = np.random.default_rng(0)
+    edges = np.linspace(-4, 5, 41)
+    same = free_energy_profile_change(rng.normal(size=400_000), rng.normal(size=400_000), edges)
+    assert same < 0.03
+    # N(0, 1) → N(0.5, 1): ΔF(x) = 0.5 x + const, whose RMS under the new distribution is 0.5 k_BT
+    shifted = free_energy_profile_change(rng.normal(size=400_000), rng.normal(0.5, size=400_000), edges)
+    assert shifted == pytest.approx(0.5, abs=0.03)
+    # weights count: the same shift expressed as weights on one sample
+    x = rng.normal(size=400_000)
+    assert free_energy_profile_change(x, x, edges, weights_after=np.exp(0.5 * x)) == pytest.approx(0.5, abs=0.03)
+    # a region the old data never reached is a large change
+    assert free_energy_profile_change(np.abs(x), x, edges) > 5
+
+
 def test_initial_labels_grid_and_kmeans():
     rng = np.random.default_rng(1)
     two = rng.uniform(size=(1000, 2))
@@ -132,6 +152,15 @@ def test_initial_labels_grid_and_kmeans():
 def test_bad_training_data(kwargs, message):
     with pytest.raises(LatfError, match=message):
         TrainingData(**kwargs)
+
+
+def test_lagged_pairs_stay_inside_trajectories_and_unbroken_replica_stretches():
+    features = [np.zeros((6, 1)), np.zeros((4, 1))]
+    assert TrainingData(features).lagged_starts(2).tolist() == [0, 1, 2, 3, 6, 7]
+    # trajectory 0 is replica 0, 0, 1, 1, 0, 0 (two exchanges): replica 0 comes back but is not continuous
+    segments = [np.array([0, 0, 1, 1, 0, 0]), np.zeros(4)]
+    assert TrainingData(features, segments=segments).lagged_starts(1).tolist() == [0, 2, 4, 6, 7, 8]
+    assert TrainingData(features, segments=segments).lagged_starts(2).tolist() == [6, 7]
 
 
 def test_lag_longer_than_trajectory_fails_before_training():

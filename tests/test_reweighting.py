@@ -97,14 +97,17 @@ def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_p
     np.testing.assert_allclose(_populations(paths, weights), threehole_populations(0.75), atol=0.04)
 
 
-def test_replica_exchange_seed_repeats_the_run(tmp_path):
+def test_replica_exchange_seed_repeats_the_run_and_exchanges_at_the_interval(tmp_path):
     molsys = load_system("threehole")
     temperatures = [molsys.to_kelvin(kt) for kt in (0.75, 1.2)]
 
-    def features(seed, name):
-        result = replica_exchange(molsys, temperatures, 40, tmp_path / name, frame_interval=30, seed=seed)
-        return np.load(result.runs[0].directory / "timeseries.npz")["features"]
+    def series(seed, name):
+        result = replica_exchange(molsys, temperatures, 60, tmp_path / name, frame_interval=30, seed=seed,
+                                  exchange_interval=5)  # fmt: skip
+        return np.load(result.runs[0].directory / "timeseries.npz")
 
-    first = features(3, "a")
-    np.testing.assert_array_equal(features(3, "b"), first)
-    assert not np.allclose(features(5, "c"), first)
+    first = series(3, "a")
+    np.testing.assert_array_equal(series(3, "b")["features"], first["features"])
+    assert not np.allclose(series(5, "c")["features"], first["features"])
+    swaps = np.flatnonzero(np.diff(first["replica"])) + 1  # frames whose replica differs from the one before
+    assert len(swaps) >= 2 and np.all((swaps + 1) % 5 == 0)  # only after every 5th iteration

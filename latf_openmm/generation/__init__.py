@@ -1,6 +1,11 @@
 """Generation: latent samples, free-energy surfaces and populations at any temperature, and metrics."""
 
-from latf_openmm.generation.metrics import free_energy_profile_rmse, js_divergence_2d, kl_divergence_2d
+from latf_openmm.generation.metrics import (
+    free_energy_profile_change,
+    free_energy_profile_rmse,
+    js_divergence_2d,
+    kl_divergence_2d,
+)
 from latf_openmm.generation.sampling import generate
 
-__all__ = ["free_energy_profile_rmse", "generate", "js_divergence_2d", "kl_divergence_2d"]
+__all__ = ["free_energy_profile_change", "free_energy_profile_rmse", "generate", "js_divergence_2d", "kl_divergence_2d"]

@@ -8,6 +8,9 @@
   bounded by ln 2, no ε needed).
 - :func:`free_energy_profile_rmse`: RMSE between 1-D free-energy profiles −ln p (in k_BT)
   along one CV, over bins populated in both, after removing the best constant offset.
+- :func:`free_energy_profile_change`: how much a weighted 1-D profile moved when data were
+  added, weighted by the new probability; regions only the new data reached count as a
+  large change (the loop's convergence check), where the RMSE above would skip them.
 """
 
 from __future__ import annotations
@@ -64,3 +67,29 @@ def free_energy_profile_rmse(p: np.ndarray, q: np.ndarray, bins: int = 50, min_c
         raise LatfError("the two sample sets share no populated bins")
     diff = -np.log(cp[both] / len(p)) + np.log(cq[both] / len(q))
     return float(np.sqrt(np.mean((diff - diff.mean()) ** 2)))
+
+
+def free_energy_profile_change(
+    before: np.ndarray,
+    after: np.ndarray,
+    edges: np.ndarray,
+    weights_before: np.ndarray | None = None,
+    weights_after: np.ndarray | None = None,
+) -> float:
+    """Probability-weighted RMS change (k_BT) of a 1-D free-energy profile between two weighted samples.
+
+    Bins holding ≥ 0.1 % of the ``after`` distribution count, weighted by that probability,
+    after removing the weighted mean difference (free energies are defined up to a constant).
+    A bin ``before`` never reached is given probability 1e-6, so a newly found region counts
+    as a change of several k_BT.
+    """
+    p_before = np.histogram(before, edges, weights=weights_before)[0]
+    p_after = np.histogram(after, edges, weights=weights_after)[0]
+    if not (p_before.sum() > 0 and p_after.sum() > 0):
+        raise LatfError("free-energy profile change: a sample set has no weight inside the bins")
+    p_before, p_after = p_before / p_before.sum(), p_after / p_after.sum()
+    significant = p_after > 1e-3
+    delta = np.log(np.maximum(p_before[significant], 1e-6)) - np.log(p_after[significant])
+    weight = p_after[significant] / p_after[significant].sum()
+    delta -= np.sum(weight * delta)
+    return float(np.sqrt(np.sum(weight * delta**2)))

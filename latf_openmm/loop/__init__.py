@@ -39,6 +39,9 @@ from latf_openmm.versions import versions
 
 ROUND_FILE = "round.json"
 SUMMARY = "summary.json"
+ROUND_SUMMARY_KEYS = ("round", "populations", "population_change", "fes_change_kT", "effective_sample_size",
+                      "train_seconds", "walker_seconds")  # fmt: skip
+PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
 
 
 @dataclasses.dataclass
@@ -51,9 +54,11 @@ class LoopConfig:
     seed: int = 1
     rounds: int = 3
     tolerance: float = 0.02
+    fes_tolerance: float = 0.3
     md_temperatures: list[float] = dataclasses.field(default_factory=list)
     md_steps: int = 100_000
     replica_exchange: bool = False
+    exchange_interval: int = 1
     initial_data: list[str] = dataclasses.field(default_factory=list)
     frame_interval: int | None = None
     platform: str | None = None
@@ -91,8 +96,9 @@ class LoopConfig:
 
         checks = [
             (self.rounds >= 1, "rounds must be ≥ 1"),
-            (self.tolerance > 0, "tolerance must be positive"),
+            (self.tolerance > 0 and self.fes_tolerance > 0, "tolerance and fes_tolerance must be positive"),
             (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
+            (self.exchange_interval >= 1, "exchange_interval must be ≥ 1"),
             (self.validation_steps >= 0, "validation_steps must be ≥ 0"),
             (self.bias.get("method") in ("opes", "metad"), "the bias method must be 'opes' or 'metad'"),
             (all(t > 0 for t in [*self.md_temperatures, *self.targets]), "temperatures must be positive"),
@@ -196,20 +202,59 @@ def _client(config: LoopConfig):
     return Client(cluster)
 
 
-def _populations(model_path: str, runs: list[str]) -> dict[str, list[float]]:
-    """Reweighted state populations of all frames, per simulated temperature."""
+def _by_temperature(model, data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Latent CV (encoder mean) and weight of every frame, grouped by simulated temperature."""
+    weights = data.weights or [np.ones(n) for n in data.lengths]
+    grouped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for temperature in np.unique(data.temperatures):
+        keep = [k for k, t in enumerate(data.temperatures) if t == temperature]
+        latent = model.transform(np.concatenate([data.features[k] for k in keep]).astype(np.float64))
+        grouped[f"{temperature:g}"] = (latent, np.concatenate([weights[k] for k in keep]))
+    return grouped
+
+
+def _round_estimates(model_path: str, runs: list[str], new_runs: list[str]) -> dict[str, Any]:
+    """Reweighted state populations per simulated temperature from all data, and how much this
+    round's data changed them and the free-energy profiles along each CV component.
+
+    Both are measured with this round's model on the data before and after the round, so
+    states and CV axes are the same on both sides.
+    """
+    from latf_openmm.generation import free_energy_profile_change
     from latf_openmm.models import load_model, load_training_data
 
     model = load_model(model_path)
-    data = load_training_data(runs)
-    weights = data.weights or [np.ones(n) for n in data.lengths]
-    result: dict[str, list[float]] = {}
-    for temperature in np.unique(data.temperatures):
-        keep = [k for k, t in enumerate(data.temperatures) if t == temperature]
-        states = np.concatenate([model.predict_state(data.features[k]) for k in keep])
-        w = np.concatenate([weights[k] for k in keep])
-        result[f"{temperature:g}"] = (np.bincount(states, weights=w, minlength=model.n_states) / w.sum()).tolist()
-    return result
+    before = _by_temperature(model, load_training_data(runs))
+    new = _by_temperature(model, load_training_data(new_runs))
+    after = {
+        t: tuple(np.concatenate([part[t][i] for part in (before, new) if t in part]) for i in (0, 1))
+        for t in {*before, *new}
+    }
+    populations = {
+        t: model.latent_populations(latent, weights).tolist() for t, (latent, weights) in sorted(after.items())
+    }
+    shared = [t for t in after if t in before]
+    population_change = max(
+        float(np.max(np.abs(np.subtract(populations[t], model.latent_populations(*before[t]))))) for t in shared
+    )
+    fes_change = 0.0
+    for t in shared:
+        for component in range(model.latent_dim):
+            edges = np.linspace(*np.percentile(after[t][0][:, component], [0, 100]), PROFILE_BINS + 1)
+            (old, old_weights), (new_all, new_weights) = before[t], after[t]
+            change = free_energy_profile_change(old[:, component], new_all[:, component], edges, old_weights,
+                                                new_weights)  # fmt: skip
+            fes_change = max(fes_change, change)
+    return {"populations": populations, "population_change": population_change, "fes_change_kT": fes_change}
+
+
+def _converged(config: LoopConfig, record: dict[str, Any]) -> bool:
+    """A round from the second on whose data changed populations and profiles below the tolerances."""
+    return (
+        record["round"] >= 2
+        and record["population_change"] < config.tolerance
+        and record["fes_change_kT"] < config.fes_tolerance
+    )
 
 
 def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -231,7 +276,6 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
 
     history: list[dict[str, Any]] = []
     previous_model: str | None = None
-    previous_populations: dict[str, list[float]] | None = None
     client = None
     try:
         for number in range(1, config.rounds + 1):
@@ -241,13 +285,12 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 record = json.loads(record_path.read_text())
             else:
                 client = client or _client(config)
-                record = _new_round(config, client, folder, number, runs, previous_model, previous_populations)
+                record = _new_round(config, client, folder, number, runs, previous_model)
                 write_json(record_path, record)
             history.append(record)
             runs = runs + record["walkers"]
-            previous_model, previous_populations = record["model"], record["populations"]
-            change = record["population_change"]
-            if change is not None and change < config.tolerance:
+            previous_model = record["model"]
+            if _converged(config, record):
                 break
         validation = {}
         if config.validation_steps:
@@ -270,7 +313,6 @@ def _new_round(
     number: int,
     runs: list[str],
     previous_model: str | None,
-    previous_populations: dict | None,
 ) -> dict[str, Any]:
     """Train on ``runs``, export, run the walkers, reweight: the round's record."""
     from latf_openmm.reweighting import effective_sample_size, run_weights
@@ -296,16 +338,7 @@ def _new_round(
     ]
     walkers = [f.result() for f in futures]
     t2 = time.perf_counter()
-    populations = _populations(model_path, runs + walkers)
-    change = (
-        None
-        if previous_populations is None or _shape(previous_populations) != _shape(populations)
-        else max(
-            float(np.max(np.abs(np.subtract(populations[t], previous_populations[t]))))
-            for t in populations
-            if t in previous_populations
-        )
-    )
+    estimates = _round_estimates(model_path, runs, walkers)
     data_digest = _report_round(config, model_path, folder)
     return {
         "round": number,
@@ -314,8 +347,7 @@ def _new_round(
         "data_digest": data_digest,
         "versions": versions(),
         "walkers": walkers,
-        "populations": populations,
-        "population_change": change,
+        **estimates,
         "effective_sample_size": {w: effective_sample_size(run_weights(w)) for w in walkers},
         "train_seconds": round(t1 - t0, 2),
         "walker_seconds": round(t2 - t1, 2),
@@ -345,16 +377,12 @@ def _round_zero(config: LoopConfig, molsys, folder: Path) -> list[str]:
         frame_interval = config.frame_interval or molsys.frame_interval
         options = {k: v for k, v in _md_options(config).items() if k != "progress"}
         result = replica_exchange(molsys, kelvin, config.md_steps // frame_interval, folder / "md", seed=config.seed,
-                                  **options)  # fmt: skip
+                                  exchange_interval=config.exchange_interval, **options)  # fmt: skip
         return [str(run.directory) for run in result.runs]
     runs = simulate_temperatures(
         molsys, kelvin, config.md_steps, folder / "md", seed=config.seed, **_md_options(config)
     )
     return [str(run.directory) for run in runs]
-
-
-def _shape(populations: dict[str, list[float]]) -> list[int]:
-    return [len(v) for v in populations.values()]
 
 
 def _export(config: LoopConfig, model_path: str, out: Path) -> None:
@@ -411,17 +439,9 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
     summary = {
         "temperature_unit": model.info.get("temperature_unit"),
         "targets": targets,
-        "rounds": [
-            {k: r[k] for k in ("round", "populations", "population_change", "train_seconds", "walker_seconds")}
-            | {"effective_sample_size": r["effective_sample_size"]}
-            for r in history
-        ],
+        "rounds": [{k: r[k] for k in ROUND_SUMMARY_KEYS} for r in history],
         "final_model": model_path,
-        "converged": bool(
-            history
-            and history[-1]["population_change"] is not None
-            and history[-1]["population_change"] < config.tolerance
-        ),
+        "converged": bool(history) and _converged(config, history[-1]),
         "wall_seconds_last_session": round(seconds, 1),
     }
     write_json(out / SUMMARY, summary)

@@ -32,6 +32,10 @@ class TrainingData:
         Unit of ``temperatures`` (``"K"``, ``"kT/eps"`` or ``""`` when unknown).
     feature_names
         Name of each feature column.
+    segments
+        Optional per-frame id of the continuous stretch of dynamics each frame comes from
+        (replica exchange: the replica that produced it); a lagged pair joins only frames
+        of one unbroken stretch. None: every trajectory is continuous.
     """
 
     features: list[np.ndarray]
@@ -40,6 +44,7 @@ class TrainingData:
     temperatures: np.ndarray | None = None
     temperature_unit: str = ""
     feature_names: list[str] | None = None
+    segments: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.features, np.ndarray) and self.features.ndim == 3:
@@ -62,6 +67,7 @@ class TrainingData:
         lengths = [len(f) for f in self.features]
         self.labels = self._per_frame(self.labels, "labels", lengths, np.int64)
         self.weights = self._per_frame(self.weights, "weights", lengths, np.float64)
+        self.segments = self._per_frame(self.segments, "segments", lengths, np.int64)
         if self.labels is not None and any(np.any(lab < 0) for lab in self.labels):
             raise LatfError("labels must be non-negative integers")
         if self.labels is not None and len(np.unique(np.concatenate(self.labels))) < 2:
@@ -115,10 +121,19 @@ class TrainingData:
         """Frames per trajectory."""
         return [len(f) for f in self.features]
 
+    def lagged_starts(self, lag: int) -> np.ndarray:
+        """Frames t (indices into the concatenated trajectories) whose frame t + lag follows in
+        the same trajectory and the same unbroken stretch of dynamics."""
+        trajectory = np.repeat(np.arange(len(self.features)), self.lengths)
+        segment = np.concatenate(self.segments) if self.segments is not None else np.zeros_like(trajectory)
+        breaks = (trajectory[1:] != trajectory[:-1]) | (segment[1:] != segment[:-1])
+        stretch = np.concatenate([[0], np.cumsum(breaks)])
+        return np.flatnonzero(stretch[:-lag] == stretch[lag:]) if 0 < lag < len(stretch) else np.zeros(0, np.int64)
+
     def digest(self) -> str:
-        """SHA-256 of the data (features, labels, weights, temperatures), for provenance."""
+        """SHA-256 of the data (features, labels, weights, temperatures, segments), for provenance."""
         sha = hashlib.sha256()
-        for group in (self.features, self.labels or [], self.weights or []):
+        for group in (self.features, self.labels or [], self.weights or [], self.segments or []):
             for array in group:
                 sha.update(np.ascontiguousarray(array).tobytes())
         if self.temperatures is not None:
@@ -130,11 +145,12 @@ def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
     """Load training data from ``.npz`` files or ``latf simulate`` run folders.
 
     An ``.npz`` holds ``features`` shaped (n_traj, n_frames, n_features) or as an object
-    array of per-trajectory arrays, and optionally ``labels``, ``weights`` (per frame),
-    ``temperatures`` (per trajectory) and ``feature_names``. A run folder (or a folder of
-    run folders) contributes one trajectory per run, at the run's temperature (in the
-    system's user-facing unit); a biased run's frames carry its unbiasing weights
-    (:func:`latf_openmm.reweighting.run_weights`). Several sources are concatenated.
+    array of per-trajectory arrays, and optionally ``labels``, ``weights``, ``segments``
+    (per frame), ``temperatures`` (per trajectory) and ``feature_names``. A run folder (or
+    a folder of run folders) contributes one trajectory per run, at the run's temperature
+    (in the system's user-facing unit); a biased run's frames carry its unbiasing weights
+    (:func:`latf_openmm.reweighting.run_weights`), and a replica-exchange temperature's
+    frames their replica as segments. Several sources are concatenated.
     """
     parts: list[TrainingData] = []
     for path in map(Path, paths):
@@ -159,16 +175,21 @@ def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
     has_labels = [p.labels is not None for p in parts]
     if any(has_labels) and not all(has_labels):
         raise LatfError("some training data sources have labels and others do not")
-    has_weights = [p.weights is not None for p in parts]
+
+    def per_frame(name: str, default: float) -> list[np.ndarray] | None:
+        """One array per trajectory of every part; parts without it get ``default``."""
+        if all(getattr(p, name) is None for p in parts):
+            return None
+        return [a for p in parts for a in (getattr(p, name) or [np.full(n, default) for n in p.lengths])]
+
     return TrainingData(
         features=[f for p in parts for f in p.features],
         labels=[lab for p in parts for lab in p.labels] if all(has_labels) else None,
-        weights=(
-            [w for p in parts for w in (p.weights or [np.ones(n) for n in p.lengths])] if any(has_weights) else None
-        ),
+        weights=per_frame("weights", 1.0),
         temperatures=np.concatenate([p.temperatures for p in parts]) if all(with_t) else None,
         temperature_unit=units.pop(),
         feature_names=names,
+        segments=per_frame("segments", 0),
     )
 
 
@@ -191,13 +212,17 @@ def _from_npz(path: Path) -> TrainingData:
             )
 
         names = [str(n) for n in data["feature_names"]] if "feature_names" in data.files else None
-        return TrainingData(get("features"), get("labels"), get("weights"), get("temperatures"), feature_names=names)
+        return TrainingData(
+            get("features"), get("labels"), get("weights"), get("temperatures"), feature_names=names,
+            segments=get("segments"),
+        )  # fmt: skip
 
 
 def _from_run(run: Path) -> TrainingData:
     manifest = json.loads((run / "manifest.json").read_text())
     with np.load(run / manifest["files"]["timeseries"]) as series:
         features, names = series["features"], [str(n) for n in series["feature_names"]]
+        replicas = [series["replica"]] if "replica" in series.files else None
     settings = manifest["settings"]
     return TrainingData(
         [features],
@@ -205,6 +230,7 @@ def _from_run(run: Path) -> TrainingData:
         temperatures=np.array([settings["temperature"]]),
         temperature_unit=settings["temperature_unit"],
         feature_names=names,
+        segments=replicas,
     )
 
 

@@ -76,9 +76,10 @@ class SPIBModel:
         latent = torch.as_tensor(np.asarray(latent, dtype=np.float32))
         return self.network.state_log_probs(latent).argmax(-1).numpy()
 
-    def latent_populations(self, latent: np.ndarray) -> np.ndarray:
-        """Fraction of latent points (n, d) in each metastable state."""
-        return np.bincount(self.latent_state(latent), minlength=self.n_states) / max(len(latent), 1)
+    def latent_populations(self, latent: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Fraction of latent points (n, d) in each metastable state, optionally weighted per point."""
+        counts = np.bincount(self.latent_state(latent), weights=weights, minlength=self.n_states)
+        return counts / max(counts.sum(), 1e-300)
 
     def save(self, path: str | Path) -> None:
         """Save atomically; :func:`load_model` restores an identical model."""

@@ -43,7 +43,7 @@ class TrainingConfig:
     (``latf train --help`` shows the same text)."""
 
     latent_dim: int = _option(2, "dimension d of the latent CV")
-    lag: int = _option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories")
+    lag: int = _option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories or replica exchanges")
     beta: float = _option(1e-3, "weight of the prior (information-bottleneck) term")
     encoder_layers: int = _option(2, "encoder hidden layers (ReLU); 0 gives a linear encoder")
     encoder_hidden: int = _option(16, "encoder hidden-layer width")
@@ -173,13 +173,15 @@ class _Trainer:
             else initial_labels(features, config.n_initial_states, config.seed)
         )
         weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(features))
-        starts = np.cumsum([0, *data.lengths[:-1]])
-        past = np.concatenate([s + np.arange(n - config.lag) for s, n in zip(starts, data.lengths, strict=True)])
+        past = data.lagged_starts(config.lag)
         self.generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(past), generator=self.generator).numpy()
         n_val = round(config.validation_fraction * len(past))
         if len(past) - n_val < 1:
-            raise LatfError("too few lagged pairs for training")
+            raise LatfError(
+                f"too few lagged pairs for training ({len(past)}); with replica exchange, exchange less "
+                "often than the lag (exchange_interval)"
+            )
         if data.temperatures is not None:
             t_ref = config.reference_temperature or float(data.temperatures.min())
             per_frame_t = np.repeat(data.temperatures, data.lengths)

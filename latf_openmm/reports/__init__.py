@@ -136,7 +136,8 @@ def save_figure(fig, out_png: str | Path) -> None:
 
 def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
     """Three panels of a ``latf loop`` run: generated state populations against temperature,
-    the largest population change per round, and the CV time series of the last round's walkers."""
+    how much each round's data changed populations and free-energy profiles, and the CV time
+    series of the last round's walkers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,9 +150,11 @@ def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
         pops.plot([float(t) for t in temperatures], table[:, state], "o-", label=f"state {state}")
     pops.set(xlabel=f"T ({summary['temperature_unit']})", ylabel="population", title="generated populations")
     pops.legend(fontsize=8)
-    changes = [(r["round"], r["population_change"]) for r in rounds if r["population_change"] is not None]
-    change.semilogy([c[0] for c in changes], [c[1] for c in changes], "o-")
-    change.set(xlabel="round", ylabel="max |Δ population|", title="convergence")
+    numbers = [r["round"] for r in rounds]
+    change.semilogy(numbers, [r["population_change"] for r in rounds], "o-", label="max |Δ population|")
+    change.semilogy(numbers, [r["fes_change_kT"] for r in rounds], "s-", label="RMS ΔF (k_BT)")
+    change.set(xlabel="round", ylabel="change from the round's data", title="convergence")
+    change.legend(fontsize=8)
     for walker in rounds[-1]["walkers"]:
         with np.load(Path(walker) / TIMESERIES) as data:
             walkers.plot(data["time"], data["colvar"][:, 0], lw=0.5)

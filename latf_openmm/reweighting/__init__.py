@@ -13,8 +13,6 @@ Weights are returned normalized to sum to the number of frames, one array per ru
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
+from latf_openmm._quiet import quiet_import
 from latf_openmm.errors import LatfError
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
@@ -84,10 +83,7 @@ def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
 def _mbar_log_weights(reduced: np.ndarray, counts: np.ndarray, target: np.ndarray) -> np.ndarray:
     """log weights of every frame in the target state: u_kn (K, N) reduced potentials of the
     sampled states, N_k frames from each, u_target (N,)."""
-    with contextlib.redirect_stdout(io.StringIO()):  # pymbar's import banner
-        from pymbar import MBAR
-
-    mbar = MBAR(reduced, counts, solver_protocol="robust")
+    mbar = quiet_import("pymbar").MBAR(reduced, counts, solver_protocol="robust")
     log_denominator = logsumexp(mbar.f_k[:, None] - reduced, b=counts[:, None], axis=0)
     return -target - log_denominator
 

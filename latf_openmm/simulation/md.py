@@ -467,12 +467,15 @@ def write_run(
 ) -> RunResult:
     """Write a run folder from blocks of frames (``_SEGMENT_FIELDS``); the manifest comes last.
 
-    Used by :func:`simulate` and by replica exchange (one folder per temperature);
+    Used by :func:`simulate` and by replica exchange (one folder per temperature, whose
+    blocks also carry the ``replica`` behind each frame; plain MD is replica 0);
     ``extra`` goes into the manifest.
     """
     topology = mdtraj.Topology.from_openmm(molsys.topology)
     featurizer = build_featurizer(molsys.features, topology) if molsys.features else None
-    series: dict[str, list[np.ndarray]] = {"potential_energy": [], "temperature": [], "features": [], "colvar": []}
+    series: dict[str, list[np.ndarray]] = {
+        "potential_energy": [], "temperature": [], "features": [], "colvar": [], "replica": []
+    }  # fmt: skip
     trajectory_name = f"trajectory.{settings['trajectory_format']}"
     with atomic_path(out_dir / trajectory_name) as tmp, _trajectory_writer(tmp, settings["trajectory_format"]) as write:
         for chunk in chunks:
@@ -484,6 +487,7 @@ def write_run(
             series["potential_energy"].append(chunk["potential_energy"])
             series["temperature"].append(chunk["temperature"])
             series["colvar"].append(chunk["colvar"])
+            series["replica"].append(chunk.get("replica", np.zeros(len(chunk["positions"]), np.int64)))
             if featurizer is not None:
                 boxes = chunk["boxes"] if len(chunk["boxes"]) else None
                 series["features"].append(featurizer.transform(chunk["positions"], boxes).astype(np.float32))
@@ -501,6 +505,7 @@ def write_run(
         feature_names=np.array(featurizer.names if featurizer else [], dtype=str),
         colvar=np.concatenate(series["colvar"]),
         colvar_fields=np.array(bias.fields if bias else [], dtype=str),
+        replica=np.concatenate(series["replica"]),
     )
     files = {"trajectory": trajectory_name, "topology": TOPOLOGY, "timeseries": TIMESERIES}
     if bias is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import openmm.unit as u
 
+from latf_openmm._quiet import quiet_import
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_json
 from latf_openmm.simulation.md import RunResult, _settings, run_label, write_run
@@ -46,11 +48,11 @@ class ReplicaExchangeResult:
 
 
 def _multistate():
-    with contextlib.redirect_stdout(io.StringIO()):  # pymbar's import banner
-        from openmmtools import cache, multistate, states
+    cache, multistate, states = (quiet_import(f"openmmtools.{name}") for name in ("cache", "multistate", "states"))
+    logging.getLogger("openmmtools.multistate").setLevel(logging.ERROR)  # "the API is experimental", per call
+    from latf_openmm.simulation import multistate as latf_multistate
 
-        from latf_openmm.simulation import replica_move
-    return cache, replica_move, multistate, states
+    return cache, latf_multistate, multistate, states
 
 
 def replica_exchange(
@@ -65,6 +67,7 @@ def replica_exchange(
     platform: str | None = None,
     threads: int | None = None,
     seed: int = 1,
+    exchange_interval: int = 1,
 ) -> ReplicaExchangeResult:
     """Run (or resume) temperature replica exchange; temperatures in K, ascending.
 
@@ -80,6 +83,10 @@ def replica_exchange(
         Output folder.
     frame_interval, timestep, friction, platform, threads
         As in :func:`latf_openmm.simulation.simulate`.
+    exchange_interval
+        Frames between exchange attempts. Each temperature's ``timeseries.npz`` records the
+        replica behind every frame, and training pairs frames only within one replica's
+        unbroken stretch, so exchange less often than the training lag.
     seed
         Seeds the Langevin integrator and numpy's generator, which openmmtools uses for the
         exchanges; the same seed on the same platform and thread count repeats the run.
@@ -87,8 +94,8 @@ def replica_exchange(
     temperatures = sorted(float(t) for t in temperatures)
     if len(temperatures) < 2 or len(set(temperatures)) != len(temperatures) or temperatures[0] <= 0:
         raise LatfError(f"replica exchange needs ≥ 2 distinct positive temperatures, got {temperatures}")
-    if int(n_iterations) < 1:
-        raise LatfError(f"n_iterations must be ≥ 1, got {n_iterations}")
+    if int(n_iterations) < 1 or int(exchange_interval) < 1:
+        raise LatfError(f"n_iterations and exchange_interval must be ≥ 1, got {n_iterations}, {exchange_interval}")
     out = Path(out_dir)
     steps = int(n_iterations) * int(frame_interval or molsys.frame_interval)
     options = (frame_interval, timestep, friction, platform, None, threads, "dcd")
@@ -96,28 +103,31 @@ def replica_exchange(
     folders = [out / run_label(molsys, t) for t in temperatures]
     if all((f / "manifest.json").is_file() for f in folders):
         return _result(out, folders)
-    cache, replica_move, multistate, states = _multistate()
+    cache, latf_multistate, multistate, states = _multistate()
     settings = per_temperature[0]
     platform_obj, properties = select_platform(settings["platform"], None, threads)
     context_cache = cache.ContextCache(platform=platform_obj, platform_properties=properties or None)
     out.mkdir(parents=True, exist_ok=True)
     storage = out / STORAGE
-    replica_move.seed_exchanges(seed)
+    latf_multistate.seed_exchanges(seed)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         reporter = multistate.MultiStateReporter(str(storage), checkpoint_interval=1)
         if storage.is_file():
-            sampler = multistate.ReplicaExchangeSampler.from_storage(reporter)
+            sampler = latf_multistate.IntervalReplicaExchangeSampler.from_storage(reporter)
         else:
-            move = replica_move.SeededLangevinMove(
+            move = latf_multistate.SeededLangevinMove(
                 seed=settings["seed"],
                 timestep=settings["timestep_ps"] * u.picoseconds,
                 collision_rate=settings["friction_per_ps"] / u.picosecond,
                 n_steps=settings["frame_interval"],
                 reassign_velocities=False,
             )
-            sampler = multistate.ReplicaExchangeSampler(
-                mcmc_moves=move, number_of_iterations=int(n_iterations), online_analysis_interval=None
+            sampler = latf_multistate.IntervalReplicaExchangeSampler(
+                mcmc_moves=move,
+                number_of_iterations=int(n_iterations),
+                online_analysis_interval=None,
+                exchange_interval=int(exchange_interval),
             )
             thermodynamic_states = [states.ThermodynamicState(molsys.system, t * u.kelvin) for t in temperatures]
             box = molsys.topology.getPeriodicBoxVectors()
@@ -166,6 +176,7 @@ def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: 
             "potential_energy": reduced[1 : n_iterations + 1][rows, replica, k] * kt,
             "temperature": np.full(n_iterations, settings["temperature_K"]),
             "colvar": np.zeros((n_iterations, 0)),
+            "replica": replica,
         }
         extra = {"replica_exchange": {"storage": str(out / STORAGE), "temperature_index": k}}
         steps_run = iterations_run * settings["frame_interval"]
