@@ -3,14 +3,19 @@ and the same ΔG from a `latf loop` run.
 
 Usage: python bench/ala2_reference.py [--ns 5] [--seed 11] [--out DIR] [--loop RUN_DIR]
 
+A finished reference in ``--out DIR`` (``reference_fes.npy``) is reused, not rerun.
+
 The reference is well-tempered metadynamics on φ and ψ themselves, with OpenMM's own
 ``openmm.app.Metadynamics`` (an implementation independent of latf_openmm's): hills of
 1.2 kJ/mol every 1 ps, widths 0.35 rad, γ = 6, 2 fs steps, 1 thread. ΔG = G(B) − G(A) with
 B = 0° < φ < 130° and A the rest of φ, from the final free-energy surface (the second
 half's average surface is also printed, as a convergence check). With ``--loop``, ΔG is
-also computed from the loop's data: every frame of every round's MD and walkers, with the
-loop's weights (walker frames reweighted by exp((V − c(t))/k_BT)), classified by φ.
-Prints one JSON line: ``dG_reference`` (kJ/mol), ``dG_loop``, ``difference``, timings.
+also computed from the loop: (1) ``dG_loop_reweighted``, every 300 K frame of every round
+(the 300 K replica and the walkers) with the loop's weights (walker frames reweighted by
+exp(V/k_BT) for OPES), classified by φ; (2) ``dG_loop_generated``, the final LaTF model's
+generated state populations at 300 K, each learned state assigned to the φ basin most of
+its frames are in. Prints one JSON line: ``dG_reference`` (kJ/mol), both loop values and
+their differences from the reference, timings.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import openmm.app as app
 import openmm.unit as u
 
 import latf_openmm  # noqa: F401  (torch before openmm)
+from latf_openmm.files import atomic_path
 from latf_openmm.reports import find_runs
 from latf_openmm.reweighting import run_weights
 from latf_openmm.simulation import select_platform
@@ -49,7 +55,12 @@ def delta_g_from_surface(free: np.ndarray, phi_axis: np.ndarray) -> float:
     return float(-KT * np.log(weight[b].sum() / weight[~b].sum()))
 
 
-def reference(ns: float, seed: int, out: Path) -> tuple[float, float, float]:
+def reference(ns: float, seed: int, out: Path) -> tuple[float, float, float | None]:
+    """ΔG at the end, averaged over the second half, and the seconds the run took (None if
+    ``OUT/reference_fes.npy`` existed and was reused)."""
+    saved = out / "reference_fes.npy"
+    if saved.is_file():
+        return (*_delta_g(np.load(saved)), None)
     molsys = load_system("ala2_obc2")
     system = openmm.XmlSerializer.clone(molsys.system)
     variables = []
@@ -71,24 +82,44 @@ def reference(ns: float, seed: int, out: Path) -> tuple[float, float, float]:
     for _ in range(20):
         meta.step(simulation, steps // 20)
         surfaces.append(meta.getFreeEnergy().value_in_unit(u.kilojoule_per_mole))
-    np.save(out / "reference_fes.npy", np.array(surfaces))
-    phi_axis = np.linspace(-np.pi, np.pi, 73)
-    final = delta_g_from_surface(surfaces[-1], phi_axis)
-    second_half = float(np.mean([delta_g_from_surface(f, phi_axis) for f in surfaces[10:]]))
-    return final, second_half, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    with atomic_path(saved) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.array(surfaces))
+    return (*_delta_g(np.array(surfaces)), seconds)
 
 
-def from_loop(run_dir: Path) -> float:
-    numerator = denominator = 0.0
+def _delta_g(surfaces: np.ndarray) -> tuple[float, float]:
+    phi_axis = np.linspace(-np.pi, np.pi, surfaces.shape[-1])
+    halves = [delta_g_from_surface(f, phi_axis) for f in surfaces[len(surfaces) // 2 :]]
+    return delta_g_from_surface(surfaces[-1], phi_axis), float(np.mean(halves))
+
+
+def from_loop(run_dir: Path) -> dict[str, float]:
+    """ΔG from a loop run: its 300 K frames reweighted, and its final model's generated populations."""
+    from latf_openmm.models import load_model
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model = load_model(summary["final_model"])
+    basin_b = np.zeros(2)  # weight in A, B
+    state_phi = np.zeros((model.n_states, 2))  # per learned state: weight in A, B
     for run in find_runs([run_dir]):
+        manifest = json.loads((run / "manifest.json").read_text())
+        if abs(manifest["settings"]["temperature_K"] - 300.0) > 1e-6:
+            continue
         series = np.load(run / "timeseries.npz")
         names = [str(n) for n in series["feature_names"]]
         sin_phi, cos_phi = (series["features"][:, names.index(f"{f}(phi2)")] for f in ("sin", "cos"))
+        b = in_basin_b(np.arctan2(sin_phi, cos_phi)).astype(int)
         weights = run_weights(run)
-        b = in_basin_b(np.arctan2(sin_phi, cos_phi))
-        numerator += weights[b].sum()
-        denominator += weights[~b].sum()
-    return float(-KT * np.log(numerator / denominator))
+        basin_b += np.bincount(b, weights=weights, minlength=2)
+        states = model.predict_state(series["features"].astype(np.float64))
+        np.add.at(state_phi, (states, b), weights)
+    generated = np.array(summary["targets"]["300"]["state_populations"])
+    in_b = state_phi[:, 1] > state_phi[:, 0]  # each learned state goes to the basin most of its frames are in
+    return {
+        "dG_loop_reweighted": float(-KT * np.log(basin_b[1] / basin_b[0])),
+        "dG_loop_generated": float(-KT * np.log(generated[in_b].sum() / generated[~in_b].sum())),
+    }
 
 
 def main() -> None:
@@ -102,12 +133,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     final, second_half, seconds = reference(args.ns, args.seed, out)
     line = {"dG_reference": round(final, 2), "dG_reference_second_half": round(second_half, 2), "ns": args.ns,
-            "seed": args.seed, "reference_s": round(seconds, 1)}  # fmt: skip
+            "seed": args.seed, "reference_s": seconds and round(seconds, 1)}  # fmt: skip
     if args.loop:
         loop = from_loop(Path(args.loop))
         summary = json.loads((Path(args.loop) / "summary.json").read_text())
-        line |= {"dG_loop": round(loop, 2), "difference": round(loop - final, 2),
-                 "loop_wall_s": summary.get("wall_seconds_last_session")}  # fmt: skip
+        line |= {k: round(v, 2) for k, v in loop.items()} | {
+            "difference_reweighted": round(loop["dG_loop_reweighted"] - final, 2),
+            "difference_generated": round(loop["dG_loop_generated"] - final, 2),
+            "loop_wall_s": summary.get("wall_seconds_last_session"),
+        }
     print(json.dumps(line))
 
 

@@ -52,16 +52,17 @@ def small_cv_setup(ala2_vacuum):
     return featurizer, SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"}), frames
 
 
-def threehole_linear_cv(weight):
-    """The three-hole system and a learned-CV stand-in: a linear "encoder" s = W (x, y), W given."""
+def linear_cv(system, weight, features=None):
+    """A system and a learned-CV stand-in: a linear "encoder" s = W f of the features
+    (the recipe's, or ``features``), W given."""
     from latf_openmm import build_featurizer
     from latf_openmm.bias import LearnedCV
     from latf_openmm.models import SPIBModel
     from latf_openmm.models.network import LatentNetwork
     from latf_openmm.systems import load_system
 
-    molsys = load_system("threehole")
-    featurizer = build_featurizer(molsys.features, molsys.topology)
+    molsys = load_system(system)
+    featurizer = build_featurizer(features or molsys.features, molsys.topology)
     weight = torch.as_tensor(weight, dtype=torch.float32)
     network = LatentNetwork(featurizer.n_features, len(weight), 2, encoder_layers=0)
     with torch.no_grad():

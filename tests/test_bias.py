@@ -6,7 +6,7 @@ import numpy as np
 import openmm
 import openmm.unit as u
 import pytest
-from conftest import threehole_linear_cv
+from conftest import linear_cv
 
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
@@ -120,7 +120,7 @@ def test_bad_bias_input(cv_setup, ala2_vacuum):
 
 @pytest.fixture(scope="module")
 def threehole_cv():
-    return threehole_linear_cv(np.eye(2))
+    return linear_cv("threehole", np.eye(2))
 
 
 def _adaptive(kind, cv, temperature, **options):

@@ -200,11 +200,6 @@ class GridBias(CVBias):
     def observe(self, context: openmm.Context, step: int) -> np.ndarray:
         return np.append(super().observe(context, step), self.reweighting_constant())
 
-    def update(self, context: openmm.Context, step: int) -> None:
-        self._deposit(self.cv_values(context, step)[self.components])
-        self._share()
-        self._push(context)
-
     def state(self) -> dict[str, np.ndarray]:
         return dict(self._own)
 
@@ -219,6 +214,19 @@ class GridBias(CVBias):
         self._own = {key: np.array(state[key]) for key in self._own}
 
     def attach(self, context: openmm.Context) -> None:
+        if not self.frozen:
+            self._share()
+        self._push(context)
+
+    def freeze(self) -> None:
+        self._share()
+        self._table.setFunctionParameters(*self._table_arguments(self.bias_grid()))
+        super().freeze()
+
+    def update(self, context: openmm.Context, step: int) -> None:
+        if self.frozen:
+            return
+        self._deposit(self.cv_values(context, step)[self.components])
         self._share()
         self._push(context)
 

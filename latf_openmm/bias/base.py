@@ -28,6 +28,12 @@ class CVBias:
         self.cv = cv
         self.force = force
         self.group: int | None = None
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Hold the bias fixed at its current state, written into the force itself, so that it
+        acts the same in Contexts this object never sees (replica exchange creates its own)."""
+        self.frozen = True
 
     @property
     def fields(self) -> list[str]:
@@ -40,6 +46,10 @@ class CVBias:
             raise LatfError(
                 f"the CV was built for {self.cv.featurizer.n_atoms} atoms but the system has "
                 f"{system.getNumParticles()}; use the system the model was trained on"
+            )
+        if not self.force.thisown:
+            raise LatfError(
+                "this bias already drives a simulation; build a new one for the next (load() continues a saved bias)"
             )
         system = openmm.XmlSerializer.clone(system)
         free = set(range(32)) - {force.getForceGroup() for force in system.getForces()}
@@ -86,7 +96,8 @@ class CVBias:
 
     def settings(self) -> dict[str, Any]:
         """Everything that defines the bias (part of a run's identity)."""
-        return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim}
+        frozen = {"frozen": True} if self.frozen else {}
+        return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim, **frozen}
 
 
 __all__ = ["CVBias"]

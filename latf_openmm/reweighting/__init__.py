@@ -107,19 +107,32 @@ def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
 
 
 def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list[np.ndarray]:
-    """Weights at ``temperature`` (K) of the frames of unbiased runs at several temperatures, by MBAR
-    over their potential energies."""
+    """Unbiased weights at ``temperature`` (K) of the frames of runs at several temperatures, by
+    MBAR over their potential energies.
+
+    The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): their
+    energies then include the bias V, the sampled states are β_k (U + V) and the target
+    β (U + V − V).
+    """
     runs = [_run(p) for p in paths]
-    if any(m["settings"].get("bias") for m, _ in runs):
-        raise LatfError("temperature_weights takes unbiased runs; reweight biased runs with run_weights first")
+    biases = [m["settings"].get("bias") for m, _ in runs]
+    if any(biases) and not (biases[0] and biases[0].get("frozen") and all(b == biases[0] for b in biases)):
+        raise LatfError(
+            "temperature_weights takes unbiased runs or replicas sharing one fixed bias; "
+            "reweight other biased runs with run_weights"
+        )
     if not temperature > 0:
         raise LatfError(f"the target temperature must be positive, got {temperature}")
     energies = [series["potential_energy"] for _, series in runs]
     all_energy = np.concatenate(energies)
+    bias_energy = (
+        np.concatenate([_bias_columns(series)[f"{biases[0]['kind']}.bias"] for _, series in runs]) if biases[0] else 0.0
+    )
     betas = np.array([1 / (KB_KJ_PER_MOL_K * m["settings"]["temperature_K"]) for m, _ in runs])
     unique, index = np.unique(betas, return_inverse=True)
     counts = np.bincount(index, weights=[len(e) for e in energies]).astype(float)
-    log_w = _mbar_log_weights(unique[:, None] * all_energy, counts, all_energy / (KB_KJ_PER_MOL_K * temperature))
+    target = (all_energy - bias_energy) / (KB_KJ_PER_MOL_K * temperature)
+    log_w = _mbar_log_weights(unique[:, None] * all_energy, counts, target)
     return _normalized(np.split(log_w, np.cumsum([len(e) for e in energies])[:-1]))
 
 

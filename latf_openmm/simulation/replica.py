@@ -17,12 +17,15 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import openmm
 import openmm.unit as u
 
 from latf_openmm._quiet import quiet_import
+from latf_openmm.bias.base import CVBias
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_json
 from latf_openmm.simulation.md import RunResult, _settings, run_label, write_run
@@ -68,6 +71,7 @@ def replica_exchange(
     threads: int | None = None,
     seed: int = 1,
     exchange_interval: int = 1,
+    bias: CVBias | None = None,
 ) -> ReplicaExchangeResult:
     """Run (or resume) temperature replica exchange; temperatures in K, ascending.
 
@@ -87,6 +91,12 @@ def replica_exchange(
         Frames between exchange attempts. Each temperature's ``timeseries.npz`` records the
         replica behind every frame, and training pairs frames only within one replica's
         unbroken stretch, so exchange less often than the training lag.
+    bias
+        The same bias on every replica, held fixed (:meth:`CVBias.freeze`): a restraint, or
+        an adaptive bias at the state it was loaded with. Each frame's CV and bias energy
+        go to ``COLVAR`` and ``timeseries.npz``, and the energies include the bias, so
+        :func:`latf_openmm.reweighting.temperature_weights` (MBAR) and
+        :func:`~latf_openmm.reweighting.run_weights` unbias the frames.
     seed
         Seeds the Langevin integrator and numpy's generator, which openmmtools uses for the
         exchanges; the same seed on the same platform and thread count repeats the run.
@@ -100,10 +110,15 @@ def replica_exchange(
     steps = int(n_iterations) * int(frame_interval or molsys.frame_interval)
     options = (frame_interval, timestep, friction, platform, None, threads, "dcd")
     per_temperature = [_settings(molsys, t, steps, seed, *options) for t in temperatures]
+    if bias is not None:
+        bias.freeze()
+        for settings in per_temperature:
+            settings["bias"] = bias.settings()
     folders = [out / run_label(molsys, t) for t in temperatures]
     if all((f / "manifest.json").is_file() for f in folders):
         return _result(out, folders)
     cache, latf_multistate, multistate, states = _multistate()
+    system = molsys.system if bias is None else bias.add_to(molsys.system)
     settings = per_temperature[0]
     platform_obj, properties = select_platform(settings["platform"], None, threads)
     context_cache = cache.ContextCache(platform=platform_obj, platform_properties=properties or None)
@@ -129,7 +144,7 @@ def replica_exchange(
                 online_analysis_interval=None,
                 exchange_interval=int(exchange_interval),
             )
-            thermodynamic_states = [states.ThermodynamicState(molsys.system, t * u.kelvin) for t in temperatures]
+            thermodynamic_states = [states.ThermodynamicState(system, t * u.kelvin) for t in temperatures]
             box = molsys.topology.getPeriodicBoxVectors()
             start = states.SamplerState(molsys.positions * u.nanometer, box_vectors=box)
             sampler.create(thermodynamic_states, [start] * len(temperatures), reporter)
@@ -139,11 +154,24 @@ def replica_exchange(
         sampler.run()
         reporter.close()
     wall = time.perf_counter() - started
-    _demultiplex(molsys, out, folders, per_temperature, properties, wall, (sampler.iteration - first))
+    colvar = None if bias is None else partial(_colvar, bias, system, platform_obj, properties)
+    _demultiplex(molsys, out, folders, per_temperature, properties, wall, (sampler.iteration - first), bias, colvar)
     return _result(out, folders)
 
 
-def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: float, iterations_run: int) -> None:
+def _colvar(bias: CVBias, system, platform, properties: dict, positions: np.ndarray) -> np.ndarray:
+    """COLVAR rows (without time) of frames (n, n_atoms, 3) under the fixed ``bias``."""
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), platform, properties)
+    bias.attach(context)
+    rows = []
+    for frame in positions:
+        context.setPositions(frame)
+        rows.append(bias.observe(context, 0))
+    return np.array(rows).reshape(len(positions), len(bias.fields))
+
+
+def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: float, iterations_run: int,
+                 bias: CVBias | None, colvar) -> None:  # fmt: skip
     _, _, multistate, _ = _multistate()
     with contextlib.redirect_stdout(io.StringIO()):
         reporter = multistate.MultiStateReporter(str(out / STORAGE), open_mode="r")
@@ -175,12 +203,12 @@ def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: 
             "boxes": np.zeros((0, 3, 3), np.float32),
             "potential_energy": reduced[1 : n_iterations + 1][rows, replica, k] * kt,
             "temperature": np.full(n_iterations, settings["temperature_K"]),
-            "colvar": np.zeros((n_iterations, 0)),
+            "colvar": np.zeros((n_iterations, 0)) if colvar is None else colvar(positions[rows, replica]),
             "replica": replica,
         }
         extra = {"replica_exchange": {"storage": str(out / STORAGE), "temperature_index": k}}
         steps_run = iterations_run * settings["frame_interval"]
-        write_run(molsys, folder, settings, iter([chunk]), properties, wall, steps_run, extra=extra)
+        write_run(molsys, folder, settings, iter([chunk]), properties, wall, steps_run, bias=bias, extra=extra)
 
 
 def _result(out: Path, folders: list[Path]) -> ReplicaExchangeResult:
