@@ -85,6 +85,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="base random seed (≥ 0); run i gets its own seed derived from it (default 1)",
     )
+    _add_replica_options(p)
+    _add_md_options(p)
+    p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
+
+
+def _add_replica_options(p: argparse.ArgumentParser) -> None:
+    """Options of temperature replica exchange, shared by ``simulate`` and ``bias``."""
     p.add_argument(
         "--replica-exchange",
         action="store_true",
@@ -97,8 +104,24 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="frames between exchange attempts; exchange less often than a training lag (default 1)",
     )
-    _add_md_options(p)
-    p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
+
+
+def _replica_exchange(args: argparse.Namespace, molsys, temperatures: list[float], bias=None) -> int:
+    """Run ``latf simulate/bias --replica-exchange`` and report it."""
+    from latf_openmm.simulation import replica_exchange
+
+    frame_interval = args.frame_interval or molsys.frame_interval
+    if args.steps % frame_interval:
+        raise LatfError(f"steps ({args.steps}) must be a multiple of the frame interval ({frame_interval})")
+    exchange = replica_exchange(
+        molsys, temperatures, args.steps // frame_interval, args.out, seed=args.seed, frame_interval=frame_interval,
+        timestep=args.timestep, friction=args.friction, platform=args.platform, threads=args.threads,
+        exchange_interval=args.exchange_interval, bias=bias,
+    )  # fmt: skip
+    for result in exchange.runs:
+        _report_run(result)
+    print("neighbour acceptance: " + ", ".join(f"{a:.2f}" for a in exchange.neighbour_acceptance))
+    return 0
 
 
 def _add_md_options(p: argparse.ArgumentParser) -> None:
@@ -137,20 +160,7 @@ def _simulate(args: argparse.Namespace) -> int:
     molsys = _load_system(args)
     temperatures = [molsys.to_kelvin(t) for t in args.temperatures] if args.temperatures else list(molsys.temperatures)
     if args.replica_exchange:
-        from latf_openmm.simulation import replica_exchange
-
-        frame_interval = args.frame_interval or molsys.frame_interval
-        if args.steps % frame_interval:
-            raise LatfError(f"steps ({args.steps}) must be a multiple of the frame interval ({frame_interval})")
-        exchange = replica_exchange(
-            molsys, temperatures, args.steps // frame_interval, args.out, seed=args.seed, frame_interval=frame_interval,
-            timestep=args.timestep, friction=args.friction, platform=args.platform, threads=args.threads,
-            exchange_interval=args.exchange_interval,
-        )  # fmt: skip
-        for result in exchange.runs:
-            _report_run(result)
-        print("neighbour acceptance: " + ", ".join(f"{a:.2f}" for a in exchange.neighbour_acceptance))
-        return 0
+        return _replica_exchange(args, molsys, temperatures)
     results = simulate_temperatures(
         molsys,
         temperatures,
@@ -213,6 +223,15 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--walkers-dir", help="metad/opes: folder through which walkers share the bias")
     p.add_argument("--walker", type=int, default=0, help="this walker's index (default 0)")
     p.add_argument("--restart-bias", help="metad/opes: continue the bias saved by an earlier run (bias_state.npz)")
+    p.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=float,
+        metavar="T",
+        help="with --replica-exchange: the ladder (the bias is the same on every replica and held fixed: "
+        "a restraint, or metad/opes loaded with --restart-bias)",
+    )
+    _add_replica_options(p)
     _add_md_options(p)
     p.set_defaults(handler=_bias, required=("model", "system", "steps", "out"))
 
@@ -243,6 +262,13 @@ def _bias(args: argparse.Namespace) -> int:
             bias = OPES(cv, temperature, barrier=args.barrier, bias_factor=args.bias_factor, **grid)
         if args.restart_bias:
             bias.load(args.restart_bias)
+    if args.replica_exchange:
+        if args.method != "restraint" and not args.restart_bias:
+            raise LatfError("--replica-exchange holds the bias fixed: give --restart-bias (a saved metad/opes bias)")
+        if not args.temperatures:
+            raise LatfError("--replica-exchange needs --temperatures (the ladder)")
+        print(f"fixed {args.method} bias along the {cv.dim}-D CV on every replica ({cv.backend} backend)", flush=True)
+        return _replica_exchange(args, molsys, [molsys.to_kelvin(t) for t in args.temperatures], bias)
     print(f"{args.method} along the {cv.dim}-D CV ({cv.backend} backend)", flush=True)
     result = simulate(molsys, temperature, args.steps, args.out, seed=args.seed, bias=bias, **_md_options(args))
     _report_run(result)

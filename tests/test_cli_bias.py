@@ -50,6 +50,17 @@ def test_restraint_and_bad_bias_input(model, tmp_path):
                   "--steps", 3000, "--frame-interval", 30, "--no-progress", "--out", tmp_path / "r")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert list(read_colvar(tmp_path / "r" / "colvar.dat")) == ["time", "s0", "s1", "restraint.bias"]
+    result = _cli("bias", model, "--system", "threehole", "--method", "restraint", "--centre", 0, 0,
+                  "--replica-exchange", "--temperatures", 1.0, 1.3, "--steps", 3000, "--frame-interval", 30,
+                  "--out", tmp_path / "re")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "fixed restraint bias" in result.stdout and "neighbour acceptance" in result.stdout
+    for folder in ("T1", "T1.3"):
+        colvar = read_colvar(tmp_path / "re" / folder / "colvar.dat")
+        assert len(colvar["time"]) == 100 and np.isfinite(colvar["restraint.bias"]).all()
+    result = _cli("bias", model, "--system", "threehole", "--method", "opes", "--replica-exchange",
+                  "--temperatures", 1.0, 1.3, "--steps", 3000, "--out", tmp_path / "o")  # fmt: skip
+    assert result.returncode == 2 and "--restart-bias" in result.stderr
     result = _cli(
         "bias", model, "--system", "threehole", "--components", 0, 5, "--steps", 3000, "--out", tmp_path / "m"
     )
