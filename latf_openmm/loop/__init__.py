@@ -270,14 +270,15 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     started = time.perf_counter()
 
     round_zero = out / "round_000"
-    if not (round_zero / ROUND_FILE).is_file():
-        write_json(round_zero / ROUND_FILE, {"round": 0, "runs": _round_zero(config, molsys, round_zero)})
-    runs = json.loads((round_zero / ROUND_FILE).read_text())["runs"]
-
     history: list[dict[str, Any]] = []
     previous_model: str | None = None
     client = None
     try:
+        if not (round_zero / ROUND_FILE).is_file():
+            client = _client(config)
+            runs = client.submit(round_zero_task, config, str(round_zero), pure=False).result()
+            write_json(round_zero / ROUND_FILE, {"round": 0, "runs": runs})
+        runs = json.loads((round_zero / ROUND_FILE).read_text())["runs"]
         for number in range(1, config.rounds + 1):
             folder = out / f"round_{number:03d}"
             record_path = folder / ROUND_FILE
@@ -365,11 +366,12 @@ def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
     return model.info["data_digest"]
 
 
-def _round_zero(config: LoopConfig, molsys, folder: Path) -> list[str]:
+def round_zero_task(config: LoopConfig, out: str) -> list[str]:
     """Round 0's runs: the user's data, or unbiased MD (independent runs or replica exchange)."""
     from latf_openmm.reports import find_runs
     from latf_openmm.simulation import replica_exchange, simulate_temperatures
 
+    molsys, folder = _load_system(config), Path(out)
     if config.initial_data:
         return [str(p.resolve()) for p in find_runs(config.initial_data)]
     kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
@@ -453,4 +455,4 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
     return summary
 
 
-__all__ = ["LoopConfig", "run_loop", "train_task", "walker_task"]
+__all__ = ["LoopConfig", "round_zero_task", "run_loop", "train_task", "walker_task"]
