@@ -276,8 +276,11 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     try:
         if not (round_zero / ROUND_FILE).is_file():
             client = _client(config)
+            from latf_openmm.reweighting import effective_sample_size, run_weights
+
             runs = client.submit(round_zero_task, config, str(round_zero), pure=False).result()
-            write_json(round_zero / ROUND_FILE, {"round": 0, "runs": runs})
+            ess = {run: effective_sample_size(run_weights(run)) for run in runs}
+            write_json(round_zero / ROUND_FILE, {"round": 0, "runs": runs, "effective_sample_size": ess})
         runs = json.loads((round_zero / ROUND_FILE).read_text())["runs"]
         for number in range(1, config.rounds + 1):
             folder = out / f"round_{number:03d}"
