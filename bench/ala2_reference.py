@@ -33,7 +33,6 @@ import openmm.unit as u
 
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm.files import atomic_path
-from latf_openmm.reports import find_runs
 from latf_openmm.reweighting import run_weights
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
@@ -102,7 +101,8 @@ def from_loop(run_dir: Path) -> dict[str, float]:
     model = load_model(summary["final_model"])
     basin_b = np.zeros(2)  # weight in A, B
     state_phi = np.zeros((model.n_states, 2))  # per learned state: weight in A, B
-    for run in find_runs([run_dir]):
+    records = [json.loads(path.read_text()) for path in sorted(run_dir.glob("round_*/round.json"))]
+    for run in map(Path, [r for record in records for r in record.get("runs", []) + record.get("walkers", [])]):
         manifest = json.loads((run / "manifest.json").read_text())
         if abs(manifest["settings"]["temperature_K"] - 300.0) > 1e-6:
             continue

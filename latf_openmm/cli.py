@@ -456,7 +456,8 @@ def _add_loop(sub: argparse._SubParsersAction) -> None:
         help="the iterative loop: MD → train LaTF → biased walkers → reweight → retrain, then generate",
         description="Run a workflow (see workflows/*.toml): unbiased MD, then rounds of LaTF training on all "
         "data so far (biased frames reweighted), OPES or metadynamics walkers along the learned CV (Dask "
-        "tasks), until the reweighted state populations change by less than the tolerance; then "
+        "tasks), until a round's data changes the reweighted state populations and free-energy profiles by "
+        "less than the tolerances; then "
         "populations and free-energy profiles at the target temperatures. Run the same command again to "
         "resume a killed loop.",
     )
