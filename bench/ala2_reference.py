@@ -3,7 +3,7 @@ and the same ΔG from a `latf loop` run.
 
 Usage: python bench/ala2_reference.py [--ns 5] [--seed 11] [--out DIR] [--loop RUN_DIR]
 
-A finished reference in ``--out DIR`` (``reference_fes.npy``) is reused, not rerun.
+A finished reference in ``--out DIR`` (``reference_fes.npy``, ``reference.json``) is reused, not rerun.
 
 The reference is well-tempered metadynamics on φ and ψ themselves, with OpenMM's own
 ``openmm.app.Metadynamics`` (an implementation independent of latf_openmm's): hills of
@@ -32,7 +32,7 @@ import openmm.app as app
 import openmm.unit as u
 
 import latf_openmm  # noqa: F401  (torch before openmm)
-from latf_openmm.files import atomic_path
+from latf_openmm.files import atomic_path, write_json
 from latf_openmm.reweighting import run_weights
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
@@ -54,12 +54,13 @@ def delta_g_from_surface(free: np.ndarray, phi_axis: np.ndarray) -> float:
     return float(-KT * np.log(weight[b].sum() / weight[~b].sum()))
 
 
-def reference(ns: float, seed: int, out: Path) -> tuple[float, float, float | None]:
-    """ΔG at the end, averaged over the second half, and the seconds the run took (None if
-    ``OUT/reference_fes.npy`` existed and was reused)."""
-    saved = out / "reference_fes.npy"
-    if saved.is_file():
-        return (*_delta_g(np.load(saved)), None)
+def reference(ns: float, seed: int, out: Path) -> dict[str, float]:
+    """ΔG at the end and averaged over the second half, with the run's length, seed and
+    seconds (read back from ``OUT/reference.json`` when the reference was run before)."""
+    saved, record = out / "reference_fes.npy", out / "reference.json"
+    if saved.is_file() and record.is_file():
+        final, second_half = _delta_g(np.load(saved))
+        return json.loads(record.read_text()) | {"dG_reference": final, "dG_reference_second_half": second_half}
     molsys = load_system("ala2_obc2")
     system = openmm.XmlSerializer.clone(molsys.system)
     variables = []
@@ -84,7 +85,10 @@ def reference(ns: float, seed: int, out: Path) -> tuple[float, float, float | No
     seconds = time.perf_counter() - start
     with atomic_path(saved) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.array(surfaces))
-    return (*_delta_g(np.array(surfaces)), seconds)
+    write_json(record, {"ns": ns, "seed": seed, "reference_s": round(seconds, 1)})
+    final, second_half = _delta_g(np.array(surfaces))
+    return {"ns": ns, "seed": seed, "reference_s": round(seconds, 1), "dG_reference": final,
+            "dG_reference_second_half": second_half}  # fmt: skip
 
 
 def _delta_g(surfaces: np.ndarray) -> tuple[float, float]:
@@ -116,9 +120,10 @@ def from_loop(run_dir: Path) -> dict[str, float]:
         np.add.at(state_phi, (states, b), weights)
     generated = np.array(summary["targets"]["300"]["state_populations"])
     in_b = state_phi[:, 1] > state_phi[:, 0]  # each learned state goes to the basin most of its frames are in
+    both = in_b.any() and not in_b.all()  # else the learned states do not tell the basins apart
     return {
         "dG_loop_reweighted": float(-KT * np.log(basin_b[1] / basin_b[0])),
-        "dG_loop_generated": float(-KT * np.log(generated[in_b].sum() / generated[~in_b].sum())),
+        "dG_loop_generated": float(-KT * np.log(generated[in_b].sum() / generated[~in_b].sum())) if both else None,
     }
 
 
@@ -131,15 +136,14 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="ala2_reference_"))
     out.mkdir(parents=True, exist_ok=True)
-    final, second_half, seconds = reference(args.ns, args.seed, out)
-    line = {"dG_reference": round(final, 2), "dG_reference_second_half": round(second_half, 2), "ns": args.ns,
-            "seed": args.seed, "reference_s": seconds and round(seconds, 1)}  # fmt: skip
+    line = {k: round(v, 2) if isinstance(v, float) else v for k, v in reference(args.ns, args.seed, out).items()}
+    final = line["dG_reference"]
     if args.loop:
         loop = from_loop(Path(args.loop))
         summary = json.loads((Path(args.loop) / "summary.json").read_text())
-        line |= {k: round(v, 2) for k, v in loop.items()} | {
+        line |= {k: v and round(v, 2) for k, v in loop.items()} | {
             "difference_reweighted": round(loop["dG_loop_reweighted"] - final, 2),
-            "difference_generated": round(loop["dG_loop_generated"] - final, 2),
+            "difference_generated": loop["dG_loop_generated"] and round(loop["dG_loop_generated"] - final, 2),
             "loop_wall_s": summary.get("wall_seconds_last_session"),
         }
     print(json.dumps(line))
