@@ -14,6 +14,7 @@ from latf_openmm.bias import OPES, HarmonicBias, Metadynamics
 from latf_openmm.export.plumed import read_colvar
 from latf_openmm.reweighting import (
     effective_sample_size,
+    pooled_weights,
     restraint_energy,
     run_weights,
     temperature_weights,
@@ -83,6 +84,22 @@ def test_temperature_mbar_reweights_to_trained_and_unseen_temperatures(threehole
 def test_effective_sample_size():
     assert effective_sample_size(np.ones(10)) == pytest.approx(10)
     assert effective_sample_size(np.r_[1.0, np.zeros(9)]) == pytest.approx(1)
+
+
+def test_pooled_weights_count_independent_samples():
+    rng = np.random.default_rng(7)
+    n, phi = 200_000, 0.9  # AR(1): statistical inefficiency g = (1 + φ)/(1 − φ) = 19
+    noise = rng.normal(size=n)
+    correlated = np.empty(n)
+    correlated[0] = noise[0]
+    for i in range(1, n):
+        correlated[i] = phi * correlated[i - 1] + noise[i]
+    uneven = rng.exponential(size=n)  # Kish ESS of exponential weights: n/2
+    pooled = pooled_weights([np.ones(n), np.ones(n), uneven], [correlated, rng.normal(size=n), rng.normal(size=n)])
+    assert pooled[0].sum() == pytest.approx(n / 19, rel=0.1)
+    assert pooled[1].sum() == pytest.approx(n, rel=0.02)
+    assert pooled[2].sum() == pytest.approx(n / 2, rel=0.05)
+    np.testing.assert_allclose(pooled[2] / pooled[2].sum(), uneven / uneven.sum())  # shape within a run kept
 
 
 def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_path):

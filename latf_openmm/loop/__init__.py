@@ -203,13 +203,16 @@ def _client(config: LoopConfig):
 
 
 def _by_temperature(model, data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Latent CV (encoder mean) and weight of every frame, grouped by simulated temperature."""
-    weights = data.weights or [np.ones(n) for n in data.lengths]
+    """Latent CV (encoder mean) and weight of every frame, grouped by simulated temperature;
+    each run counts by its independent samples (:func:`~latf_openmm.reweighting.pooled_weights`)."""
+    from latf_openmm.reweighting import pooled_weights
+
+    latent = [model.transform(f.astype(np.float64)) for f in data.features]
+    weights = pooled_weights(data.weights or [np.ones(n) for n in data.lengths], latent)
     grouped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for temperature in np.unique(data.temperatures):
         keep = [k for k, t in enumerate(data.temperatures) if t == temperature]
-        latent = model.transform(np.concatenate([data.features[k] for k in keep]).astype(np.float64))
-        grouped[f"{temperature:g}"] = (latent, np.concatenate([weights[k] for k in keep]))
+        grouped[f"{temperature:g}"] = tuple(np.concatenate([part[k] for k in keep]) for part in (latent, weights))
     return grouped
 
 

@@ -31,6 +31,26 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(weights.sum() ** 2 / np.sum(weights**2)) if weights.size else 0.0
 
 
+def pooled_weights(weights: Sequence[np.ndarray], series: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Weights of several runs rescaled so that each run counts by its independent samples.
+
+    A run's total weight becomes its Kish effective sample size divided by the statistical
+    inefficiency g of its ``series`` (n_frames, k) (pymbar; the largest over columns). So a
+    long, slowly decorrelating run does not outweigh short runs that cross barriers often,
+    as it would if every frame counted once.
+    """
+    timeseries = quiet_import("pymbar.timeseries")
+    pooled = []
+    for w, x in zip(weights, series, strict=True):
+        w, x = np.asarray(w, dtype=float), np.asarray(x, dtype=float).reshape(len(w), -1)
+        g = max(
+            (timeseries.statistical_inefficiency(column) for column in x.T if np.ptp(column) > 0),
+            default=1.0,
+        )
+        pooled.append(w * (effective_sample_size(w) / g / w.sum()))
+    return pooled
+
+
 def _normalized(log_weights: list[np.ndarray]) -> list[np.ndarray]:
     """exp(log w), scaled so that all runs together sum to their number of frames."""
     total = sum(len(w) for w in log_weights)
@@ -138,6 +158,7 @@ def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list
 
 __all__ = [
     "effective_sample_size",
+    "pooled_weights",
     "restraint_energy",
     "run_weights",
     "temperature_weights",
