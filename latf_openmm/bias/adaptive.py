@@ -153,8 +153,12 @@ class GridBias(CVBias):
             return [grid.ravel(), *limits]
         return [*self.bins, grid.ravel(order="F"), *limits]  # x varies fastest
 
-    def _push(self, context: openmm.Context) -> None:
+    def _write_table(self) -> None:
+        """Put the current bias grid into the force's tabulated function."""
         self._table.setFunctionParameters(*self._table_arguments(self.bias_grid()))
+
+    def _push(self, context: openmm.Context) -> None:
+        self._write_table()
         self.force.updateParametersInContext(context)
 
     def kernel(self, centre: np.ndarray) -> np.ndarray:
@@ -220,7 +224,7 @@ class GridBias(CVBias):
 
     def freeze(self) -> None:
         self._share()
-        self._table.setFunctionParameters(*self._table_arguments(self.bias_grid()))
+        self._write_table()
         super().freeze()
 
     def update(self, context: openmm.Context, step: int) -> None:

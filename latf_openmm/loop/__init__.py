@@ -242,13 +242,20 @@ def _round_estimates(model_path: str, runs: list[str], new_runs: list[str]) -> d
     )
     fes_change = 0.0
     for t in shared:
+        (old, old_weights), (all_latent, all_weights) = before[t], after[t]
         for component in range(model.latent_dim):
-            edges = np.linspace(*np.percentile(after[t][0][:, component], [0, 100]), PROFILE_BINS + 1)
-            (old, old_weights), (new_all, new_weights) = before[t], after[t]
-            change = free_energy_profile_change(old[:, component], new_all[:, component], edges, old_weights,
-                                                new_weights)  # fmt: skip
+            edges = np.linspace(*np.percentile(all_latent[:, component], [0, 100]), PROFILE_BINS + 1)
+            change = free_energy_profile_change(old[:, component], all_latent[:, component], edges, old_weights,
+                                                all_weights)  # fmt: skip
             fes_change = max(fes_change, change)
     return {"populations": populations, "population_change": population_change, "fes_change_kT": fes_change}
+
+
+def _effective_sample_sizes(runs: list[str]) -> dict[str, float]:
+    """Kish effective sample size of each run's unbiasing weights."""
+    from latf_openmm.reweighting import effective_sample_size, run_weights
+
+    return {run: effective_sample_size(run_weights(run)) for run in runs}
 
 
 def _converged(config: LoopConfig, record: dict[str, Any]) -> bool:
@@ -279,11 +286,9 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     try:
         if not (round_zero / ROUND_FILE).is_file():
             client = _client(config)
-            from latf_openmm.reweighting import effective_sample_size, run_weights
-
             runs = client.submit(round_zero_task, config, str(round_zero), pure=False).result()
-            ess = {run: effective_sample_size(run_weights(run)) for run in runs}
-            write_json(round_zero / ROUND_FILE, {"round": 0, "runs": runs, "effective_sample_size": ess})
+            record = {"round": 0, "runs": runs, "effective_sample_size": _effective_sample_sizes(runs)}
+            write_json(round_zero / ROUND_FILE, record)
         runs = json.loads((round_zero / ROUND_FILE).read_text())["runs"]
         for number in range(1, config.rounds + 1):
             folder = out / f"round_{number:03d}"
@@ -322,8 +327,6 @@ def _new_round(
     previous_model: str | None,
 ) -> dict[str, Any]:
     """Train on ``runs``, export, run the walkers, reweight: the round's record."""
-    from latf_openmm.reweighting import effective_sample_size, run_weights
-
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model_path = str(folder / "model.pt")
@@ -355,7 +358,7 @@ def _new_round(
         "versions": versions(),
         "walkers": walkers,
         **estimates,
-        "effective_sample_size": {w: effective_sample_size(run_weights(w)) for w in walkers},
+        "effective_sample_size": _effective_sample_sizes(walkers),
         "train_seconds": round(t1 - t0, 2),
         "walker_seconds": round(t2 - t1, 2),
     }

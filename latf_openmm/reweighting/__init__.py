@@ -74,6 +74,11 @@ def _bias_columns(series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: series["colvar"][:, k] for k, name in enumerate(fields)}
 
 
+def _bias_energy(series: dict[str, np.ndarray], bias: dict) -> np.ndarray:
+    """The bias energy (kJ/mol) of each frame of a run biased by ``bias`` (its settings)."""
+    return _bias_columns(series)[f"{bias['kind']}.bias"]
+
+
 def run_weights(path: str | Path) -> np.ndarray:
     """Unbiasing weights of one run's frames (all 1 for an unbiased run), mean 1."""
     manifest, series = _run(path)
@@ -81,9 +86,8 @@ def run_weights(path: str | Path) -> np.ndarray:
     if bias is None:
         return np.ones(len(series["time"]))
     kt = KB_KJ_PER_MOL_K * manifest["settings"]["temperature_K"]
-    columns = _bias_columns(series)
-    energy = columns[f"{bias['kind']}.bias"]
-    constant = columns.get(f"{bias['kind']}.rct", np.zeros_like(energy))
+    energy = _bias_energy(series, bias)
+    constant = _bias_columns(series).get(f"{bias['kind']}.rct", np.zeros_like(energy))
     return _normalized([(energy - constant) / kt])[0]
 
 
@@ -145,9 +149,7 @@ def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list
         raise LatfError(f"the target temperature must be positive, got {temperature}")
     energies = [series["potential_energy"] for _, series in runs]
     all_energy = np.concatenate(energies)
-    bias_energy = (
-        np.concatenate([_bias_columns(series)[f"{biases[0]['kind']}.bias"] for _, series in runs]) if biases[0] else 0.0
-    )
+    bias_energy = np.concatenate([_bias_energy(series, biases[0]) for _, series in runs]) if biases[0] else 0.0
     betas = np.array([1 / (KB_KJ_PER_MOL_K * m["settings"]["temperature_K"]) for m, _ in runs])
     unique, index = np.unique(betas, return_inverse=True)
     counts = np.bincount(index, weights=[len(e) for e in energies]).astype(float)

@@ -1,8 +1,9 @@
 """Temperature replica exchange (parallel tempering) with openmmtools' multistate sampler.
 
 One replica per temperature; every iteration each replica runs ``frame_interval`` Langevin
-steps (openmmtools' ``LangevinDynamicsMove``, BAOAB) and then exchanges are attempted
-between all pairs of temperatures (``swap-all``). openmmtools stores everything in
+steps (openmmtools' ``LangevinDynamicsMove``, seeded) and, every ``exchange_interval``
+iterations, exchanges are attempted between all pairs of temperatures (``swap-all``),
+optionally with one fixed learned-CV bias on every replica. openmmtools stores everything in
 ``OUT/replicas.nc`` and checkpoints it, so a killed run resumes from its last iteration
 when called again. When the run is complete, frames are demultiplexed by temperature into
 ``OUT/T<temperature>/`` folders holding exactly what :func:`latf_openmm.simulation.simulate`
