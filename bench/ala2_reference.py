@@ -10,12 +10,12 @@ The reference is well-tempered metadynamics on φ and ψ themselves, with OpenMM
 1.2 kJ/mol every 1 ps, widths 0.35 rad, γ = 6, 2 fs steps, 1 thread. ΔG = G(B) − G(A) with
 B = 0° < φ < 130° and A the rest of φ, from the final free-energy surface (the second
 half's average surface is also printed, as a convergence check). With ``--loop``, ΔG is
-also computed from the loop: (1) ``dG_loop_reweighted``, every 300 K frame of every round
-(the 300 K replica and the walkers) with the loop's weights (walker frames reweighted by
-exp(V/k_BT) for OPES), classified by φ; (2) ``dG_loop_generated``, the final LaTF model's
-generated state populations at 300 K, each learned state assigned to the φ basin most of
-its frames are in. Prints one JSON line: ``dG_reference`` (kJ/mol), both loop values and
-their differences from the reference, timings.
+also computed from the loop: (1) ``dG_loop_reweighted``, the frames of every round that
+inform 300 K, weighted as the loop weighs them (replica-exchange frames of every temperature
+by MBAR, walker frames by their bias, each run by its independent samples), classified by
+φ; (2) ``dG_loop_generated``, the final LaTF model's generated state populations at 300 K,
+each learned state assigned to the φ basin most of its frames are in. Prints one JSON line:
+``dG_reference`` (kJ/mol), both loop values and their differences from the reference, timings.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import openmm.unit as u
 
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm.files import atomic_path, write_json
-from latf_openmm.reweighting import run_weights
+from latf_openmm.reweighting import pooled_weights, weights_by_temperature
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -98,26 +98,25 @@ def _delta_g(surfaces: np.ndarray) -> tuple[float, float]:
 
 
 def from_loop(run_dir: Path) -> dict[str, float]:
-    """ΔG from a loop run: its 300 K frames reweighted, and its final model's generated populations."""
+    """ΔG from a loop run: its data at 300 K with the loop's weights, and its final model's generated populations."""
     from latf_openmm.models import load_model
 
     summary = json.loads((run_dir / "summary.json").read_text())
     model = load_model(summary["final_model"])
+    records = [json.loads(path.read_text()) for path in sorted(run_dir.glob("round_*/round.json"))]
+    runs = [r for record in records for r in record.get("runs", []) + record.get("walkers", [])]
+    by_run = weights_by_temperature(runs)[300.0]  # as the loop weighs its data
+    members = sorted(by_run)
+    features = [np.load(Path(runs[k]) / "timeseries.npz")["features"].astype(np.float64) for k in members]
+    names = [str(n) for n in np.load(Path(runs[members[0]]) / "timeseries.npz")["feature_names"]]
+    weights = pooled_weights([by_run[k] for k in members], [model.transform(f) for f in features])
     basin_b = np.zeros(2)  # weight in A, B
     state_phi = np.zeros((model.n_states, 2))  # per learned state: weight in A, B
-    records = [json.loads(path.read_text()) for path in sorted(run_dir.glob("round_*/round.json"))]
-    for run in map(Path, [r for record in records for r in record.get("runs", []) + record.get("walkers", [])]):
-        manifest = json.loads((run / "manifest.json").read_text())
-        if abs(manifest["settings"]["temperature_K"] - 300.0) > 1e-6:
-            continue
-        series = np.load(run / "timeseries.npz")
-        names = [str(n) for n in series["feature_names"]]
-        sin_phi, cos_phi = (series["features"][:, names.index(f"{f}(phi2)")] for f in ("sin", "cos"))
+    for f, w in zip(features, weights, strict=True):
+        sin_phi, cos_phi = (f[:, names.index(f"{trig}(phi2)")] for trig in ("sin", "cos"))
         b = in_basin_b(np.arctan2(sin_phi, cos_phi)).astype(int)
-        weights = run_weights(run)
-        basin_b += np.bincount(b, weights=weights, minlength=2)
-        states = model.predict_state(series["features"].astype(np.float64))
-        np.add.at(state_phi, (states, b), weights)
+        basin_b += np.bincount(b, weights=w, minlength=2)
+        np.add.at(state_phi, (model.predict_state(f), b), w)
     generated = np.array(summary["targets"]["300"]["state_populations"])
     in_b = state_phi[:, 1] > state_phi[:, 0]  # each learned state goes to the basin most of its frames are in
     both = in_b.any() and not in_b.all()  # else the learned states do not tell the basins apart

@@ -19,6 +19,7 @@ from latf_openmm.reweighting import (
     run_weights,
     temperature_weights,
     umbrella_weights,
+    weights_by_temperature,
 )
 from latf_openmm.simulation import replica_exchange, simulate
 from latf_openmm.systems import load_system
@@ -142,6 +143,18 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     assert abs(sampled[1] - threehole_populations(KT)[1]) > 0.04  # the bias changes the sampling
     populations = _populations(paths, temperature_weights(paths, temperature))  # seeds 4, 5: within 0.01
     np.testing.assert_allclose(populations, threehole_populations(KT), atol=0.04)
+
+    # Mixed with the (adaptive) run that built the bias: the replicas inform each of their
+    # temperatures by MBAR, the adaptive run only its own.
+    by_temperature = weights_by_temperature([*paths, built.directory])
+    assert list(by_temperature) == pytest.approx([KT, 0.95, 1.2])
+    cold, warm, _ = by_temperature.values()
+    assert sorted(cold) == [0, 1, 2, 3] and sorted(warm) == [0, 1, 2]
+    np.testing.assert_allclose(cold[3], run_weights(built.directory))
+    for k, expected in enumerate(temperature_weights(paths, ladder[1])):
+        np.testing.assert_allclose(warm[k], expected)
+    warm_populations = _populations(paths, [warm[k] for k in range(3)])
+    np.testing.assert_allclose(warm_populations, threehole_populations(0.95), atol=0.04)
 
 
 def test_replica_exchange_seed_repeats_the_run_and_exchanges_at_the_interval(tmp_path):

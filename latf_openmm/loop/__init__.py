@@ -202,17 +202,21 @@ def _client(config: LoopConfig):
     return Client(cluster)
 
 
-def _by_temperature(model, data) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Latent CV (encoder mean) and weight of every frame, grouped by simulated temperature;
-    each run counts by its independent samples (:func:`~latf_openmm.reweighting.pooled_weights`)."""
-    from latf_openmm.reweighting import pooled_weights
+def _by_temperature(model, runs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Latent CV (encoder mean) and equilibrium weight of the frames that inform each simulated
+    temperature (:func:`~latf_openmm.reweighting.weights_by_temperature`: multi-temperature
+    unbiased data by MBAR); each run counts by its independent samples
+    (:func:`~latf_openmm.reweighting.pooled_weights`)."""
+    from latf_openmm.models import load_training_data
+    from latf_openmm.reweighting import pooled_weights, weights_by_temperature
 
+    data = load_training_data(runs)  # one trajectory per run, in order
     latent = [model.transform(f.astype(np.float64)) for f in data.features]
-    weights = pooled_weights(data.weights or [np.ones(n) for n in data.lengths], latent)
     grouped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for temperature in np.unique(data.temperatures):
-        keep = [k for k, t in enumerate(data.temperatures) if t == temperature]
-        grouped[f"{temperature:g}"] = tuple(np.concatenate([part[k] for k in keep]) for part in (latent, weights))
+    for temperature, by_run in weights_by_temperature(runs).items():
+        members = sorted(by_run)
+        weights = pooled_weights([by_run[k] for k in members], [latent[k] for k in members])
+        grouped[f"{temperature:g}"] = (np.concatenate([latent[k] for k in members]), np.concatenate(weights))
     return grouped
 
 
@@ -224,11 +228,11 @@ def _round_estimates(model_path: str, runs: list[str], new_runs: list[str]) -> d
     states and CV axes are the same on both sides.
     """
     from latf_openmm.generation import free_energy_profile_change
-    from latf_openmm.models import load_model, load_training_data
+    from latf_openmm.models import load_model
 
     model = load_model(model_path)
-    before = _by_temperature(model, load_training_data(runs))
-    new = _by_temperature(model, load_training_data(new_runs))
+    before = _by_temperature(model, runs)
+    new = _by_temperature(model, new_runs)
     after = {
         t: tuple(np.concatenate([part[t][i] for part in (before, new) if t in part]) for i in (0, 1))
         for t in {*before, *new}

@@ -6,6 +6,8 @@
   energies, evaluated from each frame's CV in COLVAR.
 - Several temperatures (:func:`temperature_weights`): MBAR over the reduced potentials
   E/k_BT of every run at every temperature, to any target temperature.
+- A mixed set of runs (:func:`weights_by_temperature`): each of those, run by run, at every
+  simulated temperature.
 
 Weights are returned normalized to sum to the number of frames, one array per run;
 :func:`effective_sample_size` says how many independent frames they are worth.
@@ -158,6 +160,41 @@ def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list
     return _normalized(np.split(log_w, np.cumsum([len(e) for e in energies])[:-1]))
 
 
+def weights_by_temperature(paths: Sequence[str | Path]) -> dict[float, dict[int, np.ndarray]]:
+    """Equilibrium weights at each simulated temperature of every run that informs it.
+
+    Runs that :func:`temperature_weights` can combine — unbiased runs, or replicas sharing one
+    fixed bias — and that span several temperatures count at each temperature of their span,
+    by MBAR; every other run counts at its own temperature with :func:`run_weights`.
+
+    Returns
+    -------
+    dict
+        Temperature (the runs' own unit: K, or reduced for toy systems) → {index of the run
+        in ``paths`` → its frames' weights}.
+    """
+    settings = [_run(p)[0]["settings"] for p in paths]
+    kelvin = {run["temperature"]: run["temperature_K"] for run in settings}
+    groups: dict[str, list[int]] = {}
+    for k, run in enumerate(settings):
+        bias = run.get("bias")
+        if bias is None or bias.get("frozen"):
+            groups.setdefault(json.dumps(bias, sort_keys=True), []).append(k)
+    weights: dict[float, dict[int, np.ndarray]] = {t: {} for t in sorted(kelvin)}
+    for members in groups.values():
+        span = [settings[k]["temperature"] for k in members]
+        if len(set(span)) < 2:
+            continue
+        for t in weights:
+            if min(span) <= t <= max(span):
+                mbar = temperature_weights([paths[k] for k in members], kelvin[t])
+                weights[t] |= dict(zip(members, mbar, strict=True))
+    for k, run in enumerate(settings):
+        if k not in weights[run["temperature"]]:
+            weights[run["temperature"]][k] = run_weights(paths[k])
+    return weights
+
+
 __all__ = [
     "effective_sample_size",
     "pooled_weights",
@@ -165,4 +202,5 @@ __all__ = [
     "run_weights",
     "temperature_weights",
     "umbrella_weights",
+    "weights_by_temperature",
 ]
