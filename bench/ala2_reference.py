@@ -15,7 +15,8 @@ inform 300 K, weighted as the loop weighs them (replica-exchange frames of every
 by MBAR, walker frames by their bias, each run by its independent samples), classified by
 φ; (2) ``dG_loop_generated``, the final LaTF model's generated state populations at 300 K,
 each learned state assigned to the φ basin most of its frames are in. Prints one JSON line:
-``dG_reference`` (kJ/mol), both loop values and their differences from the reference, timings.
+``dG_reference`` (kJ/mol), both loop values and their differences from the reference, timings
+(the loop's total CPU time included).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def main() -> None:
         line |= {k: v and round(v, 2) for k, v in loop.items()} | {
             "difference_reweighted": round(loop["dG_loop_reweighted"] - final, 2),
             "difference_generated": loop["dG_loop_generated"] and round(loop["dG_loop_generated"] - final, 2),
-            "loop_wall_s": summary.get("wall_seconds_last_session"),
+            "loop_wall_s": summary["wall_seconds_last_session"],
+            "loop_cpu_hours": round(summary["cpu_seconds"] / 3600, 2),
         }
     print(json.dumps(line))
 

@@ -485,6 +485,7 @@ def _loop(args: argparse.Namespace) -> int:
                 "converged": summary["converged"],
                 "reweighted_populations": last.get("populations"),
                 "generated_populations": {t: v["state_populations"] for t, v in summary["targets"].items()},
+                "cpu_hours": round(summary["cpu_seconds"] / 3600, 3),
             }
         )
     )

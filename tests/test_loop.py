@@ -83,6 +83,11 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     assert (out / "summary.png").stat().st_size > 10_000 and (out / "fes.png").is_file()
     assert all(r["fes_change_kT"] > 0 and 0 < r["population_change"] < 1 for r in summary["rounds"])
     assert not summary["converged"]  # tolerance 1e-9
+    round_zero_cpu = json.loads((out / "round_000" / "round.json").read_text())["cpu_seconds"]
+    assert summary["cpu_seconds"] == pytest.approx(
+        round_zero_cpu + sum(r["cpu_seconds"] for r in summary["rounds"]), abs=0.5
+    )
+    assert all(r["cpu_seconds"] > 0.3 * r["walker_seconds"] for r in summary["rounds"])  # busy walkers counted
     for ess in summary["rounds"][-1]["effective_sample_size"].values():
         assert 1000 < ess <= 10_000  # each walker: 10 000 frames, weighted
 

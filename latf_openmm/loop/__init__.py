@@ -40,7 +40,7 @@ from latf_openmm.versions import versions
 ROUND_FILE = "round.json"
 SUMMARY = "summary.json"
 ROUND_SUMMARY_KEYS = ("round", "populations", "population_change", "fes_change_kT", "effective_sample_size",
-                      "train_seconds", "walker_seconds")  # fmt: skip
+                      "train_seconds", "walker_seconds", "cpu_seconds")  # fmt: skip
 PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
 
 
@@ -185,6 +185,14 @@ def validation_task(config: LoopConfig, temperature: float, out: str) -> str:
     return str(run.directory)
 
 
+def _cpu_timed(task, *args):
+    """Run ``task(*args)`` (on a worker); returns its result and the CPU seconds its process
+    spent meanwhile (OpenMM and torch threads included; workers run one task at a time)."""
+    start = time.process_time()
+    result = task(*args)
+    return result, time.process_time() - start
+
+
 # -- the loop -------------------------------------------------------------------------
 def _client(config: LoopConfig):
     from dask.distributed import Client, LocalCluster
@@ -290,10 +298,12 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     try:
         if not (round_zero / ROUND_FILE).is_file():
             client = _client(config)
-            runs = client.submit(round_zero_task, config, str(round_zero), pure=False).result()
-            record = {"round": 0, "runs": runs, "effective_sample_size": _effective_sample_sizes(runs)}
+            runs, cpu = client.submit(_cpu_timed, round_zero_task, config, str(round_zero), pure=False).result()
+            record = {"round": 0, "runs": runs, "effective_sample_size": _effective_sample_sizes(runs),
+                      "cpu_seconds": round(cpu, 1)}  # fmt: skip
             write_json(round_zero / ROUND_FILE, record)
-        runs = json.loads((round_zero / ROUND_FILE).read_text())["runs"]
+        round_zero_record = json.loads((round_zero / ROUND_FILE).read_text())
+        runs = round_zero_record["runs"]
         for number in range(1, config.rounds + 1):
             folder = out / f"round_{number:03d}"
             record_path = folder / ROUND_FILE
@@ -311,15 +321,18 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
         validation = {}
         if config.validation_steps:
             client = client or _client(config)
+            folders = {t: str(out / "validation" / f"T{t:g}") for t in config.targets}
             futures = {
-                t: client.submit(validation_task, config, t, str(out / "validation" / f"T{t:g}"), pure=False)
-                for t in config.targets
+                t: client.submit(_cpu_timed, validation_task, config, t, f, pure=False) for t, f in folders.items()
             }
             validation = {t: future.result() for t, future in futures.items()}
     finally:
         if client is not None:
             client.close()
-    return _summarize(config, out, history, previous_model, validation, time.perf_counter() - started)
+    cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history)
+    cpu += sum(seconds for _, seconds in validation.values())
+    validation = {t: run for t, (run, _) in validation.items()}
+    return _summarize(config, out, history, previous_model, validation, time.perf_counter() - started, cpu)
 
 
 def _new_round(
@@ -332,14 +345,16 @@ def _new_round(
 ) -> dict[str, Any]:
     """Train on ``runs``, export, run the walkers, reweight: the round's record."""
     folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, here = time.perf_counter(), time.process_time()
     model_path = str(folder / "model.pt")
+    cpu = 0.0
     if not Path(model_path).is_file():
-        client.submit(train_task, config, runs, previous_model, model_path, pure=False).result()
+        cpu += client.submit(_cpu_timed, train_task, config, runs, previous_model, model_path, pure=False).result()[1]
     t1 = time.perf_counter()
     _export(config, model_path, folder / "cv.pt")
     futures = [
         client.submit(
+            _cpu_timed,
             walker_task,
             config,
             model_path,
@@ -350,10 +365,12 @@ def _new_round(
         )
         for i in range(config.walkers)
     ]
-    walkers = [f.result() for f in futures]
+    walkers, walker_cpu = zip(*(f.result() for f in futures), strict=True)
+    walkers = list(walkers)
     t2 = time.perf_counter()
     estimates = _round_estimates(model_path, runs, walkers)
     data_digest = _report_round(config, model_path, folder)
+    cpu += sum(walker_cpu) + time.process_time() - here
     return {
         "round": number,
         "model": model_path,
@@ -365,6 +382,7 @@ def _new_round(
         "effective_sample_size": _effective_sample_sizes(walkers),
         "train_seconds": round(t1 - t0, 2),
         "walker_seconds": round(t2 - t1, 2),
+        "cpu_seconds": round(cpu, 1),
     }
 
 
@@ -426,7 +444,7 @@ def _compare_with_md(model, samples: np.ndarray, run: str) -> dict[str, Any]:
     return comparison
 
 
-def _summarize(config, out: Path, history, model_path, validation: dict, seconds) -> dict[str, Any]:
+def _summarize(config, out: Path, history, model_path, validation: dict, seconds, cpu_seconds) -> dict[str, Any]:
     from latf_openmm.models import load_model
     from latf_openmm.reports import plot_loop
 
@@ -458,6 +476,7 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
         "final_model": model_path,
         "converged": bool(history) and _converged(config, history[-1]),
         "wall_seconds_last_session": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
     }
     write_json(out / SUMMARY, summary)
     plot_loop(summary, history, out / "summary.png")
