@@ -7,12 +7,21 @@
 - :class:`IntervalReplicaExchangeSampler` attempts exchanges only every ``exchange_interval``
   iterations (frames). Between exchanges each temperature's frames are one replica's
   continuous dynamics, which is what time-lagged training needs.
+- :func:`termination_guard_off_main_thread`: openmmtools (through mpiplus) holds off
+  SIGINT/SIGTERM while it writes its storage by installing signal handlers, which Python
+  allows only in the main thread; in a worker thread (a Dask task) it would fail, so there
+  the writes run unguarded. (No guard covers SIGKILL either way; a run resumes from its
+  last checkpoint.)
 
 They live in their own module because openmmtools stores moves by module and class name and
 imports them again when a run resumes.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 from numba import njit
@@ -27,6 +36,21 @@ _StoredProperty = _multistate.MultiStateSampler._StoredProperty
 @njit(cache=False)
 def _seed_numba(seed: int) -> None:
     np.random.seed(seed)  # noqa: NPY002  (inside numba this seeds numba's own generator)
+
+
+@contextlib.contextmanager
+def termination_guard_off_main_thread() -> Iterator[None]:
+    """Inside, openmmtools' signal-based write guard is a no-op when not on the main thread."""
+    mpiplus = quiet_import("mpiplus.mpiplus")
+    if threading.current_thread() is threading.main_thread():
+        yield
+        return
+    guard = mpiplus.delay_termination
+    mpiplus.delay_termination = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        mpiplus.delay_termination = guard
 
 
 def seed_exchanges(seed: int) -> None:

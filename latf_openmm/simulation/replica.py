@@ -127,7 +127,7 @@ def replica_exchange(
     storage = out / STORAGE
     latf_multistate.seed_exchanges(seed)
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), latf_multistate.termination_guard_off_main_thread():
         reporter = multistate.MultiStateReporter(str(storage), checkpoint_interval=1)
         if storage.is_file():
             sampler = latf_multistate.IntervalReplicaExchangeSampler.from_storage(reporter)
