@@ -1,6 +1,7 @@
 """Systems: energies and forces against the formulas they implement."""
 
 import itertools
+import random
 
 import mdtraj
 import numpy as np
@@ -98,6 +99,11 @@ def test_chignolin_built_from_sequence(start):
     cross = mdtraj.compute_distances(traj, [[ca[1], ca[8]], [ca[2], ca[7]]])[0]
     if start == "folded":
         assert (cross < 0.65).all()  # Y2-W9 and D3-T8 paired across the hairpin
+        random.random()
+        caller_state = random.getstate()
+        again = load_system("chignolin", start=start).positions
+        np.testing.assert_array_equal(again, molsys.positions)  # the same molecule every time
+        assert random.getstate() == caller_state
     else:
         assert (cross > 1.5).all()
     integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import random
 from pathlib import Path
 from typing import NamedTuple
 
@@ -267,11 +268,19 @@ def _build_peptide(sequence: str, angles: list[tuple[float, float]]) -> tuple[ap
     writer = PDBIO()
     writer.set_structure(structure)
     writer.save(buffer)
-    fixer = PDBFixer(pdbfile=io.StringIO(buffer.getvalue()))
+    # The same molecule on every machine: PDBFixer relaxes added atoms with a Langevin
+    # integrator (seeded here) and OpenMM's Modeller starts hydrogens at positions from
+    # Python's `random` (seeded, then the caller's state restored), both on Reference.
+    fixer = PDBFixer(pdbfile=io.StringIO(buffer.getvalue()), platform=openmm.Platform.getPlatformByName("Reference"))
     fixer.findMissingResidues()
     fixer.findMissingAtoms()
-    fixer.addMissingAtoms()
-    fixer.addMissingHydrogens(7.0)
+    fixer.addMissingAtoms(seed=1)
+    state = random.getstate()
+    random.seed(1)
+    try:
+        fixer.addMissingHydrogens(7.0)
+    finally:
+        random.setstate(state)
     return fixer.topology, _nm(fixer.positions)
 
 
@@ -287,7 +296,8 @@ def _relax(
         for i, j in ca_pairs:
             restraint.addBond(ca[i], ca[j], [])
         system.addForce(restraint)
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("CPU"))
+    cpu = openmm.Platform.getPlatformByName("CPU")
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), cpu, {"Threads": "1"})  # same result anywhere
     context.setPositions(positions)
     openmm.LocalEnergyMinimizer.minimize(context, 1.0, 2000)
     if ca_pairs:
