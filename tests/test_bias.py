@@ -205,6 +205,15 @@ def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(threehole_cv, t
         later.load(tmp_path / "missing.npz")
 
 
+def test_a_run_that_blows_up_between_frames_says_so(threehole_cv, tmp_path):
+    molsys, cv = threehole_cv
+    grid = dict(components=[0], lower=[-2.0], upper=[2.0], sigma=[0.15])
+    bias = Metadynamics(cv, molsys.to_kelvin(KT), height=0.3, bias_factor=5.0, pace=5, **grid)
+    with pytest.raises(LatfError, match=r"blew up by step [0-9]*5: positions are not finite; reduce the timestep"):
+        simulate(molsys, molsys.to_kelvin(KT), 20_000, tmp_path, seed=1, frame_interval=1000, timestep=0.2, bias=bias,
+                 progress=False)  # fmt: skip
+
+
 def test_a_nan_cv_stops_the_run(threehole_cv, tmp_path, monkeypatch):
     molsys, cv = threehole_cv
     bias = HarmonicBias(cv, centre=[0.0, 0.0], force_constant=1.0)

@@ -72,6 +72,11 @@ class CVBias:
         box = None
         if self.force.usesPeriodicBoundaryConditions():
             box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+        if not np.isfinite(positions).all():
+            raise LatfError(
+                f"simulation blew up by step {step}: positions are not finite; reduce the timestep or the "
+                "bias (height, barrier, force constant), or check the starting structure"
+            )
         values = self.cv.values(positions, box)
         if not np.isfinite(values).all():
             raise LatfError(f"the CV is not finite at step {step} ({values.tolist()}); check the model and structure")
