@@ -215,17 +215,18 @@ def simulate(
     with bar:
         for frame in range(frames_done, n_frames):
             step = (frame + 1) * settings["frame_interval"]
-            _advance(integrator, context, bias, step - settings["frame_interval"], step)
+            try:
+                _advance(integrator, context, bias, step - settings["frame_interval"], step)
+            except openmm.OpenMMException as error:  # the CPU platform refuses NaN coordinates
+                if "NaN" not in str(error):
+                    raise
+                raise _blew_up(step, settings) from None
             state = context.getState(getPositions=True, getEnergy=True)
             epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
             with np.errstate(over="ignore", invalid="ignore"):
                 positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
             if not (np.isfinite(epot) and np.isfinite(positions).all()):
-                raise LatfError(
-                    f"simulation blew up by step {step} (t = {step * settings['timestep_ps']:g} ps): "
-                    f"energy or positions are not finite; reduce the timestep (now {settings['timestep_ps']} ps) "
-                    "or check the starting structure"
-                )
+                raise _blew_up(step, settings)
             kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
             buffer.add(
                 positions,
@@ -252,6 +253,14 @@ def simulate(
     result = write_run(molsys, out_dir, settings, segments.chunks(), properties, wall, steps_run, bias)
     shutil.rmtree(segments.folder, ignore_errors=True)
     return result
+
+
+def _blew_up(step: int, settings: dict[str, Any]) -> LatfError:
+    return LatfError(
+        f"simulation blew up by step {step} (t = {step * settings['timestep_ps']:g} ps): "
+        f"energy or positions are not finite; reduce the timestep (now {settings['timestep_ps']} ps) "
+        "or the bias, or check the starting structure"
+    )
 
 
 def _advance(integrator: openmm.Integrator, context: openmm.Context, bias: CVBias | None, start: int, end: int) -> None:
