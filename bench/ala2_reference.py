@@ -108,8 +108,9 @@ def from_loop(run_dir: Path) -> dict[str, float]:
     runs = [r for record in records for r in record.get("runs", []) + record.get("walkers", [])]
     by_run = weights_by_temperature(runs)[300.0]  # as the loop weighs its data
     members = sorted(by_run)
-    features = [np.load(Path(runs[k]) / "timeseries.npz")["features"].astype(np.float64) for k in members]
-    names = [str(n) for n in np.load(Path(runs[members[0]]) / "timeseries.npz")["feature_names"]]
+    series = [np.load(Path(runs[k]) / "timeseries.npz") for k in members]
+    features = [s["features"].astype(np.float64) for s in series]
+    names = [str(n) for n in series[0]["feature_names"]]
     weights = pooled_weights([by_run[k] for k in members], [model.transform(f) for f in features])
     basin_b = np.zeros(2)  # weight in A, B
     state_phi = np.zeros((model.n_states, 2))  # per learned state: weight in A, B

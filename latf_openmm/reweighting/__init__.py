@@ -60,14 +60,18 @@ def _normalized(log_weights: list[np.ndarray]) -> list[np.ndarray]:
     return [np.exp(w - shift) for w in log_weights]
 
 
-def _run(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """A finished run's manifest and time series."""
-    path = Path(path)
-    manifest_path = path / "manifest.json"
+def _manifest(path: str | Path) -> dict:
+    """A finished run's manifest."""
+    manifest_path = Path(path) / "manifest.json"
     if not manifest_path.is_file():
         raise LatfError(f"{path} is not a finished run (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    with np.load(path / manifest["files"]["timeseries"]) as series:
+    return json.loads(manifest_path.read_text())
+
+
+def _run(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A finished run's manifest and time series."""
+    manifest = _manifest(path)
+    with np.load(Path(path) / manifest["files"]["timeseries"]) as series:
         return manifest, {key: series[key] for key in series.files}
 
 
@@ -173,7 +177,7 @@ def weights_by_temperature(paths: Sequence[str | Path]) -> dict[float, dict[int,
         Temperature (the runs' own unit: K, or reduced for toy systems) → {index of the run
         in ``paths`` → its frames' weights}.
     """
-    settings = [_run(p)[0]["settings"] for p in paths]
+    settings = [_manifest(p)["settings"] for p in paths]
     kelvin = {run["temperature"]: run["temperature_K"] for run in settings}
     groups: dict[str, list[int]] = {}
     for k, run in enumerate(settings):
