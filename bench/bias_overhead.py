@@ -63,14 +63,15 @@ def _metadynamics(cv):
 
 def build(method, molsys, threads):
     dihedrals = [molsys.features[0]]
+    all_heavy_distances = [*dihedrals, {"kind": "distances", "atoms": "not element H"}]  # 45, as in the issue
     updates = None
     system = molsys.system
     if method == "native":
         bias = _metadynamics(LearnedCV(*_model(molsys, dihedrals, 1, 16), backend="native"))
     elif method == "native_dist":
-        bias = _metadynamics(LearnedCV(*_model(molsys, molsys.features, 0, 16), backend="native"))
+        bias = _metadynamics(LearnedCV(*_model(molsys, all_heavy_distances, 0, 16), backend="native"))
     elif method == "torch":
-        bias = _metadynamics(LearnedCV(*_model(molsys, molsys.features, 2, 64), backend="torch"))
+        bias = _metadynamics(LearnedCV(*_model(molsys, all_heavy_distances, 2, 64), backend="torch"))
     if method in ("native", "native_dist", "torch"):
         system = bias.add_to(system)
         updates = bias.update

@@ -102,7 +102,7 @@ def test_bad_bias_input(cv_setup, ala2_vacuum):
     with pytest.raises(LatfError, match="unknown CV backend"):
         LearnedCV(model, featurizer, backend="jax")
     other = build_featurizer([{"kind": "dihedrals", "angles": ["phi", "psi"]}], ala2_vacuum.topology)
-    with pytest.raises(LatfError, match="featurizer makes 4 features but the model expects 49"):
+    with pytest.raises(LatfError, match="featurizer makes 4 features but the model expects 19"):
         LearnedCV(model, other)
     with pytest.raises(LatfError, match="built for 22 atoms but the system has 1"):
         HarmonicBias(cv, centre=[0.0, 0.0], force_constant=1.0).add_to(load_system("threehole").system)

@@ -62,7 +62,7 @@ def test_cv_inside_openmm_equals_python(cv_setup, platform):
 def test_export_rejects_a_mismatched_featurizer(cv_setup, ala2_vacuum, tmp_path):
     _, model, _ = cv_setup
     other = build_featurizer([{"kind": "dihedrals", "angles": ["phi", "psi"]}], ala2_vacuum.topology)
-    with pytest.raises(LatfError, match="featurizer makes 4 features but the model expects 49"):
+    with pytest.raises(LatfError, match="featurizer makes 4 features but the model expects 19"):
         export_cv(model, other, tmp_path / "cv.pt")
     featurizer, model, _ = cv_setup
     with pytest.raises(LatfError, match="component 2 out of range"):

@@ -3,6 +3,7 @@
 import itertools
 
 import mdtraj
+import networkx
 import numpy as np
 import pytest
 import torch
@@ -17,6 +18,19 @@ def ala2_frames(ala2_vacuum):
     return mdtraj.Trajectory(xyz.astype(np.float32), mdtraj.Topology.from_openmm(ala2_vacuum.topology))
 
 
+def pairs_more_bonds_apart(topology: mdtraj.Topology, selection: str, bonds: int) -> np.ndarray:
+    """Pairs of the selection more than ``bonds`` bonds apart, from mdtraj's bond graph (networkx)."""
+    graph = topology.to_bondgraph()
+    atoms = [topology.atom(i) for i in topology.select(selection)]
+    return np.array(
+        [
+            (a.index, b.index)
+            for a, b in itertools.combinations(atoms, 2)
+            if networkx.shortest_path_length(graph, a, b) > bonds
+        ]
+    )
+
+
 def test_distances_and_dihedrals_match_mdtraj(ala2_vacuum, ala2_frames):
     featurizer = build_featurizer(ala2_vacuum.features, ala2_vacuum.topology)
     features = featurizer.transform(ala2_frames.xyz)
@@ -25,11 +39,23 @@ def test_distances_and_dihedrals_match_mdtraj(ala2_vacuum, ala2_frames):
     angles = np.c_[phi, psi]
     np.testing.assert_allclose(features[:, 0:2], np.sin(angles), atol=1e-5)
     np.testing.assert_allclose(features[:, 2:4], np.cos(angles), atol=1e-5)
-    heavy = ala2_frames.topology.select("not element H")
-    pairs = np.array([(i, j) for k, i in enumerate(heavy) for j in heavy[k + 1 :]])
-    assert len(pairs) == 45
+    pairs = pairs_more_bonds_apart(ala2_frames.topology, "not element H", 3)  # as the recipe asks
+    assert len(pairs) == 15  # of 45 heavy-atom pairs, 9 are bonded, 11 share an angle, 10 a dihedral
     np.testing.assert_allclose(features[:, 4:], mdtraj.compute_distances(ala2_frames, pairs), atol=1e-5)
     assert featurizer.names[:4] == ["sin(phi2)", "sin(psi2)", "cos(phi2)", "cos(psi2)"]
+
+
+@pytest.mark.parametrize("bonds", [0, 1, 2])
+def test_distances_leave_out_near_neighbours_along_bonds(ala2_vacuum, ala2_frames, bonds):
+    featurizer = build_featurizer(
+        [{"kind": "distances", "atoms": "not element H", "exclude_neighbors": bonds}], ala2_vacuum.topology
+    )
+    pairs = pairs_more_bonds_apart(ala2_frames.topology, "not element H", bonds)
+    assert len(pairs) == [45, 36, 25][bonds]
+    np.testing.assert_array_equal(featurizer.blocks[0].pairs.numpy(), pairs)
+    np.testing.assert_allclose(
+        featurizer.transform(ala2_frames.xyz), mdtraj.compute_distances(ala2_frames, pairs), atol=1e-5
+    )
 
 
 def test_dihedral_angles_signed_like_mdtraj(ala2_vacuum, ala2_frames):
@@ -72,7 +98,7 @@ def test_featurizer_is_torchscriptable_and_dtype_preserving(ala2_vacuum, ala2_fr
     scripted = torch.jit.script(featurizer)
     positions = torch.from_numpy(ala2_frames.xyz[0]).double()
     out = scripted(positions)
-    assert out.dtype == torch.float64 and out.shape == (49,)
+    assert out.dtype == torch.float64 and out.shape == (19,)
     np.testing.assert_allclose(out.numpy(), featurizer.transform(ala2_frames.xyz[:1])[0], atol=1e-12)
     positions.requires_grad_(True)
     scripted(positions).sum().backward()
@@ -87,6 +113,10 @@ def test_bad_feature_descriptions(ala2_vacuum):
         build_featurizer([{"kind": "distances", "atoms": "name XYZ"}], top)
     with pytest.raises(LatfError, match="outside the topology"):
         build_featurizer([{"kind": "distances", "pairs": [[0, 99]]}], top)
+    with pytest.raises(LatfError, match="exclude_neighbors must be a whole number"):
+        build_featurizer([{"kind": "distances", "atoms": "all", "exclude_neighbors": -1}], top)
+    with pytest.raises(LatfError, match="not to explicit pairs"):
+        build_featurizer([{"kind": "distances", "pairs": [[0, 4]], "exclude_neighbors": 1}], top)
     with pytest.raises(LatfError, match="unknown angle"):
         build_featurizer([{"kind": "dihedrals", "angles": ["theta"]}], top)
     with pytest.raises(LatfError, match="unknown keys"):
@@ -117,9 +147,8 @@ def test_periodic_features_match_mdtraj_and_unwrapped(ala2_vacuum, ala2_frames, 
     np.testing.assert_allclose(periodic, reference, atol=1e-9)
     traj = mdtraj.Trajectory(wrapped.astype(np.float32), ala2_frames.topology)
     traj.unitcell_vectors = boxes.astype(np.float32)
-    heavy = traj.topology.select("not element H")
-    pairs = np.array([(i, j) for k, i in enumerate(heavy) for j in heavy[k + 1 :]])
-    np.testing.assert_allclose(periodic[:, 4:49], mdtraj.compute_distances(traj, pairs, periodic=True), atol=1e-5)
+    pairs = pairs_more_bonds_apart(traj.topology, "not element H", 3)
+    np.testing.assert_allclose(periodic[:, 4:19], mdtraj.compute_distances(traj, pairs, periodic=True), atol=1e-5)
     _, phi = mdtraj.compute_phi(traj, periodic=True)
     np.testing.assert_allclose(periodic[:, 0], np.sin(phi[:, 0]), atol=1e-5)
     scripted = torch.jit.script(featurizer)

@@ -16,7 +16,10 @@ recipe); each block is a mapping with a ``kind``:
     Cartesian components of atoms: ``atoms`` (mdtraj selection or index list),
     ``components`` (subset of ``"xyz"``, default ``"xyz"``).
 ``distances``
-    ``pairs`` (list of index pairs), or all pairs within ``atoms`` (selection or list).
+    ``pairs`` (list of index pairs), or all pairs within ``atoms`` (selection or list)
+    except those ``exclude_neighbors`` or fewer bonds apart (default 0: keep all).
+    Bonded (1) and angle (2) pairs barely move; normalized by their tiny spread, they make
+    a CV stiff along bond vibrations, which a bias along it then drives.
 ``dihedrals``
     ``angles`` (names from ``phi``, ``psi``, ``omega``, ``chi1`` ... as mdtraj defines
     them) or ``quadruplets`` (index lists); each angle gives sin and cos.
@@ -25,7 +28,7 @@ recipe); each block is a mapping with a ``kind``:
     c_i = Σ_j (1 − (r_ij/r0)^n) / (1 − (r_ij/r0)^m); ``r0`` (nm), ``n``, ``m``.
 ``contacts``
     Contact map: the same rational switch of each pair's distance, one feature per pair;
-    ``pairs`` or all pairs within ``atoms``, and ``r0``, ``n``, ``m``.
+    ``pairs`` or all pairs within ``atoms`` (with ``exclude_neighbors``), and ``r0``, ``n``, ``m``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import mdtraj
 import numpy as np
 import openmm.app as app
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import shortest_path
 
 from latf_openmm.errors import LatfError
 
@@ -237,6 +242,30 @@ def _select(topology: mdtraj.Topology, atoms: Any, kind: str) -> list[int]:
     return indices
 
 
+def _bonds_apart(topology: mdtraj.Topology, indices: list[int]) -> np.ndarray:
+    """Bonds on the shortest path between each two of ``indices`` (inf if not connected)."""
+    bonds = np.array([[a.index, b.index] for a, b in topology.bonds]).reshape(-1, 2)
+    if not len(bonds):
+        raise LatfError("exclude_neighbors needs bonds, but the topology has none; give the pairs instead")
+    n = topology.n_atoms
+    graph = coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n, n))
+    return shortest_path(graph, directed=False, unweighted=True, indices=indices)[:, indices]
+
+
+def _pairs_within(topology: mdtraj.Topology, spec: Mapping[str, Any], kind: str) -> list[tuple[int, int]]:
+    """All pairs of ``spec["atoms"]`` more than ``spec["exclude_neighbors"]`` bonds apart."""
+    indices = _select(topology, spec.get("atoms", "all"), kind)
+    exclude = spec.get("exclude_neighbors", 0)
+    if not isinstance(exclude, int) or exclude < 0:
+        raise LatfError(f"{kind} features: exclude_neighbors must be a whole number ≥ 0, got {exclude!r}")
+    apart = _bonds_apart(topology, indices) if exclude else None
+    return [
+        (indices[a], indices[b])
+        for a, b in itertools.combinations(range(len(indices)), 2)
+        if apart is None or apart[a, b] > exclude
+    ]
+
+
 def _named_dihedrals(topology: mdtraj.Topology, names: list[str]) -> tuple[list[list[int]], list[str]]:
     frame = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
     quads: list[list[int]] = []
@@ -259,10 +288,10 @@ def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Modul
     kind = spec.pop("kind", None)
     allowed = {
         "positions": {"atoms", "components"},
-        "distances": {"atoms", "pairs"},
+        "distances": {"atoms", "pairs", "exclude_neighbors"},
         "dihedrals": {"angles", "quadruplets"},
         "coordination": {"atoms", "r0", "n", "m"},
-        "contacts": {"atoms", "pairs", "r0", "n", "m"},
+        "contacts": {"atoms", "pairs", "exclude_neighbors", "r0", "n", "m"},
     }
     if kind not in allowed:
         raise LatfError(f"unknown feature kind {kind!r}; use one of {sorted(allowed)}")
@@ -276,12 +305,14 @@ def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Modul
         return Positions(_select(topology, spec.get("atoms", "all"), kind), components)
     if kind in ("distances", "contacts"):
         if "pairs" in spec:
+            if "exclude_neighbors" in spec:
+                raise LatfError(f"{kind} features: exclude_neighbors applies to atoms, not to explicit pairs")
             pairs = [list(p) for p in spec["pairs"]]
             if any(len(p) != 2 for p in pairs):
                 raise LatfError(f"{kind} features: each pair needs two atom indices")
             _select(topology, [i for p in pairs for i in p], kind)
         else:
-            pairs = list(itertools.combinations(_select(topology, spec.get("atoms", "all"), kind), 2))
+            pairs = _pairs_within(topology, spec, kind)
         if not pairs:
             raise LatfError(f"{kind} features: no atom pairs")
         if kind == "distances":
