@@ -105,7 +105,7 @@ def from_loop(run_dir: Path) -> dict[str, float]:
     summary = json.loads((run_dir / "summary.json").read_text())
     model = load_model(summary["final_model"])
     records = [json.loads(path.read_text()) for path in sorted(run_dir.glob("round_*/round.json"))]
-    runs = [r for record in records for r in record.get("runs", []) + record.get("walkers", [])]
+    runs = [r for record in records for key in ("runs", "walkers", "replicas") for r in record.get(key, [])]
     by_run = weights_by_temperature(runs)[300.0]  # as the loop weighs its data
     members = sorted(by_run)
     series = [np.load(Path(runs[k]) / "timeseries.npz") for k in members]

@@ -203,6 +203,12 @@ def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(threehole_cv, t
         _adaptive("metad", cv, temperature, bins=[50]).load(tmp_path / "w0" / "bias_state.npz")
     with pytest.raises(LatfError, match="cannot read the saved bias"):
         later.load(tmp_path / "missing.npz")
+    together = _adaptive("metad", cv, temperature)  # all walkers' depositions, e.g. for replicas
+    together.load(tmp_path / "shared")
+    np.testing.assert_allclose(together.bias_grid(), walkers[1].bias_grid())
+    assert len(together.state()["hills"]) == 400
+    with pytest.raises(LatfError, match="no saved walker biases"):
+        together.load(tmp_path / "w0")
 
 
 def test_a_run_that_blows_up_between_frames_says_so(threehole_cv, tmp_path, monkeypatch):

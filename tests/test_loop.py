@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,63 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     np.testing.assert_allclose(populations, threehole_populations(0.75), atol=0.03)
 
 
+REPLICA_WORKFLOW = """
+system = "threehole"
+seed = 4
+rounds = 1
+md_temperatures = [0.75, 0.95, 1.2]
+replica_exchange = true
+replicas_along_cv = true
+exchange_interval = 1
+md_steps = 450_000
+frame_interval = 300
+platform = "Reference"
+walkers = 1
+walker_steps = 150_000
+samples = 5_000
+[bias]
+method = "metad"
+components = [0]
+height = 0.5
+bias_factor = 8.0
+pace = 100
+[train]
+lag = 1
+n_initial_states = 9
+refinements = 3
+encoder_layers = 1
+learning_rate = 3e-3
+max_epochs = 20
+joint_max_epochs = 5
+"""
+
+
+def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_populations(tmp_path):
+    from latf_openmm.reweighting import weights_by_temperature
+
+    workflow = tmp_path / "replicas.toml"
+    workflow.write_text(REPLICA_WORKFLOW)
+    result = subprocess.run([*LATF, "loop", str(workflow), "--out", str(tmp_path / "run")], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "run" / "round_001" / "round.json").read_text())
+    replicas = [Path(run) for run in record["replicas"]]
+    assert len(replicas) == 3 and set(record["effective_sample_size"]) == {*record["walkers"], *record["replicas"]}
+    shared = np.load(tmp_path / "run" / "round_001" / "shared" / "walker_0.npz")
+    for run in replicas:
+        settings = json.loads((run / "manifest.json").read_text())["settings"]["bias"]
+        assert settings["kind"] == "metad" and settings["frozen"]
+        bias = np.load(run / "timeseries.npz")["colvar"][:, -2]
+        assert np.ptp(bias) > 0.5 * shared["bias"].max()  # the walker's hills, on every replica
+    weights = weights_by_temperature(record["replicas"])
+    for kt in (0.75, 0.95):
+        paths, by_run = zip(*[(replicas[k], w) for k, w in weights[kt].items()], strict=True)
+        wells = np.concatenate([threehole_well(np.load(p / "timeseries.npz")["features"]) for p in paths])
+        w = np.concatenate(by_run)
+        populations = np.bincount(wells, weights=w, minlength=3) / w.sum()
+        np.testing.assert_allclose(populations, threehole_populations(kt), atol=0.04)
+
+
 def test_bad_workflow(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('system = "threehole"\nwalkerz = 3\n')
@@ -114,6 +172,9 @@ def test_bad_workflow(tmp_path):
     bad.write_text('system = "threehole"\n[bias]\nmethod = "abf"\n')
     with pytest.raises(LatfError, match="bias method"):
         LoopConfig.from_toml(bad)
+    bad.write_text('system = "threehole"\nmd_temperatures = [0.75]\nreplicas_along_cv = true\n')
+    result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert result.returncode == 2 and "at least two md_temperatures" in result.stderr
     bad.write_text('system = "threehole"\n[train]\nlagg = 3\n')
     with pytest.raises(LatfError, match="lagg"):
         LoopConfig.from_toml(bad)

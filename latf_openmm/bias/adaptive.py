@@ -208,6 +208,11 @@ class GridBias(CVBias):
         return dict(self._own)
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
+        self._check(state)
+        self._own = {key: np.array(state[key]) for key in self._own}
+
+    def _check(self, state: dict[str, np.ndarray]) -> None:
+        """Raise unless ``state`` comes from a bias of this kind, grid and CV."""
         missing = set(self._own) - set(state)
         if missing:
             raise LatfError(f"the saved {self.kind} state lacks {sorted(missing)}; was it written by another bias?")
@@ -215,7 +220,6 @@ class GridBias(CVBias):
             np.shape(state[key])[1:] != value.shape[1:] for key, value in self._own.items()
         ):
             raise LatfError(f"the saved {self.kind} state was made with another grid or CV; use the same settings")
-        self._own = {key: np.array(state[key]) for key in self._own}
 
     def attach(self, context: openmm.Context) -> None:
         if not self.frozen:
@@ -235,13 +239,28 @@ class GridBias(CVBias):
         self._push(context)
 
     def load(self, path: str | Path) -> None:
-        """Continue from the bias a finished run saved (its ``bias_state.npz``)."""
-        try:
-            with np.load(path) as data:
-                state = {key: data[key] for key in data.files}
-        except OSError as exc:
-            raise LatfError(f"cannot read the saved bias {path}: {exc}") from exc
-        self.restore(state)
+        """Continue from the bias a finished run saved (its ``bias_state.npz``), or from all the
+        depositions of the walkers that shared the folder ``path`` (their ``walker_*.npz``)."""
+        path = Path(path)
+        files = sorted(path.glob("walker_*.npz")) if path.is_dir() else [path]
+        if not files:
+            raise LatfError(f"no saved walker biases (walker_*.npz) in {path}")
+        states = []
+        for file in files:
+            try:
+                with np.load(file) as data:
+                    states.append({key: data[key] for key in data.files})
+            except OSError as exc:
+                raise LatfError(f"cannot read the saved bias {file}: {exc}") from exc
+        for state in states:
+            self._check(state)
+        self.restore(
+            {
+                key: np.sum(arrays, axis=0) if key == self._grid_key else np.concatenate(arrays)
+                for key in self._own
+                for arrays in [[state[key] for state in states]]
+            }
+        )
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **self._settings}

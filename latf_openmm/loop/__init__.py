@@ -8,6 +8,8 @@
     round_001/cv.pt             its CV, exported (TorchScript)
     round_001/fes.png           generated F(s; T) at the target temperatures (generated.npz: the data)
     round_001/walkers/walker_i/ biased walkers (metadynamics or OPES) sharing round_001/shared/
+    round_001/replicas/T…/      with ``replicas_along_cv = true``: then replica exchange over the MD
+                                temperatures with the walkers' bias fixed on every replica
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
     summary.json                per target temperature: state populations and free-energy profiles
     summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
@@ -40,7 +42,8 @@ from latf_openmm.versions import versions
 ROUND_FILE = "round.json"
 SUMMARY = "summary.json"
 ROUND_SUMMARY_KEYS = ("round", "populations", "population_change", "fes_change_kT", "effective_sample_size",
-                      "train_seconds", "walker_seconds", "cpu_seconds")  # fmt: skip
+                      "train_seconds", "walker_seconds", "replica_seconds", "cpu_seconds")  # fmt: skip
+REPLICA_SEED_INDEX = 999  # round r's walker i runs with seed index 1000 r + i, its replicas with 1000 r + 999
 PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
 
 
@@ -66,6 +69,7 @@ class LoopConfig:
     walkers: int = 2
     walker_steps: int = 100_000
     walker_temperature: float | None = None
+    replicas_along_cv: bool = False
     bias: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "opes"})
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     targets: list[float] = dataclasses.field(default_factory=list)
@@ -149,29 +153,60 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
     return out
 
 
-def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, out: str) -> str:
-    """One biased walker along the model's CV; returns its run folder."""
+def _learned_bias(config: LoopConfig, model_path: str, **placement: Any):
+    """The system and the workflow's adaptive bias along the model's CV at the walker
+    temperature (K); ``placement``: ``walkers_dir`` and ``walker``, for a walker."""
     import torch
 
     from latf_openmm.bias import OPES, LearnedCV, Metadynamics
     from latf_openmm.features import build_featurizer
     from latf_openmm.models import load_model
-    from latf_openmm.simulation import seed_for, simulate
 
     torch.set_num_threads(config.threads or 1)
     molsys = _load_system(config)
-    model = load_model(model_path)
-    cv = LearnedCV(model, build_featurizer(molsys.features, molsys.topology))
+    cv = LearnedCV(load_model(model_path), build_featurizer(molsys.features, molsys.topology))
     options = dict(config.bias)
-    method = options.pop("method")
-    user_temperature = config.walker_temperature or config.md_temperatures[0]
-    temperature = molsys.to_kelvin(user_temperature)
-    bias_type = OPES if method == "opes" else Metadynamics
-    bias = bias_type(cv, temperature, walkers_dir=shared, walker=walker, **options)
-    index = int(Path(out).parent.parent.name.split("_")[1]) * 1000 + walker
+    bias_type = OPES if options.pop("method") == "opes" else Metadynamics
+    temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
+    return molsys, bias_type(cv, temperature, **options, **placement), temperature
+
+
+def _round_number(folder: Path) -> int:
+    return int(folder.name.split("_")[1])
+
+
+def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, out: str) -> str:
+    """One biased walker along the model's CV; returns its run folder."""
+    from latf_openmm.simulation import seed_for, simulate
+
+    molsys, bias, temperature = _learned_bias(config, model_path, walkers_dir=shared, walker=walker)
+    index = _round_number(Path(out).parent.parent) * 1000 + walker
     run = simulate(molsys, temperature, config.walker_steps, out, seed=seed_for(config.seed, index),
                    bias=bias, **_md_options(config))  # fmt: skip
     return str(run.directory)
+
+
+def replica_task(config: LoopConfig, model_path: str, shared: str, out: str) -> list[str]:
+    """Replica exchange over the MD temperatures with the bias the round's walkers built (in
+    ``shared``), fixed on every replica; returns the per-temperature run folders."""
+    from latf_openmm.simulation import seed_for
+
+    molsys, bias, _ = _learned_bias(config, model_path)
+    bias.load(shared)
+    seed = seed_for(config.seed, _round_number(Path(out).parent) * 1000 + REPLICA_SEED_INDEX)
+    return _replica_exchange(config, molsys, Path(out), seed, bias)
+
+
+def _replica_exchange(config: LoopConfig, molsys, out: Path, seed: int, bias=None) -> list[str]:
+    """The workflow's replica exchange (``md_steps`` per temperature) in ``out``; the run folders."""
+    from latf_openmm.simulation import replica_exchange
+
+    kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
+    frame_interval = config.frame_interval or molsys.frame_interval
+    options = {k: v for k, v in _md_options(config).items() if k != "progress"}
+    result = replica_exchange(molsys, kelvin, config.md_steps // frame_interval, out, seed=seed,
+                              exchange_interval=config.exchange_interval, bias=bias, **options)  # fmt: skip
+    return [str(run.directory) for run in result.runs]
 
 
 def validation_task(config: LoopConfig, temperature: float, out: str) -> str:
@@ -288,6 +323,8 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
         t * KB_KJ_PER_MOL_K if molsys.reduced_units else t for t in molsys.temperatures
     ]
     config = dataclasses.replace(config, md_temperatures=md_temperatures, targets=config.targets or md_temperatures)
+    if (config.replica_exchange or config.replicas_along_cv) and len(md_temperatures) < 2:
+        raise LatfError("workflow: replica exchange needs at least two md_temperatures")
     write_json(out / "config.json", dataclasses.asdict(config))
     started = time.perf_counter()
 
@@ -314,7 +351,7 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 record = _new_round(config, client, folder, number, runs, previous_model)
                 write_json(record_path, record)
             history.append(record)
-            runs = runs + record["walkers"]
+            runs = runs + record["walkers"] + record["replicas"]
             previous_model = record["model"]
             if _converged(config, record):
                 break
@@ -367,10 +404,17 @@ def _new_round(
     ]
     walkers, walker_cpu = zip(*(f.result() for f in futures), strict=True)
     walkers = list(walkers)
+    cpu += sum(walker_cpu)
     t2 = time.perf_counter()
-    estimates = _round_estimates(model_path, runs, walkers)
+    replicas: list[str] = []
+    if config.replicas_along_cv:
+        replicas, replica_cpu = client.submit(_cpu_timed, replica_task, config, model_path, str(folder / "shared"),
+                                              str(folder / "replicas"), pure=False).result()  # fmt: skip
+        cpu += replica_cpu
+    t3 = time.perf_counter()
+    estimates = _round_estimates(model_path, runs, walkers + replicas)
     data_digest = _report_round(config, model_path, folder)
-    cpu += sum(walker_cpu) + time.process_time() - here
+    cpu += time.process_time() - here
     return {
         "round": number,
         "model": model_path,
@@ -378,10 +422,12 @@ def _new_round(
         "data_digest": data_digest,
         "versions": versions(),
         "walkers": walkers,
+        "replicas": replicas,
         **estimates,
-        "effective_sample_size": _effective_sample_sizes(walkers),
+        "effective_sample_size": _effective_sample_sizes(walkers + replicas),
         "train_seconds": round(t1 - t0, 2),
         "walker_seconds": round(t2 - t1, 2),
+        "replica_seconds": round(t3 - t2, 2),
         "cpu_seconds": round(cpu, 1),
     }
 
@@ -400,18 +446,14 @@ def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
 def round_zero_task(config: LoopConfig, out: str) -> list[str]:
     """Round 0's runs: the user's data, or unbiased MD (independent runs or replica exchange)."""
     from latf_openmm.reports import find_runs
-    from latf_openmm.simulation import replica_exchange, simulate_temperatures
+    from latf_openmm.simulation import simulate_temperatures
 
     molsys, folder = _load_system(config), Path(out)
     if config.initial_data:
         return [str(p.resolve()) for p in find_runs(config.initial_data)]
-    kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
     if config.replica_exchange:
-        frame_interval = config.frame_interval or molsys.frame_interval
-        options = {k: v for k, v in _md_options(config).items() if k != "progress"}
-        result = replica_exchange(molsys, kelvin, config.md_steps // frame_interval, folder / "md", seed=config.seed,
-                                  exchange_interval=config.exchange_interval, **options)  # fmt: skip
-        return [str(run.directory) for run in result.runs]
+        return _replica_exchange(config, molsys, folder / "md", config.seed)
+    kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
     runs = simulate_temperatures(
         molsys, kelvin, config.md_steps, folder / "md", seed=config.seed, **_md_options(config)
     )
