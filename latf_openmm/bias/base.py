@@ -9,7 +9,7 @@ import openmm
 import openmm.unit as u
 
 from latf_openmm.bias.cv import LearnedCV
-from latf_openmm.errors import LatfError
+from latf_openmm.errors import LatfError, blew_up
 
 
 class CVBias:
@@ -73,10 +73,7 @@ class CVBias:
         if self.force.usesPeriodicBoundaryConditions():
             box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
         if not np.isfinite(positions).all():
-            raise LatfError(
-                f"simulation blew up by step {step}: positions are not finite; reduce the timestep or the "
-                "bias (height, barrier, force constant), or check the starting structure"
-            )
+            raise blew_up(step, context.getIntegrator().getStepSize().value_in_unit(u.picosecond))
         values = self.cv.values(positions, box)
         if not np.isfinite(values).all():
             raise LatfError(f"the CV is not finite at step {step} ({values.tolist()}); check the model and structure")

@@ -40,7 +40,7 @@ import openmm.unit as u
 from tqdm.auto import tqdm
 
 from latf_openmm.bias.base import CVBias
-from latf_openmm.errors import LatfError
+from latf_openmm.errors import LatfError, blew_up
 from latf_openmm.export.plumed import write_colvar
 from latf_openmm.features import build_featurizer
 from latf_openmm.files import atomic_path, write_json, write_npz
@@ -220,13 +220,13 @@ def simulate(
             except openmm.OpenMMException as error:  # the CPU platform refuses NaN coordinates
                 if "NaN" not in str(error):
                     raise
-                raise _blew_up(step, settings) from None
+                raise blew_up(step, settings["timestep_ps"]) from None
             state = context.getState(getPositions=True, getEnergy=True)
             epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
             with np.errstate(over="ignore", invalid="ignore"):
                 positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
             if not (np.isfinite(epot) and np.isfinite(positions).all()):
-                raise _blew_up(step, settings)
+                raise blew_up(step, settings["timestep_ps"])
             kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
             buffer.add(
                 positions,
@@ -253,14 +253,6 @@ def simulate(
     result = write_run(molsys, out_dir, settings, segments.chunks(), properties, wall, steps_run, bias)
     shutil.rmtree(segments.folder, ignore_errors=True)
     return result
-
-
-def _blew_up(step: int, settings: dict[str, Any]) -> LatfError:
-    return LatfError(
-        f"simulation blew up by step {step} (t = {step * settings['timestep_ps']:g} ps): "
-        f"energy or positions are not finite; reduce the timestep (now {settings['timestep_ps']} ps) "
-        "or the bias, or check the starting structure"
-    )
 
 
 def _advance(integrator: openmm.Integrator, context: openmm.Context, bias: CVBias | None, start: int, end: int) -> None:
