@@ -1,11 +1,12 @@
-"""Atomic file output: every file appears complete under its final name, or not at all."""
+"""Atomic file output (every file appears complete under its final name, or not at all) and digests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,11 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """Write arrays to an uncompressed ``.npz``, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
+
+
+def array_digest(arrays: Iterable[np.ndarray]) -> str:
+    """SHA-256 of the arrays' contents, in order (for provenance and identity)."""
+    sha = hashlib.sha256()
+    for array in arrays:
+        sha.update(np.ascontiguousarray(array).tobytes())
+    return sha.hexdigest()

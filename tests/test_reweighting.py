@@ -133,6 +133,10 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
         first.add_to(molsys.system)
     bias = OPES(cv, temperature, **options)  # the built bias, fixed on every replica
     bias.load(built.directory / "bias_state.npz")
+    unbuilt = OPES(cv, temperature, **options)
+    unbuilt.freeze()
+    bias.freeze()  # replicas under different fixed biases never look alike (MBAR groups runs by settings)
+    assert unbuilt.settings() != bias.settings() and unbuilt.settings()["cv_sha256"] == cv.digest
     ladder = [molsys.to_kelvin(kt) for kt in (KT, 0.95, 1.2)]
     result = replica_exchange(molsys, ladder, REPLICA_ITERATIONS, tmp_path / "re", frame_interval=300, seed=4,
                               bias=bias)  # fmt: skip

@@ -10,6 +10,7 @@ import openmm.unit as u
 
 from latf_openmm.bias.cv import LearnedCV
 from latf_openmm.errors import LatfError, blew_up
+from latf_openmm.files import array_digest
 
 
 class CVBias:
@@ -97,9 +98,12 @@ class CVBias:
         """Bring the force in ``context`` up to date with this bias (after creation or :meth:`restore`)."""
 
     def settings(self) -> dict[str, Any]:
-        """Everything that defines the bias (part of a run's identity)."""
-        frozen = {"frozen": True} if self.frozen else {}
-        return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim, **frozen}
+        """Everything that defines the bias (part of a run's identity): with the CV's digest, and
+        for a fixed bias the digest of its state, so that runs under different biases never
+        look alike (:func:`latf_openmm.reweighting.temperature_weights` groups runs by these)."""
+        frozen = {"frozen": True, "state_sha256": array_digest(self.state().values())} if self.frozen else {}
+        return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim, "cv_sha256": self.cv.digest,
+                **frozen}  # fmt: skip
 
 
 __all__ = ["CVBias"]

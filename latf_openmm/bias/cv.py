@@ -29,6 +29,7 @@ from latf_openmm.errors import LatfError
 from latf_openmm.export import CollectiveVariable, check_compatible
 from latf_openmm.export.expressions import cv_expression
 from latf_openmm.features import Featurizer
+from latf_openmm.files import array_digest
 from latf_openmm.models import SPIBModel
 
 BACKENDS = ("auto", "native", "torch")
@@ -55,6 +56,7 @@ class LearnedCV:
         self.featurizer = featurizer
         self.dim = model.latent_dim
         self._module = torch.jit.script(CollectiveVariable(featurizer, model).eval())
+        self.digest = array_digest(tensor.cpu().numpy() for tensor in self._module.state_dict().values())
         self.expression = None
         if backend != "torch":
             try:

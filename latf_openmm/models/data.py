@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from latf_openmm.errors import LatfError
+from latf_openmm.files import array_digest
 from latf_openmm.reweighting import run_weights
 
 
@@ -132,13 +132,9 @@ class TrainingData:
 
     def digest(self) -> str:
         """SHA-256 of the data (features, labels, weights, temperatures, segments), for provenance."""
-        sha = hashlib.sha256()
-        for group in (self.features, self.labels or [], self.weights or [], self.segments or []):
-            for array in group:
-                sha.update(np.ascontiguousarray(array).tobytes())
-        if self.temperatures is not None:
-            sha.update(self.temperatures.tobytes())
-        return sha.hexdigest()
+        temperatures = [] if self.temperatures is None else [self.temperatures]
+        groups = (self.features, self.labels or [], self.weights or [], self.segments or [], temperatures)
+        return array_digest(array for group in groups for array in group)
 
 
 def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
