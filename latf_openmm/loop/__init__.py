@@ -245,22 +245,37 @@ def _client(config: LoopConfig):
     return Client(cluster)
 
 
-def _by_temperature(model, runs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Latent CV (encoder mean) and equilibrium weight of the frames that inform each simulated
-    temperature (:func:`~latf_openmm.reweighting.weights_by_temperature`: multi-temperature
-    unbiased data by MBAR); each run counts by its independent samples
-    (:func:`~latf_openmm.reweighting.pooled_weights`)."""
+def weighted_latent(model, runs: list[str]) -> dict[float, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """The loop's estimate of each simulated temperature's equilibrium: the latent CV (encoder
+    mean) and weight of the frames of every run that informs it
+    (:func:`~latf_openmm.reweighting.weights_by_temperature`: multi-temperature data by MBAR),
+    each run counting by its independent samples along the CV
+    (:func:`~latf_openmm.reweighting.pooled_weights`).
+
+    Returns
+    -------
+    dict
+        Temperature (the runs' unit) → {index of the run in ``runs`` → (latent (n, d), weights (n,))}.
+    """
     from latf_openmm.models import load_training_data
     from latf_openmm.reweighting import pooled_weights, weights_by_temperature
 
     data = load_training_data(runs)  # one trajectory per run, in order
     latent = [model.transform(f.astype(np.float64)) for f in data.features]
-    grouped: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    estimate: dict[float, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
     for temperature, by_run in weights_by_temperature(runs).items():
         members = sorted(by_run)
-        weights = pooled_weights([by_run[k] for k in members], [latent[k] for k in members])
-        grouped[f"{temperature:g}"] = (np.concatenate([latent[k] for k in members]), np.concatenate(weights))
-    return grouped
+        pooled = pooled_weights([by_run[k] for k in members], [latent[k] for k in members])
+        estimate[temperature] = {k: (latent[k], w) for k, w in zip(members, pooled, strict=True)}
+    return estimate
+
+
+def _by_temperature(model, runs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`weighted_latent` with each temperature's runs concatenated, keyed by its label."""
+    return {
+        f"{temperature:g}": tuple(np.concatenate(parts) for parts in zip(*by_run.values(), strict=True))
+        for temperature, by_run in weighted_latent(model, runs).items()
+    }
 
 
 def _round_estimates(model_path: str, runs: list[str], new_runs: list[str]) -> dict[str, Any]:
@@ -529,4 +544,4 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
     return summary
 
 
-__all__ = ["LoopConfig", "round_zero_task", "run_loop", "train_task", "walker_task"]
+__all__ = ["LoopConfig", "replica_task", "round_zero_task", "run_loop", "train_task", "walker_task", "weighted_latent"]
