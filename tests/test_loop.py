@@ -164,6 +164,20 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
         np.testing.assert_allclose(populations, threehole_populations(kt), atol=0.04)
 
 
+WORKFLOWS = Path(__file__).parents[1] / "workflows"
+LOOP_WORKFLOWS = ["ala2.toml", "ala2_tempering.toml", "lj7.toml", "threehole.toml"]  # and one `latf simulate` config
+
+
+@pytest.mark.parametrize("workflow", LOOP_WORKFLOWS)
+def test_shipped_workflows_are_valid(workflow):
+    from latf_openmm.systems import available_systems
+
+    assert {p.name for p in WORKFLOWS.glob("*.toml")} == {*LOOP_WORKFLOWS, "threehole_md.toml"}
+    config = LoopConfig.from_toml(WORKFLOWS / workflow)
+    assert config.system in available_systems()
+    assert not config.replicas_along_cv or len(config.md_temperatures) >= 2
+
+
 def test_bad_workflow(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('system = "threehole"\nwalkerz = 3\n')
