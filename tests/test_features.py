@@ -115,6 +115,8 @@ def test_bad_feature_descriptions(ala2_vacuum):
         build_featurizer([{"kind": "distances", "pairs": [[0, 99]]}], top)
     with pytest.raises(LatfError, match="exclude_neighbors must be a whole number"):
         build_featurizer([{"kind": "distances", "atoms": "all", "exclude_neighbors": -1}], top)
+    with pytest.raises(LatfError, match="exclude_neighbors must be a whole number"):
+        build_featurizer([{"kind": "distances", "atoms": "all", "exclude_neighbors": True}], top)
     with pytest.raises(LatfError, match="not to explicit pairs"):
         build_featurizer([{"kind": "distances", "pairs": [[0, 4]], "exclude_neighbors": 1}], top)
     with pytest.raises(LatfError, match="unknown angle"):

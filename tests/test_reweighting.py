@@ -178,6 +178,12 @@ def test_replica_exchange_seed_repeats_the_run_in_a_worker_thread_and_exchanges_
     assert not np.allclose(series(5, "c")["features"], first["features"])
     swaps = np.flatnonzero(np.diff(first["replica"])) + 1  # frames whose replica differs from the one before
     assert len(swaps) >= 2 and np.all((swaps + 1) % 5 == 0)  # only after every 5th iteration
+    np.testing.assert_array_equal(series(3, "a")["features"], first["features"])  # a finished run is reused
+    with pytest.raises(LatfError, match="holds a finished replica-exchange run with other settings"):
+        series(4, "a")
+    (tmp_path / "a" / "T1.2" / "manifest.json").unlink()  # as if killed before the last temperature's files
+    with pytest.raises(LatfError, match="holds an unfinished replica-exchange run with other settings"):
+        series(4, "a")
 
 
 def test_reweighted_ala2_phi_profile_matches_the_long_unbiased_reference(tmp_path):

@@ -207,6 +207,9 @@ class GridBias(CVBias):
     def state(self) -> dict[str, np.ndarray]:
         return dict(self._own)
 
+    def _acting_state(self) -> list[np.ndarray]:
+        return [self.bias_grid()]  # the other walkers' depositions included
+
     def restore(self, state: dict[str, np.ndarray]) -> None:
         self._check(state)
         self._own = {key: np.array(state[key]) for key in self._own}
@@ -254,13 +257,9 @@ class GridBias(CVBias):
                 raise LatfError(f"cannot read the saved bias {file}: {exc}") from exc
         for state in states:
             self._check(state)
-        self.restore(
-            {
-                key: np.sum(arrays, axis=0) if key == self._grid_key else np.concatenate(arrays)
-                for key in self._own
-                for arrays in [[state[key] for state in states]]
-            }
-        )
+        merged = {key: np.concatenate([state[key] for state in states]) for key in self._own if key != self._grid_key}
+        merged[self._grid_key] = np.sum([state[self._grid_key] for state in states], axis=0)
+        self.restore(merged)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **self._settings}

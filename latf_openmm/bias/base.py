@@ -91,6 +91,10 @@ class CVBias:
         """Arrays that restore the bias (saved with each checkpoint)."""
         return {}
 
+    def _acting_state(self) -> list[np.ndarray]:
+        """The arrays that, with :meth:`settings`, fix how the bias acts (its digest identifies a fixed bias)."""
+        return list(self.state().values())
+
     def restore(self, state: dict[str, np.ndarray]) -> None:
         """Restore a :meth:`state` (call :meth:`attach` afterwards to reach a running context)."""
 
@@ -101,7 +105,7 @@ class CVBias:
         """Everything that defines the bias (part of a run's identity): with the CV's digest, and
         for a fixed bias the digest of its state, so that runs under different biases never
         look alike (:func:`latf_openmm.reweighting.temperature_weights` groups runs by these)."""
-        frozen = {"frozen": True, "state_sha256": array_digest(self.state().values())} if self.frozen else {}
+        frozen = {"frozen": True, "state_sha256": array_digest(self._acting_state())} if self.frozen else {}
         return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim, "cv_sha256": self.cv.digest,
                 **frozen}  # fmt: skip
 

@@ -256,7 +256,7 @@ def _pairs_within(topology: mdtraj.Topology, spec: Mapping[str, Any], kind: str)
     """All pairs of ``spec["atoms"]`` more than ``spec["exclude_neighbors"]`` bonds apart."""
     indices = _select(topology, spec.get("atoms", "all"), kind)
     exclude = spec.get("exclude_neighbors", 0)
-    if not isinstance(exclude, int) or exclude < 0:
+    if isinstance(exclude, bool) or not isinstance(exclude, int) or exclude < 0:
         raise LatfError(f"{kind} features: exclude_neighbors must be a whole number ≥ 0, got {exclude!r}")
     apart = _bonds_apart(topology, indices) if exclude else None
     return [

@@ -366,7 +366,7 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 record = _new_round(config, client, folder, number, runs, previous_model)
                 write_json(record_path, record)
             history.append(record)
-            runs = runs + record["walkers"] + record["replicas"]
+            runs = runs + record["walkers"] + record.get("replicas", [])  # absent before replicas_along_cv
             previous_model = record["model"]
             if _converged(config, record):
                 break
@@ -529,7 +529,7 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
     summary = {
         "temperature_unit": model.info.get("temperature_unit"),
         "targets": targets,
-        "rounds": [{k: r[k] for k in ROUND_SUMMARY_KEYS} for r in history],
+        "rounds": [{k: r.get(k) for k in ROUND_SUMMARY_KEYS} for r in history],
         "final_model": model_path,
         "converged": bool(history) and _converged(config, history[-1]),
         "wall_seconds_last_session": round(seconds, 1),

@@ -169,7 +169,10 @@ def simulate(
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("settings") != settings:
-            raise LatfError(f"{out_dir} holds a finished run with other settings; choose a new output directory")
+            raise LatfError(
+                f"{out_dir} holds a finished run with other settings (or from another latf_openmm version); "
+                "choose a new output directory"
+            )
         return RunResult(out_dir, manifest, ran_now=False)
 
     platform_obj, properties = select_platform(settings["platform"], precision, threads)
@@ -395,7 +398,8 @@ class _Segments:
             with np.load(path) as seg:
                 if str(seg["identity"]) != self.identity:
                     raise LatfError(
-                        f"{folder} holds an unfinished run with other settings; "
+                        f"{folder} holds an unfinished run with other settings (or from another latf_openmm "
+                        "version); "
                         "rerun with the same settings to resume it, or choose a new output directory"
                     )
 

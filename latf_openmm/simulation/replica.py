@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from latf_openmm.systems import MolecularSystem
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 STORAGE = "replicas.nc"
+IDENTITY = "replicas_settings.json"  # what the storage was started with, to refuse resuming other settings
 EXCHANGE = "exchange.json"
 
 
@@ -116,7 +118,18 @@ def replica_exchange(
         for settings in per_temperature:
             settings["bias"] = bias.settings()
     folders = [out / run_label(molsys, t) for t in temperatures]
-    if all((f / "manifest.json").is_file() for f in folders):
+    identity = json.loads(json.dumps({"settings": per_temperature, "exchange_interval": int(exchange_interval)}))
+    finished = all((f / "manifest.json").is_file() for f in folders)
+    if finished:
+        saved = {**identity, "settings": [json.loads((f / "manifest.json").read_text())["settings"] for f in folders]}
+    else:
+        saved = json.loads((out / IDENTITY).read_text()) if (out / IDENTITY).is_file() else None
+    if (finished or (out / STORAGE).is_file()) and saved != identity:
+        raise LatfError(
+            f"{out} holds a{' finished' if finished else 'n unfinished'} replica-exchange run with other settings "
+            "(or from another latf_openmm version); rerun with its settings, or choose a new output directory"
+        )
+    if finished:
         return _result(out, folders)
     cache, latf_multistate, multistate, states = _multistate()
     system = molsys.system if bias is None else bias.add_to(molsys.system)
@@ -125,6 +138,8 @@ def replica_exchange(
     context_cache = cache.ContextCache(platform=platform_obj, platform_properties=properties or None)
     out.mkdir(parents=True, exist_ok=True)
     storage = out / STORAGE
+    if not storage.is_file():
+        write_json(out / IDENTITY, identity)
     latf_multistate.seed_exchanges(seed)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), latf_multistate.termination_guard_off_main_thread():
