@@ -23,17 +23,12 @@ import numpy as np
 import torch
 
 from latf_openmm.generation import free_energy_profile_rmse, js_divergence_2d, kl_divergence_2d
-from latf_openmm.models import LaTF, TrainingData, initial_labels
+from latf_openmm.models import LaTF, TrainingData
 from latf_openmm.simulation import simulate_temperatures
 from latf_openmm.systems import load_system
 
 TRAIN = (0.2, 0.5)
 ALL = (0.2, 0.3, 0.4, 0.5, 0.6)
-
-
-def moments(coordination: np.ndarray) -> np.ndarray:
-    centred = coordination - coordination.mean(1, keepdims=True)
-    return np.stack([(centred**2).mean(1), (centred**3).mean(1)], axis=1)
 
 
 def main() -> None:
@@ -49,14 +44,14 @@ def main() -> None:
         molsys, [molsys.to_kelvin(t) for t in ALL], args.steps, Path(args.out) / "md", seed=args.seed, progress=False
     )
     features = {t: run.load_timeseries()["features"].astype(np.float64) for t, run in zip(ALL, runs, strict=True)}
-    train = [features[t] for t in TRAIN]
-    labels = initial_labels(moments(np.concatenate(train)), 100, seed=args.seed, method="kmeans")
-    split = np.cumsum([len(f) for f in train])[:-1]
-    data = TrainingData(train, labels=np.split(labels, split), temperatures=np.array(TRAIN))
+    data = TrainingData([features[t] for t in TRAIN], temperatures=np.array(TRAIN))
     start = time.perf_counter()
     model = LaTF(
         lag=10,
         beta=1e-3,
+        n_initial_states=100,
+        label_method="kmeans",
+        label_descriptors="central_moments",
         encoder_layers=0,
         flow_layers=20,
         flow_hidden=16,

@@ -137,6 +137,21 @@ def test_initial_labels_grid_and_kmeans():
     assert len(np.unique(initial_labels(many, 3))) == 3
 
 
+def test_initial_labels_from_central_moments_ignore_particle_order():
+    """Two 'isomers' of four identical particles (coordinations 1, 1, 1, 4 and 4, 4, 4, 1, as in
+    LJ7's labels): with the particles shuffled in every frame, only the central moments sort them."""
+    rng = np.random.default_rng(2)
+    isomer = np.repeat([0, 1], 500)
+    features = np.where(isomer[:, None] == 0, [1.0, 1.0, 1.0, 4.0], [4.0, 4.0, 4.0, 1.0])
+    features = rng.permuted(features + rng.normal(scale=0.1, size=features.shape), axis=1)
+    labels = initial_labels(features, 2, seed=3, method="kmeans", descriptors="central_moments")
+    assert set(zip(labels.tolist(), isomer.tolist(), strict=True)) in ({(0, 0), (1, 1)}, {(0, 1), (1, 0)})
+    by_features = initial_labels(features, 2, seed=3, method="kmeans")
+    assert len(set(zip(by_features.tolist(), isomer.tolist(), strict=True))) > 2  # the raw features mix them
+    with pytest.raises(LatfError, match="descriptors must be one of"):
+        initial_labels(features, 2, descriptors="moments")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

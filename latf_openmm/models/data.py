@@ -230,18 +230,32 @@ def _from_run(run: Path) -> TrainingData:
     )
 
 
-def initial_labels(features: np.ndarray, n_states: int, seed: int = 0, method: str = "auto") -> np.ndarray:
-    """Initial state of each frame: a regular grid or k-means clusters.
+LABEL_METHODS = ("auto", "grid", "kmeans")
+LABEL_DESCRIPTORS = ("features", "central_moments")
 
-    ``method="grid"``: ⌈n_states^(1/F)⌉ equal-width bins per feature over the data's
+
+def initial_labels(
+    features: np.ndarray, n_states: int, seed: int = 0, method: str = "auto", descriptors: str = "features"
+) -> np.ndarray:
+    """Initial state of each frame: a regular grid or k-means clusters of per-frame descriptors.
+
+    ``descriptors="features"`` clusters the features themselves; ``"central_moments"`` the 2nd
+    and 3rd central moments of each frame's features, which do not change when identical
+    particles swap (the LaTF paper's initial labels for LJ7's coordination numbers).
+    ``method="grid"``: ⌈n_states^(1/D)⌉ equal-width bins per descriptor over the data's
     range; ``"kmeans"``: scikit-learn k-means with ``n_states`` clusters (one seeded
-    initialization); ``"auto"``: grid for ≤ 2 features, else k-means.
+    initialization); ``"auto"``: grid for ≤ 2 descriptors, else k-means.
     """
     features = np.asarray(features, dtype=np.float64)
     if n_states < 2:
         raise LatfError(f"the number of initial states must be at least 2, got {n_states}")
-    if method not in ("auto", "grid", "kmeans"):
-        raise LatfError(f"initial-label method must be auto, grid or kmeans, got {method!r}")
+    if method not in LABEL_METHODS:
+        raise LatfError(f"initial-label method must be one of {', '.join(LABEL_METHODS)}, got {method!r}")
+    if descriptors not in LABEL_DESCRIPTORS:
+        raise LatfError(f"initial-label descriptors must be one of {', '.join(LABEL_DESCRIPTORS)}, got {descriptors!r}")
+    if descriptors == "central_moments":
+        centred = features - features.mean(1, keepdims=True)
+        features = np.stack([(centred**2).mean(1), (centred**3).mean(1)], axis=1)
     if method == "grid" or (method == "auto" and features.shape[1] <= 2):
         bins = int(np.ceil(n_states ** (1 / features.shape[1]) - 1e-9))
         low, high = features.min(0), features.max(0)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from latf_openmm.errors import LatfError
-from latf_openmm.models.data import TrainingData, initial_labels
+from latf_openmm.models.data import LABEL_DESCRIPTORS, LABEL_METHODS, TrainingData, initial_labels
 from latf_openmm.models.model import LaTFModel, SPIBModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.versions import versions
@@ -63,7 +63,13 @@ class TrainingConfig:
     refinements: int = _option(
         10, "maximum label refinements in the SPIB stage (stops once fewer than 1 in 1000 labels change)"
     )
-    n_initial_states: int = _option(50, "initial states when no labels are given (grid for ≤ 2 features, else k-means)")
+    n_initial_states: int = _option(50, "initial states when no labels are given")
+    label_method: str = _option("auto", "initial states: 'grid', 'kmeans', or 'auto' (grid for ≤ 2 descriptors)")
+    label_descriptors: str = _option(
+        "features",
+        "what initial states cluster: 'features', or 'central_moments' (each frame's 2nd and 3rd central "
+        "moments over its features; the same when identical particles swap, e.g. LJ7's coordination numbers)",
+    )
     validation_fraction: float = _option(0.1, "fraction of lagged pairs held out for the validation loss")
     seed: int = _option(0, "seed for initialization, splitting, batching and noise")
     flow_layers: int = _option(10, "LaTF: number of RealNVP coupling layers")
@@ -104,6 +110,11 @@ class TrainingConfig:
             (self.max_epochs >= 1 and self.joint_max_epochs >= 1, "max_epochs must be ≥ 1"),
             (self.refinements >= 0 and self.joint_refinements >= 0, "refinements must be ≥ 0"),
             (self.n_initial_states >= 2, "n_initial_states must be ≥ 2"),
+            (self.label_method in LABEL_METHODS, f"label_method must be one of {', '.join(LABEL_METHODS)}"),
+            (
+                self.label_descriptors in LABEL_DESCRIPTORS,
+                f"label_descriptors must be one of {', '.join(LABEL_DESCRIPTORS)}",
+            ),
             (0 <= self.validation_fraction < 1, "validation_fraction must be in [0, 1)"),
             (self.flow_layers >= 1, "flow_layers must be ≥ 1"),
             (self.polish_steps >= 0 and self.polish_batch_size >= 1, "polish_steps ≥ 0, polish_batch_size ≥ 1"),
@@ -170,7 +181,9 @@ class _Trainer:
         labels = (
             np.concatenate(data.labels)
             if data.labels is not None
-            else initial_labels(features, config.n_initial_states, config.seed)
+            else initial_labels(
+                features, config.n_initial_states, config.seed, config.label_method, config.label_descriptors
+            )
         )
         weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(features))
         past = data.lagged_starts(config.lag)
