@@ -170,19 +170,21 @@ def replica_exchange(
         sampler.run()
         reporter.close()
     wall = time.perf_counter() - started
-    colvar = None if bias is None else partial(_colvar, bias, system, platform_obj, properties)
+    colvar = None if bias is None else partial(_colvar, bias, system, platform_obj, properties, settings)
     _demultiplex(molsys, out, folders, per_temperature, properties, wall, (sampler.iteration - first), bias, colvar)
     return _result(out, folders)
 
 
-def _colvar(bias: CVBias, system, platform, properties: dict, positions: np.ndarray) -> np.ndarray:
-    """COLVAR rows (without time) of frames (n, n_atoms, 3) under the fixed ``bias``."""
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), platform, properties)
+def _colvar(bias: CVBias, system, platform, properties: dict, settings: dict, positions: np.ndarray) -> np.ndarray:
+    """COLVAR rows (without time) of frames (n, n_atoms, 3), one every ``frame_interval`` steps of
+    the run's ``settings``, under the fixed ``bias``."""
+    # never stepped: the integrator's step size only names the run's timestep in a blow-up error
+    context = openmm.Context(system, openmm.VerletIntegrator(settings["timestep_ps"]), platform, properties)
     bias.attach(context)
     rows = []
-    for frame in positions:
+    for frame_number, frame in enumerate(positions, start=1):
         context.setPositions(frame)
-        rows.append(bias.observe(context, 0))
+        rows.append(bias.observe(context, frame_number * settings["frame_interval"]))
     return np.array(rows).reshape(len(positions), len(bias.fields))
 
 
