@@ -431,18 +431,11 @@ def _export(args: argparse.Namespace) -> int:
     model, molsys, featurizer = _load_model_on_system(args)
     export_cv(model, featurizer, args.out, component=args.component, feature_description=molsys.features)
     if args.plumed:
-        from pathlib import Path
+        from latf_openmm.export.plumed import write_plumed
 
-        from latf_openmm.export.plumed import plumed_input, write_plumed_model
-        from latf_openmm.files import atomic_path
-
-        folder = Path(args.plumed)
-        write_plumed_model(model, folder / "model.ptc")
         temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
-        text = plumed_input(featurizer, "model.ptc", model.latent_dim, temperature, bias=args.plumed_bias)
-        with atomic_path(folder / "plumed.dat") as tmp:
-            tmp.write_text(text)
-        print(f"wrote {folder / 'model.ptc'} and {folder / 'plumed.dat'}")
+        model_file, plumed_file = write_plumed(model, featurizer, args.plumed, temperature, bias=args.plumed_bias)
+        print(f"wrote {model_file} and {plumed_file}")
     print(
         f"wrote {args.out}: {molsys.topology.getNumAtoms()} atoms → "
         f"{'CV component ' + str(args.component) if args.component is not None else f'{model.latent_dim}-D CV'}"

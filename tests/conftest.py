@@ -72,6 +72,30 @@ def linear_cv(system, weight, features=None):
     return molsys, LearnedCV(model, featurizer)
 
 
+def check_final_cv(folder):
+    """A loop's final-CV folder (``RUN_DIR/cv`` or a copy in ``models/``): files as hashed, and the
+    TorchScript CV and the PLUMED model both give the recorded CV of the starting structure."""
+    import hashlib
+    import json
+
+    from latf_openmm import build_featurizer
+    from latf_openmm.systems import load_system
+
+    metadata = json.loads((folder / "metadata.json").read_text())
+    for name, digest in metadata["sha256"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    molsys = load_system(metadata["system"], **metadata["system_args"])
+    expected = metadata["starting_structure_cv"]
+    assert len(expected) == metadata["cv"]["cv_dimension"] and metadata["cv"]["n_atoms"] == len(molsys.positions)
+    cv = torch.jit.load(str(folder / "cv.pt"))(torch.as_tensor(molsys.positions))
+    np.testing.assert_allclose(cv.detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+    features = build_featurizer(molsys.features, molsys.topology).transform(molsys.positions[None])
+    plumed = torch.jit.load(str(folder / "plumed" / "model.ptc"))(torch.as_tensor(features, dtype=torch.float32))
+    np.testing.assert_allclose(plumed.detach().numpy()[0], expected, rtol=1e-4, atol=1e-4)
+    assert "PYTORCH_MODEL FILE=model.ptc" in (folder / "plumed" / "plumed.dat").read_text()
+    return metadata
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)

@@ -2,6 +2,7 @@
 
 - :func:`write_plumed_model`: the features → CV part of a model as a TorchScript file for
   PLUMED's ``PYTORCH_MODEL`` (input float32 (1, n_features), output (1, n_cv)).
+- :func:`write_plumed`: both files in one folder.
 - :func:`plumed_input`: a ``plumed.dat`` that computes the same features with PLUMED
   actions (1-based atom numbers, nm), feeds them to ``PYTORCH_MODEL``, biases the CV with
   ``OPES_METAD`` or well-tempered ``METAD`` and prints CV and bias to ``COLVAR``.
@@ -39,6 +40,18 @@ def write_plumed_model(model: SPIBModel, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         torch.jit.save(module, str(tmp))
     return Path(path)
+
+
+def write_plumed(
+    model: SPIBModel, featurizer: Featurizer, folder: str | Path, temperature: float, bias: str = "opes"
+) -> tuple[Path, Path]:
+    """Write ``folder/model.ptc`` (:func:`write_plumed_model`) and ``folder/plumed.dat``
+    (:func:`plumed_input` with ``bias`` at ``temperature``, K), each atomically; returns both paths."""
+    folder = Path(folder)
+    model_path = write_plumed_model(model, folder / "model.ptc")
+    with atomic_path(folder / "plumed.dat") as tmp:
+        tmp.write_text(plumed_input(featurizer, model_path.name, model.latent_dim, temperature, bias=bias))
+    return model_path, folder / "plumed.dat"
 
 
 def _feature_lines(featurizer: Featurizer) -> tuple[list[str], list[str]]:
@@ -184,4 +197,4 @@ def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
     return {name: table[:, k] for k, name in enumerate(fields)}
 
 
-__all__ = ["plumed_input", "read_colvar", "write_colvar", "write_plumed_model"]
+__all__ = ["plumed_input", "read_colvar", "write_colvar", "write_plumed", "write_plumed_model"]

@@ -13,6 +13,8 @@
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
     summary.json                per target temperature: state populations and free-energy profiles
     summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
+    cv/                         the final CV: cv.pt (OpenMM TorchForce), plumed/ (model.ptc, plumed.dat)
+                                and metadata.json (provenance, populations, hashes, a check value)
 
 A round is complete when its ``round.json`` exists; running the same command again skips
 complete rounds and resumes the first incomplete one (its walkers resume from their
@@ -43,7 +45,12 @@ ROUND_FILE = "round.json"
 SUMMARY = "summary.json"
 ROUND_SUMMARY_KEYS = ("round", "populations", "population_change", "fes_change_kT", "effective_sample_size",
                       "train_seconds", "walker_seconds", "replica_seconds", "cpu_seconds")  # fmt: skip
-REPLICA_SEED_INDEX = 999  # round r's walker i runs with seed index 1000 r + i, its replicas with 1000 r + 999
+# Seed indices (simulation.seed_for(seed, index)), one block of 1000 per round: round r's walker i
+# uses 1000 r + i and its replicas 1000 r + 999; round 0's MD at temperature k uses k and the
+# validation MD at target k uses 500 + k.
+REPLICA_SEED_INDEX = 999
+VALIDATION_SEED_INDEX = 500
+FINAL_CV = "cv"  # RUN_DIR/cv/: the final model's CV for OpenMM and PLUMED, with metadata.json
 PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
 
 
@@ -102,6 +109,11 @@ class LoopConfig:
             (self.rounds >= 1, "rounds must be ≥ 1"),
             (self.tolerance > 0 and self.fes_tolerance > 0, "tolerance and fes_tolerance must be positive"),
             (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
+            (self.walkers < REPLICA_SEED_INDEX, f"at most {REPLICA_SEED_INDEX - 1} walkers"),
+            (
+                len(self.md_temperatures) <= VALIDATION_SEED_INDEX and len(self.targets) < VALIDATION_SEED_INDEX,
+                f"at most {VALIDATION_SEED_INDEX} MD temperatures and {VALIDATION_SEED_INDEX - 1} targets",
+            ),
             (self.exchange_interval >= 1, "exchange_interval must be ≥ 1"),
             (self.validation_steps >= 0, "validation_steps must be ≥ 0"),
             (self.bias.get("method") in ("opes", "metad"), "the bias method must be 'opes' or 'metad'"),
@@ -214,7 +226,7 @@ def validation_task(config: LoopConfig, temperature: float, out: str) -> str:
     from latf_openmm.simulation import seed_for, simulate
 
     molsys = _load_system(config)
-    index = 10_000 + config.targets.index(temperature)
+    index = VALIDATION_SEED_INDEX + config.targets.index(temperature)
     run = simulate(molsys, molsys.to_kelvin(temperature), config.validation_steps, out,
                    seed=seed_for(config.seed, index), **_md_options(config))  # fmt: skip
     return str(run.directory)
@@ -485,6 +497,45 @@ def _export(config: LoopConfig, model_path: str, out: Path) -> None:
     export_cv(load_model(model_path), featurizer, out, feature_description=molsys.features)
 
 
+def _write_final_cv(config: LoopConfig, folder: Path, last: dict[str, Any], summary: dict[str, Any]) -> None:
+    """The final round's CV in ``folder``: ``cv.pt`` (positions → CV, TorchScript), ``plumed/``
+    (``model.ptc``, ``plumed.dat`` with the workflow's bias) and ``metadata.json`` (provenance,
+    the states' populations, file hashes, and the CV of the system's starting structure, which
+    a copy of the files must reproduce)."""
+    import torch
+
+    from latf_openmm.export import read_metadata
+    from latf_openmm.export.plumed import write_plumed
+    from latf_openmm.features import build_featurizer
+    from latf_openmm.models import load_model
+
+    molsys = _load_system(config)
+    _export(config, last["model"], folder / "cv.pt")
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
+    write_plumed(load_model(last["model"]), featurizer, folder / "plumed", temperature, bias=config.bias["method"])
+    box = molsys.topology.getPeriodicBoxVectors()
+    box = None if box is None else torch.tensor(box.value_in_unit(box.unit), dtype=torch.float64)
+    cv = torch.jit.load(str(folder / "cv.pt"))(torch.as_tensor(molsys.positions, dtype=torch.float64), box)
+    files = ("cv.pt", "plumed/model.ptc", "plumed/plumed.dat")
+    metadata = {
+        "format": "latf_openmm.loop_cv",
+        "system": config.system,
+        "system_args": config.system_args,
+        "round": last["round"],
+        "converged": summary["converged"],
+        "temperature_unit": summary["temperature_unit"],
+        "reweighted_state_populations": last["populations"],
+        "generated_state_populations": {t: v["state_populations"] for t, v in summary["targets"].items()},
+        "starting_structure_cv": cv.tolist(),
+        "sha256": {name: _sha256(folder / name) for name in files},
+        "model_sha256": last["model_sha256"],
+        "cv": read_metadata(folder / "cv.pt"),
+        "workflow": dataclasses.asdict(config),
+    }
+    write_json(folder / "metadata.json", metadata)
+
+
 def _compare_with_md(model, samples: np.ndarray, run: str) -> dict[str, Any]:
     """Generated vs encoded MD at one temperature: KL (2-D), free-energy-profile RMSE per component."""
     from latf_openmm.generation import free_energy_profile_rmse, kl_divergence_2d
@@ -537,6 +588,7 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
     }
     write_json(out / SUMMARY, summary)
     plot_loop(summary, history, out / "summary.png")
+    _write_final_cv(config, out / FINAL_CV, history[-1], summary)
     if model.latent_dim == 2:
         from latf_openmm.generation import generate
 
