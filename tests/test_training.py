@@ -74,8 +74,12 @@ def test_spib_finds_three_states_with_exact_populations(latf_model, unbiased):
     np.testing.assert_allclose(latf_model.info["state_populations"], np.bincount(states) / len(states), atol=1e-6)
 
 
-def test_reweighted_biased_data_recovers_unbiased_populations(tmp_path_factory):
-    biased = _trajectories(tmp_path_factory, BIAS_SLOPE)
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory):
+    return _trajectories(tmp_path_factory, BIAS_SLOPE)
+
+
+def test_reweighted_biased_data_recovers_unbiased_populations(biased):
     frames = np.concatenate(biased)
     biased_populations = np.bincount(threehole_well(frames), minlength=3) / len(frames)
     assert abs(biased_populations[0] - threehole_populations(KT)[0]) > 0.15  # the bias matters
@@ -87,6 +91,23 @@ def test_reweighted_biased_data_recovers_unbiased_populations(tmp_path_factory):
     np.testing.assert_allclose(reweighted, threehole_populations(KT), atol=0.05)
     _, unweighted = _state_populations_by_well(states, frames, np.ones(len(frames)), model.n_states)
     assert abs(unweighted[0] - reweighted[0]) > 0.1  # without weights the answer is the biased one
+
+
+def test_flow_fits_the_equilibrium_weights_not_the_data_weights(biased):
+    """Equilibrium weights exp(βV) steer only the flow: SPIB sees the biased frames as they are,
+    and the generated populations are the unbiased ones (quadrature), not the sampled ones."""
+    frames = np.concatenate(biased)
+    sampled = np.bincount(threehole_well(frames), minlength=3) / len(frames)
+    data = TrainingData(biased, equilibrium_weights=[np.exp(BIAS_SLOPE * traj[:, 0] / KT) for traj in biased])
+    model = LaTF(**SETTINGS, joint_max_epochs=20, polish_steps=3000).fit(data)
+    states = model.predict_state(frames)
+    wells_found, _ = _state_populations_by_well(states, frames, np.ones(len(frames)), model.n_states)
+    assert wells_found == [0, 1, 2]
+    majority = [np.bincount(threehole_well(frames)[states == k], minlength=3).argmax() for k in range(model.n_states)]
+    generated = np.zeros(3)
+    np.add.at(generated, majority, model.state_populations(KT, 200_000))
+    np.testing.assert_allclose(generated, threehole_populations(KT), atol=0.05)
+    assert abs(sampled[0] - threehole_populations(KT)[0]) > 0.15  # the data alone say otherwise
 
 
 def test_generated_samples_reproduce_encoded_md(latf_model, unbiased):

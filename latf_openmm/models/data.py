@@ -26,6 +26,12 @@ class TrainingData:
         Optional initial state per frame (non-negative integers), one array per trajectory.
     weights
         Optional non-negative data weight per frame (e.g. reweighting factors of biased runs).
+    equilibrium_weights
+        Optional per-frame weights of the best estimate of the equilibrium distribution at
+        each trajectory's temperature, for LaTF's density (the flow's prior term); default:
+        ``weights``. The loop puts each run's weights here pooled by its independent samples
+        (:func:`~latf_openmm.reweighting.pooled_weights`); counted frame by frame, a short
+        transient of a biased run can outweigh the rest. SPIB's state-predictive loss keeps ``weights``.
     temperatures
         Optional temperature of each trajectory (any unit, used consistently).
     temperature_unit
@@ -45,6 +51,7 @@ class TrainingData:
     temperature_unit: str = ""
     feature_names: list[str] | None = None
     segments: list[np.ndarray] | None = None
+    equilibrium_weights: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.features, np.ndarray) and self.features.ndim == 3:
@@ -67,17 +74,19 @@ class TrainingData:
         lengths = [len(f) for f in self.features]
         self.labels = self._per_frame(self.labels, "labels", lengths, np.int64)
         self.weights = self._per_frame(self.weights, "weights", lengths, np.float64)
+        self.equilibrium_weights = self._per_frame(self.equilibrium_weights, "equilibrium_weights", lengths, np.float64)
         self.segments = self._per_frame(self.segments, "segments", lengths, np.int64)
         if self.labels is not None and any(np.any(lab < 0) for lab in self.labels):
             raise LatfError("labels must be non-negative integers")
         if self.labels is not None and len(np.unique(np.concatenate(self.labels))) < 2:
             raise LatfError("the initial labels hold a single state; SPIB needs at least two")
-        if self.weights is not None:
-            flat = np.concatenate(self.weights)
-            if not np.isfinite(flat).all() or np.any(flat < 0):
-                raise LatfError("weights must be finite and non-negative")
-            if flat.sum() <= 0:
-                raise LatfError("weights are all zero")
+        for name in ("weights", "equilibrium_weights"):
+            if getattr(self, name) is not None:
+                flat = np.concatenate(getattr(self, name))
+                if not np.isfinite(flat).all() or np.any(flat < 0):
+                    raise LatfError(f"{name} must be finite and non-negative")
+                if flat.sum() <= 0:
+                    raise LatfError(f"{name} are all zero")
         if self.temperatures is not None:
             self.temperatures = np.asarray(self.temperatures, dtype=np.float64).reshape(-1)
             if len(self.temperatures) != len(self.features):
@@ -131,9 +140,10 @@ class TrainingData:
         return np.flatnonzero(stretch[:-lag] == stretch[lag:]) if 0 < lag < len(stretch) else np.zeros(0, np.int64)
 
     def digest(self) -> str:
-        """SHA-256 of the data (features, labels, weights, temperatures, segments), for provenance."""
+        """SHA-256 of the data (features, labels, both weights, temperatures, segments), for provenance."""
         temperatures = [] if self.temperatures is None else [self.temperatures]
-        groups = (self.features, self.labels or [], self.weights or [], self.segments or [], temperatures)
+        groups = (self.features, self.labels or [], self.weights or [], self.segments or [], temperatures,
+                  self.equilibrium_weights or [])  # fmt: skip
         return array_digest(array for group in groups for array in group)
 
 
@@ -141,8 +151,9 @@ def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
     """Load training data from ``.npz`` files or ``latf simulate`` run folders.
 
     An ``.npz`` holds ``features`` shaped (n_traj, n_frames, n_features) or as an object
-    array of per-trajectory arrays, and optionally ``labels``, ``weights``, ``segments``
-    (per frame), ``temperatures`` (per trajectory) and ``feature_names``. A run folder (or
+    array of per-trajectory arrays, and optionally ``labels``, ``weights``,
+    ``equilibrium_weights``, ``segments`` (per frame), ``temperatures`` (per trajectory) and
+    ``feature_names``. A run folder (or
     a folder of run folders) contributes one trajectory per run, at the run's temperature
     (in the system's user-facing unit); a biased run's frames carry its unbiasing weights
     (:func:`latf_openmm.reweighting.run_weights`), and a replica-exchange temperature's
@@ -178,10 +189,14 @@ def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
             return None
         return [a for p in parts for a in (getattr(p, name) or [np.full(n, default) for n in p.lengths])]
 
+    equilibrium = None
+    if any(p.equilibrium_weights is not None for p in parts):  # a part without them: its data weights
+        equilibrium = [w for p in parts for w in p.equilibrium_weights or p.weights or [np.ones(n) for n in p.lengths]]
     return TrainingData(
         features=[f for p in parts for f in p.features],
         labels=[lab for p in parts for lab in p.labels] if all(has_labels) else None,
         weights=per_frame("weights", 1.0),
+        equilibrium_weights=equilibrium,
         temperatures=np.concatenate([p.temperatures for p in parts]) if all(with_t) else None,
         temperature_unit=units.pop(),
         feature_names=names,
@@ -210,7 +225,7 @@ def _from_npz(path: Path) -> TrainingData:
         names = [str(n) for n in data["feature_names"]] if "feature_names" in data.files else None
         return TrainingData(
             get("features"), get("labels"), get("weights"), get("temperatures"), feature_names=names,
-            segments=get("segments"),
+            segments=get("segments"), equilibrium_weights=get("equilibrium_weights"),
         )  # fmt: skip
 
 

@@ -83,7 +83,7 @@ class TrainingConfig:
     polish_steps: int = _option(
         9000,
         "LaTF: after the joint stage, optimizer steps that fit the flow alone by maximum likelihood "
-        "(data and temperature weights) to the frozen encoder's latent points, encoded once (0: none)",
+        "(equilibrium and temperature weights) to the frozen encoder's latent points, encoded once (0: none)",
     )
     polish_learning_rate: float = _option(
         5e-3, "LaTF: flow-polishing Adam learning rate, decayed to zero over the steps (cosine)"
@@ -161,6 +161,25 @@ class LaTF(SPIB):
         trainer.polish_stage()
         return LaTFModel(trainer.network, trainer.info("latf"))
 
+    def refit_flow(self, model: LaTFModel, data: TrainingData) -> LaTFModel:
+        """The trained ``model`` with its flow fitted again to ``data`` (flow polishing alone, by its
+        equilibrium weights); encoder, decoder and states are kept. For a density estimate that
+        depends on the model's own CV (the loop pools runs along it).
+        """
+        if model.network.flow is None or len(model.network.flow.layers) != self.config.flow_layers + 1:
+            raise LatfError("refit_flow needs a LaTF model trained with the same flow settings")
+        labels = [model.predict_state(f) for f in data.features]  # the model's states; no initial clustering
+        trainer = _Trainer(dataclasses.replace(data, labels=labels), self.config, flow=True)
+        if trainer.reference_temperature != model.reference_temperature:
+            raise LatfError(
+                f"the data's reference temperature {trainer.reference_temperature:g} is not the model's "
+                f"{model.reference_temperature:g}; set reference_temperature"
+            )
+        trainer.network = copy.deepcopy(model.network).to(trainer.device)
+        trainer.history = list(model.info["history"])
+        trainer.polish_stage()
+        return LaTFModel(trainer.network, trainer.info("latf"))
+
 
 class _Trainer:
     """Holds the data as tensors and runs the training stages."""
@@ -186,6 +205,7 @@ class _Trainer:
             )
         )
         weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(features))
+        equilibrium = np.concatenate(data.equilibrium_weights) if data.equilibrium_weights is not None else weights
         past = data.lagged_starts(config.lag)
         self.generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(past), generator=self.generator).numpy()
@@ -205,6 +225,7 @@ class _Trainer:
         to = dict(device=self.device)
         self.x = torch.as_tensor(features, dtype=torch.float32, **to)
         self.weights = torch.as_tensor(weights / weights[past].mean(), dtype=torch.float32, **to)
+        self.equilibrium_weights = torch.as_tensor(equilibrium / equilibrium[past].mean(), dtype=torch.float32, **to)
         self.temperature_weights = torch.as_tensor(t_ref / per_frame_t, dtype=torch.float32, **to)
         self.labels = torch.as_tensor(np.unique(labels, return_inverse=True)[1], dtype=torch.long, **to)
         past_t = torch.as_tensor(past, dtype=torch.long, **to)
@@ -254,21 +275,27 @@ class _Trainer:
         log_prior = self.config.tau * torch.sqrt(squared + 1e-12) - 0.5 * squared * temperature_weights
         return -log_prior - log_det
 
+    def _prior_weights(self, joint: bool) -> torch.Tensor:
+        """Per-frame weights of the prior term: the equilibrium weights for the flow's density
+        (joint stage), the data weights for SPIB's VampPrior term."""
+        return self.equilibrium_weights if joint else self.weights
+
     def _loss(self, past: torch.Tensor, joint: bool) -> torch.Tensor:
         """Weighted mean loss: cross-entropy + β × prior term."""
         cross_entropy, regularizer = self._terms(past, joint)
-        return (self.weights[past] * (cross_entropy + self.config.beta * regularizer)).mean()
+        prior_weights = self._prior_weights(joint)[past]
+        return (self.weights[past] * cross_entropy + self.config.beta * prior_weights * regularizer).mean()
 
     @torch.no_grad()
     def _validation_terms(self, joint: bool) -> np.ndarray:
         """Weighted mean cross-entropy and prior term over the validation pairs."""
         pairs = self.val_past if len(self.val_past) else self.train_past
+        weights = torch.stack([self.weights, self._prior_weights(joint)])  # (2, n_frames), one per term
         total = torch.zeros(2, device=self.device)
         noise = torch.Generator().manual_seed(self.config.seed + 1)  # the same noise every epoch
         for chunk in pairs.split(65536):
-            w = self.weights[chunk]
-            total += torch.stack([(w * term).sum() for term in self._terms(chunk, joint, noise)])
-        return (total / self.weights[pairs].sum()).cpu().numpy()
+            total += (weights[:, chunk] * torch.stack(self._terms(chunk, joint, noise))).sum(1)
+        return (total / weights[:, pairs].sum(1)).cpu().numpy()
 
     # --------------------------------------------------------------- training
     def _train_round(self, joint: bool, max_epochs: int, stage: str, refinement: int) -> None:
@@ -386,7 +413,7 @@ class _Trainer:
         the noisy latent mean + σ·ε, broader than that of the CV values μ(X) it is compared
         with. With the encoder fixed, the latent points are encoded once and a step costs only
         the flow's forward/backward pass, so many more steps fit in the same time. The loss is
-        the joint loss's prior term (data- and temperature-weighted); the learning rate decays
+        the joint loss's prior term (equilibrium- and temperature-weighted); the learning rate decays
         to zero (cosine); the flow with the best validation loss among checks every
         ``POLISH_CHECK`` steps is kept, so that small data sets cannot be overfitted.
         """
@@ -398,12 +425,12 @@ class _Trainer:
             val_pairs = self.val_past if len(self.val_past) else self.train_past
             val_latent = torch.cat([net(c) for c in self.x[val_pairs].split(65536)])
         sigma = cfg.polish_noise * float(torch.exp(0.5 * net.log_var.detach()))
-        weights = self.weights[self.train_past]
+        weights = self.equilibrium_weights[self.train_past]
         temperature_weights = self.temperature_weights[self.train_past]
 
         @torch.no_grad()
         def validation_nll() -> float:
-            w = self.weights[val_pairs]
+            w = self.equilibrium_weights[val_pairs]
             return float((w * self._flow_nll(val_latent, self.temperature_weights[val_pairs])).sum() / w.sum())
 
         best = (validation_nll(), copy.deepcopy(net.flow.state_dict()))
@@ -459,7 +486,7 @@ class _Trainer:
     @torch.no_grad()
     def info(self, kind: str) -> dict[str, Any]:
         labels = self._predicted_labels()
-        populations = torch.bincount(labels, weights=self.weights, minlength=self.network.n_states)
+        populations = torch.bincount(labels, weights=self.equilibrium_weights, minlength=self.network.n_states)
         config = dataclasses.asdict(self.config)
         latent = torch.cat([self.network(chunk) for chunk in self.x.split(65536)])
         return {
