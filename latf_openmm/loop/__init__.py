@@ -13,15 +13,18 @@
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
     summary.json                per target temperature: state populations and free-energy profiles
     summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
-    cv/                         the final CV: cv.pt (OpenMM TorchForce), plumed/ (model.ptc, plumed.dat)
-                                and metadata.json (provenance, populations, hashes, a check value)
+    final/                      the final model.pt; its CV: cv.pt, scalar components cv_s<k>.pt (OpenMM
+                                TorchForce), plumed/ (model.ptc, plumed.dat); metadata.json
 
 A round is complete when its ``round.json`` exists; running the same command again skips
 complete rounds and resumes the first incomplete one (its walkers resume from their
 checkpoints). Walkers and training are tasks on Dask distributed: a local cluster by
 default, or an existing scheduler (``scheduler = "tcp://host:port"``, e.g. dask-jobqueue
-on SLURM). Each round after the first warm-starts from the previous model's states: its
-initial labels are the previous model's state assignments of all frames.
+on SLURM). Each round after the first warm-starts from the previous model: its initial
+labels are a grid of ``n_initial_states`` cells over the previous model's CV (all frames),
+which SPIB's refinement merges into metastable states. A region the walkers reached for the
+first time gets cells of its own and can become a new state; with the previous model's
+states as labels it could only have joined one of them.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ ROUND_SUMMARY_KEYS = ("round", "populations", "population_change", "fes_change_k
 # validation MD at target k uses 500 + k.
 REPLICA_SEED_INDEX = 999
 VALIDATION_SEED_INDEX = 500
-FINAL_CV = "cv"  # RUN_DIR/cv/: the final model's CV for OpenMM and PLUMED, with metadata.json
+FINAL = "final"  # RUN_DIR/final/: the final model and its CV for OpenMM and PLUMED, with metadata.json
 PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
 
 
@@ -149,18 +152,29 @@ def _md_options(config: LoopConfig) -> dict[str, Any]:
 
 # -- tasks (run on Dask workers; arguments are plain data) -------------------------------
 def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out: str) -> str:
-    """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``."""
+    """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``.
+
+    With a previous model (``labels_from``), the initial states are a grid over its CV. The flow
+    is then fitted again to the loop's estimate of each temperature's equilibrium along the new
+    CV (:func:`weighted_latent`: runs pooled by their independent samples), so that the
+    generated distribution is the one the loop reports.
+    """
     import torch
 
-    from latf_openmm.models import LaTF, TrainingConfig, load_model, load_training_data
+    from latf_openmm.models import LaTF, TrainingConfig, initial_labels, load_model, load_training_data
 
     torch.set_num_threads(config.threads or 1)
     training = load_training_data(data)
-    if labels_from is not None:  # warm start: the previous model's states as initial labels
+    estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train}))
+    if labels_from is not None:
         previous = load_model(labels_from)
-        training = dataclasses.replace(training, labels=[previous.predict_state(f) for f in training.features])
-    options = {"seed": config.seed, **config.train}
-    model = LaTF(TrainingConfig(**options)).fit(training)
+        latent = np.concatenate([previous.transform(f.astype(np.float64)) for f in training.features])
+        labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
+        training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
+    model = estimator.fit(training)
+    estimate = weighted_latent(model, data)  # the round's estimate, each run at its own temperature
+    equilibrium = [estimate[t][k][1] for k, t in enumerate(training.temperatures)]
+    model = estimator.refit_flow(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
     model.save(out)
     return out
 
@@ -497,29 +511,39 @@ def _export(config: LoopConfig, model_path: str, out: Path) -> None:
     export_cv(load_model(model_path), featurizer, out, feature_description=molsys.features)
 
 
-def _write_final_cv(config: LoopConfig, folder: Path, last: dict[str, Any], summary: dict[str, Any]) -> None:
-    """The final round's CV in ``folder``: ``cv.pt`` (positions → CV, TorchScript), ``plumed/``
-    (``model.ptc``, ``plumed.dat`` with the workflow's bias) and ``metadata.json`` (provenance,
-    the states' populations, file hashes, and the CV of the system's starting structure, which
-    a copy of the files must reproduce)."""
+def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary: dict[str, Any]) -> None:
+    """The final round's model in ``folder``, ready to use elsewhere: ``model.pt`` (``latf bias``,
+    ``latf generate``), ``cv.pt`` (positions → CV, TorchScript), ``cv_s<k>.pt`` (component k as a
+    scalar: an OpenMM TorchForce, e.g. inside a CustomCVForce), ``plumed/`` (``model.ptc`` and a
+    ``plumed.dat`` with the workflow's bias) and ``metadata.json`` (provenance, the states'
+    populations, file hashes, and the CV of the system's starting structure, which a copy of
+    the files must reproduce)."""
+    import shutil
+
     import torch
 
-    from latf_openmm.export import read_metadata
+    from latf_openmm.export import export_cv, read_metadata
     from latf_openmm.export.plumed import write_plumed
     from latf_openmm.features import build_featurizer
+    from latf_openmm.files import atomic_path
     from latf_openmm.models import load_model
 
     molsys = _load_system(config)
-    _export(config, last["model"], folder / "cv.pt")
+    model = load_model(last["model"])
     featurizer = build_featurizer(molsys.features, molsys.topology)
+    with atomic_path(folder / "model.pt") as tmp:
+        shutil.copyfile(last["model"], tmp)
+    exports = {"cv.pt": None} | {f"cv_s{k}.pt": k for k in range(model.latent_dim)}
+    for name, component in exports.items():
+        export_cv(model, featurizer, folder / name, component=component, feature_description=molsys.features)
     temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
-    write_plumed(load_model(last["model"]), featurizer, folder / "plumed", temperature, bias=config.bias["method"])
+    write_plumed(model, featurizer, folder / "plumed", temperature, bias=config.bias["method"])
     box = molsys.topology.getPeriodicBoxVectors()
     box = None if box is None else torch.tensor(box.value_in_unit(box.unit), dtype=torch.float64)
     cv = torch.jit.load(str(folder / "cv.pt"))(torch.as_tensor(molsys.positions, dtype=torch.float64), box)
-    files = ("cv.pt", "plumed/model.ptc", "plumed/plumed.dat")
+    files = ("model.pt", *exports, "plumed/model.ptc", "plumed/plumed.dat")
     metadata = {
-        "format": "latf_openmm.loop_cv",
+        "format": "latf_openmm.loop_final",
         "system": config.system,
         "system_args": config.system_args,
         "round": last["round"],
@@ -529,7 +553,6 @@ def _write_final_cv(config: LoopConfig, folder: Path, last: dict[str, Any], summ
         "generated_state_populations": {t: v["state_populations"] for t, v in summary["targets"].items()},
         "starting_structure_cv": cv.tolist(),
         "sha256": {name: _sha256(folder / name) for name in files},
-        "model_sha256": last["model_sha256"],
         "cv": read_metadata(folder / "cv.pt"),
         "workflow": dataclasses.asdict(config),
     }
@@ -588,7 +611,7 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
     }
     write_json(out / SUMMARY, summary)
     plot_loop(summary, history, out / "summary.png")
-    _write_final_cv(config, out / FINAL_CV, history[-1], summary)
+    _write_final(config, out / FINAL, history[-1], summary)
     if model.latent_dim == 2:
         from latf_openmm.generation import generate
 
