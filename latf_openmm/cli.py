@@ -482,7 +482,7 @@ def _loop(args: argparse.Namespace) -> int:
             }
         )
     )
-    print(f"wrote {Path(args.out) / 'summary.json'}, summary.png and fes.png")
+    print(f"wrote {Path(args.out) / 'summary.json'}, summary.png, fes.png and final/ (model, CV for OpenMM and PLUMED)")
     return 0
 
 

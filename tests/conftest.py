@@ -72,13 +72,18 @@ def linear_cv(system, weight, features=None):
     return molsys, LearnedCV(model, featurizer)
 
 
-def check_final_cv(folder):
-    """A loop's final-CV folder (``RUN_DIR/cv`` or a copy in ``models/``): files as hashed, and the
-    TorchScript CV and the PLUMED model both give the recorded CV of the starting structure."""
+def check_final(folder):
+    """A loop's final folder (``RUN_DIR/final`` or its copy in ``models/``): files as hashed, and the
+    model, the TorchScript CV, each scalar component as an OpenMM TorchForce inside a
+    CustomCVForce, and the PLUMED model all give the recorded CV of the starting structure."""
     import hashlib
     import json
 
+    import openmm
+    from openmmtorch import TorchForce
+
     from latf_openmm import build_featurizer
+    from latf_openmm.models import load_model
     from latf_openmm.systems import load_system
 
     metadata = json.loads((folder / "metadata.json").read_text())
@@ -89,7 +94,19 @@ def check_final_cv(folder):
     assert len(expected) == metadata["cv"]["cv_dimension"] and metadata["cv"]["n_atoms"] == len(molsys.positions)
     cv = torch.jit.load(str(folder / "cv.pt"))(torch.as_tensor(molsys.positions))
     np.testing.assert_allclose(cv.detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+    for k, value in enumerate(expected):
+        force = openmm.CustomCVForce("s")
+        force.addCollectiveVariable("s", TorchForce(str(folder / f"cv_s{k}.pt")))
+        system = openmm.System()
+        for _ in molsys.positions:
+            system.addParticle(1.0)
+        system.addForce(force)
+        platform = openmm.Platform.getPlatformByName("Reference")
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), platform)
+        context.setPositions(molsys.positions)
+        assert force.getCollectiveVariableValues(context)[0] == pytest.approx(value, abs=1e-5)
     features = build_featurizer(molsys.features, molsys.topology).transform(molsys.positions[None])
+    np.testing.assert_allclose(load_model(folder / "model.pt").transform(features)[0], expected, atol=1e-5)
     plumed = torch.jit.load(str(folder / "plumed" / "model.ptc"))(torch.as_tensor(features, dtype=torch.float32))
     np.testing.assert_allclose(plumed.detach().numpy()[0], expected, rtol=1e-4, atol=1e-4)
     assert "PYTORCH_MODEL FILE=model.ptc" in (folder / "plumed" / "plumed.dat").read_text()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import check_final_cv
+from conftest import check_final
 
 from latf_openmm import LatfError
 from latf_openmm.loop import LoopConfig
@@ -92,9 +92,9 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     assert all(r["cpu_seconds"] > 0.3 * r["walker_seconds"] for r in summary["rounds"])  # busy walkers counted
     for ess in summary["rounds"][-1]["effective_sample_size"].values():
         assert 1000 < ess <= 10_000  # each walker: 10 000 frames, weighted
-    final_cv = check_final_cv(out / "cv")  # the final CV for OpenMM and PLUMED, as models/ ships them
-    assert final_cv["model_sha256"] == _sha(Path(summary["final_model"]))
-    assert final_cv["reweighted_state_populations"] == summary["rounds"][-1]["populations"]
+    shipped = check_final(out / "final")  # the final model and CV for OpenMM and PLUMED, as models/ ships them
+    assert shipped["sha256"]["model.pt"] == _sha(Path(summary["final_model"]))
+    assert shipped["reweighted_state_populations"] == summary["rounds"][-1]["populations"]
 
     # Reweighted populations of the learned states, each state counted in the well most of its
     # frames (round 0 and walkers) are in, vs quadrature; every well must have a state.
