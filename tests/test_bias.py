@@ -199,6 +199,8 @@ def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(kind, threehole
     alone = _adaptive(kind, cv, temperature)
     alone.restore(own[1])
     assert np.abs(walkers[1].bias_grid() - alone.bias_grid()).max() > 0.1  # walker 1 sees walker 0's deposits
+    if kind == "metad":  # hills add up
+        np.testing.assert_allclose(walkers[1].bias_grid(), own[0]["bias"] + own[1]["bias"])
 
     later = _adaptive(kind, cv, temperature)
     later.load(tmp_path / "w0" / "bias_state.npz")
