@@ -34,7 +34,7 @@ import openmm.unit as u
 
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm.files import atomic_path, write_json
-from latf_openmm.loop import weighted_latent
+from latf_openmm.loop import LoopConfig, equilibrium_estimate
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -105,8 +105,11 @@ def from_loop(run_dir: Path) -> dict[str, float]:
     summary = json.loads((run_dir / "summary.json").read_text())
     model = load_model(summary["final_model"])
     records = [json.loads(path.read_text()) for path in sorted(run_dir.glob("round_*/round.json"))]
-    runs = [r for record in records for key in ("runs", "walkers", "replicas") for r in record.get(key, [])]
-    by_run = weighted_latent(model, runs)[300.0]  # the loop's own estimate of 300 K
+    runs = [
+        r for record in records for key in ("runs", "walkers", "production", "replicas") for r in record.get(key, [])
+    ]
+    config = LoopConfig(**json.loads((run_dir / "config.json").read_text()))
+    by_run = equilibrium_estimate(config, model, runs)[300.0]  # the loop's own estimate of 300 K
     members = sorted(by_run)
     series = [np.load(Path(runs[k]) / "timeseries.npz") for k in members]
     features = [s["features"].astype(np.float64) for s in series]

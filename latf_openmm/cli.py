@@ -449,7 +449,8 @@ def _add_loop(sub: argparse._SubParsersAction) -> None:
         help="the iterative loop: MD → train LaTF → biased walkers → reweight → retrain, then generate",
         description="Run a workflow (see workflows/*.toml): unbiased MD, then rounds of LaTF training on all "
         "data so far (biased frames reweighted), OPES or metadynamics walkers along the learned CV (Dask "
-        "tasks), until a round's data changes the reweighted state populations and free-energy profiles by "
+        "tasks) that then go on with their bias fixed, an MBAR estimate over the unbiased and fixed-bias "
+        "runs, until a round's data changes the reweighted state populations and free-energy profiles by "
         "less than the tolerances; then "
         "populations and free-energy profiles at the target temperatures. Run the same command again to "
         "resume a killed loop.",

@@ -29,7 +29,8 @@ md_steps = 900_000
 frame_interval = 30
 platform = "Reference"
 walkers = 2
-walker_steps = 300_000
+walker_steps = 150_000
+production_steps = 150_000
 targets = [0.75, 1.0]
 samples = 20_000
 validation_steps = 60_000
@@ -91,7 +92,9 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     )
     assert all(r["cpu_seconds"] > 0.3 * r["walker_seconds"] for r in summary["rounds"])  # busy walkers counted
     for ess in summary["rounds"][-1]["effective_sample_size"].values():
-        assert 1000 < ess <= 10_000  # each walker: 10 000 frames, weighted
+        assert 500 < ess <= 5000  # each walker and production run: 5000 frames, weighted
+    for ess in summary["rounds"][-1]["estimate_effective_sample_size"].values():
+        assert 5000 < ess <= 50_000  # the estimate: round 0 (30 000 frames) and 4 fixed-bias runs (20 000)
     shipped = check_final(out / "final")  # the final model and CV for OpenMM and PLUMED, as models/ ships them
     assert shipped["sha256"]["model.pt"] == _sha(Path(summary["final_model"]))
     assert shipped["reweighted_state_populations"] == summary["rounds"][-1]["populations"]
@@ -101,7 +104,8 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     from latf_openmm.models import load_model
 
     final = load_model(summary["final_model"])
-    runs = [next((out / "round_000" / "md").iterdir()), *out.glob("round_*/walkers/walker_*")]
+    runs = [next((out / "round_000" / "md").iterdir()), *out.glob("round_*/walkers/walker_*"),
+            *out.glob("round_*/production/walker_*")]  # fmt: skip
     features = np.concatenate([np.load(run / "timeseries.npz")["features"] for run in runs])
     states, wells = final.predict_state(features), threehole_well(features)
     majority = [np.bincount(wells[states == k], minlength=3).argmax() for k in range(final.n_states)]
@@ -143,8 +147,6 @@ polish_steps = 0
 
 
 def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_populations(tmp_path):
-    from latf_openmm.reweighting import weights_by_temperature
-
     workflow = tmp_path / "replicas.toml"
     workflow.write_text(REPLICA_WORKFLOW)
     result = subprocess.run([*LATF, "loop", str(workflow), "--out", str(tmp_path / "run")], capture_output=True,
@@ -159,13 +161,23 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
         assert settings["kind"] == "metad" and settings["frozen"]
         bias = np.load(run / "timeseries.npz")["colvar"][:, -2]
         assert np.ptp(bias) > 0.5 * shared["bias"].max()  # the walker's hills, on every replica
-    weights = weights_by_temperature(record["replicas"])
+    # The loop's estimate: one MBAR over round 0 (unbiased, three temperatures) and the replicas
+    # (the walker's bias rebuilt from round_001/ and evaluated at every frame); the walker stays out.
+    from latf_openmm.loop import equilibrium_estimate
+    from latf_openmm.models import load_model
+
+    zero = json.loads((tmp_path / "run" / "round_000" / "round.json").read_text())["runs"]
+    runs = [*zero, *record["walkers"], *record["replicas"]]
+    config = LoopConfig(**json.loads((tmp_path / "run" / "config.json").read_text()))
+    estimate = equilibrium_estimate(config, load_model(record["model"]), runs)
+    assert list(estimate) == [0.75, 0.95, 1.2] and all(sorted(by_run) == [0, 1, 2, 4, 5, 6] for by_run in
+                                                        estimate.values())  # fmt: skip
     for kt in (0.75, 0.95):
-        paths, by_run = zip(*[(replicas[k], w) for k, w in weights[kt].items()], strict=True)
-        wells = np.concatenate([threehole_well(np.load(p / "timeseries.npz")["features"]) for p in paths])
-        w = np.concatenate(by_run)
+        members = sorted(estimate[kt])
+        wells = np.concatenate([threehole_well(np.load(Path(runs[k]) / "timeseries.npz")["features"]) for k in members])
+        w = np.concatenate([estimate[kt][k][1] for k in members])
         populations = np.bincount(wells, weights=w, minlength=3) / w.sum()
-        np.testing.assert_allclose(populations, threehole_populations(kt), atol=0.04)
+        np.testing.assert_allclose(populations, threehole_populations(kt), atol=0.03)
 
 
 WORKFLOWS = Path(__file__).parents[1] / "workflows"
@@ -195,4 +207,7 @@ def test_bad_workflow(tmp_path):
     assert result.returncode == 2 and "at least two md_temperatures" in result.stderr
     bad.write_text('system = "threehole"\n[train]\nlagg = 3\n')
     with pytest.raises(LatfError, match="lagg"):
+        LoopConfig.from_toml(bad)
+    bad.write_text('system = "threehole"\n')
+    with pytest.raises(LatfError, match="needs runs under a fixed bias; set production_steps"):
         LoopConfig.from_toml(bad)

@@ -15,12 +15,12 @@ from latf_openmm.bias import OPES, HarmonicBias, Metadynamics
 from latf_openmm.export.plumed import read_colvar
 from latf_openmm.reweighting import (
     effective_sample_size,
-    pooled_weights,
+    mbar_weights,
     restraint_energy,
+    run_energies,
     run_weights,
     temperature_weights,
     umbrella_weights,
-    weights_by_temperature,
 )
 from latf_openmm.simulation import replica_exchange, simulate
 from latf_openmm.systems import load_system
@@ -88,22 +88,6 @@ def test_effective_sample_size():
     assert effective_sample_size(np.r_[1.0, np.zeros(9)]) == pytest.approx(1)
 
 
-def test_pooled_weights_count_independent_samples():
-    rng = np.random.default_rng(7)
-    n, phi = 200_000, 0.9  # AR(1): statistical inefficiency g = (1 + φ)/(1 − φ) = 19
-    noise = rng.normal(size=n)
-    correlated = np.empty(n)
-    correlated[0] = noise[0]
-    for i in range(1, n):
-        correlated[i] = phi * correlated[i - 1] + noise[i]
-    uneven = rng.exponential(size=n)  # Kish ESS of exponential weights: n/2
-    pooled = pooled_weights([np.ones(n), np.ones(n), uneven], [correlated, rng.normal(size=n), rng.normal(size=n)])
-    assert pooled[0].sum() == pytest.approx(n / 19, rel=0.1)
-    assert pooled[1].sum() == pytest.approx(n, rel=0.02)
-    assert pooled[2].sum() == pytest.approx(n / 2, rel=0.05)
-    np.testing.assert_allclose(pooled[2] / pooled[2].sum(), uneven / uneven.sum())  # shape within a run kept
-
-
 def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_path):
     # 300 steps (3 time units) between exchanges: over 8 seeds the populations' spread is 0.008
     args = ["simulate", "--system", "threehole", "--temperatures", 0.75, 0.95, 1.2, "--steps", 900_000,
@@ -149,17 +133,25 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     populations = _populations(paths, temperature_weights(paths, temperature))  # seeds 4, 5: within 0.01
     np.testing.assert_allclose(populations, threehole_populations(KT), atol=0.04)
 
-    # Mixed with the (adaptive) run that built the bias: the replicas inform each of their
-    # temperatures by MBAR, the adaptive run only its own.
-    by_temperature = weights_by_temperature([*paths, built.directory])
-    assert list(by_temperature) == pytest.approx([KT, 0.95, 1.2])
-    cold, warm, _ = by_temperature.values()
-    assert sorted(cold) == [0, 1, 2, 3] and sorted(warm) == [0, 1, 2]
-    np.testing.assert_allclose(cold[3], run_weights(built.directory))
-    for k, expected in enumerate(temperature_weights(paths, ladder[1])):
-        np.testing.assert_allclose(warm[k], expected)
-    warm_populations = _populations(paths, [warm[k] for k in range(3)])
-    np.testing.assert_allclose(warm_populations, threehole_populations(0.95), atol=0.04)
+    # One MBAR over the replicas (fixed bias, three temperatures) and an unbiased run at 0.75,
+    # with the bias evaluated at every frame from the CV alone, as the loop does.
+    unbiased = _unbiased(molsys, tmp_path, KT, steps=150_000)
+    mixed = [*paths, unbiased]
+    features = np.concatenate([np.load(p / "timeseries.npz")["features"] for p in mixed])
+    fixed = bias.energy_at(bias.cv.model.transform(features.astype(np.float64)))
+    n_cold = len(cold["features"])
+    np.testing.assert_allclose(fixed[:n_cold], cold["colvar"][:, -2], atol=0.01)  # numpy = OpenMM's, kJ/mol
+    energies, own = zip(*map(run_energies, mixed), strict=True)
+    assert own[-1] is None and np.allclose(energies[0] + own[0], cold["potential_energy"])
+    kelvin = [*ladder, temperature]
+    replicas_only = mbar_weights(energies[:3], ladder, [0] * 3, fixed[None, : -len(energies[-1])], ladder[1])
+    for weights, expected in zip(replicas_only, temperature_weights(paths, ladder[1]), strict=True):
+        np.testing.assert_allclose(weights, expected, rtol=1e-3)  # the bias from OpenMM or from the CV
+    for kt in (KT, 0.95):
+        weights = mbar_weights(energies, kelvin, [0, 0, 0, None], fixed[None], molsys.to_kelvin(kt))
+        np.testing.assert_allclose(_populations(mixed, weights), threehole_populations(kt), atol=0.04)
+    with pytest.raises(LatfError, match="positive"):
+        mbar_weights(energies, kelvin, [0, 0, 0, None], fixed[None], 0.0)
 
 
 def test_replica_exchange_seed_repeats_the_run_in_a_worker_thread_and_exchanges_at_the_interval(tmp_path):

@@ -170,6 +170,17 @@ class GridBias(CVBias):
         """Linear interpolation of a grid array at points (m, n_biased)."""
         return RegularGridInterpolator(self.axes, grid)(np.atleast_2d(points))
 
+    def energy_at(self, cv: np.ndarray) -> np.ndarray:
+        """The bias (kJ/mol) at CV values (n, cv_dim), without a simulation: the grid, by cubic
+        interpolation (OpenMM's splines differ by far less than k_BT), plus the walls. Beyond
+        the grid the grid's edge value applies; the walls dominate there.
+        """
+        biased = np.asarray(cv, dtype=float).reshape(-1, self.cv.dim)[:, self.components]
+        inside = np.clip(biased, self.grid_lower, self.grid_upper)
+        energy = RegularGridInterpolator(self.axes, self.bias_grid(), method="cubic")(inside)
+        beyond = np.clip(biased - self.upper, 0, None) ** 2 + np.clip(self.lower - biased, 0, None) ** 2
+        return energy + 0.5 * self._settings["wall_constant"] * beyond.sum(axis=1)
+
     def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
         """The CV now; raises if a biased component left the grid."""
         values = super().cv_values(context, step)

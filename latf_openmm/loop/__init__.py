@@ -8,13 +8,22 @@
     round_001/cv.pt             its CV, exported (TorchScript)
     round_001/fes.png           generated F(s; T) at the target temperatures (generated.npz: the data)
     round_001/walkers/walker_i/ biased walkers (metadynamics or OPES) sharing round_001/shared/
-    round_001/replicas/T…/      with ``replicas_along_cv = true``: then replica exchange over the MD
-                                temperatures with the walkers' bias fixed on every replica
+    round_001/production/walker_i/  then each walker goes on (``production_steps``) with the bias
+                                all walkers built, fixed
+    round_001/replicas/T…/      with ``replicas_along_cv = true``: replica exchange over the MD
+                                temperatures with that fixed bias on every replica
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
     summary.json                per target temperature: state populations and free-energy profiles
     summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
     final/                      the final model.pt; its CV: cv.pt, scalar components cv_s<k>.pt (OpenMM
                                 TorchForce), plumed/ (model.ptc, plumed.dat); metadata.json
+
+The loop's estimate of equilibrium at each simulated temperature (the reweighted populations,
+the convergence test, the density the flow is fitted to) is one MBAR over every run whose
+bias is known at every frame: the unbiased runs and the runs under each round's fixed bias,
+with every fixed bias evaluated at every frame (:func:`equilibrium_estimate`). The adaptive
+walkers find new regions and teach SPIB the dynamics (their frames reweighted by
+exp((V − c(t))/k_BT)), but their bias changes as they run, so they stay out of the estimate.
 
 A round is complete when its ``round.json`` exists; running the same command again skips
 complete rounds and resumes the first incomplete one (its walkers resume from their
@@ -39,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from latf_openmm._quiet import quiet_stdout
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_json
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -46,13 +56,24 @@ from latf_openmm.versions import versions
 
 ROUND_FILE = "round.json"
 SUMMARY = "summary.json"
-ROUND_SUMMARY_KEYS = ("round", "populations", "population_change", "fes_change_kT", "effective_sample_size",
-                      "train_seconds", "walker_seconds", "replica_seconds", "cpu_seconds")  # fmt: skip
+ROUND_SUMMARY_KEYS = (
+    "round",
+    "populations",
+    "estimate_effective_sample_size",
+    "population_change",
+    "fes_change_kT",
+    "effective_sample_size",
+    "train_seconds",
+    "walker_seconds",
+    "production_seconds",
+    "replica_seconds",
+    "cpu_seconds",
+)
 # Seed indices (simulation.seed_for(seed, index)), one block of 1000 per round: round r's walker i
-# uses 1000 r + i and its replicas 1000 r + 999; round 0's MD at temperature k uses k and the
-# validation MD at target k uses 500 + k.
+# uses 1000 r + i, its production 1000 r + 500 + i and its replicas 1000 r + 999; round 0's MD at
+# temperature k uses k and the validation MD at target k uses 500 + k.
 REPLICA_SEED_INDEX = 999
-VALIDATION_SEED_INDEX = 500
+PRODUCTION_SEED_INDEX = VALIDATION_SEED_INDEX = 500
 FINAL = "final"  # RUN_DIR/final/: the final model and its CV for OpenMM and PLUMED, with metadata.json
 PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
 
@@ -78,6 +99,7 @@ class LoopConfig:
     threads: int | None = None
     walkers: int = 2
     walker_steps: int = 100_000
+    production_steps: int = 0
     walker_temperature: float | None = None
     replicas_along_cv: bool = False
     bias: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "opes"})
@@ -112,7 +134,8 @@ class LoopConfig:
             (self.rounds >= 1, "rounds must be ≥ 1"),
             (self.tolerance > 0 and self.fes_tolerance > 0, "tolerance and fes_tolerance must be positive"),
             (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
-            (self.walkers < REPLICA_SEED_INDEX, f"at most {REPLICA_SEED_INDEX - 1} walkers"),
+            (self.walkers < PRODUCTION_SEED_INDEX, f"at most {PRODUCTION_SEED_INDEX - 1} walkers"),
+            (self.production_steps >= 0, "production_steps must be ≥ 0"),
             (
                 len(self.md_temperatures) <= VALIDATION_SEED_INDEX and len(self.targets) < VALIDATION_SEED_INDEX,
                 f"at most {VALIDATION_SEED_INDEX} MD temperatures and {VALIDATION_SEED_INDEX - 1} targets",
@@ -129,6 +152,11 @@ class LoopConfig:
         if set(self.train) - known:
             raise LatfError(f"workflow [train]: unknown option(s) {sorted(set(self.train) - known)}")
         TrainingConfig(**self.train)
+        if not (self.production_steps > 0 or self.replicas_along_cv):
+            raise LatfError(
+                "workflow: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "
+                "with the round's bias fixed) or replicas_along_cv = true"
+            )
 
 
 def _sha256(path: Path) -> str:
@@ -156,7 +184,7 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
 
     With a previous model (``labels_from``), the initial states are a grid over its CV. The flow
     is then fitted again to the loop's estimate of each temperature's equilibrium along the new
-    CV (:func:`weighted_latent`: runs pooled by their independent samples), so that the
+    CV (:func:`equilibrium_estimate`; adaptive walkers' frames weigh nothing there), so that the
     generated distribution is the one the loop reports.
     """
     import torch
@@ -172,8 +200,11 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
         labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
         training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
     model = estimator.fit(training)
-    estimate = weighted_latent(model, data)  # the round's estimate, each run at its own temperature
-    equilibrium = [estimate[t][k][1] for k, t in enumerate(training.temperatures)]
+    estimate = equilibrium_estimate(config, model, data)  # each run at its own temperature
+    equilibrium = [
+        estimate[t][k][1] if k in estimate.get(t, {}) else np.zeros(n)
+        for k, (t, n) in enumerate(zip(training.temperatures, training.lengths, strict=True))
+    ]
     model = estimator.refit_flow(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
     model.save(out)
     return out
@@ -209,6 +240,29 @@ def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, o
     index = _round_number(Path(out).parent.parent) * 1000 + walker
     run = simulate(molsys, temperature, config.walker_steps, out, seed=seed_for(config.seed, index),
                    bias=bias, **_md_options(config))  # fmt: skip
+    return str(run.directory)
+
+
+def production_task(config: LoopConfig, model_path: str, shared: str, walker: str, out: str) -> str:
+    """A walker continued from its last frame with the bias all walkers built (in ``shared``)
+    held fixed, so that its frames' weights are exact; returns its run folder."""
+    import mdtraj
+
+    from latf_openmm.simulation import seed_for, simulate
+
+    molsys, bias, temperature = _learned_bias(config, model_path)
+    bias.load(shared)
+    bias.freeze()
+    manifest = json.loads((Path(walker) / "manifest.json").read_text())
+    files, last_frame = manifest["files"], manifest["n_frames"] - 1
+    with quiet_stdout():  # mdtraj's DCD reader prints the file's format
+        last = mdtraj.load_frame(
+            str(Path(walker) / files["trajectory"]), last_frame, top=str(Path(walker) / files["topology"])
+        )
+    molsys = dataclasses.replace(molsys, positions=last.xyz[0].astype(np.float64), minimize=False)
+    index = _round_number(Path(out).parent.parent) * 1000 + PRODUCTION_SEED_INDEX + int(Path(walker).name.split("_")[1])
+    run = simulate(molsys, temperature, config.production_steps, out, seed=seed_for(config.seed, index), bias=bias,
+                   **_md_options(config))  # fmt: skip
     return str(run.directory)
 
 
@@ -271,12 +325,25 @@ def _client(config: LoopConfig):
     return Client(cluster)
 
 
-def weighted_latent(model, runs: list[str]) -> dict[float, dict[int, tuple[np.ndarray, np.ndarray]]]:
+def _fixed_bias(config: LoopConfig, round_folder: Path):
+    """The bias a round's walkers built (``shared/``), fixed, along the round's model."""
+    _, bias, _ = _learned_bias(config, str(round_folder / "model.pt"))
+    bias.load(round_folder / "shared")
+    bias.freeze()
+    return bias
+
+
+def equilibrium_estimate(
+    config: LoopConfig, model, runs: list[str]
+) -> dict[float, dict[int, tuple[np.ndarray, np.ndarray]]]:
     """The loop's estimate of each simulated temperature's equilibrium: the latent CV (encoder
-    mean) and weight of the frames of every run that informs it
-    (:func:`~latf_openmm.reweighting.weights_by_temperature`: multi-temperature data by MBAR),
-    each run counting by its independent samples along the CV
-    (:func:`~latf_openmm.reweighting.pooled_weights`).
+    mean) and equilibrium weight of every frame that informs it.
+
+    One MBAR (:func:`~latf_openmm.reweighting.mbar_weights`) over all runs whose bias is known
+    at every frame: unbiased runs, and runs under a round's fixed bias (production walkers,
+    replicas along the CV; the bias is rebuilt from ``round_NNN/model.pt`` and ``shared/``,
+    two folders above the run, and evaluated at every frame of every run). Adaptive walkers
+    are left out.
 
     Returns
     -------
@@ -284,43 +351,59 @@ def weighted_latent(model, runs: list[str]) -> dict[float, dict[int, tuple[np.nd
         Temperature (the runs' unit) → {index of the run in ``runs`` → (latent (n, d), weights (n,))}.
     """
     from latf_openmm.models import load_training_data
-    from latf_openmm.reweighting import pooled_weights, weights_by_temperature
+    from latf_openmm.reweighting import mbar_weights, run_energies
 
-    data = load_training_data(runs)  # one trajectory per run, in order
-    latent = [model.transform(f.astype(np.float64)) for f in data.features]
-    estimate: dict[float, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    for temperature, by_run in weights_by_temperature(runs).items():
-        members = sorted(by_run)
-        pooled = pooled_weights([by_run[k] for k in members], [latent[k] for k in members])
-        estimate[temperature] = {k: (latent[k], w) for k, w in zip(members, pooled, strict=True)}
+    settings = [json.loads((Path(run) / "manifest.json").read_text())["settings"] for run in runs]
+    members = [k for k, s in enumerate(settings) if s.get("bias") is None or s["bias"].get("frozen")]
+    features = [f.astype(np.float64) for f in load_training_data([runs[k] for k in members]).features]
+    every_frame = np.concatenate(features)
+    folders = sorted({Path(runs[k]).parent.parent for k in members if settings[k].get("bias")})
+    rows, row_of = [], {}
+    for folder in folders:
+        bias = _fixed_bias(config, folder)
+        row_of[json.dumps(bias.settings(), sort_keys=True)] = len(rows)
+        rows.append(bias.energy_at(bias.cv.model.transform(every_frame)))
+    sampled = []
+    for k in members:
+        key = settings[k].get("bias") and json.dumps(settings[k]["bias"], sort_keys=True)
+        if key and key not in row_of:
+            raise LatfError(f"{runs[k]} ran under a fixed bias that {Path(runs[k]).parent.parent} no longer holds")
+        sampled.append(row_of[key] if key else None)
+    energies = [run_energies(runs[k])[0] for k in members]
+    kelvin = [settings[k]["temperature_K"] for k in members]
+    latent = [model.transform(f) for f in features]
+    biases = np.array(rows).reshape(len(rows), len(every_frame))
+    estimate = {}
+    for temperature in sorted({settings[k]["temperature"] for k in members}):
+        target = next(settings[k]["temperature_K"] for k in members if settings[k]["temperature"] == temperature)
+        weights = mbar_weights(energies, kelvin, sampled, biases, target)
+        estimate[temperature] = {k: (z, w) for k, z, w in zip(members, latent, weights, strict=True)}
     return estimate
 
 
-def _by_temperature(model, runs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """:func:`weighted_latent` with each temperature's runs concatenated, keyed by its label."""
+def _by_temperature(config: LoopConfig, model, runs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`equilibrium_estimate` with each temperature's runs concatenated, keyed by its label."""
     return {
         f"{temperature:g}": tuple(np.concatenate(parts) for parts in zip(*by_run.values(), strict=True))
-        for temperature, by_run in weighted_latent(model, runs).items()
+        for temperature, by_run in equilibrium_estimate(config, model, runs).items()
     }
 
 
-def _round_estimates(model_path: str, runs: list[str], new_runs: list[str]) -> dict[str, Any]:
-    """Reweighted state populations per simulated temperature from all data, and how much this
-    round's data changed them and the free-energy profiles along each CV component.
+def _round_estimates(config: LoopConfig, model_path: str, runs: list[str], new_runs: list[str]) -> dict[str, Any]:
+    """Reweighted state populations per simulated temperature from all data, the Kish effective
+    sample size of the estimate's weights, and how much this round's data changed the
+    populations and the free-energy profiles along each CV component.
 
     Both are measured with this round's model on the data before and after the round, so
     states and CV axes are the same on both sides.
     """
     from latf_openmm.generation import free_energy_profile_change
     from latf_openmm.models import load_model
+    from latf_openmm.reweighting import effective_sample_size
 
     model = load_model(model_path)
-    before = _by_temperature(model, runs)
-    new = _by_temperature(model, new_runs)
-    after = {
-        t: tuple(np.concatenate([part[t][i] for part in (before, new) if t in part]) for i in (0, 1))
-        for t in {*before, *new}
-    }
+    before = _by_temperature(config, model, runs)
+    after = _by_temperature(config, model, runs + new_runs)
     populations = {
         t: model.latent_populations(latent, weights).tolist() for t, (latent, weights) in sorted(after.items())
     }
@@ -336,7 +419,12 @@ def _round_estimates(model_path: str, runs: list[str], new_runs: list[str]) -> d
             change = free_energy_profile_change(old[:, component], all_latent[:, component], edges, old_weights,
                                                 all_weights)  # fmt: skip
             fes_change = max(fes_change, change)
-    return {"populations": populations, "population_change": population_change, "fes_change_kT": fes_change}
+    return {
+        "populations": populations,
+        "estimate_effective_sample_size": {t: effective_sample_size(w) for t, (_, w) in sorted(after.items())},
+        "population_change": population_change,
+        "fes_change_kT": fes_change,
+    }
 
 
 def _effective_sample_sizes(runs: list[str]) -> dict[str, float]:
@@ -392,7 +480,7 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 record = _new_round(config, client, folder, number, runs, previous_model)
                 write_json(record_path, record)
             history.append(record)
-            runs = runs + record["walkers"] + record.get("replicas", [])  # absent before replicas_along_cv
+            runs = runs + record["walkers"] + record.get("production", []) + record.get("replicas", [])
             previous_model = record["model"]
             if _converged(config, record):
                 break
@@ -447,13 +535,32 @@ def _new_round(
     walkers = list(walkers)
     cpu += sum(walker_cpu)
     t2 = time.perf_counter()
+    production: list[str] = []
+    if config.production_steps:
+        shared = str(folder / "shared")
+        futures = [
+            client.submit(
+                _cpu_timed,
+                production_task,
+                config,
+                model_path,
+                shared,
+                walker,
+                str(folder / "production" / Path(walker).name),
+                pure=False,
+            )
+            for walker in walkers
+        ]
+        production, production_cpu = (list(v) for v in zip(*(f.result() for f in futures), strict=True))
+        cpu += sum(production_cpu)
+    t_production = time.perf_counter()
     replicas: list[str] = []
     if config.replicas_along_cv:
         replicas, replica_cpu = client.submit(_cpu_timed, replica_task, config, model_path, str(folder / "shared"),
                                               str(folder / "replicas"), pure=False).result()  # fmt: skip
         cpu += replica_cpu
     t3 = time.perf_counter()
-    estimates = _round_estimates(model_path, runs, walkers + replicas)
+    estimates = _round_estimates(config, model_path, runs, walkers + production + replicas)
     data_digest = _report_round(config, model_path, folder)
     cpu += time.process_time() - here
     return {
@@ -463,12 +570,14 @@ def _new_round(
         "data_digest": data_digest,
         "versions": versions(),
         "walkers": walkers,
+        "production": production,
         "replicas": replicas,
         **estimates,
-        "effective_sample_size": _effective_sample_sizes(walkers + replicas),
+        "effective_sample_size": _effective_sample_sizes(walkers + production + replicas),
         "train_seconds": round(t1 - t0, 2),
         "walker_seconds": round(t2 - t1, 2),
-        "replica_seconds": round(t3 - t2, 2),
+        "production_seconds": round(t_production - t2, 2),
+        "replica_seconds": round(t3 - t_production, 2),
         "cpu_seconds": round(cpu, 1),
     }
 
@@ -619,4 +728,13 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
     return summary
 
 
-__all__ = ["LoopConfig", "replica_task", "round_zero_task", "run_loop", "train_task", "walker_task", "weighted_latent"]
+__all__ = [
+    "LoopConfig",
+    "equilibrium_estimate",
+    "production_task",
+    "replica_task",
+    "round_zero_task",
+    "run_loop",
+    "train_task",
+    "walker_task",
+]

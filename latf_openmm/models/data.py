@@ -29,9 +29,10 @@ class TrainingData:
     equilibrium_weights
         Optional per-frame weights of the best estimate of the equilibrium distribution at
         each trajectory's temperature, for LaTF's density (the flow's prior term); default:
-        ``weights``. The loop puts each run's weights here pooled by its independent samples
-        (:func:`~latf_openmm.reweighting.pooled_weights`); counted frame by frame, a short
-        transient of a biased run can outweigh the rest. SPIB's state-predictive loss keeps ``weights``.
+        ``weights``. The loop puts its MBAR estimate here
+        (:func:`latf_openmm.loop.equilibrium_estimate`; adaptive walkers' frames weigh
+        nothing); counted by their own weights, a short transient of a biased run can
+        outweigh the rest. SPIB's state-predictive loss keeps ``weights``.
     temperatures
         Optional temperature of each trajectory (any unit, used consistently).
     temperature_unit

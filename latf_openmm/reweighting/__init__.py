@@ -6,8 +6,9 @@
   energies, evaluated from each frame's CV in COLVAR.
 - Several temperatures (:func:`temperature_weights`): MBAR over the reduced potentials
   E/k_BT of every run at every temperature, to any target temperature.
-- A mixed set of runs (:func:`weights_by_temperature`): each of those, run by run, at every
-  simulated temperature.
+- Runs at several temperatures under several fixed biases (:func:`mbar_weights`): one MBAR
+  over every (temperature, bias) pair, each bias evaluated at every frame; the two above
+  are its special cases.
 
 Weights are returned normalized to sum to the number of frames, one array per run;
 :func:`effective_sample_size` says how many independent frames they are worth.
@@ -31,26 +32,6 @@ def effective_sample_size(weights: np.ndarray) -> float:
     """Kish's effective sample size (Σw)² / Σw²."""
     weights = np.asarray(weights, dtype=float).ravel()
     return float(weights.sum() ** 2 / np.sum(weights**2)) if weights.size else 0.0
-
-
-def pooled_weights(weights: Sequence[np.ndarray], series: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Weights of several runs rescaled so that each run counts by its independent samples.
-
-    A run's total weight becomes its Kish effective sample size divided by the statistical
-    inefficiency g of its ``series`` (n_frames, k) (pymbar; the largest over columns). So a
-    long, slowly decorrelating run does not outweigh short runs that cross barriers often,
-    as it would if every frame counted once.
-    """
-    timeseries = quiet_import("pymbar.timeseries")
-    pooled = []
-    for w, x in zip(weights, series, strict=True):
-        w, x = np.asarray(w, dtype=float), np.asarray(x, dtype=float).reshape(len(w), -1)
-        g = max(
-            (timeseries.statistical_inefficiency(column) for column in x.T if np.ptp(column) > 0),
-            default=1.0,
-        )
-        pooled.append(w * (effective_sample_size(w) / g / w.sum()))
-    return pooled
 
 
 def _normalized(log_weights: list[np.ndarray]) -> list[np.ndarray]:
@@ -110,12 +91,60 @@ def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
     return energy
 
 
-def _mbar_log_weights(reduced: np.ndarray, counts: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """log weights of every frame in the target state: u_kn (K, N) reduced potentials of the
-    sampled states, N_k frames from each, u_target (N,)."""
-    mbar = quiet_import("pymbar").MBAR(reduced, counts, solver_protocol="robust")
+def mbar_weights(
+    energies: Sequence[np.ndarray],
+    kelvin: Sequence[float],
+    sampled_bias: Sequence[int | None],
+    bias_energies: np.ndarray,
+    temperature: float,
+) -> list[np.ndarray]:
+    """Equilibrium weights at ``temperature`` (K) of the frames of runs made at several
+    temperatures, each unbiased or under one of several fixed biases, by MBAR (pymbar).
+
+    The sampled states are the distinct (temperature, bias) pairs of the runs; every frame's
+    reduced potential β_k (U + V_b) is evaluated in each of them, and the target is β U.
+
+    Parameters
+    ----------
+    energies
+        Per run, each frame's potential energy without any bias, kJ/mol.
+    kelvin
+        Per run, its temperature, K.
+    sampled_bias
+        Per run, the row of ``bias_energies`` it was sampled under, or None if unbiased.
+    bias_energies
+        (n_biases, n_frames): each fixed bias (kJ/mol) at every frame of all runs, in order.
+    temperature
+        Target temperature, K.
+    """
+    lengths = [len(e) for e in energies]
+    if not (len(lengths) == len(kelvin) == len(sampled_bias)) or not lengths:
+        raise LatfError("mbar_weights needs one temperature and one sampled bias per run")
+    if not temperature > 0 or min(kelvin) <= 0:
+        raise LatfError(f"temperatures must be positive, got target {temperature} and runs {sorted(set(kelvin))}")
+    all_energy = np.concatenate(energies).astype(float)
+    rows = np.vstack([np.zeros(len(all_energy)), np.asarray(bias_energies, dtype=float).reshape(-1, len(all_energy))])
+    if not np.isfinite(rows).all() or not np.isfinite(all_energy).all():
+        raise LatfError("mbar_weights: the energies or bias energies are not finite")
+    state_of_run = [(float(t), 0 if b is None else int(b) + 1) for t, b in zip(kelvin, sampled_bias, strict=True)]
+    states = sorted(set(state_of_run))
+    counts = np.array([sum(n for s, n in zip(state_of_run, lengths, strict=True) if s == state) for state in states])
+    reduced = np.stack([(all_energy + rows[b]) / (KB_KJ_PER_MOL_K * t) for t, b in states])
+    mbar = quiet_import("pymbar").MBAR(reduced, counts.astype(float), solver_protocol="robust")
     log_denominator = logsumexp(mbar.f_k[:, None] - reduced, b=counts[:, None], axis=0)
-    return -target - log_denominator
+    log_w = -all_energy / (KB_KJ_PER_MOL_K * temperature) - log_denominator
+    return _normalized(np.split(log_w, np.cumsum(lengths)[:-1]))
+
+
+def run_energies(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A finished run's potential energies without its bias, and its bias energies (None if
+    unbiased), kJ/mol per frame."""
+    manifest, series = _run(path)
+    bias = manifest["settings"].get("bias")
+    if bias is None:
+        return series["potential_energy"], None
+    own = _bias_energy(series, bias)
+    return series["potential_energy"] - own, own
 
 
 def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
@@ -127,84 +156,39 @@ def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
     temperatures = {m["settings"]["temperature_K"] for m, _ in runs}
     if len(temperatures) != 1:
         raise LatfError(f"umbrella windows must share one temperature, got {sorted(temperatures)} K")
-    kt = KB_KJ_PER_MOL_K * temperatures.pop()
+    kelvin = temperatures.pop()
     dim = settings[0]["cv_dim"]
     cvs = [series["colvar"][:, :dim] for _, series in runs]
-    all_cv = np.concatenate(cvs)
-    reduced = np.stack([restraint_energy(s, all_cv) / kt for s in settings])
-    log_w = _mbar_log_weights(reduced, np.array([len(c) for c in cvs]), np.zeros(len(all_cv)))
-    return _normalized(np.split(log_w, np.cumsum([len(c) for c in cvs])[:-1]))
+    restraints = np.stack([restraint_energy(s, np.concatenate(cvs)) for s in settings])
+    zeros = [np.zeros(len(c)) for c in cvs]  # one temperature: the potential energy cancels
+    return mbar_weights(zeros, [kelvin] * len(runs), range(len(runs)), restraints, kelvin)
 
 
 def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list[np.ndarray]:
     """Unbiased weights at ``temperature`` (K) of the frames of runs at several temperatures, by
     MBAR over their potential energies.
 
-    The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): their
-    energies then include the bias V, the sampled states are β_k (U + V) and the target
-    β (U + V − V).
+    The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): the
+    sampled states are then β_k (U + V) and the target β U.
     """
-    runs = [_run(p) for p in paths]
-    biases = [m["settings"].get("bias") for m, _ in runs]
+    biases = [_manifest(p)["settings"].get("bias") for p in paths]
     if any(biases) and not (biases[0] and biases[0].get("frozen") and all(b == biases[0] for b in biases)):
         raise LatfError(
             "temperature_weights takes unbiased runs or replicas sharing one fixed bias; "
             "reweight other biased runs with run_weights"
         )
-    if not temperature > 0:
-        raise LatfError(f"the target temperature must be positive, got {temperature}")
-    energies = [series["potential_energy"] for _, series in runs]
-    all_energy = np.concatenate(energies)
-    bias_energy = np.concatenate([_bias_energy(series, biases[0]) for _, series in runs]) if biases[0] else 0.0
-    betas = np.array([1 / (KB_KJ_PER_MOL_K * m["settings"]["temperature_K"]) for m, _ in runs])
-    unique, index = np.unique(betas, return_inverse=True)
-    counts = np.bincount(index, weights=[len(e) for e in energies]).astype(float)
-    target = (all_energy - bias_energy) / (KB_KJ_PER_MOL_K * temperature)
-    log_w = _mbar_log_weights(unique[:, None] * all_energy, counts, target)
-    return _normalized(np.split(log_w, np.cumsum([len(e) for e in energies])[:-1]))
-
-
-def weights_by_temperature(paths: Sequence[str | Path]) -> dict[float, dict[int, np.ndarray]]:
-    """Equilibrium weights at each simulated temperature of every run that informs it.
-
-    Runs that :func:`temperature_weights` can combine — unbiased runs, or replicas sharing one
-    fixed bias — and that span several temperatures count at each temperature of their span,
-    by MBAR; every other run counts at its own temperature with :func:`run_weights`.
-
-    Returns
-    -------
-    dict
-        Temperature (the runs' own unit: K, or reduced for toy systems) → {index of the run
-        in ``paths`` → its frames' weights}.
-    """
-    settings = [_manifest(p)["settings"] for p in paths]
-    kelvin = {run["temperature"]: run["temperature_K"] for run in settings}
-    groups: dict[str, list[int]] = {}
-    for k, run in enumerate(settings):
-        bias = run.get("bias")
-        if bias is None or bias.get("frozen"):
-            groups.setdefault(json.dumps(bias, sort_keys=True), []).append(k)
-    weights: dict[float, dict[int, np.ndarray]] = {t: {} for t in sorted(kelvin)}
-    for members in groups.values():
-        span = [settings[k]["temperature"] for k in members]
-        if len(set(span)) < 2:
-            continue
-        for t in weights:
-            if min(span) <= t <= max(span):
-                mbar = temperature_weights([paths[k] for k in members], kelvin[t])
-                weights[t] |= dict(zip(members, mbar, strict=True))
-    for k, run in enumerate(settings):
-        if k not in weights[run["temperature"]]:
-            weights[run["temperature"]][k] = run_weights(paths[k])
-    return weights
+    energies, own = zip(*(run_energies(p) for p in paths), strict=True)
+    kelvin = [_manifest(p)["settings"]["temperature_K"] for p in paths]
+    fixed = np.concatenate(own)[None] if biases[0] else np.zeros((0, sum(map(len, energies))))
+    return mbar_weights(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed, temperature)
 
 
 __all__ = [
     "effective_sample_size",
-    "pooled_weights",
+    "mbar_weights",
     "restraint_energy",
+    "run_energies",
     "run_weights",
     "temperature_weights",
     "umbrella_weights",
-    "weights_by_temperature",
 ]
