@@ -19,6 +19,7 @@ from latf_openmm.reweighting import (
     restraint_energy,
     run_energies,
     run_weights,
+    statistical_inefficiency,
     temperature_weights,
     umbrella_weights,
 )
@@ -86,6 +87,27 @@ def test_temperature_mbar_reweights_to_trained_and_unseen_temperatures(threehole
 def test_effective_sample_size():
     assert effective_sample_size(np.ones(10)) == pytest.approx(10)
     assert effective_sample_size(np.r_[1.0, np.zeros(9)]) == pytest.approx(1)
+
+
+def test_mbar_counts_each_run_by_its_uncorrelated_samples():
+    rng = np.random.default_rng(7)
+    n, phi = 100_000, 0.9  # AR(1): statistical inefficiency g = (1 + φ)/(1 − φ) = 19
+    noise = rng.normal(size=n)
+    correlated = np.empty(n)
+    correlated[0] = noise[0]
+    for i in range(1, n):
+        correlated[i] = phi * correlated[i - 1] + noise[i]
+    g = statistical_inefficiency(np.column_stack([correlated, rng.normal(size=n)]))
+    assert g == pytest.approx(19, rel=0.15)
+    assert statistical_inefficiency(np.ones((10, 1))) == 1.0
+    energies = [rng.normal(size=n), rng.normal(size=n)]  # two unbiased runs at one temperature
+    plain, by_samples = (mbar_weights(energies, [300.0] * 2, [None] * 2, np.zeros((0, 2 * n)), 300.0, gs)
+                         for gs in (None, [g, 1.0]))  # fmt: skip
+    assert plain[0].sum() == pytest.approx(plain[1].sum(), rel=0.02)
+    assert by_samples[1].sum() / by_samples[0].sum() == pytest.approx(g, rel=0.05)  # n/g against n samples
+    np.testing.assert_allclose(by_samples[0] / by_samples[0].sum(), plain[0] / plain[0].sum(), rtol=0.05)
+    with pytest.raises(LatfError, match="statistical inefficiency"):
+        mbar_weights(energies, [300.0] * 2, [None] * 2, np.zeros((0, 2 * n)), 300.0, [0.5, 1.0])
 
 
 def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_path):

@@ -342,8 +342,10 @@ def equilibrium_estimate(
     One MBAR (:func:`~latf_openmm.reweighting.mbar_weights`) over all runs whose bias is known
     at every frame: unbiased runs, and runs under a round's fixed bias (production walkers,
     replicas along the CV; the bias is rebuilt from ``round_NNN/model.pt`` and ``shared/``,
-    two folders above the run, and evaluated at every frame of every run). Adaptive walkers
-    are left out.
+    two folders above the run, and evaluated at every frame of every run). Each run counts
+    by its uncorrelated samples along ``model``'s CV (statistical inefficiency), so a long
+    run that seldom crosses between states does not outweigh short ones that cross often.
+    Adaptive walkers are left out.
 
     Returns
     -------
@@ -351,7 +353,7 @@ def equilibrium_estimate(
         Temperature (the runs' unit) → {index of the run in ``runs`` → (latent (n, d), weights (n,))}.
     """
     from latf_openmm.models import load_training_data
-    from latf_openmm.reweighting import mbar_weights, run_energies
+    from latf_openmm.reweighting import mbar_weights, run_energies, statistical_inefficiency
 
     settings = [json.loads((Path(run) / "manifest.json").read_text())["settings"] for run in runs]
     members = [k for k, s in enumerate(settings) if s.get("bias") is None or s["bias"].get("frozen")]
@@ -372,11 +374,12 @@ def equilibrium_estimate(
     energies = [run_energies(runs[k])[0] for k in members]
     kelvin = [settings[k]["temperature_K"] for k in members]
     latent = [model.transform(f) for f in features]
+    inefficiency = [statistical_inefficiency(z) for z in latent]
     biases = np.array(rows).reshape(len(rows), len(every_frame))
     estimate = {}
     for temperature in sorted({settings[k]["temperature"] for k in members}):
         target = next(settings[k]["temperature_K"] for k in members if settings[k]["temperature"] == temperature)
-        weights = mbar_weights(energies, kelvin, sampled, biases, target)
+        weights = mbar_weights(energies, kelvin, sampled, biases, target, inefficiency)
         estimate[temperature] = {k: (z, w) for k, z, w in zip(members, latent, weights, strict=True)}
     return estimate
 

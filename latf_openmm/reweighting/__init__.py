@@ -97,12 +97,16 @@ def mbar_weights(
     sampled_bias: Sequence[int | None],
     bias_energies: np.ndarray,
     temperature: float,
+    inefficiency: Sequence[float] | None = None,
 ) -> list[np.ndarray]:
     """Equilibrium weights at ``temperature`` (K) of the frames of runs made at several
     temperatures, each unbiased or under one of several fixed biases, by MBAR (pymbar).
 
     The sampled states are the distinct (temperature, bias) pairs of the runs; every frame's
     reduced potential β_k (U + V_b) is evaluated in each of them, and the target is β U.
+    Correlated frames are handled as pymbar advises: the free energies f_k come from every
+    g-th frame of each run (g its statistical inefficiency), the states count those
+    uncorrelated samples, and every frame then gets its weight, scaled by 1/g.
 
     Parameters
     ----------
@@ -116,8 +120,14 @@ def mbar_weights(
         (n_biases, n_frames): each fixed bias (kJ/mol) at every frame of all runs, in order.
     temperature
         Target temperature, K.
+    inefficiency
+        Per run, its statistical inefficiency g ≥ 1 (:func:`statistical_inefficiency`);
+        default 1 (uncorrelated frames).
     """
     lengths = [len(e) for e in energies]
+    inefficiency = np.ones(len(lengths)) if inefficiency is None else np.asarray(inefficiency, dtype=float)
+    if inefficiency.shape != (len(lengths),) or not (inefficiency >= 1).all():
+        raise LatfError(f"mbar_weights needs one statistical inefficiency ≥ 1 per run, got {inefficiency.tolist()}")
     if not (len(lengths) == len(kelvin) == len(sampled_bias)) or not lengths:
         raise LatfError("mbar_weights needs one temperature and one sampled bias per run")
     if not temperature > 0 or min(kelvin) <= 0:
@@ -128,12 +138,26 @@ def mbar_weights(
         raise LatfError("mbar_weights: the energies or bias energies are not finite")
     state_of_run = [(float(t), 0 if b is None else int(b) + 1) for t, b in zip(kelvin, sampled_bias, strict=True)]
     states = sorted(set(state_of_run))
-    counts = np.array([sum(n for s, n in zip(state_of_run, lengths, strict=True) if s == state) for state in states])
+    starts = np.cumsum([0, *lengths])
+    kept = [
+        s + np.unique(np.arange(0, n, g).astype(int))
+        for s, n, g in zip(starts[:-1], lengths, inefficiency, strict=True)
+    ]
+    counts = np.array([sum(len(k) for s, k in zip(state_of_run, kept, strict=True) if s == state) for state in states])
     reduced = np.stack([(all_energy + rows[b]) / (KB_KJ_PER_MOL_K * t) for t, b in states])
-    mbar = quiet_import("pymbar").MBAR(reduced, counts.astype(float), solver_protocol="robust")
+    mbar = quiet_import("pymbar").MBAR(reduced[:, np.concatenate(kept)], counts, solver_protocol="robust")
     log_denominator = logsumexp(mbar.f_k[:, None] - reduced, b=counts[:, None], axis=0)
     log_w = -all_energy / (KB_KJ_PER_MOL_K * temperature) - log_denominator
-    return _normalized(np.split(log_w, np.cumsum(lengths)[:-1]))
+    log_w += np.repeat([np.log(len(k) / n) for k, n in zip(kept, lengths, strict=True)], lengths)
+    return _normalized(np.split(log_w, starts[1:-1]))
+
+
+def statistical_inefficiency(series: np.ndarray) -> float:
+    """A run's statistical inefficiency g along a time series (n_frames, k): pymbar's, the
+    largest over the columns (1 for constant columns)."""
+    timeseries = quiet_import("pymbar.timeseries")
+    series = np.asarray(series, dtype=float).reshape(len(series), -1)
+    return max((timeseries.statistical_inefficiency(c) for c in series.T if np.ptp(c) > 0), default=1.0)
 
 
 def run_energies(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -189,6 +213,7 @@ __all__ = [
     "restraint_energy",
     "run_energies",
     "run_weights",
+    "statistical_inefficiency",
     "temperature_weights",
     "umbrella_weights",
 ]
