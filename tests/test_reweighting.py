@@ -13,6 +13,7 @@ from conftest import linear_cv
 from latf_openmm import LatfError
 from latf_openmm.bias import OPES, HarmonicBias, Metadynamics
 from latf_openmm.export.plumed import read_colvar
+from latf_openmm.loop import LoopConfig, equilibrium_estimate
 from latf_openmm.reweighting import (
     effective_sample_size,
     mbar_weights,
@@ -174,6 +175,8 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
         np.testing.assert_allclose(_populations(mixed, weights), threehole_populations(kt), atol=0.04)
     with pytest.raises(LatfError, match="positive"):
         mbar_weights(energies, kelvin, [0, 0, 0, None], fixed[None], 0.0)
+    with pytest.raises(LatfError, match="is not a loop round"):  # fixed biases come from the loop's rounds only
+        equilibrium_estimate(LoopConfig(system="threehole"), bias.cv.model, [str(p) for p in mixed])
 
 
 def test_replica_exchange_seed_repeats_the_run_in_a_worker_thread_and_exchanges_at_the_interval(tmp_path):

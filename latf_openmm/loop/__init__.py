@@ -327,6 +327,11 @@ def _client(config: LoopConfig):
 
 def _fixed_bias(config: LoopConfig, round_folder: Path):
     """The bias a round's walkers built (``shared/``), fixed, along the round's model."""
+    if not ((round_folder / "model.pt").is_file() and (round_folder / "shared").is_dir()):
+        raise LatfError(
+            f"{round_folder} is not a loop round (no model.pt and shared/): the loop's estimate takes runs under "
+            "a fixed bias only from its own rounds; leave others out of initial_data"
+        )
     _, bias, _ = _learned_bias(config, str(round_folder / "model.pt"))
     bias.load(round_folder / "shared")
     bias.freeze()
