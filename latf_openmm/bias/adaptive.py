@@ -29,7 +29,7 @@ from scipy.special import logsumexp
 
 from latf_openmm.bias.base import CVBias
 from latf_openmm.bias.cv import LearnedCV
-from latf_openmm.bias.harmonic import wall_energy
+from latf_openmm.bias.harmonic import wall_energies, wall_energy
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_npz
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -178,8 +178,7 @@ class GridBias(CVBias):
         biased = np.asarray(cv, dtype=float).reshape(-1, self.cv.dim)[:, self.components]
         inside = np.clip(biased, self.grid_lower, self.grid_upper)
         energy = RegularGridInterpolator(self.axes, self.bias_grid(), method="cubic")(inside)
-        beyond = np.clip(biased - self.upper, 0, None) ** 2 + np.clip(self.lower - biased, 0, None) ** 2
-        return energy + 0.5 * self._settings["wall_constant"] * beyond.sum(axis=1)
+        return energy + wall_energies(biased, self.lower, self.upper, self._settings["wall_constant"])
 
     def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
         """The CV now; raises if a biased component left the grid."""

@@ -28,6 +28,15 @@ def wall_energy(component: int, lower: str, upper: str, constant: str) -> str:
     return f"0.5*{constant}*(step({s}-{upper})*({s}-{upper})^2 + step({lower}-{s})*({lower}-{s})^2)"
 
 
+def wall_energies(values: np.ndarray, lower: Sequence, upper: Sequence, constant: float) -> np.ndarray:
+    """The walls of :func:`wall_energy` (kJ/mol) at CV values (n, k), one bound pair per
+    column; a bound of None has no wall."""
+    high = np.array([np.inf if b is None else b for b in upper], dtype=float)
+    low = np.array([-np.inf if b is None else b for b in lower], dtype=float)
+    beyond = np.clip(values - high, 0, None) ** 2 + np.clip(low - values, 0, None) ** 2
+    return 0.5 * constant * beyond.sum(axis=1)
+
+
 class HarmonicBias(CVBias):
     """A harmonic restraint (umbrella window) on all CV components, with optional walls.
 
@@ -97,4 +106,4 @@ def set_window(context: openmm.Context, centre: Sequence[float], force_constant:
         context.setParameter("latf_k", float(force_constant))
 
 
-__all__ = ["NO_WALL", "HarmonicBias", "set_window", "wall_energy"]
+__all__ = ["NO_WALL", "HarmonicBias", "set_window", "wall_energies", "wall_energy"]

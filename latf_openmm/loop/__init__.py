@@ -228,6 +228,15 @@ def _learned_bias(config: LoopConfig, model_path: str, **placement: Any):
     return molsys, bias_type(cv, temperature, **options, **placement), temperature
 
 
+def _fixed_bias(config: LoopConfig, model_path: str, shared: str | Path):
+    """:func:`_learned_bias` continued from the depositions of the walkers that shared the
+    folder ``shared``, held fixed: the bias of production runs, replicas and the estimate."""
+    molsys, bias, temperature = _learned_bias(config, model_path)
+    bias.load(shared)
+    bias.freeze()
+    return molsys, bias, temperature
+
+
 def _round_number(folder: Path) -> int:
     return int(folder.name.split("_")[1])
 
@@ -250,9 +259,7 @@ def production_task(config: LoopConfig, model_path: str, shared: str, walker: st
 
     from latf_openmm.simulation import seed_for, simulate
 
-    molsys, bias, temperature = _learned_bias(config, model_path)
-    bias.load(shared)
-    bias.freeze()
+    molsys, bias, temperature = _fixed_bias(config, model_path, shared)
     manifest = json.loads((Path(walker) / "manifest.json").read_text())
     files, last_frame = manifest["files"], manifest["n_frames"] - 1
     with quiet_stdout():  # mdtraj's DCD reader prints the file's format
@@ -271,8 +278,7 @@ def replica_task(config: LoopConfig, model_path: str, shared: str, out: str) -> 
     ``shared``), fixed on every replica; returns the per-temperature run folders."""
     from latf_openmm.simulation import seed_for
 
-    molsys, bias, _ = _learned_bias(config, model_path)
-    bias.load(shared)
+    molsys, bias, _ = _fixed_bias(config, model_path, shared)
     seed = seed_for(config.seed, _round_number(Path(out).parent) * 1000 + REPLICA_SEED_INDEX)
     return _replica_exchange(config, molsys, Path(out), seed, bias)
 
@@ -325,19 +331,6 @@ def _client(config: LoopConfig):
     return Client(cluster)
 
 
-def _fixed_bias(config: LoopConfig, round_folder: Path):
-    """The bias a round's walkers built (``shared/``), fixed, along the round's model."""
-    if not ((round_folder / "model.pt").is_file() and (round_folder / "shared").is_dir()):
-        raise LatfError(
-            f"{round_folder} is not a loop round (no model.pt and shared/): the loop's estimate takes runs under "
-            "a fixed bias only from its own rounds; leave others out of initial_data"
-        )
-    _, bias, _ = _learned_bias(config, str(round_folder / "model.pt"))
-    bias.load(round_folder / "shared")
-    bias.freeze()
-    return bias
-
-
 def equilibrium_estimate(
     config: LoopConfig, model, runs: list[str]
 ) -> dict[float, dict[int, tuple[np.ndarray, np.ndarray]]]:
@@ -367,7 +360,12 @@ def equilibrium_estimate(
     folders = sorted({Path(runs[k]).parent.parent for k in members if settings[k].get("bias")})
     rows, row_of = [], {}
     for folder in folders:
-        bias = _fixed_bias(config, folder)
+        if not ((folder / "model.pt").is_file() and (folder / "shared").is_dir()):
+            raise LatfError(
+                f"{folder} is not a loop round (no model.pt and shared/): the loop's estimate takes runs under "
+                "a fixed bias only from its own rounds; leave others out of initial_data"
+            )
+        _, bias, _ = _fixed_bias(config, str(folder / "model.pt"), folder / "shared")
         row_of[json.dumps(bias.settings(), sort_keys=True)] = len(rows)
         rows.append(bias.energy_at(bias.cv.model.transform(every_frame)))
     sampled = []

@@ -80,15 +80,12 @@ def run_weights(path: str | Path) -> np.ndarray:
 
 def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
     """Energy (kJ/mol) of a ``HarmonicBias`` with these settings at CV values (n, d)."""
+    from latf_openmm.bias.harmonic import wall_energies  # bias imports models, which import this module
+
     cv = np.atleast_2d(cv)
     centre = np.asarray(settings["centre"], dtype=float)
     energy = 0.5 * settings["force_constant"] * np.sum((cv - centre) ** 2, axis=1)
-    for k, (low, high) in enumerate(zip(settings["lower"], settings["upper"], strict=True)):
-        if high is not None:
-            energy += 0.5 * settings["wall_constant"] * np.clip(cv[:, k] - high, 0, None) ** 2
-        if low is not None:
-            energy += 0.5 * settings["wall_constant"] * np.clip(low - cv[:, k], 0, None) ** 2
-    return energy
+    return energy + wall_energies(cv, settings["lower"], settings["upper"], settings["wall_constant"])
 
 
 def mbar_weights(
@@ -195,14 +192,15 @@ def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list
     The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): the
     sampled states are then β_k (U + V) and the target β U.
     """
-    biases = [_manifest(p)["settings"].get("bias") for p in paths]
+    settings = [_manifest(p)["settings"] for p in paths]
+    biases = [s.get("bias") for s in settings]
     if any(biases) and not (biases[0] and biases[0].get("frozen") and all(b == biases[0] for b in biases)):
         raise LatfError(
             "temperature_weights takes unbiased runs or replicas sharing one fixed bias; "
             "reweight other biased runs with run_weights"
         )
     energies, own = zip(*(run_energies(p) for p in paths), strict=True)
-    kelvin = [_manifest(p)["settings"]["temperature_K"] for p in paths]
+    kelvin = [s["temperature_K"] for s in settings]
     fixed = np.concatenate(own)[None] if biases[0] else np.zeros((0, sum(map(len, energies))))
     return mbar_weights(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed, temperature)
 
