@@ -86,24 +86,34 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     assert (out / "summary.png").stat().st_size > 10_000 and (out / "fes.png").is_file()
     assert all(r["fes_change_kT"] > 0 and 0 < r["population_change"] < 1 for r in summary["rounds"])
     assert not summary["converged"]  # tolerance 1e-9
+    shipped = check_final(out / "final")  # the final model and CV for OpenMM and PLUMED, as models/ ships them
     round_zero_cpu = json.loads((out / "round_000" / "round.json").read_text())["cpu_seconds"]
     assert summary["cpu_seconds"] == pytest.approx(
-        round_zero_cpu + sum(r["cpu_seconds"] for r in summary["rounds"]), abs=0.5
+        round_zero_cpu + sum(r["cpu_seconds"] for r in summary["rounds"]) + shipped["final_cpu_seconds"], abs=0.5
     )
     assert all(r["cpu_seconds"] > 0.3 * r["walker_seconds"] for r in summary["rounds"])  # busy walkers counted
     for ess in summary["rounds"][-1]["effective_sample_size"].values():
         assert 500 < ess <= 5000  # each walker and production run: 5000 frames, weighted
     for ess in summary["rounds"][-1]["estimate_effective_sample_size"].values():
         assert 5000 < ess <= 50_000  # the estimate: round 0 (30 000 frames) and 4 fixed-bias runs (20 000)
-    shipped = check_final(out / "final")  # the final model and CV for OpenMM and PLUMED, as models/ ships them
     assert shipped["sha256"]["model.pt"] == _sha(Path(summary["final_model"]))
     assert shipped["reweighted_state_populations"] == summary["rounds"][-1]["populations"]
+    from latf_openmm.loop import _final_cpu_seconds
+
+    last = json.loads((out / "round_002" / "round.json").read_text())
+    assert _final_cpu_seconds(out / "final", last) == shipped["final_cpu_seconds"] > 0  # a rerun keeps it
 
     # Reweighted populations of the learned states, each state counted in the well most of its
     # frames (round 0 and walkers) are in, vs quadrature; every well must have a state.
     from latf_openmm.models import load_model
 
-    final = load_model(summary["final_model"])
+    final, last_round = load_model(summary["final_model"]), load_model(last["model"])
+    # The final model is the last round's CV and states with its flow fitted to all data: it
+    # generates the populations the loop's estimate gives.
+    sample = np.load(next((out / "round_000" / "md").iterdir()) / "timeseries.npz")["features"][::50].astype(float)
+    np.testing.assert_array_equal(final.transform(sample), last_round.transform(sample))
+    np.testing.assert_allclose(summary["targets"]["0.75"]["state_populations"], last["populations"]["0.75"],
+                               atol=0.03)  # measured: 0.009  # fmt: skip
     runs = [next((out / "round_000" / "md").iterdir()), *out.glob("round_*/walkers/walker_*"),
             *out.glob("round_*/production/walker_*")]  # fmt: skip
     features = np.concatenate([np.load(run / "timeseries.npz")["features"] for run in runs])
@@ -119,10 +129,12 @@ REPLICA_WORKFLOW = """
 system = "threehole"
 seed = 5
 rounds = 1
-md_temperatures = [0.75, 0.95, 1.2]
+md_temperatures = [0.75, 1.2]
+md_steps = 600_000
 replicas_along_cv = true
+replica_temperatures = [0.75, 0.95, 1.2]
+replica_steps = 900_000     # 3000 exchanges
 exchange_interval = 1
-md_steps = 900_000          # 3000 exchanges: over seeds 4–6 the populations were within 0.024
 frame_interval = 300
 platform = "Reference"
 walkers = 1
@@ -161,7 +173,7 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
         assert settings["kind"] == "metad" and settings["frozen"]
         bias = np.load(run / "timeseries.npz")["colvar"][:, -2]
         assert np.ptp(bias) > 0.5 * shared["bias"].max()  # the walker's hills, on every replica
-    # The loop's estimate: one MBAR over round 0 (unbiased, three temperatures) and the replicas
+    # The loop's estimate: one MBAR over round 0 (unbiased, two temperatures) and the replicas
     # (the walker's bias rebuilt from round_001/ and evaluated at every frame); the walker stays out.
     from latf_openmm.loop import equilibrium_estimate
     from latf_openmm.models import load_model
@@ -170,7 +182,7 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
     runs = [*zero, *record["walkers"], *record["replicas"]]
     config = LoopConfig(**json.loads((tmp_path / "run" / "config.json").read_text()))
     estimate = equilibrium_estimate(config, load_model(record["model"]), runs)
-    assert list(estimate) == [0.75, 0.95, 1.2] and all(sorted(by_run) == [0, 1, 2, 4, 5, 6] for by_run in
+    assert list(estimate) == [0.75, 0.95, 1.2] and all(sorted(by_run) == [0, 1, 3, 4, 5] for by_run in
                                                         estimate.values())  # fmt: skip
     for kt in (0.75, 0.95):
         members = sorted(estimate[kt])
@@ -191,7 +203,7 @@ def test_shipped_workflows_are_valid(workflow):
     assert {p.name for p in WORKFLOWS.glob("*.toml")} == {*LOOP_WORKFLOWS, "threehole_md.toml"}
     config = LoopConfig.from_toml(WORKFLOWS / workflow)
     assert config.system in available_systems()
-    assert not config.replicas_along_cv or len(config.md_temperatures) >= 2
+    assert not config.replicas_along_cv or len(config.replica_temperatures or config.md_temperatures) >= 2
 
 
 def test_bad_workflow(tmp_path):
@@ -204,7 +216,7 @@ def test_bad_workflow(tmp_path):
         LoopConfig.from_toml(bad)
     bad.write_text('system = "threehole"\nmd_temperatures = [0.75]\nreplicas_along_cv = true\n')
     result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert result.returncode == 2 and "at least two md_temperatures" in result.stderr
+    assert result.returncode == 2 and "at least two replica_temperatures" in result.stderr
     bad.write_text('system = "threehole"\n[train]\nlagg = 3\n')
     with pytest.raises(LatfError, match="lagg"):
         LoopConfig.from_toml(bad)

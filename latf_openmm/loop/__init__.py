@@ -10,8 +10,8 @@
     round_001/walkers/walker_i/ biased walkers (metadynamics or OPES) sharing round_001/shared/
     round_001/production/walker_i/  then each walker goes on (``production_steps``) with the bias
                                 all walkers built, fixed
-    round_001/replicas/T…/      with ``replicas_along_cv = true``: replica exchange over the MD
-                                temperatures with that fixed bias on every replica
+    round_001/replicas/T…/      with ``replicas_along_cv = true``: replica exchange over
+                                ``replica_temperatures`` with that fixed bias on every replica
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
     summary.json                per target temperature: state populations and free-energy profiles
     summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
@@ -102,6 +102,8 @@ class LoopConfig:
     production_steps: int = 0
     walker_temperature: float | None = None
     replicas_along_cv: bool = False
+    replica_temperatures: list[float] = dataclasses.field(default_factory=list)
+    replica_steps: int | None = None
     bias: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "opes"})
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     targets: list[float] = dataclasses.field(default_factory=list)
@@ -136,6 +138,7 @@ class LoopConfig:
             (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
             (self.walkers < PRODUCTION_SEED_INDEX, f"at most {PRODUCTION_SEED_INDEX - 1} walkers"),
             (self.production_steps >= 0, "production_steps must be ≥ 0"),
+            (self.replica_steps is None or self.replica_steps >= 1, "replica_steps must be ≥ 1"),
             (
                 len(self.md_temperatures) <= VALIDATION_SEED_INDEX and len(self.targets) < VALIDATION_SEED_INDEX,
                 f"at most {VALIDATION_SEED_INDEX} MD temperatures and {VALIDATION_SEED_INDEX - 1} targets",
@@ -143,7 +146,10 @@ class LoopConfig:
             (self.exchange_interval >= 1, "exchange_interval must be ≥ 1"),
             (self.validation_steps >= 0, "validation_steps must be ≥ 0"),
             (self.bias.get("method") in ("opes", "metad"), "the bias method must be 'opes' or 'metad'"),
-            (all(t > 0 for t in [*self.md_temperatures, *self.targets]), "temperatures must be positive"),
+            (
+                all(t > 0 for t in [*self.md_temperatures, *self.replica_temperatures, *self.targets]),
+                "temperatures must be positive",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -182,10 +188,9 @@ def _md_options(config: LoopConfig) -> dict[str, Any]:
 def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out: str) -> str:
     """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``.
 
-    With a previous model (``labels_from``), the initial states are a grid over its CV. The flow
-    is then fitted again to the loop's estimate of each temperature's equilibrium along the new
-    CV (:func:`equilibrium_estimate`; adaptive walkers' frames weigh nothing there), so that the
-    generated distribution is the one the loop reports.
+    With a previous model (``labels_from``), the initial states are a grid over its CV. The
+    flow is polished once, after training, to the loop's estimate along the new CV
+    (:func:`_flow_fitted_to_estimate`).
     """
     import torch
 
@@ -193,21 +198,42 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
 
     torch.set_num_threads(config.threads or 1)
     training = load_training_data(data)
-    estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train}))
+    estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train, "polish_steps": 0}))
     if labels_from is not None:
         previous = load_model(labels_from)
         latent = np.concatenate([previous.transform(f.astype(np.float64)) for f in training.features])
         labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
         training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
-    model = estimator.fit(training)
+    _flow_fitted_to_estimate(config, estimator.fit(training), training, data).save(out)
+    return out
+
+
+def final_task(config: LoopConfig, model_path: str, data: list[str], out: str) -> str:
+    """The last round's model with its flow fitted to the estimate over all runs ``data``,
+    the last round's included (its model was trained before they ran), written to ``out``:
+    the model the loop's generated distributions come from."""
+    import torch
+
+    from latf_openmm.models import load_model, load_training_data
+
+    torch.set_num_threads(config.threads or 1)
+    _flow_fitted_to_estimate(config, load_model(model_path), load_training_data(data), data).save(out)
+    return out
+
+
+def _flow_fitted_to_estimate(config: LoopConfig, model, training, data: list[str]):
+    """``model`` with its flow fitted (``polish_steps``) to the loop's estimate of each
+    temperature's equilibrium along its CV (:func:`equilibrium_estimate`; adaptive walkers'
+    frames weigh nothing there), so that it generates the distribution the loop reports."""
+    from latf_openmm.models import LaTF, TrainingConfig
+
     estimate = equilibrium_estimate(config, model, data)  # each run at its own temperature
     equilibrium = [
         estimate[t][k][1] if k in estimate.get(t, {}) else np.zeros(n)
         for k, (t, n) in enumerate(zip(training.temperatures, training.lengths, strict=True))
     ]
-    model = estimator.refit_flow(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
-    model.save(out)
-    return out
+    estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train}))
+    return estimator.refit_flow(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
 
 
 def _learned_bias(config: LoopConfig, model_path: str, **placement: Any):
@@ -274,23 +300,25 @@ def production_task(config: LoopConfig, model_path: str, shared: str, walker: st
 
 
 def replica_task(config: LoopConfig, model_path: str, shared: str, out: str) -> list[str]:
-    """Replica exchange over the MD temperatures with the bias the round's walkers built (in
-    ``shared``), fixed on every replica; returns the per-temperature run folders."""
+    """Replica exchange over ``replica_temperatures`` (``replica_steps`` per replica) with the
+    bias the round's walkers built (in ``shared``), fixed on every replica; returns the
+    per-temperature run folders."""
     from latf_openmm.simulation import seed_for
 
     molsys, bias, _ = _fixed_bias(config, model_path, shared)
     seed = seed_for(config.seed, _round_number(Path(out).parent) * 1000 + REPLICA_SEED_INDEX)
-    return _replica_exchange(config, molsys, Path(out), seed, bias)
+    return _replica_exchange(config, molsys, config.replica_temperatures, config.replica_steps, Path(out), seed, bias)
 
 
-def _replica_exchange(config: LoopConfig, molsys, out: Path, seed: int, bias=None) -> list[str]:
-    """The workflow's replica exchange (``md_steps`` per temperature) in ``out``; the run folders."""
+def _replica_exchange(config: LoopConfig, molsys, temperatures: list[float], steps: int, out: Path, seed: int,
+                      bias=None) -> list[str]:  # fmt: skip
+    """Replica exchange over ``temperatures`` (``steps`` per replica) in ``out``; the run folders."""
     from latf_openmm.simulation import replica_exchange
 
-    kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
+    kelvin = [molsys.to_kelvin(t) for t in temperatures]
     frame_interval = config.frame_interval or molsys.frame_interval
     options = {k: v for k, v in _md_options(config).items() if k != "progress"}
-    result = replica_exchange(molsys, kelvin, config.md_steps // frame_interval, out, seed=seed,
+    result = replica_exchange(molsys, kelvin, steps // frame_interval, out, seed=seed,
                               exchange_interval=config.exchange_interval, bias=bias, **options)  # fmt: skip
     return [str(run.directory) for run in result.runs]
 
@@ -457,9 +485,17 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     md_temperatures = config.md_temperatures or [
         t * KB_KJ_PER_MOL_K if molsys.reduced_units else t for t in molsys.temperatures
     ]
-    config = dataclasses.replace(config, md_temperatures=md_temperatures, targets=config.targets or md_temperatures)
-    if (config.replica_exchange or config.replicas_along_cv) and len(md_temperatures) < 2:
-        raise LatfError("workflow: replica exchange needs at least two md_temperatures")
+    config = dataclasses.replace(
+        config,
+        md_temperatures=md_temperatures,
+        targets=config.targets or md_temperatures,
+        replica_temperatures=config.replica_temperatures or md_temperatures,
+        replica_steps=config.replica_steps or config.md_steps,
+    )
+    if config.replica_exchange and len(md_temperatures) < 2:
+        raise LatfError("workflow: replica exchange in round 0 needs at least two md_temperatures")
+    if config.replicas_along_cv and len(config.replica_temperatures) < 2:
+        raise LatfError("workflow: replicas along the CV need at least two replica_temperatures (or md_temperatures)")
     write_json(out / "config.json", dataclasses.asdict(config))
     started = time.perf_counter()
 
@@ -490,6 +526,12 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
             previous_model = record["model"]
             if _converged(config, record):
                 break
+        final_model = out / FINAL / "model.pt"
+        final_cpu = _final_cpu_seconds(out / FINAL, history[-1])
+        if final_cpu is None:
+            client = client or _client(config)
+            final_future = client.submit(_cpu_timed, final_task, config, previous_model, runs, str(final_model),
+                                         pure=False)  # fmt: skip
         validation = {}
         if config.validation_steps:
             client = client or _client(config)
@@ -498,13 +540,26 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 t: client.submit(_cpu_timed, validation_task, config, t, f, pure=False) for t, f in folders.items()
             }
             validation = {t: future.result() for t, future in futures.items()}
+        if final_cpu is None:
+            final_cpu = final_future.result()[1]
     finally:
         if client is not None:
             client.close()
-    cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history)
+    cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history) + final_cpu
     cpu += sum(seconds for _, seconds in validation.values())
     validation = {t: run for t, (run, _) in validation.items()}
-    return _summarize(config, out, history, previous_model, validation, time.perf_counter() - started, cpu)
+    return _summarize(config, out, history, final_model, final_cpu, validation, time.perf_counter() - started, cpu)
+
+
+def _final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
+    """The CPU seconds of the final flow fit in ``folder`` if it is complete (its ``metadata.json``,
+    written last, names the last round and the model file's hash), else None."""
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        complete = metadata["round"] == last["round"] and metadata["sha256"]["model.pt"] == _sha256(folder / "model.pt")
+    except (OSError, ValueError, KeyError):
+        return None
+    return metadata["final_cpu_seconds"] if complete else None
 
 
 def _new_round(
@@ -608,7 +663,7 @@ def round_zero_task(config: LoopConfig, out: str) -> list[str]:
     if config.initial_data:
         return [str(p.resolve()) for p in find_runs(config.initial_data)]
     if config.replica_exchange:
-        return _replica_exchange(config, molsys, folder / "md", config.seed)
+        return _replica_exchange(config, molsys, config.md_temperatures, config.md_steps, folder / "md", config.seed)
     kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
     runs = simulate_temperatures(
         molsys, kelvin, config.md_steps, folder / "md", seed=config.seed, **_md_options(config)
@@ -626,28 +681,25 @@ def _export(config: LoopConfig, model_path: str, out: Path) -> None:
     export_cv(load_model(model_path), featurizer, out, feature_description=molsys.features)
 
 
-def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary: dict[str, Any]) -> None:
-    """The final round's model in ``folder``, ready to use elsewhere: ``model.pt`` (``latf bias``,
-    ``latf generate``), ``cv.pt`` (positions → CV, TorchScript), ``cv_s<k>.pt`` (component k as a
-    scalar: an OpenMM TorchForce, e.g. inside a CustomCVForce), ``plumed/`` (``model.ptc`` and a
+def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary: dict[str, Any],
+                 final_cpu: float) -> None:  # fmt: skip
+    """Next to the final model ``folder/model.pt`` (:func:`final_task`; ``latf bias``, ``latf
+    generate``), its exports, ready to use elsewhere: ``cv.pt`` (positions → CV, TorchScript),
+    ``cv_s<k>.pt`` (component k as a scalar: an OpenMM TorchForce, e.g. inside a
+    CustomCVForce), ``plumed/`` (``model.ptc`` and a
     ``plumed.dat`` with the workflow's bias) and ``metadata.json`` (provenance, the states'
     populations, file hashes, and the CV of the system's starting structure, which a copy of
     the files must reproduce)."""
-    import shutil
-
     import torch
 
     from latf_openmm.export import export_cv, read_metadata
     from latf_openmm.export.plumed import write_plumed
     from latf_openmm.features import build_featurizer
-    from latf_openmm.files import atomic_path
     from latf_openmm.models import load_model
 
     molsys = _load_system(config)
-    model = load_model(last["model"])
+    model = load_model(folder / "model.pt")
     featurizer = build_featurizer(molsys.features, molsys.topology)
-    with atomic_path(folder / "model.pt") as tmp:
-        shutil.copyfile(last["model"], tmp)
     exports = {"cv.pt": None} | {f"cv_s{k}.pt": k for k in range(model.latent_dim)}
     for name, component in exports.items():
         export_cv(model, featurizer, folder / name, component=component, feature_description=molsys.features)
@@ -662,6 +714,8 @@ def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary
         "system": config.system,
         "system_args": config.system_args,
         "round": last["round"],
+        "round_model_sha256": _sha256(Path(last["model"])),  # the same CV; the flow refitted to all data
+        "final_cpu_seconds": final_cpu,
         "converged": summary["converged"],
         "temperature_unit": summary["temperature_unit"],
         "reweighted_state_populations": last["populations"],
@@ -690,7 +744,9 @@ def _compare_with_md(model, samples: np.ndarray, run: str) -> dict[str, Any]:
     return comparison
 
 
-def _summarize(config, out: Path, history, model_path, validation: dict, seconds, cpu_seconds) -> dict[str, Any]:
+def _summarize(
+    config, out: Path, history, model_path, final_cpu, validation: dict, seconds, cpu_seconds
+) -> dict[str, Any]:
     from latf_openmm.models import load_model
     from latf_openmm.reports import plot_loop
 
@@ -719,14 +775,14 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
         "temperature_unit": model.info.get("temperature_unit"),
         "targets": targets,
         "rounds": [{k: r.get(k) for k in ROUND_SUMMARY_KEYS} for r in history],
-        "final_model": model_path,
+        "final_model": str(model_path),
         "converged": bool(history) and _converged(config, history[-1]),
         "wall_seconds_last_session": round(seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),
     }
     write_json(out / SUMMARY, summary)
     plot_loop(summary, history, out / "summary.png")
-    _write_final(config, out / FINAL, history[-1], summary)
+    _write_final(config, out / FINAL, history[-1], summary, final_cpu)
     if model.latent_dim == 2:
         from latf_openmm.generation import generate
 
@@ -737,6 +793,7 @@ def _summarize(config, out: Path, history, model_path, validation: dict, seconds
 __all__ = [
     "LoopConfig",
     "equilibrium_estimate",
+    "final_task",
     "production_task",
     "replica_task",
     "round_zero_task",
