@@ -278,22 +278,24 @@ def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, o
     return str(run.directory)
 
 
-def production_task(config: LoopConfig, model_path: str, shared: str, walker: str, out: str) -> str:
-    """A walker continued from its last frame with the bias all walkers built (in ``shared``)
-    held fixed, so that its frames' weights are exact; returns its run folder."""
+def production_task(config: LoopConfig, model_path: str, shared: str, walker: int, walker_run: str, out: str) -> str:
+    """Walker number ``walker`` continued from the last frame of its run ``walker_run`` with the
+    bias all walkers built (in ``shared``) held fixed, so that its frames' weights are exact;
+    returns its run folder."""
     import mdtraj
 
     from latf_openmm.simulation import seed_for, simulate
 
     molsys, bias, temperature = _fixed_bias(config, model_path, shared)
-    manifest = json.loads((Path(walker) / "manifest.json").read_text())
+    run_folder = Path(walker_run)
+    manifest = json.loads((run_folder / "manifest.json").read_text())
     files, last_frame = manifest["files"], manifest["n_frames"] - 1
     with quiet_stdout():  # mdtraj's DCD reader prints the file's format
         last = mdtraj.load_frame(
-            str(Path(walker) / files["trajectory"]), last_frame, top=str(Path(walker) / files["topology"])
+            str(run_folder / files["trajectory"]), last_frame, top=str(run_folder / files["topology"])
         )
     molsys = dataclasses.replace(molsys, positions=last.xyz[0].astype(np.float64), minimize=False)
-    index = _round_number(Path(out).parent.parent) * 1000 + PRODUCTION_SEED_INDEX + int(Path(walker).name.split("_")[1])
+    index = _round_number(Path(out).parent.parent) * 1000 + PRODUCTION_SEED_INDEX + walker
     run = simulate(molsys, temperature, config.production_steps, out, seed=seed_for(config.seed, index), bias=bias,
                    **_md_options(config))  # fmt: skip
     return str(run.directory)
@@ -606,11 +608,12 @@ def _new_round(
                 config,
                 model_path,
                 shared,
-                walker,
-                str(folder / "production" / Path(walker).name),
+                i,
+                walker_run,
+                str(folder / "production" / f"walker_{i}"),
                 pure=False,
             )
-            for walker in walkers
+            for i, walker_run in enumerate(walkers)
         ]
         production, production_cpu = (list(v) for v in zip(*(f.result() for f in futures), strict=True))
         cpu += sum(production_cpu)
