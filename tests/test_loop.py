@@ -63,7 +63,7 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     command = [*LATF, "loop", str(workflow), "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     model = out / "round_001" / "model.pt"
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # round 0 and training; generous for a loaded machine
     while not (out / "round_001" / "walkers").is_dir() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     time.sleep(1.0)  # the walkers (Dask worker processes) are running
