@@ -558,10 +558,11 @@ def _final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
     written last, names the last round and the model file's hash), else None."""
     try:
         metadata = json.loads((folder / "metadata.json").read_text())
-        complete = metadata["round"] == last["round"] and metadata["sha256"]["model.pt"] == _sha256(folder / "model.pt")
-    except (OSError, ValueError, KeyError):
-        return None
-    return metadata["final_cpu_seconds"] if complete else None
+        if metadata["round"] == last["round"] and metadata["sha256"]["model.pt"] == _sha256(folder / "model.pt"):
+            return float(metadata["final_cpu_seconds"])
+    except (OSError, ValueError, KeyError):  # none yet, half-written, or from before the final flow fit
+        pass
+    return None
 
 
 def _new_round(
