@@ -128,18 +128,25 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
 def test_final_flow_fit_is_kept_only_when_complete_for_the_last_round(tmp_path):
     from latf_openmm.loop import _final_cpu_seconds
 
-    assert _final_cpu_seconds(tmp_path, {"round": 2}) is None  # not run yet
+    round_model = tmp_path / "round_002.pt"
+    round_model.write_bytes(b"round model")
+    last = {"round": 2, "model": str(round_model)}
+    assert _final_cpu_seconds(tmp_path, last) is None  # not run yet
     (tmp_path / "model.pt").write_bytes(b"model")
-    metadata = {"round": 2, "sha256": {"model.pt": _sha(tmp_path / "model.pt")}, "final_cpu_seconds": 5.0}
+    hashes = {"round_model_sha256": _sha(round_model), "sha256": {"model.pt": _sha(tmp_path / "model.pt")}}
+    metadata = {"round": 2, **hashes, "final_cpu_seconds": 5.0}
     (tmp_path / "metadata.json").write_text(json.dumps(metadata))
-    assert _final_cpu_seconds(tmp_path, {"round": 2}) == 5.0
-    assert _final_cpu_seconds(tmp_path, {"round": 3}) is None  # a later round ran since
+    assert _final_cpu_seconds(tmp_path, last) == 5.0
+    assert _final_cpu_seconds(tmp_path, last | {"round": 3}) is None  # a later round ran since
     older = {k: v for k, v in metadata.items() if k != "final_cpu_seconds"}
     (tmp_path / "metadata.json").write_text(json.dumps(older))
-    assert _final_cpu_seconds(tmp_path, {"round": 2}) is None  # written before the final fit existed
+    assert _final_cpu_seconds(tmp_path, last) is None  # written before the final fit existed
     (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    round_model.write_bytes(b"retrained")
+    assert _final_cpu_seconds(tmp_path, last) is None  # the round's model was trained again
+    round_model.write_bytes(b"round model")
     (tmp_path / "model.pt").write_bytes(b"other")
-    assert _final_cpu_seconds(tmp_path, {"round": 2}) is None  # the model is not the one recorded
+    assert _final_cpu_seconds(tmp_path, last) is None  # the final model is not the one recorded
 
 
 REPLICA_WORKFLOW = """

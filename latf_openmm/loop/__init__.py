@@ -555,10 +555,14 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
 
 def _final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
     """The CPU seconds of the final flow fit in ``folder`` if it is complete (its ``metadata.json``,
-    written last, names the last round and the model file's hash), else None."""
+    written last, names the last round, that round's model and the final model file by hash), else None."""
     try:
         metadata = json.loads((folder / "metadata.json").read_text())
-        if metadata["round"] == last["round"] and metadata["sha256"]["model.pt"] == _sha256(folder / "model.pt"):
+        if (
+            metadata["round"] == last["round"]
+            and metadata["round_model_sha256"] == _sha256(Path(last["model"]))
+            and metadata["sha256"]["model.pt"] == _sha256(folder / "model.pt")
+        ):
             return float(metadata["final_cpu_seconds"])
     except (OSError, ValueError, KeyError):  # none yet, half-written, or from before the final flow fit
         pass
