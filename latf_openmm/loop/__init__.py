@@ -694,10 +694,10 @@ def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary
     """Next to the final model ``folder/model.pt`` (:func:`final_task`; ``latf bias``, ``latf
     generate``), its exports, ready to use elsewhere: ``cv.pt`` (positions → CV, TorchScript),
     ``cv_s<k>.pt`` (component k as a scalar: an OpenMM TorchForce, e.g. inside a
-    CustomCVForce), ``plumed/`` (``model.ptc`` and a
-    ``plumed.dat`` with the workflow's bias) and ``metadata.json`` (provenance, the states'
-    populations, file hashes, and the CV of the system's starting structure, which a copy of
-    the files must reproduce)."""
+    CustomCVForce), ``plumed/`` (``model.ptc`` and a ``plumed.dat`` with the workflow's bias)
+    and ``metadata.json`` (provenance, the states' populations, file hashes, the final fit's
+    CPU time, and the CV of the system's starting structure, which a copy of the files must
+    reproduce)."""
     import torch
 
     from latf_openmm.export import export_cv, read_metadata
