@@ -198,7 +198,10 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
 
     torch.set_num_threads(config.threads or 1)
     training = load_training_data(data)
-    estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train, "polish_steps": 0}))
+    # the prior is fitted, and checked, once: to the estimate along the new CV
+    estimator = LaTF(
+        TrainingConfig(**{"seed": config.seed, **config.train, "polish_steps": 0, "generation_tolerance": None})
+    )
     if labels_from is not None:
         previous = load_model(labels_from)
         latent = np.concatenate([previous.transform(f.astype(np.float64)) for f in training.features])
@@ -233,7 +236,7 @@ def _flow_fitted_to_estimate(config: LoopConfig, model, training, data: list[str
         for k, (t, n) in enumerate(zip(training.temperatures, training.lengths, strict=True))
     ]
     estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train}))
-    return estimator.refit_flow(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
+    return estimator.refit_prior(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
 
 
 def _learned_bias(config: LoopConfig, model_path: str, **placement: Any):

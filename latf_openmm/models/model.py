@@ -12,6 +12,7 @@ import torch
 from latf_openmm.errors import LatfError
 from latf_openmm.files import atomic_path
 from latf_openmm.models import prior
+from latf_openmm.models.free_energy import LatentFreeEnergyModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
@@ -32,6 +33,7 @@ class SPIBModel:
     """
 
     kind = "spib"
+    grid_prior: LatentFreeEnergyModel | None = None
 
     def __init__(self, network: LatentNetwork, info: dict[str, Any]) -> None:
         self.network = network.cpu().eval()
@@ -84,6 +86,7 @@ class SPIBModel:
     def save(self, path: str | Path) -> None:
         """Save atomically; :func:`load_model` restores an identical model."""
         payload = {
+            "grid_prior": None if self.grid_prior is None else self.grid_prior.state_dict(),
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "kind": self.kind,
@@ -96,13 +99,24 @@ class SPIBModel:
 
 
 class LaTFModel(SPIBModel):
-    """A trained LaTF model: SPIB plus a flow onto the temperature-steered tilted Gaussian.
+    """A trained LaTF model: SPIB plus a generative prior on its latent at any temperature.
 
+    The prior (``info["config"]["prior"]``) is either the published one, a flow onto the
+    temperature-steered tilted Gaussian (``network.flow``), or a latent free energy
+    H(s) − T·S(s) on a grid (``grid_prior``, :mod:`latf_openmm.models.free_energy`).
     Temperatures are in the training data's unit (``info["temperature_unit"]``);
     ``T′ = T / reference_temperature``.
     """
 
     kind = "latf"
+
+    def __init__(
+        self, network: LatentNetwork, info: dict[str, Any], grid_prior: LatentFreeEnergyModel | None = None
+    ) -> None:
+        super().__init__(network, info)
+        if (grid_prior is None) == (network.flow is None):
+            raise LatfError("a LaTF model needs exactly one generative prior: a flow or a latent free energy")
+        self.grid_prior = grid_prior
 
     @property
     def tau(self) -> float:
@@ -124,21 +138,27 @@ class LaTFModel(SPIBModel):
     def sample(self, temperature: float, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` latent samples of the equilibrium distribution at ``temperature``.
 
-        Exact samples of the tilted Gaussian at T′ mapped through the inverse flow.
+        Exact samples of the prior: the tilted Gaussian at T′ mapped through the inverse
+        flow, or the latent free energy's p(s | T) by rejection within its grid cells.
         """
         if n < 0:
             raise LatfError(f"number of samples must be non-negative, got {n}")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if self.grid_prior is not None:
+            return self.grid_prior.sample(temperature, n, generator).astype(np.float32)
         z = prior.sample(n, self.latent_dim, self.tau, self._scaled(temperature), generator)
         u, _ = self.network.flow.inverse(z.to(self.network.log_var.dtype))
         return u.numpy()
 
     @torch.no_grad()
     def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
-        """log p(s | T) of latent points by change of variables (float64)."""
+        """log p(s | T) of latent points (float64): the flow's by change of variables, or the
+        latent free energy's (−inf outside its box)."""
         latent = np.asarray(latent, dtype=np.float64)
         if latent.ndim != 2 or latent.shape[1] != self.latent_dim:
             raise LatfError(f"latent points must have shape (n, {self.latent_dim}), got {latent.shape}")
+        if self.grid_prior is not None:
+            return self.grid_prior.log_prob(latent, temperature)
         flow = copy.deepcopy(self.network.flow).double()  # float64 density; the model keeps its dtype
         z, log_det = flow(torch.from_numpy(latent))
         return (prior.log_prob(z, self.tau, self._scaled(temperature)) + log_det).numpy()
@@ -173,4 +193,7 @@ def load_model(path: str | Path) -> SPIBModel:
     info = payload["info"]
     network = LatentNetwork(n_states=payload["n_states"], **info["architecture"])
     network.load_state_dict(payload["state_dict"])
-    return (LaTFModel if payload["kind"] == "latf" else SPIBModel)(network, info)
+    if payload["kind"] != "latf":
+        return SPIBModel(network, info)
+    grid_prior = payload.get("grid_prior")
+    return LaTFModel(network, info, None if grid_prior is None else LatentFreeEnergyModel.from_state_dict(grid_prior))

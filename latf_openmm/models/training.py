@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from latf_openmm.errors import LatfError
 from latf_openmm.models.data import LABEL_DESCRIPTORS, LABEL_METHODS, TrainingData, initial_labels
+from latf_openmm.models.free_energy import LatentFreeEnergy, LatentFreeEnergyModel
 from latf_openmm.models.model import LaTFModel, SPIBModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.versions import versions
@@ -33,6 +34,8 @@ def _option(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+PRIORS = ("flow", "grid")
+GENERATION_CHECK_SAMPLES = 100_000
 MIN_STEPS_PER_EPOCH = 32
 POLISH_CHECK = 1000  # flow-polishing steps between validation checks
 
@@ -94,6 +97,19 @@ class TrainingConfig:
         "LaTF: flow polishing adds this times the encoder's noise σ to the latent means "
         "(1: the joint loss's sampled latent; 0: the means, i.e. the CV values themselves)",
     )
+    prior: str = _option(
+        "flow",
+        "LaTF: the generative prior on the latent: 'flow' (the published model: RealNVP onto the "
+        "temperature-steered tilted Gaussian, trained jointly) or 'grid' (a latent free energy "
+        "H(s) − T·S(s) on a grid over the SPIB latent, fitted to all training temperatures by convex "
+        "penalized likelihood; d ≤ 3; one training temperature generates at that temperature only)",
+    )
+    generation_tolerance: float | None = _option(
+        0.05,
+        "LaTF: after training, every state's generated population at every training temperature must be "
+        "within this of the training data's (equilibrium-weighted), or training stops with an error "
+        "rather than return a model that generates the wrong ensemble (None: no check)",
+    )
     device: str | None = _option(None, "'cpu' or 'cuda' (default: CUDA when available)")
 
     def validate(self) -> None:
@@ -121,6 +137,12 @@ class TrainingConfig:
             (self.polish_learning_rate > 0 and self.polish_noise >= 0, "polish_learning_rate > 0, polish_noise ≥ 0"),
             (self.tau >= 0, "tau must be ≥ 0"),
             (self.reference_temperature is None or self.reference_temperature > 0, "reference_temperature must be > 0"),
+            (self.prior in PRIORS, f"prior must be one of {', '.join(PRIORS)}"),
+            (self.prior != "grid" or self.latent_dim <= 3, "prior = 'grid' needs latent_dim ≤ 3"),
+            (
+                self.generation_tolerance is None or 0 < self.generation_tolerance <= 1,
+                "generation_tolerance must be in (0, 1] or None",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -147,29 +169,41 @@ class SPIB:
         """Train on ``data``; returns the model."""
         trainer = _Trainer(data, self.config, flow=False)
         trainer.spib_stage()
-        return SPIBModel(trainer.network, trainer.info("spib"))
+        return SPIBModel(trainer.network, trainer.info())
 
 
 class LaTF(SPIB):
-    """Latent Thermodynamic Flows: SPIB pre-training, then joint encoder + decoder + flow training."""
+    """Latent Thermodynamic Flows: SPIB pre-training, then the generative prior.
+
+    With ``prior = 'flow'`` (the published model) joint encoder + decoder + flow training and
+    flow polishing; with ``prior = 'grid'`` the latent free energy fitted to the trained SPIB
+    encoder's latent. Either way the model must pass the generation check
+    (``generation_tolerance``) at every training temperature.
+    """
 
     def fit(self, data: TrainingData) -> LaTFModel:
         """Train on ``data``; returns the model."""
-        trainer = _Trainer(data, self.config, flow=True)
+        trainer = _Trainer(data, self.config, flow=self.config.prior == "flow")
         trainer.spib_stage()
-        trainer.joint_stage()
-        trainer.polish_stage()
-        return LaTFModel(trainer.network, trainer.info("latf"))
+        if self.config.prior == "flow":
+            trainer.joint_stage()
+            trainer.polish_stage()
+        else:
+            trainer.free_energy_stage()
+        return trainer.latf_model()
 
-    def refit_flow(self, model: LaTFModel, data: TrainingData) -> LaTFModel:
-        """The trained ``model`` with its flow fitted again to ``data`` (flow polishing alone, by its
-        equilibrium weights); encoder, decoder and states are kept. For a density estimate that
-        depends on the model's own CV (the loop pools runs along it).
+    def refit_prior(self, model: LaTFModel, data: TrainingData) -> LaTFModel:
+        """The trained ``model`` with its prior fitted again to ``data`` (flow polishing alone, or the
+        latent free energy, by its equilibrium weights); encoder, decoder and states are kept. For a
+        density estimate that depends on the model's own CV (the loop pools runs along it).
         """
-        if model.network.flow is None or len(model.network.flow.layers) != self.config.flow_layers + 1:
-            raise LatfError("refit_flow needs a LaTF model trained with the same flow settings")
+        flow = model.network.flow
+        if self.config.prior == "flow" and (flow is None or len(flow.layers) != self.config.flow_layers + 1):
+            raise LatfError("refitting the flow needs a LaTF model trained with the same flow settings")
+        if self.config.prior == "grid" and model.grid_prior is None:
+            raise LatfError("refitting the latent free energy needs a LaTF model trained with prior = 'grid'")
         labels = [model.predict_state(f) for f in data.features]  # the model's states; no initial clustering
-        trainer = _Trainer(dataclasses.replace(data, labels=labels), self.config, flow=True)
+        trainer = _Trainer(dataclasses.replace(data, labels=labels), self.config, flow=self.config.prior == "flow")
         if trainer.reference_temperature != model.reference_temperature:
             raise LatfError(
                 f"the data's reference temperature {trainer.reference_temperature:g} is not the model's "
@@ -177,8 +211,11 @@ class LaTF(SPIB):
             )
         trainer.network = copy.deepcopy(model.network).to(trainer.device)
         trainer.history = list(model.info["history"])
-        trainer.polish_stage()
-        return LaTFModel(trainer.network, trainer.info("latf"))
+        if self.config.prior == "flow":
+            trainer.polish_stage()
+        else:
+            trainer.free_energy_stage()
+        return trainer.latf_model()
 
 
 class _Trainer:
@@ -222,6 +259,8 @@ class _Trainer:
             t_ref = config.reference_temperature or 1.0
             per_frame_t = np.full(len(features), t_ref)
         self.reference_temperature = t_ref
+        self.frame_temperatures = per_frame_t
+        self.grid_prior: LatentFreeEnergyModel | None = None
         to = dict(device=self.device)
         self.x = torch.as_tensor(features, dtype=torch.float32, **to)
         self.weights = torch.as_tensor(weights / weights[past].mean(), dtype=torch.float32, **to)
@@ -482,9 +521,80 @@ class _Trainer:
             time.perf_counter() - self.started,
         )
 
+    def free_energy_stage(self) -> None:
+        """Fit the latent free energy H(s) − T·S(s) to every frame's latent mean (encoder frozen),
+        by the equilibrium weights at each frame's temperature.
+
+        The roughness weight is chosen on held-out contiguous blocks: each trajectory's frames
+        are cut into 10 blocks, and trajectory i lends block (3i + 5) mod 10.
+        """
+        with torch.no_grad():
+            latent = torch.cat([self.network(c) for c in self.x.split(65536)]).double().cpu().numpy()
+        held_out = np.concatenate(
+            [(np.arange(n) * 10 // n) == (3 * i + 5) % 10 for i, n in enumerate(self.data.lengths)]
+        )
+        weights = self.equilibrium_weights.double().cpu().numpy()
+        self.grid_prior = LatentFreeEnergy(reference_temperature=self.reference_temperature).fit(
+            latent, self.frame_temperatures, weights, held_out
+        )
+        self.history.append(
+            {
+                "stage": "free_energy",
+                "refinement": 0,
+                "epoch": 0,
+                "smoothing": self.grid_prior.smoothing,
+                "n_states": self.network.n_states,
+                "seconds": round(time.perf_counter() - self.started, 3),
+            }
+        )
+        log.info(
+            "latent free energy: smoothing %.0e, %.1f s", self.grid_prior.smoothing, time.perf_counter() - self.started
+        )
+
+    def latf_model(self) -> LaTFModel:
+        """The trained LaTF model, after the generation check at every training temperature.
+
+        At each temperature with equilibrium weight, the populations of the model's states in
+        ``GENERATION_CHECK_SAMPLES`` generated samples are compared with the training frames'
+        (equilibrium-weighted); the figures go to ``info["generation_check"]``. A state off by
+        more than ``generation_tolerance`` is an error: the model would generate a wrong
+        ensemble with confidence.
+        """
+        info = self.info()
+        model = LaTFModel(self.network, info, self.grid_prior)
+        labels = self._predicted_labels().cpu().numpy()
+        weights = self.equilibrium_weights.double().cpu().numpy()
+        checks = []
+        for temperature in np.unique(self.frame_temperatures):
+            at = self.frame_temperatures == temperature
+            if weights[at].sum() <= 0:
+                continue
+            data = np.bincount(labels[at], weights[at], minlength=model.n_states) / weights[at].sum()
+            generated = model.state_populations(float(temperature), GENERATION_CHECK_SAMPLES, self.config.seed)
+            checks.append(
+                {
+                    "temperature": float(temperature),
+                    "data": np.round(data, 5).tolist(),
+                    "generated": np.round(generated, 5).tolist(),
+                    "max_error": round(float(np.abs(generated - data).max()), 5),
+                }
+            )
+        info["generation_check"] = checks
+        tolerance = self.config.generation_tolerance
+        worst = max(checks, key=lambda c: c["max_error"], default=None)
+        if tolerance is not None and worst is not None and worst["max_error"] > tolerance:
+            state = int(np.argmax(np.abs(np.subtract(worst["generated"], worst["data"]))))
+            raise LatfError(
+                f"generation check failed: at T = {worst['temperature']:g} the {self.config.prior} prior generates "
+                f"state {state} at {worst['generated'][state]:.3f} where the training data have "
+                f"{worst['data'][state]:.3f} (generation_tolerance {tolerance:g}); the data do not support this "
+                "model: use prior = 'grid', another lag or more data"
+            )
+        return model
+
     # ----------------------------------------------------------------- output
     @torch.no_grad()
-    def info(self, kind: str) -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         labels = self._predicted_labels()
         populations = torch.bincount(labels, weights=self.equilibrium_weights, minlength=self.network.n_states)
         config = dataclasses.asdict(self.config)
@@ -496,7 +606,7 @@ class _Trainer:
                 "encoder_layers": self.config.encoder_layers,
                 "encoder_hidden": self.config.encoder_hidden,
                 "decoder_hidden": self.config.decoder_hidden,
-                "flow_layers": self.config.flow_layers if kind == "latf" else 0,
+                "flow_layers": self.config.flow_layers if self.network.flow is not None else 0,
                 "flow_hidden": self.config.flow_hidden,
             },
             "config": config,

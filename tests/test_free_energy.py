@@ -1,0 +1,116 @@
+"""The latent free energy H(s) − T·S(s) on a grid: exact populations at unseen temperatures, small
+states, a normalized density, an exact sampler, and saving."""
+
+import numpy as np
+import pytest
+
+from latf_openmm.errors import LatfError
+from latf_openmm.models.free_energy import LatentFreeEnergy, LatentFreeEnergyModel
+
+AXIS = np.linspace(-3, 3, 601)
+POINTS = np.stack(np.meshgrid(AXIS, AXIS, indexing="ij"), -1).reshape(-1, 2)
+
+
+def _energy(points: np.ndarray, top_depth: float = 2.0) -> np.ndarray:
+    """Three wells of different depths and widths (so different energies and entropies), rotated by
+    30° so that the grid's principal axes are not the coordinate axes."""
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    x, y = (points @ np.array([[c, -s], [s, c]])).T
+    return (
+        -3 * np.exp(-((x - 1) ** 2 + y**2) / 0.3)
+        - 2.5 * np.exp(-((x + 1) ** 2 + y**2) / 0.8)
+        - top_depth * np.exp(-(x**2 + (y - 1.5) ** 2) / 0.15)
+        + 0.2 * (x**2 + y**2)
+    )
+
+
+def _state(points: np.ndarray) -> np.ndarray:
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    x, y = (points @ np.array([[c, -s], [s, c]])).T
+    return np.where(y > 0.9, 2, np.where(x > 0, 0, 1))
+
+
+def _boltzmann(kt: float, top_depth: float = 2.0) -> np.ndarray:
+    weight = np.exp(-_energy(POINTS, top_depth) / kt)
+    return weight / weight.sum()
+
+
+def _exact_populations(kt: float, top_depth: float = 2.0) -> np.ndarray:
+    return np.bincount(_state(POINTS), _boltzmann(kt, top_depth), 3)
+
+
+def _draw(kt: float, n: int, rng, top_depth: float = 2.0) -> np.ndarray:
+    """Exact samples at k_BT = ``kt`` (a fine grid's Boltzmann weights, jittered within its cells)."""
+    picked = rng.choice(len(POINTS), n, p=_boltzmann(kt, top_depth))
+    return POINTS[picked] + rng.uniform(-0.005, 0.005, (n, 2))
+
+
+def _blocks(n: int) -> np.ndarray:
+    return (np.arange(n) // 1000) % 10 == 3
+
+
+@pytest.fixture(scope="module")
+def two_temperatures():
+    rng = np.random.default_rng(3)
+    latent = np.vstack([_draw(0.5, 60_000, rng), _draw(1.0, 60_000, rng)])
+    temperatures = np.repeat([0.5, 1.0], 60_000)
+    return LatentFreeEnergy().fit(latent, temperatures, held_out=_blocks(len(latent)))
+
+
+@pytest.mark.parametrize("kt", [0.4, 0.7, 1.3])
+def test_populations_at_unseen_temperatures_match_quadrature(two_temperatures, kt):
+    # between the two training temperatures (0.7) and beyond them (0.4, 1.3): ln p is linear in
+    # 1/T here (H = U, S = 0), so the van 't Hoff form is exact and only sampling noise is left
+    samples = two_temperatures.sample(kt, 200_000, None)
+    generated = np.bincount(_state(samples), minlength=3) / len(samples)
+    np.testing.assert_allclose(generated, _exact_populations(kt), atol=0.01)
+
+
+def test_density_is_normalized_and_the_sampler_draws_from_it(two_temperatures):
+    axis = np.linspace(-3.5, 3.5, 351)
+    grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    density = np.exp(two_temperatures.log_prob(grid, 0.7))
+    cell = (axis[1] - axis[0]) ** 2
+    assert density.sum() * cell == pytest.approx(1.0, abs=0.01)
+    samples = two_temperatures.sample(0.7, 400_000, None)
+    edges = np.linspace(-3.5, 3.5, 36)
+    counts = np.histogram2d(samples[:, 0], samples[:, 1], [edges, edges])[0] / len(samples)
+    expected = np.histogram2d(grid[:, 0], grid[:, 1], [edges, edges], weights=density * cell)[0]
+    assert np.abs(counts - expected).max() < 0.003
+    assert np.isneginf(two_temperatures.log_prob(np.array([[50.0, 50.0]]), 0.7)).all()
+
+
+def test_a_two_percent_state_is_generated_within_a_quarter_of_its_population():
+    rng = np.random.default_rng(4)
+    depth = 0.6  # the top well holds about 2 % at k_BT = 0.5
+    exact = _exact_populations(0.5, depth)[2]
+    assert 0.01 < exact < 0.03
+    latent = _draw(0.5, 100_000, rng, depth)
+    model = LatentFreeEnergy().fit(latent, np.full(len(latent), 0.5), held_out=_blocks(len(latent)))
+    samples = model.sample(0.5, 400_000, None)
+    generated = np.mean(_state(samples) == 2)
+    assert abs(generated - exact) < 0.25 * exact
+
+
+def test_one_temperature_generates_there_only_and_saving_round_trips(two_temperatures):
+    rng = np.random.default_rng(5)
+    latent = _draw(0.5, 20_000, rng)
+    model = LatentFreeEnergy(smoothing=1e-6).fit(latent, np.full(len(latent), 0.5))
+    assert not model.enthalpy.any()
+    with pytest.raises(LatfError, match="one temperature"):
+        model.sample(0.7, 10)
+    restored = LatentFreeEnergyModel.from_state_dict(two_temperatures.state_dict())
+    np.testing.assert_array_equal(restored.log_prob(latent, 0.8), two_temperatures.log_prob(latent, 0.8))
+
+
+@pytest.mark.parametrize(
+    "latent, weights, message",
+    [
+        (np.zeros((10, 4)), None, "d ≤ 3"),
+        (np.full((10, 2), np.nan), None, "finite"),
+        (np.zeros((10, 2)), -np.ones(10), "weights"),
+    ],
+)
+def test_bad_input(latent, weights, message):
+    with pytest.raises(LatfError, match=message):
+        LatentFreeEnergy(smoothing=1e-3).fit(latent, np.ones(len(latent)), weights)
