@@ -315,7 +315,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a SPIB or LaTF model on trajectories of features",
         description="Train SPIB (encoder → latent CV, decoder → future state, iterative label refinement) "
-        "or LaTF (SPIB, then joint training with a RealNVP flow onto a temperature-steered tilted Gaussian). "
+        "or LaTF (SPIB, then a generative prior on the latent: --prior flow, joint training with a RealNVP flow "
+        "onto a temperature-steered tilted Gaussian, or --prior grid, a latent free energy H(s) − T·S(s) fitted "
+        "to all training temperatures; either must then generate every training temperature's state populations "
+        "within --generation-tolerance). "
         "DATA are 'latf simulate' run folders (or folders of runs) or .npz files with 'features' "
         "(n_traj, n_frames, n_features) or per-trajectory arrays, and optional 'labels', 'weights', 'temperatures'.",
     )
@@ -355,7 +358,7 @@ def _train(args: argparse.Namespace) -> int:
     populations = ", ".join(f"{p:.3f}" for p in info["state_populations"])
     print(
         f"wrote {args.out}: {model.n_states} states (populations {populations}), "
-        f"{sum(r['stage'] != 'polish' for r in info['history'])} epochs in {info['train_seconds']:.1f} s"
+        f"{sum(r['stage'] in ('spib', 'joint') for r in info['history'])} epochs in {info['train_seconds']:.1f} s"
     )
     return 0
 

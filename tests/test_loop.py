@@ -177,8 +177,7 @@ refinements = 2
 encoder_layers = 1
 learning_rate = 3e-3
 max_epochs = 10
-joint_max_epochs = 3
-polish_steps = 0
+prior = "grid"              # three temperatures; an unpolished flow fails the generation check
 """
 
 

@@ -194,7 +194,10 @@ def test_flow_polishing_fits_the_flow_alone_and_keeps_the_encoder():
     side = rng.integers(0, 2, size=(4, 1))
     trajectories = [rng.normal(size=(600, 2)) * 0.3 + np.array([2.0, 0.0]) * (2 * s - 1) for s in side]
     data = TrainingData(trajectories, labels=[np.full(600, int(s[0])) for s in side])
-    settings = dict(lag=2, max_epochs=3, refinements=0, joint_max_epochs=3, flow_layers=4, seed=0)
+    # undertrained on purpose (this tests the polishing's mechanics): no generation check
+    settings = dict(
+        lag=2, max_epochs=3, refinements=0, joint_max_epochs=3, flow_layers=4, seed=0, generation_tolerance=None
+    )
 
     plain = LaTF(**settings, polish_steps=0).fit(data)
     polished = LaTF(**settings, polish_steps=1500, polish_batch_size=128).fit(data)
