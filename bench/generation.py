@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lj7_temperatures import SETTINGS as LJ7_SETTINGS  # bench/ is the script's folder
 
 from latf_openmm.generation import free_energy_profile_rmse, js_divergence_2d, kl_divergence_2d
 from latf_openmm.models import LaTF, TrainingData
@@ -33,19 +34,7 @@ from latf_openmm.reweighting import effective_sample_size, mbar_weights
 from latf_openmm.units import reduced_to_kelvin
 
 TRAIN = (0.2, 0.5)
-SETTINGS = dict(
-    beta=1e-3,
-    n_initial_states=100,
-    label_method="kmeans",
-    label_descriptors="central_moments",
-    encoder_layers=0,
-    flow_layers=20,
-    flow_hidden=16,
-    tau=2.0,
-    learning_rate=2e-3,
-    lr_decay=0.98,
-    generation_tolerance=None,
-)
+SETTINGS = {**LJ7_SETTINGS, "generation_tolerance": None}
 
 
 def mbar_populations(model, features, energies, temperatures, target):

@@ -543,7 +543,6 @@ class _Trainer:
                 "refinement": 0,
                 "epoch": 0,
                 "smoothing": self.grid_prior.smoothing,
-                "enthalpy_smoothing": self.grid_prior.enthalpy_smoothing,
                 "n_states": self.network.n_states,
                 "seconds": round(time.perf_counter() - self.started, 3),
             }
