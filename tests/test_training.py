@@ -169,7 +169,7 @@ def test_grid_prior_generates_the_encoded_md_closer_than_the_flow(grid_model, la
     md_states = np.bincount(grid_model.latent_state(encoded), minlength=grid_model.n_states) / len(frames)
     np.testing.assert_allclose(grid_model.state_populations(KT, len(frames)), md_states, atol=0.02)
     # JS of encoded MD against as many generated samples on a 50 × 50 histogram (issue 13's metric):
-    # measured 0.0017 and 0.0016 (two sampling seeds) for the grid, 0.0076 for the flow
+    # measured 0.0017 for the grid, 0.0076 for the flow
     grid_js = js_divergence_2d(encoded, generated, bins=50)
     flow_encoded = latf_model.transform(frames)
     flow_js = js_divergence_2d(flow_encoded, latf_model.sample(KT, len(frames), seed=5), bins=50)
