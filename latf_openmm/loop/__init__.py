@@ -189,8 +189,8 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
     """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``.
 
     With a previous model (``labels_from``), the initial states are a grid over its CV. The
-    flow is polished once, after training, to the loop's estimate along the new CV
-    (:func:`_flow_fitted_to_estimate`).
+    prior is fitted (and checked) to the loop's estimate along the new CV after training
+    (:func:`_prior_fitted_to_estimate`); training skips the flow's own polishing and check.
     """
     import torch
 
@@ -198,7 +198,6 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
 
     torch.set_num_threads(config.threads or 1)
     training = load_training_data(data)
-    # the prior is fitted, and checked, once: to the estimate along the new CV
     estimator = LaTF(
         TrainingConfig(**{"seed": config.seed, **config.train, "polish_steps": 0, "generation_tolerance": None})
     )
@@ -207,12 +206,12 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
         latent = np.concatenate([previous.transform(f.astype(np.float64)) for f in training.features])
         labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
         training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
-    _flow_fitted_to_estimate(config, estimator.fit(training), training, data).save(out)
+    _prior_fitted_to_estimate(config, estimator.fit(training), training, data).save(out)
     return out
 
 
 def final_task(config: LoopConfig, model_path: str, data: list[str], out: str) -> str:
-    """The last round's model with its flow fitted to the estimate over all runs ``data``,
+    """The last round's model with its prior fitted to the estimate over all runs ``data``,
     the last round's included (its model was trained before they ran), written to ``out``:
     the model the loop's generated distributions come from."""
     import torch
@@ -220,13 +219,13 @@ def final_task(config: LoopConfig, model_path: str, data: list[str], out: str) -
     from latf_openmm.models import load_model, load_training_data
 
     torch.set_num_threads(config.threads or 1)
-    _flow_fitted_to_estimate(config, load_model(model_path), load_training_data(data), data).save(out)
+    _prior_fitted_to_estimate(config, load_model(model_path), load_training_data(data), data).save(out)
     return out
 
 
-def _flow_fitted_to_estimate(config: LoopConfig, model, training, data: list[str]):
-    """``model`` with its flow fitted (``polish_steps``) to the loop's estimate of each
-    temperature's equilibrium along its CV (:func:`equilibrium_estimate`; adaptive walkers'
+def _prior_fitted_to_estimate(config: LoopConfig, model, training, data: list[str]):
+    """``model`` with its prior fitted (flow polishing or the latent free energy) to the loop's
+    estimate of each temperature's equilibrium along its CV (:func:`equilibrium_estimate`; adaptive walkers'
     frames weigh nothing there), so that it generates the distribution the loop reports."""
     from latf_openmm.models import LaTF, TrainingConfig
 

@@ -196,7 +196,7 @@ class LatentFreeEnergy:
     nodes
         Grid nodes per latent axis (default: 1024, 128, 40 for d = 1, 2, 3).
     smoothing
-        Roughness weight λ; default: chosen from 1e-1 … 1e-8 on held-out blocks.
+        Roughness weight λ; default: chosen from 1e-11 … 1e-1 on held-out blocks.
     reference_temperature
         T_ref (default: the lowest training temperature).
     """
@@ -246,10 +246,10 @@ class LatentFreeEnergy:
         levels = np.unique(temperatures[used])
         t_ref = float(self.reference_temperature or levels.min())
         # coarse to fine: λ is chosen, and the tables first fitted, on a grid of half the nodes;
-        # the fine fit starts from that solution (from the log-counts, L-BFGS does not finish
-        # carrying H between the temperatures on 2 × 65 536 nodes: 0.05–0.14 off at 0.2 on LJ7)
-        # (at 256 nodes even so 0.02 off at the training temperatures and up to 0.09 between them
-        # on LJ7 after 300 iterations, hence 128 in 2-D)
+        # the fine fit starts from that solution. From the log-counts alone, L-BFGS did not
+        # finish carrying H between LJ7's two temperatures at 256 nodes (0.05–0.14 off at 0.2);
+        # even from the coarse start it was 0.02 off there and 0.09 between them after 300
+        # iterations, hence 128 nodes in 2-D.
         coarse = _Fitter(latent, temperatures, weights, levels, t_ref, lower, upper, max(nodes // 2, 3))
         if self.smoothing is not None:
             smoothing = self.smoothing
@@ -278,10 +278,11 @@ class LatentFreeEnergy:
 
 
 class _Fitter:
-    """Cloud-in-cell counts per temperature and the convex penalized likelihood on the grid.
+    """Weighted counts per temperature in each node's cell, and the convex penalized likelihood.
 
-    The objective and its gradient are written out in numpy for scipy's L-BFGS-B: on these
-    O(10⁴)-node tables that is an order of magnitude faster than autograd's small kernels.
+    The objective and its gradient are written out in numpy (on these O(10⁴)-node tables
+    an order of magnitude faster than autograd's small kernels) and minimized by torch's
+    L-BFGS.
     """
 
     def __init__(self, latent, temperatures, weights, levels, t_ref, lower, upper, nodes) -> None:

@@ -139,7 +139,7 @@ class LaTFModel(SPIBModel):
         """``n`` latent samples of the equilibrium distribution at ``temperature``.
 
         Exact samples of the prior: the tilted Gaussian at T′ mapped through the inverse
-        flow, or the latent free energy's p(s | T) by rejection within its grid cells.
+        flow, or the latent free energy's p(s | T) cell by cell.
         """
         if n < 0:
             raise LatfError(f"number of samples must be non-negative, got {n}")

@@ -386,6 +386,11 @@ class _Trainer:
         )
 
     @torch.no_grad()
+    def _encoded(self, features: torch.Tensor) -> torch.Tensor:
+        """Latent means of ``features`` (n, n_features), in chunks of 65 536 frames."""
+        return torch.cat([self.network(chunk) for chunk in features.split(65536)])
+
+    @torch.no_grad()
     def _predicted_labels(self) -> torch.Tensor:
         net = self.network
         return torch.cat([net.state_log_probs(net(c)).argmax(-1) for c in self.x.split(65536)])
@@ -398,7 +403,7 @@ class _Trainer:
             raise LatfError("only one metastable state is left; lower beta, shorten the lag, or give more data")
         kept = present[self.labels]  # frames whose state survives (others are never targets)
         self.labels = torch.cumsum(present.long(), 0)[self.labels] - 1
-        mean = torch.cat([self.network(c) for c in self.x.split(65536)])
+        mean = self._encoded(self.x)
         representatives = []
         for k in range(int(present.sum())):
             members = kept & (self.labels == k)
@@ -432,8 +437,7 @@ class _Trainer:
         points lie on the prior's most probable shell at T′ = 1, so the flow starts with
         every state where the prior has its mass.
         """
-        with torch.no_grad():
-            latent = torch.cat([self.network(c) for c in self.x.split(65536)])
+        latent = self._encoded(self.x)
         members = [self.labels == k for k in range(self.network.n_states)]
         centres = torch.stack([(self.weights[m, None] * latent[m]).sum(0) / self.weights[m].sum() for m in members])
         dim, tau = self.config.latent_dim, self.config.tau
@@ -459,10 +463,9 @@ class _Trainer:
         cfg, net = self.config, self.network
         if cfg.polish_steps == 0:
             return
-        with torch.no_grad():
-            latent = torch.cat([net(c) for c in self.x[self.train_past].split(65536)])
-            val_pairs = self.val_past if len(self.val_past) else self.train_past
-            val_latent = torch.cat([net(c) for c in self.x[val_pairs].split(65536)])
+        latent = self._encoded(self.x[self.train_past])
+        val_pairs = self.val_past if len(self.val_past) else self.train_past
+        val_latent = self._encoded(self.x[val_pairs])
         sigma = cfg.polish_noise * float(torch.exp(0.5 * net.log_var.detach()))
         weights = self.equilibrium_weights[self.train_past]
         temperature_weights = self.temperature_weights[self.train_past]
@@ -528,8 +531,7 @@ class _Trainer:
         The roughness weight is chosen on held-out contiguous blocks: each trajectory's frames
         are cut into 10 blocks, and trajectory i lends block (3i + 5) mod 10.
         """
-        with torch.no_grad():
-            latent = torch.cat([self.network(c) for c in self.x.split(65536)]).double().cpu().numpy()
+        latent = self._encoded(self.x).double().cpu().numpy()
         held_out = np.concatenate(
             [(np.arange(n) * 10 // n) == (3 * i + 5) % 10 for i, n in enumerate(self.data.lengths)]
         )
@@ -598,7 +600,7 @@ class _Trainer:
         labels = self._predicted_labels()
         populations = torch.bincount(labels, weights=self.equilibrium_weights, minlength=self.network.n_states)
         config = dataclasses.asdict(self.config)
-        latent = torch.cat([self.network(chunk) for chunk in self.x.split(65536)])
+        latent = self._encoded(self.x)
         return {
             "architecture": {
                 "n_features": self.data.n_features,
