@@ -29,6 +29,20 @@ from latf_openmm.files import write_npz
 from latf_openmm.generation import js_divergence_2d, kl_divergence_2d
 from latf_openmm.models import LaTF, TrainingData
 
+SETTINGS = dict(  # the LaTF paper's three-hole settings; bench/generation.py uses them too
+    lag=30,
+    beta=1e-4,
+    tau=3.0,
+    encoder_hidden=16,
+    flow_layers=10,
+    flow_hidden=16,
+    learning_rate=1e-3,
+    lr_decay=0.99,
+    refinements=10,
+    max_epochs=12,
+    joint_max_epochs=5,
+)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,22 +57,7 @@ def main() -> None:
         traj, labels = raw["traj"], raw["labels"]
         kt = float(raw["kt"]) if "kt" in raw.files else 0.75
     data = TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt))
-    estimator = LaTF(
-        lag=30,
-        beta=1e-4,
-        tau=3.0,
-        encoder_hidden=16,
-        flow_layers=10,
-        flow_hidden=16,
-        learning_rate=1e-3,
-        lr_decay=0.99,
-        refinements=10,
-        max_epochs=12,
-        joint_max_epochs=5,
-        seed=args.seed,
-        prior=args.prior,
-        generation_tolerance=None,
-    )
+    estimator = LaTF(**SETTINGS, seed=args.seed, prior=args.prior, generation_tolerance=None)
     start = time.perf_counter()
     model = estimator.fit(data)
     train_s = time.perf_counter() - start

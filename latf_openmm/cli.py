@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from latf_openmm.errors import LatfError
+from latf_openmm.units import temperature_to_kelvin
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -384,6 +387,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", help="also plot the free-energy surfaces to this PNG")
     p.add_argument("--bins", type=int, default=80, help="grid points per latent dimension (default 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="RUN",
+        help="unbiased runs (or replicas under one fixed bias) at several temperatures, with their potential "
+        "energies: beside each generated figure, the populations that MBAR predicts from them and its "
+        "effective sample size, the physics baseline",
+    )
     p.set_defaults(handler=_generate, required=("model", "temperatures", "out"))
 
 
@@ -396,9 +407,31 @@ def _generate(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     if not isinstance(model, LaTFModel):
         raise LatfError(f"{args.model} is a SPIB model; generation needs a LaTF model ('latf train --model latf')")
-    result = generate(model, args.temperatures, args.n, args.out, bins=args.bins, seed=args.seed, plot=args.plot)
-    print(json.dumps({"temperatures": args.temperatures, "state_populations": result["state_populations"].tolist()}))
+    reweighted = _mbar_reweighted(model, args.data, args.temperatures) if args.data else None
+    result = generate(model, args.temperatures, args.n, args.out, bins=args.bins, seed=args.seed, plot=args.plot,
+                      reweighted=reweighted)  # fmt: skip
+    report = {"temperatures": args.temperatures, "state_populations": result["state_populations"].tolist()}
+    if reweighted is not None:
+        report["mbar_state_populations"] = result["mbar_state_populations"].tolist()
+        report["mbar_effective_sample_size"] = result["mbar_effective_sample_size"].round(1).tolist()
+    print(json.dumps(report))
     return 0
+
+
+def _mbar_reweighted(model, data: list[str], temperatures: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per temperature, the latent CV of every frame of the runs in ``data`` and its MBAR weight there."""
+    from latf_openmm.models import load_training_data
+    from latf_openmm.reports import find_runs
+    from latf_openmm.reweighting import temperature_estimate
+
+    runs = find_runs(data)
+    frames = load_training_data(runs)
+    unit = model.info.get("temperature_unit", "")
+    if frames.temperature_unit != unit:
+        raise LatfError(f"--data runs are in temperature unit {frames.temperature_unit!r}, the model in {unit!r}")
+    latent = model.transform(np.concatenate(frames.features).astype(np.float64))
+    estimate = temperature_estimate(runs)
+    return [(latent, np.concatenate(estimate.weights(temperature_to_kelvin(t, unit)))) for t in temperatures]
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -482,6 +515,10 @@ def _loop(args: argparse.Namespace) -> int:
                 "converged": summary["converged"],
                 "reweighted_populations": last.get("populations"),
                 "generated_populations": {t: v["state_populations"] for t, v in summary["targets"].items()},
+                "mbar_populations": {t: v["mbar_state_populations"] for t, v in summary["targets"].items()},
+                "mbar_effective_sample_size": {
+                    t: v["mbar_effective_sample_size"] for t, v in summary["targets"].items()
+                },
                 "cpu_hours": round(summary["cpu_seconds"] / 3600, 3),
             }
         )

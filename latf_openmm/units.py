@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import openmm.unit as u
 
+from latf_openmm.errors import LatfError
+
 #: Boltzmann's constant times Avogadro's number, in kJ/(mol K).
 KB_KJ_PER_MOL_K: float = (u.BOLTZMANN_CONSTANT_kB * u.AVOGADRO_CONSTANT_NA).value_in_unit(
     u.kilojoule_per_mole / u.kelvin
@@ -27,3 +29,10 @@ def reduced_to_kelvin(reduced_temperature: float) -> float:
 def kelvin_to_reduced(temperature: float) -> float:
     """Convert kelvin to k_B T / ε (with ε = 1 kJ/mol)."""
     return temperature * KB_KJ_PER_MOL_K
+
+
+def temperature_to_kelvin(temperature: float, unit: str) -> float:
+    """Convert a temperature in a run's or model's ``temperature_unit`` (``"K"`` or ``"kT/eps"``) to K."""
+    if unit not in ("K", "kT/eps"):
+        raise LatfError(f"unknown temperature unit {unit!r}: use 'K' or 'kT/eps'")
+    return reduced_to_kelvin(temperature) if unit == "kT/eps" else float(temperature)

@@ -16,12 +16,12 @@ from latf_openmm.export.plumed import read_colvar
 from latf_openmm.loop import LoopConfig, equilibrium_estimate
 from latf_openmm.reweighting import (
     effective_sample_size,
-    mbar_weights,
+    multistate_estimate,
     restraint_energy,
     run_energies,
     run_weights,
     statistical_inefficiency,
-    temperature_weights,
+    temperature_estimate,
     umbrella_weights,
 )
 from latf_openmm.simulation import replica_exchange, simulate
@@ -77,12 +77,13 @@ def _unbiased(molsys, tmp_path, kt, steps=300_000, seed=3):
 def test_temperature_mbar_reweights_to_trained_and_unseen_temperatures(threehole, tmp_path):
     molsys, _ = threehole
     paths = [_unbiased(molsys, tmp_path, kt, steps=1_200_000, seed=s) for kt, s in ((0.75, 1), (1.0, 2))]
+    estimate = temperature_estimate(paths)
     for target in (0.75, 0.85):
-        weights = temperature_weights(paths, molsys.to_kelvin(target))
+        weights = estimate.weights(molsys.to_kelvin(target))
         np.testing.assert_allclose(_populations(paths, weights), threehole_populations(target), atol=0.03)
     assert np.all(run_weights(paths[0]) == 1.0)
     with pytest.raises(LatfError, match="positive"):
-        temperature_weights(paths, -1.0)
+        estimate.weights(-1.0)
 
 
 def test_effective_sample_size():
@@ -102,13 +103,13 @@ def test_mbar_counts_each_run_by_its_uncorrelated_samples():
     assert g == pytest.approx(19, rel=0.15)
     assert statistical_inefficiency(np.ones((10, 1))) == 1.0
     energies = [rng.normal(size=n), rng.normal(size=n)]  # two unbiased runs at one temperature
-    plain, by_samples = (mbar_weights(energies, [300.0] * 2, [None] * 2, np.zeros((0, 2 * n)), 300.0, gs)
+    plain, by_samples = (multistate_estimate(energies, [300.0] * 2, [None] * 2, np.zeros((0, 2 * n)), gs).weights(300.0)
                          for gs in (None, [g, 1.0]))  # fmt: skip
     assert plain[0].sum() == pytest.approx(plain[1].sum(), rel=0.02)
     assert by_samples[1].sum() / by_samples[0].sum() == pytest.approx(g, rel=0.05)  # n/g against n samples
     np.testing.assert_allclose(by_samples[0] / by_samples[0].sum(), plain[0] / plain[0].sum(), rtol=0.05)
     with pytest.raises(LatfError, match="statistical inefficiency"):
-        mbar_weights(energies, [300.0] * 2, [None] * 2, np.zeros((0, 2 * n)), 300.0, [0.5, 1.0])
+        multistate_estimate(energies, [300.0] * 2, [None] * 2, np.zeros((0, 2 * n)), [0.5, 1.0])
 
 
 def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_path):
@@ -125,7 +126,7 @@ def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_p
         series = np.load(path / "timeseries.npz")
         assert series["features"].shape == (3000, 2)
         assert json.loads((path / "manifest.json").read_text())["settings"]["temperature"] == pytest.approx(kt)
-    weights = temperature_weights(paths, load_system("threehole").to_kelvin(0.75))
+    weights = temperature_estimate(paths).weights(load_system("threehole").to_kelvin(0.75))
     np.testing.assert_allclose(_populations(paths, weights), threehole_populations(0.75), atol=0.04)
 
 
@@ -153,7 +154,7 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     np.testing.assert_allclose(colvar["s0"], cold["features"][:, 0], atol=1e-5)  # CV = x, frame by frame
     sampled = np.bincount(threehole_well(cold["features"]), minlength=3) / len(cold["features"])
     assert abs(sampled[1] - threehole_populations(KT)[1]) > 0.04  # the bias changes the sampling
-    populations = _populations(paths, temperature_weights(paths, temperature))  # seeds 4, 5: within 0.01
+    populations = _populations(paths, temperature_estimate(paths).weights(temperature))  # seeds 4, 5: within 0.01
     np.testing.assert_allclose(populations, threehole_populations(KT), atol=0.04)
 
     # One MBAR over the replicas (fixed bias, three temperatures) and an unbiased run at 0.75,
@@ -167,14 +168,16 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     energies, own = zip(*map(run_energies, mixed), strict=True)
     assert own[-1] is None and np.allclose(energies[0] + own[0], cold["potential_energy"])
     kelvin = [*ladder, temperature]
-    replicas_only = mbar_weights(energies[:3], ladder, [0] * 3, fixed[None, : -len(energies[-1])], ladder[1])
-    for weights, expected in zip(replicas_only, temperature_weights(paths, ladder[1]), strict=True):
+    replicas_only = multistate_estimate(energies[:3], ladder, [0] * 3, fixed[None, : -len(energies[-1])])
+    expected_weights = temperature_estimate(paths).weights(ladder[1])
+    for weights, expected in zip(replicas_only.weights(ladder[1]), expected_weights, strict=True):
         np.testing.assert_allclose(weights, expected, rtol=1e-3)  # the bias from OpenMM or from the CV
+    mixed_estimate = multistate_estimate(energies, kelvin, [0, 0, 0, None], fixed[None])
     for kt in (KT, 0.95):
-        weights = mbar_weights(energies, kelvin, [0, 0, 0, None], fixed[None], molsys.to_kelvin(kt))
+        weights = mixed_estimate.weights(molsys.to_kelvin(kt))
         np.testing.assert_allclose(_populations(mixed, weights), threehole_populations(kt), atol=0.04)
     with pytest.raises(LatfError, match="positive"):
-        mbar_weights(energies, kelvin, [0, 0, 0, None], fixed[None], 0.0)
+        mixed_estimate.weights(0.0)
     with pytest.raises(LatfError, match="is not a loop round"):  # fixed biases come from the loop's rounds only
         equilibrium_estimate(LoopConfig(system="threehole"), bias.cv.model, [str(p) for p in mixed])
 

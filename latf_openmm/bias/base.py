@@ -104,7 +104,7 @@ class CVBias:
     def settings(self) -> dict[str, Any]:
         """Everything that defines the bias (part of a run's identity): with the CV's digest, and
         for a fixed bias the digest of its state, so that runs under different biases never
-        look alike (:func:`latf_openmm.reweighting.temperature_weights` groups runs by these)."""
+        look alike (:func:`latf_openmm.reweighting.temperature_estimate` groups runs by these)."""
         frozen = {"frozen": True, "state_sha256": array_digest(self._acting_state())} if self.frozen else {}
         return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim, "cv_sha256": self.cv.digest,
                 **frozen}  # fmt: skip

@@ -6,6 +6,13 @@ from latf_openmm.generation.metrics import (
     js_divergence_2d,
     kl_divergence_2d,
 )
-from latf_openmm.generation.sampling import generate
+from latf_openmm.generation.sampling import generate, reweighted_populations
 
-__all__ = ["free_energy_profile_change", "free_energy_profile_rmse", "generate", "js_divergence_2d", "kl_divergence_2d"]
+__all__ = [
+    "free_energy_profile_change",
+    "free_energy_profile_rmse",
+    "generate",
+    "js_divergence_2d",
+    "kl_divergence_2d",
+    "reweighted_populations",
+]

@@ -11,6 +11,13 @@ from latf_openmm.errors import LatfError
 from latf_openmm.files import write_npz
 from latf_openmm.models import LaTFModel
 from latf_openmm.reports import save_figure
+from latf_openmm.reweighting import effective_sample_size
+
+
+def reweighted_populations(model: LaTFModel, latent: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """The state populations of simulated frames (latent (n, d)) under equilibrium ``weights``
+    (e.g. MBAR's at a target temperature), and the Kish effective sample size behind them."""
+    return model.latent_populations(latent, weights), effective_sample_size(weights)
 
 
 def generate(
@@ -21,18 +28,24 @@ def generate(
     bins: int = 80,
     seed: int = 0,
     plot: str | Path | None = None,
+    reweighted: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Samples, state populations and (d ≤ 2) free energies of ``model`` at each temperature.
 
     Writes an ``.npz`` with ``temperatures``, ``samples`` (n_T, n, d), ``state_populations``
     (n_T, n_states) and, for d ≤ 2, ``grid`` (one axis per latent dimension) and
     ``free_energy`` (n_T, bins[, bins]; see :meth:`LaTFModel.free_energy` for units).
+    With ``reweighted`` (per temperature, simulated frames' latent CV and their MBAR weights
+    there), also the physics baseline beside the generated figures:
+    ``mbar_state_populations`` (n_T, n_states) and ``mbar_effective_sample_size`` (n_T,).
     Returns the same arrays.
     """
     if not len(temperatures):
         raise LatfError("give at least one temperature")
     if n < 1 or bins < 2:
         raise LatfError(f"need n ≥ 1 samples and bins ≥ 2, got n={n}, bins={bins}")
+    if reweighted is not None and len(reweighted) != len(temperatures):
+        raise LatfError(f"the MBAR baseline needs one (latent, weights) pair per temperature, got {len(reweighted)}")
     samples = np.stack([model.sample(t, n, seed + i) for i, t in enumerate(temperatures)])
     populations = np.stack([model.latent_populations(s) for s in samples])
     result: dict[str, np.ndarray] = {
@@ -41,6 +54,10 @@ def generate(
         "state_populations": populations,
         "temperature_unit": np.array(model.info.get("temperature_unit", "")),
     }
+    if reweighted is not None:
+        baseline = [reweighted_populations(model, latent, weights) for latent, weights in reweighted]
+        result["mbar_state_populations"] = np.stack([p for p, _ in baseline])
+        result["mbar_effective_sample_size"] = np.array([ess for _, ess in baseline])
     if model.latent_dim <= 2:
         flat = samples.reshape(-1, model.latent_dim)
         low, high = np.percentile(flat, 0.1, axis=0), np.percentile(flat, 99.9, axis=0)

@@ -13,7 +13,9 @@
     round_001/replicas/T…/      with ``replicas_along_cv = true``: replica exchange over
                                 ``replica_temperatures`` with that fixed bias on every replica
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
-    summary.json                per target temperature: state populations and free-energy profiles
+    summary.json                per target temperature: generated state populations and free-energy
+                                profiles, beside MBAR's populations from the same runs and their
+                                effective sample size (the physics baseline)
     summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
     final/                      the final model.pt; its CV: cv.pt, scalar components cv_s<k>.pt (OpenMM
                                 TorchForce), plumed/ (model.ptc, plumed.dat); metadata.json
@@ -43,6 +45,7 @@ import hashlib
 import json
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -364,12 +367,13 @@ def _client(config: LoopConfig):
 
 
 def equilibrium_estimate(
-    config: LoopConfig, model, runs: list[str]
+    config: LoopConfig, model, runs: list[str], temperatures: Sequence[float] | None = None
 ) -> dict[float, dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """The loop's estimate of each simulated temperature's equilibrium: the latent CV (encoder
-    mean) and equilibrium weight of every frame that informs it.
+    """The loop's estimate of the equilibrium at each simulated temperature (or at each of
+    ``temperatures``, in the runs' unit): the latent CV (encoder mean) and equilibrium weight
+    of every frame that informs it.
 
-    One MBAR (:func:`~latf_openmm.reweighting.mbar_weights`) over all runs whose bias is known
+    One MBAR (:func:`~latf_openmm.reweighting.multistate_estimate`) over all runs whose bias is known
     at every frame: unbiased runs, and runs under a round's fixed bias (production walkers,
     replicas along the CV; the bias is rebuilt from ``round_NNN/model.pt`` and ``shared/``,
     two folders above the run, and evaluated at every frame of every run). Each run counts
@@ -383,7 +387,7 @@ def equilibrium_estimate(
         Temperature (the runs' unit) → {index of the run in ``runs`` → (latent (n, d), weights (n,))}.
     """
     from latf_openmm.models import load_training_data
-    from latf_openmm.reweighting import mbar_weights, run_energies, statistical_inefficiency
+    from latf_openmm.reweighting import multistate_estimate, run_energies, statistical_inefficiency
 
     settings = [json.loads((Path(run) / "manifest.json").read_text())["settings"] for run in runs]
     members = [k for k, s in enumerate(settings) if s.get("bias") is None or s["bias"].get("frozen")]
@@ -411,19 +415,24 @@ def equilibrium_estimate(
     latent = [model.transform(f) for f in features]
     inefficiency = [statistical_inefficiency(z) for z in latent]
     biases = np.array(rows).reshape(len(rows), len(every_frame))
+    mbar = multistate_estimate(energies, kelvin, sampled, biases, inefficiency)
+    kelvin_per_unit = settings[members[0]]["temperature_K"] / settings[members[0]]["temperature"]
+    if temperatures is None:
+        temperatures = sorted({settings[k]["temperature"] for k in members})
     estimate = {}
-    for temperature in sorted({settings[k]["temperature"] for k in members}):
-        target = next(settings[k]["temperature_K"] for k in members if settings[k]["temperature"] == temperature)
-        weights = mbar_weights(energies, kelvin, sampled, biases, target, inefficiency)
+    for temperature in temperatures:
+        weights = mbar.weights(temperature * kelvin_per_unit)
         estimate[temperature] = {k: (z, w) for k, z, w in zip(members, latent, weights, strict=True)}
     return estimate
 
 
-def _by_temperature(config: LoopConfig, model, runs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _by_temperature(
+    config: LoopConfig, model, runs: list[str], temperatures: Sequence[float] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """:func:`equilibrium_estimate` with each temperature's runs concatenated, keyed by its label."""
     return {
         f"{temperature:g}": tuple(np.concatenate(parts) for parts in zip(*by_run.values(), strict=True))
-        for temperature, by_run in equilibrium_estimate(config, model, runs).items()
+        for temperature, by_run in equilibrium_estimate(config, model, runs, temperatures).items()
     }
 
 
@@ -552,7 +561,8 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history) + final_cpu
     cpu += sum(seconds for _, seconds in validation.values())
     validation = {t: run for t, (run, _) in validation.items()}
-    return _summarize(config, out, history, final_model, final_cpu, validation, time.perf_counter() - started, cpu)
+    return _summarize(config, out, history, final_model, runs, final_cpu, validation, time.perf_counter() - started,
+                      cpu)  # fmt: skip
 
 
 def _final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
@@ -755,12 +765,17 @@ def _compare_with_md(model, samples: np.ndarray, run: str) -> dict[str, Any]:
 
 
 def _summarize(
-    config, out: Path, history, model_path, final_cpu, validation: dict, seconds, cpu_seconds
+    config, out: Path, history, model_path, runs: list[str], final_cpu, validation: dict, seconds, cpu_seconds
 ) -> dict[str, Any]:
+    """The summary: per target temperature the final model's generated populations and
+    profiles beside MBAR's prediction from all runs whose bias is known at every frame (the
+    loop's estimate, at the target); validation MD where asked; the rounds; the costs."""
+    from latf_openmm.generation import reweighted_populations
     from latf_openmm.models import load_model
     from latf_openmm.reports import plot_loop
 
     model = load_model(model_path)
+    baseline = _by_temperature(config, model, runs, config.targets)
     targets: dict[str, Any] = {}
     for k, temperature in enumerate(config.targets):
         samples = model.sample(temperature, config.samples, seed=config.seed + k)
@@ -775,8 +790,11 @@ def _summarize(
                     "free_energy_kT": np.where(counts, free, None).tolist(),
                 }
             )
+        mbar_populations, mbar_size = reweighted_populations(model, *baseline[f"{temperature:g}"])
         targets[f"{temperature:g}"] = {
             "state_populations": model.latent_populations(samples).tolist(),
+            "mbar_state_populations": mbar_populations.tolist(),
+            "mbar_effective_sample_size": round(mbar_size, 1),
             "free_energy_profiles": profiles,
         }
         if temperature in validation:

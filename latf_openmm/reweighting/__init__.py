@@ -4,11 +4,11 @@
   exp((V − c(t))/k_BT), with c(t) from the run's COLVAR; a restraint's frames exp(V/k_BT).
 - Umbrella windows (:func:`umbrella_weights`): MBAR (pymbar) over the windows' restraint
   energies, evaluated from each frame's CV in COLVAR.
-- Several temperatures (:func:`temperature_weights`): MBAR over the reduced potentials
-  E/k_BT of every run at every temperature, to any target temperature.
-- Runs at several temperatures under several fixed biases (:func:`mbar_weights`): one MBAR
-  over every (temperature, bias) pair, each bias evaluated at every frame; the two above
-  are its special cases.
+- Several temperatures (:func:`temperature_estimate`): MBAR over the reduced potentials
+  E/k_BT of every run at every temperature, solved once, then weights at any temperature.
+- Runs at several temperatures under several fixed biases (:func:`multistate_estimate`):
+  one MBAR over every (temperature, bias) pair, each bias evaluated at every frame; the two
+  above are its special cases.
 
 Weights are returned normalized to sum to the number of frames, one array per run;
 :func:`effective_sample_size` says how many independent frames they are worth.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -88,19 +89,40 @@ def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
     return energy + wall_energies(cv, settings["lower"], settings["upper"], settings["wall_constant"])
 
 
-def mbar_weights(
+@dataclass(frozen=True)
+class MultistateEstimate:
+    """MBAR's solution for runs at several temperatures, each unbiased or under one of
+    several fixed biases: equilibrium weights of all their frames at any temperature.
+
+    Made by :func:`multistate_estimate`; the free energies of the sampled states are
+    solved once, so each further temperature costs one pass over the frames.
+    """
+
+    energies: np.ndarray  # (n_frames,) potential energy without any bias, kJ/mol
+    log_denominator: np.ndarray  # (n_frames,) ln Σ_k N_k exp(f_k − u_k(x)), with the 1/g scaling
+    run_starts: np.ndarray  # first frame of each run after the first
+
+    def weights(self, temperature: float) -> list[np.ndarray]:
+        """Per run, its frames' equilibrium weights at ``temperature`` (K); all runs together
+        sum to their number of frames."""
+        if not temperature > 0:
+            raise LatfError(f"temperatures must be positive, got target {temperature}")
+        log_w = -self.energies / (KB_KJ_PER_MOL_K * temperature) - self.log_denominator
+        return _normalized(np.split(log_w, self.run_starts))
+
+
+def multistate_estimate(
     energies: Sequence[np.ndarray],
     kelvin: Sequence[float],
     sampled_bias: Sequence[int | None],
     bias_energies: np.ndarray,
-    temperature: float,
     inefficiency: Sequence[float] | None = None,
-) -> list[np.ndarray]:
-    """Equilibrium weights at ``temperature`` (K) of the frames of runs made at several
-    temperatures, each unbiased or under one of several fixed biases, by MBAR (pymbar).
+) -> MultistateEstimate:
+    """MBAR (pymbar) over runs made at several temperatures, each unbiased or under one of
+    several fixed biases; the returned estimate gives equilibrium weights at any temperature.
 
     The sampled states are the distinct (temperature, bias) pairs of the runs; every frame's
-    reduced potential β_k (U + V_b) is evaluated in each of them, and the target is β U.
+    reduced potential β_k (U + V_b) is evaluated in each of them, and a target is β U.
     Correlated frames are handled as pymbar advises: the free energies f_k come from every
     g-th frame of each run (g its statistical inefficiency), the states count those
     uncorrelated samples, and every frame then gets its weight, scaled by 1/g.
@@ -115,8 +137,6 @@ def mbar_weights(
         Per run, the row of ``bias_energies`` it was sampled under, or None if unbiased.
     bias_energies
         (n_biases, n_frames): each fixed bias (kJ/mol) at every frame of all runs, in order.
-    temperature
-        Target temperature, K.
     inefficiency
         Per run, its statistical inefficiency g ≥ 1 (:func:`statistical_inefficiency`);
         default 1 (uncorrelated frames).
@@ -124,15 +144,15 @@ def mbar_weights(
     lengths = [len(e) for e in energies]
     inefficiency = np.ones(len(lengths)) if inefficiency is None else np.asarray(inefficiency, dtype=float)
     if inefficiency.shape != (len(lengths),) or not (inefficiency >= 1).all():
-        raise LatfError(f"mbar_weights needs one statistical inefficiency ≥ 1 per run, got {inefficiency.tolist()}")
+        raise LatfError(f"MBAR needs one statistical inefficiency ≥ 1 per run, got {inefficiency.tolist()}")
     if not (len(lengths) == len(kelvin) == len(sampled_bias)) or not lengths:
-        raise LatfError("mbar_weights needs one temperature and one sampled bias per run")
-    if not temperature > 0 or min(kelvin) <= 0:
-        raise LatfError(f"temperatures must be positive, got target {temperature} and runs {sorted(set(kelvin))}")
+        raise LatfError("MBAR needs one temperature and one sampled bias per run")
+    if min(kelvin) <= 0:
+        raise LatfError(f"temperatures must be positive, got runs at {sorted(set(kelvin))}")
     all_energy = np.concatenate(energies).astype(float)
     rows = np.vstack([np.zeros(len(all_energy)), np.asarray(bias_energies, dtype=float).reshape(-1, len(all_energy))])
     if not np.isfinite(rows).all() or not np.isfinite(all_energy).all():
-        raise LatfError("mbar_weights: the energies or bias energies are not finite")
+        raise LatfError("MBAR: the energies or bias energies are not finite")
     state_of_run = [(float(t), 0 if b is None else int(b) + 1) for t, b in zip(kelvin, sampled_bias, strict=True)]
     states = sorted(set(state_of_run))
     starts = np.cumsum([0, *lengths])
@@ -144,9 +164,8 @@ def mbar_weights(
     reduced = np.stack([(all_energy + rows[b]) / (KB_KJ_PER_MOL_K * t) for t, b in states])
     mbar = quiet_import("pymbar").MBAR(reduced[:, np.concatenate(kept)], counts, solver_protocol="robust")
     log_denominator = logsumexp(mbar.f_k[:, None] - reduced, b=counts[:, None], axis=0)
-    log_w = -all_energy / (KB_KJ_PER_MOL_K * temperature) - log_denominator
-    log_w += np.repeat([np.log(len(k) / n) for k, n in zip(kept, lengths, strict=True)], lengths)
-    return _normalized(np.split(log_w, starts[1:-1]))
+    log_denominator -= np.repeat([np.log(len(k) / n) for k, n in zip(kept, lengths, strict=True)], lengths)
+    return MultistateEstimate(all_energy, log_denominator, starts[1:-1])
 
 
 def statistical_inefficiency(series: np.ndarray) -> float:
@@ -182,12 +201,12 @@ def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
     cvs = [series["colvar"][:, :dim] for _, series in runs]
     restraints = np.stack([restraint_energy(s, np.concatenate(cvs)) for s in settings])
     zeros = [np.zeros(len(c)) for c in cvs]  # one temperature: the potential energy cancels
-    return mbar_weights(zeros, [kelvin] * len(runs), range(len(runs)), restraints, kelvin)
+    return multistate_estimate(zeros, [kelvin] * len(runs), range(len(runs)), restraints).weights(kelvin)
 
 
-def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list[np.ndarray]:
-    """Unbiased weights at ``temperature`` (K) of the frames of runs at several temperatures, by
-    MBAR over their potential energies.
+def temperature_estimate(paths: Sequence[str | Path]) -> MultistateEstimate:
+    """MBAR over the potential energies of runs at several temperatures: their frames'
+    unbiased weights at any temperature (:meth:`MultistateEstimate.weights`, in K).
 
     The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): the
     sampled states are then β_k (U + V) and the target β U.
@@ -196,22 +215,23 @@ def temperature_weights(paths: Sequence[str | Path], temperature: float) -> list
     biases = [s.get("bias") for s in settings]
     if any(biases) and not (biases[0] and biases[0].get("frozen") and all(b == biases[0] for b in biases)):
         raise LatfError(
-            "temperature_weights takes unbiased runs or replicas sharing one fixed bias; "
+            "temperature reweighting takes unbiased runs or replicas sharing one fixed bias; "
             "reweight other biased runs with run_weights"
         )
     energies, own = zip(*(run_energies(p) for p in paths), strict=True)
     kelvin = [s["temperature_K"] for s in settings]
     fixed = np.concatenate(own)[None] if biases[0] else np.zeros((0, sum(map(len, energies))))
-    return mbar_weights(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed, temperature)
+    return multistate_estimate(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed)
 
 
 __all__ = [
+    "MultistateEstimate",
     "effective_sample_size",
-    "mbar_weights",
+    "multistate_estimate",
     "restraint_energy",
     "run_energies",
     "run_weights",
     "statistical_inefficiency",
-    "temperature_weights",
+    "temperature_estimate",
     "umbrella_weights",
 ]

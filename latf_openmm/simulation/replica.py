@@ -98,7 +98,7 @@ def replica_exchange(
         The same bias on every replica, held fixed (:meth:`CVBias.freeze`): a restraint, or
         an adaptive bias at the state it was loaded with. Each frame's CV and bias energy
         go to ``COLVAR`` and ``timeseries.npz``, and the energies include the bias, so
-        :func:`latf_openmm.reweighting.temperature_weights` (MBAR) and
+        :func:`latf_openmm.reweighting.temperature_estimate` (MBAR) and
         :func:`~latf_openmm.reweighting.run_weights` unbias the frames.
     seed
         Seeds the Langevin integrator and numpy's generator, which openmmtools uses for the

@@ -32,7 +32,7 @@ import openmm
 import openmm.app as app
 
 from latf_openmm.errors import LatfError
-from latf_openmm.units import reduced_to_kelvin
+from latf_openmm.units import temperature_to_kelvin
 
 from . import builders
 
@@ -113,7 +113,7 @@ class MolecularSystem:
         temperature = float(temperature)
         if not np.isfinite(temperature) or temperature <= 0:
             raise LatfError(f"temperature must be a positive number, got {temperature}")
-        return reduced_to_kelvin(temperature) if self.reduced_units else temperature
+        return temperature_to_kelvin(temperature, self.temperature_unit)
 
     @property
     def temperature_unit(self) -> str:
