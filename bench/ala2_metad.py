@@ -39,6 +39,7 @@ from latf_openmm.bias import LearnedCV, Metadynamics
 from latf_openmm.models import SPIB, TrainingData
 from latf_openmm.reweighting import run_weights
 from latf_openmm.simulation import simulate
+from latf_openmm.specs import MDOptions
 from latf_openmm.systems import load_system
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
@@ -84,11 +85,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out or tempfile.mkdtemp(prefix="ala2_metad_"))
     molsys = dataclasses.replace(load_system("ala2_obc2"), features=DIHEDRALS)
-    md = dict(frame_interval=FRAME_INTERVAL, platform="CPU", threads=args.threads, progress=False)
+    md = MDOptions(frame_interval=FRAME_INTERVAL, platform="CPU", threads=args.threads)
     timings = {}
 
     start = time.perf_counter()
-    hot = simulate(molsys, 800.0, 125_000, out / "hot", seed=args.seed, **{**md, "frame_interval": 100})
+    hot = simulate(molsys, 800.0, 125_000, out / "hot", seed=args.seed, md=dataclasses.replace(md, frame_interval=100),
+                   progress=False)  # fmt: skip
     features = hot.load_timeseries()["features"].astype(np.float64)
     phi, psi = np.arctan2(features[:, 0], features[:, 2]), np.arctan2(features[:, 1], features[:, 3])
     labels = np.digitize(phi, np.linspace(-np.pi, np.pi, 5)[1:-1]) * 4 + np.digitize(
@@ -110,10 +112,10 @@ def main() -> None:
     )  # fmt: skip
     steps = round(args.ns * 1e3 / molsys.timestep / FRAME_INTERVAL) * FRAME_INTERVAL
     start = time.perf_counter()
-    biased = simulate(molsys, 300.0, steps, out / "metad", seed=args.seed + 1, bias=bias, **md)
+    biased = simulate(molsys, 300.0, steps, out / "metad", seed=args.seed + 1, bias=bias, md=md, progress=False)
     timings["biased_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    unbiased = simulate(molsys, 300.0, steps, out / "unbiased", seed=args.seed + 1, **md)
+    unbiased = simulate(molsys, 300.0, steps, out / "unbiased", seed=args.seed + 1, md=md, progress=False)
     timings["unbiased_s"] = time.perf_counter() - start
     print(
         json.dumps(

@@ -34,7 +34,7 @@ import openmm.unit as u
 
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm.files import atomic_path, write_json
-from latf_openmm.loop import LoopConfig, equilibrium_estimate
+from latf_openmm.reweighting import EquilibriumEstimate
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -104,17 +104,12 @@ def from_loop(run_dir: Path) -> dict[str, float]:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     model = load_model(summary["final_model"])
-    records = [json.loads(path.read_text()) for path in sorted(run_dir.glob("round_*/round.json"))]
-    runs = [
-        r for record in records for key in ("runs", "walkers", "production", "replicas") for r in record.get(key, [])
-    ]
-    config = LoopConfig(**json.loads((run_dir / "config.json").read_text()))
-    by_run = equilibrium_estimate(config, model, runs)[300.0]  # the loop's own estimate of 300 K
-    members = sorted(by_run)
-    series = [np.load(Path(runs[k]) / "timeseries.npz") for k in members]
+    last = sorted(run_dir.glob("round_*/round.json"))[-1].parent
+    by_run = EquilibriumEstimate.load(last / "estimate.npz").weights(300.0)  # the loop's own estimate of 300 K
+    series = [np.load(Path(run) / "timeseries.npz") for run in by_run]
     features = [s["features"].astype(np.float64) for s in series]
     names = [str(n) for n in series[0]["feature_names"]]
-    weights = [by_run[k][1] for k in members]
+    weights = list(by_run.values())
     basin_b = np.zeros(2)  # weight in A, B
     state_phi = np.zeros((model.n_states, 2))  # per learned state: weight in A, B
     for f, w in zip(features, weights, strict=True):

@@ -9,7 +9,7 @@ import openmm  # noqa: F401
 from latf_openmm import _plugins  # noqa: F401
 from latf_openmm.errors import LatfError
 from latf_openmm.features import Featurizer, build_featurizer
-from latf_openmm.simulation import RunResult, select_platform, simulate, simulate_temperatures
+from latf_openmm.simulation import Run, select_platform, simulate, simulate_temperatures
 from latf_openmm.systems import MolecularSystem, available_systems, load_system
 
 __version__ = "0.1.0"
@@ -18,7 +18,7 @@ __all__ = [
     "Featurizer",
     "LatfError",
     "MolecularSystem",
-    "RunResult",
+    "Run",
     "__version__",
     "available_systems",
     "build_featurizer",

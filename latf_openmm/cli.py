@@ -8,9 +8,11 @@ line override the file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tomllib
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from latf_openmm.errors import LatfError
+from latf_openmm.specs import BiasSpec, MDOptions, read_spec
 from latf_openmm.units import temperature_to_kelvin
 
 
@@ -30,6 +33,30 @@ def _key_value(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         parsed = value  # a bare string
     return key.strip(), parsed
+
+
+def _add_spec_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, spec_type: type) -> None:
+    """One option per field of a spec dataclass (its help text; lists for tuple fields); an
+    option not given stays None, so the spec's own default applies (:func:`_spec_from_args`)."""
+    hints = typing.get_type_hints(spec_type)
+    for f in dataclasses.fields(spec_type):
+        kind = next(k for k in (typing.get_args(hints[f.name]) or (hints[f.name],)) if k is not type(None))
+        many = typing.get_origin(kind) is tuple
+        element = typing.get_args(kind)[0] if many else kind
+        default = "" if f.default is None else f" (default {f.default})"
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=element,
+            nargs="+" if many else None,
+            help=f"{f.metadata['help']}{default}".replace("%", "%%"),
+        )
+
+
+def _spec_from_args(spec_type: type, args: argparse.Namespace, source: str):
+    """The spec of the options given (:func:`_add_spec_options`), validated."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec_type) if getattr(args, f.name) is not None}
+    return read_spec(spec_type, given, source)
 
 
 def _add_system_options(p: argparse.ArgumentParser, system_help: str) -> None:
@@ -113,12 +140,12 @@ def _replica_exchange(args: argparse.Namespace, molsys, temperatures: list[float
     """Run ``latf simulate/bias --replica-exchange`` and report it."""
     from latf_openmm.simulation import replica_exchange
 
-    frame_interval = args.frame_interval or molsys.frame_interval
+    md = _md_options(args)["md"]
+    frame_interval = md.frame_interval or molsys.frame_interval
     if args.steps % frame_interval:
         raise LatfError(f"steps ({args.steps}) must be a multiple of the frame interval ({frame_interval})")
     exchange = replica_exchange(
-        molsys, temperatures, args.steps // frame_interval, args.out, seed=args.seed, frame_interval=frame_interval,
-        timestep=args.timestep, friction=args.friction, platform=args.platform, threads=args.threads,
+        molsys, temperatures, args.steps // frame_interval, args.out, md=md, seed=args.seed,
         exchange_interval=args.exchange_interval, bias=bias,
     )  # fmt: skip
     for result in exchange.runs:
@@ -128,24 +155,9 @@ def _replica_exchange(args: argparse.Namespace, molsys, temperatures: list[float
 
 
 def _add_md_options(p: argparse.ArgumentParser) -> None:
-    """Options of the MD engine shared by ``simulate`` and ``bias``."""
-    p.add_argument("--frame-interval", type=int, help="steps between saved frames (default: the recipe's)")
-    p.add_argument("--timestep", type=float, help="integration time step, ps (default: the recipe's)")
-    p.add_argument("--friction", type=float, help="Langevin friction, 1/ps (default: the recipe's)")
-    p.add_argument(
-        "--platform",
-        choices=["CUDA", "OpenCL", "CPU", "Reference"],
-        help="OpenMM platform (default: the recipe's, else CUDA if present, else CPU)",
-    )
-    p.add_argument("--precision", choices=["single", "mixed", "double"], help="CUDA/OpenCL precision (default mixed)")
-    p.add_argument("--threads", type=int, help="CPU platform threads (default: OpenMM's choice)")
-    p.add_argument(
-        "--format",
-        dest="trajectory_format",
-        choices=["dcd", "xtc"],
-        default="dcd",
-        help="trajectory file format (default dcd)",
-    )
+    """Options of the MD engine shared by ``simulate`` and ``bias``: :class:`MDOptions`, and the run's checkpoints and
+    progress bar."""
+    _add_spec_options(p.add_argument_group("MD options"), MDOptions)
     p.add_argument(
         "--checkpoint-seconds", type=float, default=60.0, help="wall-clock seconds between checkpoints (default 60)"
     )
@@ -153,8 +165,9 @@ def _add_md_options(p: argparse.ArgumentParser) -> None:
 
 
 def _md_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("frame_interval", "timestep", "friction", "platform", "precision", "threads", "trajectory_format")
-    return {name: getattr(args, name) for name in (*names, "checkpoint_seconds", "progress")}
+    """``simulate``'s keyword arguments from the command line: ``md``, checkpoints, progress bar."""
+    md = _spec_from_args(MDOptions, args, f"latf {args.command}")
+    return {"md": md, "checkpoint_seconds": args.checkpoint_seconds, "progress": args.progress}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -198,7 +211,6 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", nargs="?", help="model file written by 'latf train'")
     _add_system_options(p, "system name or recipe whose featurizer the model was trained on")
-    p.add_argument("--method", choices=["metad", "opes", "restraint"], default="metad", help="bias (default metad)")
     p.add_argument(
         "--temperature", type=float, help="K, or k_BT/ε for reduced-unit systems (default: the recipe's first)"
     )
@@ -208,21 +220,7 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend", choices=["auto", "native", "torch"], default="auto", help="CV inside OpenMM (default auto)"
     )
-    p.add_argument("--components", type=int, nargs="+", help="biased CV components (metad/opes; default: all, ≤ 2)")
-    p.add_argument(
-        "--lower", type=float, nargs="+", help="lower wall per component (default: training data's range − 10 %%)"
-    )
-    p.add_argument(
-        "--upper", type=float, nargs="+", help="upper wall per component (default: training data's range + 10 %%)"
-    )
-    p.add_argument("--sigma", type=float, nargs="+", help="kernel width per component (default (upper − lower)/25)")
-    p.add_argument("--pace", type=int, default=500, help="steps between depositions (default 500)")
-    p.add_argument("--height", type=float, default=1.0, help="metad: initial hill height, kJ/mol (default 1)")
-    p.add_argument("--bias-factor", type=float, help="γ (metad default 10; opes default barrier/k_BT)")
-    p.add_argument("--barrier", type=float, default=30.0, help="opes: expected barrier ΔE, kJ/mol (default 30)")
-    p.add_argument("--centre", type=float, nargs="+", help="restraint: window centre per CV component")
-    p.add_argument("--force-constant", type=float, default=100.0, help="restraint: kJ/mol per CV unit² (default 100)")
-    p.add_argument("--wall-constant", type=float, default=1000.0, help="walls: kJ/mol per CV unit² (default 1000)")
+    _add_spec_options(p, BiasSpec)
     p.add_argument("--walkers-dir", help="metad/opes: folder through which walkers share the bias")
     p.add_argument("--walker", type=int, default=0, help="this walker's index (default 0)")
     p.add_argument("--restart-bias", help="metad/opes: continue the bias saved by an earlier run (bias_state.npz)")
@@ -240,39 +238,27 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
 
 
 def _bias(args: argparse.Namespace) -> int:
-    from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics
+    from latf_openmm.bias import LearnedCV, build_bias
     from latf_openmm.simulation import simulate
 
+    spec = _spec_from_args(BiasSpec, args, "latf bias")
     model, molsys, featurizer = _load_model_on_system(args)
     temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
     cv = LearnedCV(model, featurizer, backend=args.backend)
     periodic = molsys.system.usesPeriodicBoundaryConditions()
-    if args.method == "restraint":
-        if args.centre is None:
-            raise LatfError("restraint: give --centre, one value per CV component")
-        bias = HarmonicBias(
-            cv, args.centre, args.force_constant, args.lower, args.upper, args.wall_constant, periodic=periodic
-        )
-    else:
-        components = args.components if args.components is not None else list(range(min(cv.dim, 2)))
-        grid = dict(
-            components=components, lower=args.lower, upper=args.upper, sigma=args.sigma, pace=args.pace,
-            wall_constant=args.wall_constant, walkers_dir=args.walkers_dir, walker=args.walker, periodic=periodic,
-        )  # fmt: skip
-        if args.method == "metad":
-            bias = Metadynamics(cv, temperature, height=args.height, bias_factor=args.bias_factor or 10.0, **grid)
-        else:
-            bias = OPES(cv, temperature, barrier=args.barrier, bias_factor=args.bias_factor, **grid)
-        if args.restart_bias:
-            bias.load(args.restart_bias)
+    bias = build_bias(spec, cv, temperature, periodic, walkers_dir=args.walkers_dir, walker=args.walker)
+    if args.restart_bias:
+        if spec.method == "restraint":
+            raise LatfError("--restart-bias continues a metad/opes bias; a restraint has nothing to continue")
+        bias.load(args.restart_bias)
     if args.replica_exchange:
-        if args.method != "restraint" and not args.restart_bias:
+        if spec.method != "restraint" and not args.restart_bias:
             raise LatfError("--replica-exchange holds the bias fixed: give --restart-bias (a saved metad/opes bias)")
         if not args.temperatures:
             raise LatfError("--replica-exchange needs --temperatures (the ladder)")
-        print(f"fixed {args.method} bias along the {cv.dim}-D CV on every replica ({cv.backend} backend)", flush=True)
+        print(f"fixed {spec.method} bias along the {cv.dim}-D CV on every replica ({cv.backend} backend)", flush=True)
         return _replica_exchange(args, molsys, [molsys.to_kelvin(t) for t in args.temperatures], bias)
-    print(f"{args.method} along the {cv.dim}-D CV ({cv.backend} backend)", flush=True)
+    print(f"{spec.method} along the {cv.dim}-D CV ({cv.backend} backend)", flush=True)
     result = simulate(molsys, temperature, args.steps, args.out, seed=args.seed, bias=bias, **_md_options(args))
     _report_run(result)
     return 0
@@ -310,8 +296,6 @@ def _fes(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    import dataclasses
-
     from latf_openmm.models import TrainingConfig
 
     p = sub.add_parser(
@@ -329,31 +313,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output model file (.pt)")
     p.add_argument("--model", choices=["latf", "spib"], default="latf", help="what to train (default latf)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    for f in dataclasses.fields(TrainingConfig):
-        kind = {int: int, float: float, str: str}.get(type(f.default), float if "float" in str(f.type) else str)
-        p.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            dest=f.name,
-            type=kind,
-            default=f.default,
-            help=f"{f.metadata['help']} (default {f.default})",
-        )
+    _add_spec_options(p, TrainingConfig)
     p.set_defaults(handler=_train, required=("data", "out"))
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import torch
 
-    from latf_openmm.models import SPIB, LaTF, TrainingConfig, load_training_data
+    from latf_openmm.models import SPIB, LaTF, TrainingConfig
+    from latf_openmm.reweighting import load_training_data
 
     if args.threads is not None:
         if args.threads < 1:
             raise LatfError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="latf train: %(message)s", stream=sys.stderr)
-    config = TrainingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingConfig)})
+    config = _spec_from_args(TrainingConfig, args, "latf train")
     data = load_training_data(args.data)
     model = (LaTF if args.model == "latf" else SPIB)(config).fit(data)
     model.save(args.out)
@@ -420,9 +395,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _mbar_reweighted(model, data: list[str], temperatures: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per temperature, the latent CV of every frame of the runs in ``data`` and its MBAR weight there."""
-    from latf_openmm.models import load_training_data
-    from latf_openmm.reports import find_runs
-    from latf_openmm.reweighting import temperature_estimate
+    from latf_openmm.reweighting import load_training_data, temperature_estimate
+    from latf_openmm.simulation import find_runs
 
     runs = find_runs(data)
     frames = load_training_data(runs)
@@ -451,13 +425,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also write DIR/model.ptc (PLUMED PYTORCH_MODEL) and DIR/plumed.dat (features, CV, bias)",
     )
-    p.add_argument(
-        "--plumed-bias",
-        choices=["opes", "metad"],
-        default="opes",
-        help="bias in plumed.dat: OPES_METAD or well-tempered METAD (default opes)",
-    )
     p.add_argument("--temperature", type=float, help="temperature for plumed.dat, K (default: the system's first)")
+    _add_spec_options(p.add_argument_group("the bias in plumed.dat (as 'latf bias' takes it)"), BiasSpec)
     p.set_defaults(handler=_export, required=("model", "system", "out"))
 
 
@@ -470,7 +439,8 @@ def _export(args: argparse.Namespace) -> int:
         from latf_openmm.export.plumed import write_plumed
 
         temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
-        model_file, plumed_file = write_plumed(model, featurizer, args.plumed, temperature, bias=args.plumed_bias)
+        bias = _spec_from_args(BiasSpec, args, "latf export")
+        model_file, plumed_file = write_plumed(model, featurizer, args.plumed, temperature, bias)
         print(f"wrote {model_file} and {plumed_file}")
     print(
         f"wrote {args.out}: {molsys.topology.getNumAtoms()} atoms → "
@@ -498,7 +468,6 @@ def _add_loop(sub: argparse._SubParsersAction) -> None:
 
 
 def _loop(args: argparse.Namespace) -> int:
-    import dataclasses
     import json
 
     from latf_openmm.loop import LoopConfig, run_loop

@@ -10,9 +10,9 @@ from conftest import linear_cv
 
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
-from latf_openmm.export.plumed import read_colvar
 from latf_openmm.models import SPIBModel
-from latf_openmm.simulation import md, simulate
+from latf_openmm.simulation import md, read_colvar, simulate
+from latf_openmm.specs import MDOptions
 from latf_openmm.systems import load_system
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 
@@ -135,7 +135,9 @@ def test_reweighted_adaptive_bias_recovers_exact_populations(kind, threehole_cv,
     molsys, cv = threehole_cv
     temperature = molsys.to_kelvin(KT)
     bias = _adaptive(kind, cv, temperature)
-    run = simulate(molsys, temperature, 1_500_000, tmp_path, seed=3, frame_interval=100, bias=bias, progress=False)
+    run = simulate(
+        molsys, temperature, 1_500_000, tmp_path, seed=3, md=MDOptions(frame_interval=100), bias=bias, progress=False
+    )
     series = run.load_timeseries()
     colvar = read_colvar(tmp_path / "colvar.dat")
     assert list(colvar) == ["time", "s0", "s1", f"{kind}.bias", f"{kind}.rct"]
@@ -158,7 +160,7 @@ class _Killed(Exception):
 def test_killed_biased_run_resumes_to_the_uninterrupted_bias(kind, threehole_cv, tmp_path):
     molsys, cv = threehole_cv
     temperature = molsys.to_kelvin(KT)
-    options = dict(seed=5, frame_interval=100, progress=False, platform="Reference", checkpoint_seconds=0)
+    options = dict(seed=5, md=MDOptions(frame_interval=100, platform="Reference"), progress=False, checkpoint_seconds=0)
     straight = simulate(
         molsys, temperature, 20_000, tmp_path / "straight", bias=_adaptive(kind, cv, temperature), **options
     )
@@ -189,7 +191,7 @@ def test_killed_biased_run_resumes_to_the_uninterrupted_bias(kind, threehole_cv,
 def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(kind, threehole_cv, tmp_path):
     molsys, cv = threehole_cv
     temperature = molsys.to_kelvin(KT)
-    options = dict(frame_interval=100, progress=False)
+    options = dict(md=MDOptions(frame_interval=100), progress=False)
     walkers = [_adaptive(kind, cv, temperature, walkers_dir=tmp_path / "shared", walker=i) for i in range(2)]
     simulate(molsys, temperature, 20_000, tmp_path / "w0", seed=1, bias=walkers[0], **options)
     simulate(molsys, temperature, 20_000, tmp_path / "w1", seed=2, bias=walkers[1], **options)
@@ -223,15 +225,25 @@ def test_a_run_that_blows_up_between_frames_says_so(threehole_cv, tmp_path, monk
     grid = dict(components=[0], lower=[-2.0], upper=[2.0], sigma=[0.15])
     bias = Metadynamics(cv, molsys.to_kelvin(KT), height=0.3, bias_factor=5.0, pace=5, **grid)
     with pytest.raises(LatfError, match=r"blew up by step [0-9]*[05] \(t = .*reduce the timestep \(now 0.2 ps\)"):
-        simulate(molsys, molsys.to_kelvin(KT), 20_000, tmp_path / "a", seed=1, frame_interval=1000, timestep=0.2,
-                 bias=bias, progress=False)  # fmt: skip
+        simulate(
+            molsys,
+            molsys.to_kelvin(KT),
+            20_000,
+            tmp_path / "a",
+            seed=1,
+            bias=bias,
+            md=MDOptions(frame_interval=1000, timestep=0.2),
+            progress=False,
+        )
 
     def refuse_nan(*args):  # what the CPU platform raises when a step meets NaN coordinates
         raise openmm.OpenMMException("Particle coordinate is NaN.  For more information, see ...")
 
     monkeypatch.setattr(md, "_advance", refuse_nan)
     with pytest.raises(LatfError, match=r"blew up by step 30 \(t = 0.3 ps\).*reduce the timestep \(now 0.01 ps\)"):
-        simulate(molsys, molsys.to_kelvin(KT), 300, tmp_path / "b", seed=1, frame_interval=30, progress=False)
+        simulate(
+            molsys, molsys.to_kelvin(KT), 300, tmp_path / "b", seed=1, md=MDOptions(frame_interval=30), progress=False
+        )
 
 
 def test_a_nan_cv_stops_the_run(threehole_cv, tmp_path, monkeypatch):
@@ -239,7 +251,16 @@ def test_a_nan_cv_stops_the_run(threehole_cv, tmp_path, monkeypatch):
     bias = HarmonicBias(cv, centre=[0.0, 0.0], force_constant=1.0)
     monkeypatch.setattr(cv, "values", lambda positions, box=None: np.array([np.nan, 0.0]))
     with pytest.raises(LatfError, match="CV is not finite at step 30"):
-        simulate(molsys, molsys.to_kelvin(KT), 300, tmp_path, seed=1, frame_interval=30, bias=bias, progress=False)
+        simulate(
+            molsys,
+            molsys.to_kelvin(KT),
+            300,
+            tmp_path,
+            seed=1,
+            md=MDOptions(frame_interval=30),
+            bias=bias,
+            progress=False,
+        )
 
 
 def test_a_cv_leaving_the_grid_stops_the_run(threehole_cv, tmp_path):
@@ -250,4 +271,6 @@ def test_a_cv_leaving_the_grid_stops_the_run(threehole_cv, tmp_path):
         pace=10, wall_constant=0.0,
     )  # fmt: skip
     with pytest.raises(LatfError, match="left the bias grid"):
-        simulate(molsys, temperature, 3000, tmp_path, seed=1, frame_interval=10, bias=narrow, progress=False)
+        simulate(
+            molsys, temperature, 3000, tmp_path, seed=1, md=MDOptions(frame_interval=10), bias=narrow, progress=False
+        )

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from latf_openmm.export.plumed import read_colvar
+from latf_openmm.simulation import read_colvar
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
 

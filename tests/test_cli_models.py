@@ -79,7 +79,8 @@ def test_train_bad_input(tmp_path):
 
 @pytest.mark.parametrize("latent_dim, prior", [(1, "flow"), (3, "flow"), (1, "grid"), (3, "grid")])
 def test_other_latent_dimensions(two_state_data, latent_dim, prior):
-    from latf_openmm.models import LaTF, load_training_data
+    from latf_openmm.models import LaTF
+    from latf_openmm.reweighting import load_training_data
 
     data = load_training_data([two_state_data])
     model = LaTF(

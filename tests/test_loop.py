@@ -16,6 +16,7 @@ from conftest import check_final
 
 from latf_openmm import LatfError
 from latf_openmm.loop import LoopConfig
+from latf_openmm.reweighting import EquilibriumEstimate
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
@@ -26,14 +27,15 @@ rounds = 2
 tolerance = 1e-9
 md_temperatures = [0.75]
 md_steps = 900_000
-frame_interval = 30
-platform = "Reference"
 walkers = 2
 walker_steps = 150_000
 production_steps = 150_000
 targets = [0.75, 1.0]
 samples = 20_000
 validation_steps = 60_000
+[md]
+frame_interval = 30
+platform = "Reference"
 [bias]
 method = "opes"
 components = [0, 1]
@@ -116,7 +118,9 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     np.testing.assert_allclose(generated, last["populations"]["0.75"], atol=0.03)
     # Beside it, MBAR's prediction from the same runs: the loop's estimate at the simulated
     # temperature; at the unsimulated 1.0 it is checked against quadrature below.
-    baseline = {t: (v["mbar_state_populations"], v["mbar_effective_sample_size"]) for t, v in summary["targets"].items()}
+    baseline = {
+        t: (v["mbar_state_populations"], v["mbar_effective_sample_size"]) for t, v in summary["targets"].items()
+    }
     np.testing.assert_allclose(baseline["0.75"][0], last["populations"]["0.75"], atol=1e-9)
     assert all(0 < size <= 50_000 for _, size in baseline.values())
     md = next((out / "round_000" / "md").iterdir())  # `latf generate` beside MBAR from round 0's one run at 0.75
@@ -176,11 +180,12 @@ replicas_along_cv = true
 replica_temperatures = [0.75, 0.95, 1.2]
 replica_steps = 900_000     # 3000 exchanges: over seeds 4–6 the populations were within 0.025, 0.010, 0.010
 exchange_interval = 1
-frame_interval = 300
-platform = "Reference"
 walkers = 1
 walker_steps = 150_000
 samples = 5_000
+[md]
+frame_interval = 300
+platform = "Reference"
 [bias]
 method = "metad"
 components = [0]
@@ -214,20 +219,22 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
         bias = np.load(run / "timeseries.npz")["colvar"][:, -2]
         assert np.ptp(bias) > 0.5 * shared["bias"].max()  # the walker's hills, on every replica
     # The loop's estimate: one MBAR over round 0 (unbiased, two temperatures) and the replicas
-    # (the walker's bias rebuilt from round_001/ and evaluated at every frame); the walker stays out.
+    # (the walker's bias evaluated at every frame from round_001/'s saved grid); the walker stays out.
+    # The round saved it; computed again from the runs, it is the same.
     from latf_openmm.loop import equilibrium_estimate
     from latf_openmm.models import load_model
 
     zero = json.loads((tmp_path / "run" / "round_000" / "round.json").read_text())["runs"]
     runs = [*zero, *record["walkers"], *record["replicas"]]
-    config = LoopConfig(**json.loads((tmp_path / "run" / "config.json").read_text()))
-    estimate = equilibrium_estimate(config, load_model(record["model"]), runs)
-    assert list(estimate) == [0.75, 0.95, 1.2] and all(sorted(by_run) == [0, 1, 3, 4, 5] for by_run in
-                                                        estimate.values())  # fmt: skip
+    estimate = equilibrium_estimate(load_model(record["model"]), runs, [tmp_path / "run" / "round_001"])
+    saved = EquilibriumEstimate.load(tmp_path / "run" / "round_001" / "estimate.npz")
+    members = [runs[k] for k in (0, 1, 3, 4, 5)]
+    assert list(estimate.runs) == members == list(saved.runs)
     for kt in (0.75, 0.95):
-        members = sorted(estimate[kt])
-        wells = np.concatenate([threehole_well(np.load(Path(runs[k]) / "timeseries.npz")["features"]) for k in members])
-        w = np.concatenate([estimate[kt][k][1] for k in members])
+        for run, w in estimate.weights(kt).items():
+            np.testing.assert_allclose(w, saved.weights(kt)[run], rtol=1e-9)
+        wells = np.concatenate([threehole_well(np.load(Path(run) / "timeseries.npz")["features"]) for run in members])
+        w = np.concatenate(list(estimate.weights(kt).values()))
         populations = np.bincount(wells, weights=w, minlength=3) / w.sum()
         np.testing.assert_allclose(populations, threehole_populations(kt), atol=0.03)
 
@@ -254,6 +261,14 @@ def test_bad_workflow(tmp_path):
     bad.write_text('system = "threehole"\n[bias]\nmethod = "abf"\n')
     with pytest.raises(LatfError, match="bias method"):
         LoopConfig.from_toml(bad)
+    for table, message in (
+        ("barier = 6.0", "unknown key(s) ['barier']; allowed: "),
+        ('pace = "often"', "pace must be int"),
+    ):
+        bad.write_text(f'system = "threehole"\nproduction_steps = 10\n[bias]\n{table}\n')
+        result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr  # one line, before any MD
+        assert f"{bad} [bias]" in result.stderr and message in result.stderr and not (tmp_path / "o").exists()
     bad.write_text('system = "threehole"\nmd_temperatures = [0.75]\nreplicas_along_cv = true\n')
     result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "at least two replica_temperatures" in result.stderr

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from latf_openmm import LatfError, build_featurizer
-from latf_openmm.export.plumed import plumed_input, read_colvar, write_plumed_model
+from latf_openmm.export.plumed import plumed_input, write_plumed_model
 from latf_openmm.models import SPIBModel
 from latf_openmm.models.network import LatentNetwork
+from latf_openmm.simulation import read_colvar
+from latf_openmm.specs import BiasSpec
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,8 @@ def test_pytorch_model_file_gives_the_python_cv(ala2_vacuum, ala2_model, tmp_pat
 
 def test_plumed_input_computes_the_same_features(ala2_vacuum, ala2_model):
     featurizer, _ = ala2_model
-    text = plumed_input(featurizer, "model.ptc", cv_dimension=2, temperature=300.0, bias="opes", barrier=35)
+    region = dict(lower=(-1.0, -2.0), upper=(1.0, 2.0))
+    text = plumed_input(featurizer, "model.ptc", 2, 300.0, BiasSpec(method="opes", barrier=35, **region))
     lines = text.splitlines()
     top = mdtraj.Topology.from_openmm(ala2_vacuum.topology)
     frame = mdtraj.Trajectory(np.zeros((1, 22, 3)), top)
@@ -49,12 +52,19 @@ def test_plumed_input_computes_the_same_features(ala2_vacuum, ala2_model):
     arguments = model_line.split("ARG=")[1].split(",")
     assert arguments[:4] == ["sin0_0", "sin0_1", "cos0_0", "cos0_1"]  # the featurizer's order
     assert len(arguments) == featurizer.n_features
-    assert "bias: OPES_METAD ARG=cv.node-0,cv.node-1 PACE=500 BARRIER=35 TEMP=300.0" in lines
+    opes = next(line for line in lines if "OPES_METAD" in line)  # σ = (upper − lower)/25, γ = barrier/k_BT
+    assert opes.startswith("bias: OPES_METAD ARG=cv.node-0,cv.node-1 PACE=500 SIGMA=0.08,0.16 BIASFACTOR=14.0318 ")
+    assert "BARRIER=35 TEMP=300 FIXED_SIGMA COMPRESSION_THRESHOLD=0" in opes
+    assert "lwall: LOWER_WALLS ARG=cv.node-0,cv.node-1 AT=-1,-2 KAPPA=500,500" in lines  # PLUMED's walls: no ½
     assert lines[-1].startswith("PRINT ARG=cv.node-0,cv.node-1,bias.bias,bias.rct") and "FILE=COLVAR" in lines[-1]
-    metad = plumed_input(featurizer, "model.ptc", 2, 300.0, bias="metad", sigma=[0.1, 0.2])
-    assert "SIGMA=0.1,0.2" in metad and "BIASFACTOR=10.0" in metad and "FILE=HILLS" in metad
-    with pytest.raises(LatfError, match="bias must be"):
-        plumed_input(featurizer, "model.ptc", 2, 300.0, bias="umbrella")
+    metad = plumed_input(featurizer, "model.ptc", 2, 300.0, BiasSpec(method="metad", sigma=(0.1, 0.2), **region))
+    assert "SIGMA=0.1,0.2" in metad and "BIASFACTOR=10 " in metad and "FILE=HILLS" in metad
+    restraint = plumed_input(featurizer, "model.ptc", 2, 300.0, BiasSpec(method="restraint", centre=(0.5, -1.0)))
+    assert "bias: RESTRAINT ARG=cv.node-0,cv.node-1 AT=0.5,-1 KAPPA=100,100" in restraint
+    with pytest.raises(LatfError, match="method must be one of"):
+        plumed_input(featurizer, "model.ptc", 2, 300.0, BiasSpec(method="umbrella"))
+    with pytest.raises(LatfError, match="give lower and upper"):  # no model range to default to
+        plumed_input(featurizer, "model.ptc", 2, 300.0, BiasSpec())
 
 
 def test_coordination_and_positions_translate(ala2_vacuum):
@@ -66,7 +76,7 @@ def test_coordination_and_positions_translate(ala2_vacuum):
         ],
         ala2_vacuum.topology,
     )
-    text = plumed_input(lj7_like, "m.ptc", 1, 300.0)
+    text = plumed_input(lj7_like, "m.ptc", 1, 300.0, BiasSpec(lower=(0.0,), upper=(1.0,)))
     assert "cn0_0: COORDINATION GROUPA=1 GROUPB=2,3 SWITCH={RATIONAL R_0=0.5 NN=8 MM=16}" in text
     assert "p1_3: POSITION ATOM=4 NOPBC" in text
     assert "c2_0: COORDINATION GROUPA=5 GROUPB=7 SWITCH={RATIONAL R_0=0.3 NN=6 MM=12}" in text

@@ -12,8 +12,7 @@ from conftest import linear_cv
 
 from latf_openmm import LatfError
 from latf_openmm.bias import OPES, HarmonicBias, Metadynamics
-from latf_openmm.export.plumed import read_colvar
-from latf_openmm.loop import LoopConfig, equilibrium_estimate
+from latf_openmm.loop import equilibrium_estimate
 from latf_openmm.reweighting import (
     effective_sample_size,
     multistate_estimate,
@@ -24,7 +23,8 @@ from latf_openmm.reweighting import (
     temperature_estimate,
     umbrella_weights,
 )
-from latf_openmm.simulation import replica_exchange, simulate
+from latf_openmm.simulation import read_colvar, replica_exchange, simulate
+from latf_openmm.specs import MDOptions
 from latf_openmm.systems import load_system
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -54,8 +54,16 @@ def test_umbrella_windows_by_mbar_recover_exact_populations(threehole, tmp_path)
     centres = [*np.linspace(-1.6, 1.6, 9), -1.4, -1.0, -0.6]  # extra windows on the left: unequal sampling
     for i, centre in enumerate(centres):
         bias = HarmonicBias(cv, centre=[centre], force_constant=8.0)
-        run = simulate(molsys, temperature, 210_000, tmp_path / f"w{i}", seed=10 + i, frame_interval=30, bias=bias,
-                       progress=False)  # fmt: skip
+        run = simulate(
+            molsys,
+            temperature,
+            210_000,
+            tmp_path / f"w{i}",
+            seed=10 + i,
+            md=MDOptions(frame_interval=30),
+            bias=bias,
+            progress=False,
+        )
         paths.append(run.directory)
     series = np.load(paths[0] / "timeseries.npz")
     own = restraint_energy(HarmonicBias(cv, centre=[-1.6], force_constant=8.0).settings(), series["colvar"][:, :1])
@@ -70,8 +78,15 @@ def test_umbrella_windows_by_mbar_recover_exact_populations(threehole, tmp_path)
 
 
 def _unbiased(molsys, tmp_path, kt, steps=300_000, seed=3):
-    return simulate(molsys, molsys.to_kelvin(kt), steps, tmp_path / f"T{kt}", seed=seed, frame_interval=30,
-                    progress=False).directory  # fmt: skip
+    return simulate(
+        molsys,
+        molsys.to_kelvin(kt),
+        steps,
+        tmp_path / f"T{kt}",
+        seed=seed,
+        md=MDOptions(frame_interval=30),
+        progress=False,
+    ).directory
 
 
 def test_temperature_mbar_reweights_to_trained_and_unseen_temperatures(threehole, tmp_path):
@@ -135,8 +150,16 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     temperature = molsys.to_kelvin(KT)
     options = dict(barrier=5.0, components=[0], lower=[-2.0], upper=[2.0], sigma=[0.15], pace=100)
     first = OPES(cv, temperature, **options)
-    built = simulate(molsys, temperature, 300_000, tmp_path / "build", seed=2, frame_interval=100, bias=first,
-                     progress=False)  # fmt: skip
+    built = simulate(
+        molsys,
+        temperature,
+        300_000,
+        tmp_path / "build",
+        seed=2,
+        md=MDOptions(frame_interval=100),
+        bias=first,
+        progress=False,
+    )
     with pytest.raises(LatfError, match="already drives a simulation"):
         first.add_to(molsys.system)
     bias = OPES(cv, temperature, **options)  # the built bias, fixed on every replica
@@ -146,8 +169,9 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     bias.freeze()  # replicas under different fixed biases never look alike (MBAR groups runs by settings)
     assert unbuilt.settings() != bias.settings() and unbuilt.settings()["cv_sha256"] == cv.digest
     ladder = [molsys.to_kelvin(kt) for kt in (KT, 0.95, 1.2)]
-    result = replica_exchange(molsys, ladder, REPLICA_ITERATIONS, tmp_path / "re", frame_interval=300, seed=4,
-                              bias=bias)  # fmt: skip
+    result = replica_exchange(
+        molsys, ladder, REPLICA_ITERATIONS, tmp_path / "re", md=MDOptions(frame_interval=300), seed=4, bias=bias
+    )
     paths = [run.directory for run in result.runs]
     cold = np.load(paths[0] / "timeseries.npz")
     colvar = read_colvar(paths[0] / "colvar.dat")
@@ -162,7 +186,7 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     unbiased = _unbiased(molsys, tmp_path, KT, steps=150_000)
     mixed = [*paths, unbiased]
     features = np.concatenate([np.load(p / "timeseries.npz")["features"] for p in mixed])
-    fixed = bias.energy_at(bias.cv.model.transform(features.astype(np.float64)))
+    fixed = bias.frozen_grid().energy_at(bias.cv.model.transform(features.astype(np.float64)))
     n_cold = len(cold["features"])
     np.testing.assert_allclose(fixed[:n_cold], cold["colvar"][:, -2], atol=0.01)  # numpy = OpenMM's, kJ/mol
     energies, own = zip(*map(run_energies, mixed), strict=True)
@@ -178,8 +202,8 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
         np.testing.assert_allclose(_populations(mixed, weights), threehole_populations(kt), atol=0.04)
     with pytest.raises(LatfError, match="positive"):
         mixed_estimate.weights(0.0)
-    with pytest.raises(LatfError, match="is not a loop round"):  # fixed biases come from the loop's rounds only
-        equilibrium_estimate(LoopConfig(system="threehole"), bias.cv.model, [str(p) for p in mixed])
+    with pytest.raises(LatfError, match="none of the loop's rounds holds"):  # fixed biases: the loop's rounds only
+        equilibrium_estimate(bias.cv.model, [str(p) for p in mixed])
 
 
 def test_replica_exchange_seed_repeats_the_run_in_a_worker_thread_and_exchanges_at_the_interval(tmp_path):
@@ -187,8 +211,9 @@ def test_replica_exchange_seed_repeats_the_run_in_a_worker_thread_and_exchanges_
     temperatures = [molsys.to_kelvin(kt) for kt in (0.75, 1.2)]
 
     def series(seed, name):
-        result = replica_exchange(molsys, temperatures, 60, tmp_path / name, frame_interval=30, seed=seed,
-                                  exchange_interval=5)  # fmt: skip
+        result = replica_exchange(
+            molsys, temperatures, 60, tmp_path / name, md=MDOptions(frame_interval=30), seed=seed, exchange_interval=5
+        )
         return np.load(result.runs[0].directory / "timeseries.npz")
 
     first = series(3, "a")
@@ -215,8 +240,16 @@ def test_reweighted_ala2_phi_profile_matches_the_long_unbiased_reference(tmp_pat
     molsys, cv = linear_cv("ala2_vacuum", [[0.0, 0.0, 1.0, 0.0]], dihedrals)
     bias = Metadynamics(cv, 300.0, height=1.0, bias_factor=6.0, components=[0], pace=250,
                         lower=[-1.0], upper=[1.0], sigma=[0.1])  # fmt: skip
-    run = simulate(molsys, 300.0, PHI_TEST_STEPS, tmp_path, seed=3, bias=bias, frame_interval=50,
-                   platform="CPU", threads=1, progress=False)  # fmt: skip
+    run = simulate(
+        molsys,
+        300.0,
+        PHI_TEST_STEPS,
+        tmp_path,
+        seed=3,
+        bias=bias,
+        md=MDOptions(frame_interval=50, platform="CPU", threads=1),
+        progress=False,
+    )
     series = run.load_timeseries()
     names = [str(n) for n in series["feature_names"]]
     sin_phi, cos_phi = (series["features"][:, names.index(f"{f}(phi2)")] for f in ("sin", "cos"))

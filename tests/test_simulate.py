@@ -14,6 +14,7 @@ import pytest
 
 from latf_openmm import LatfError, load_system, simulate, simulate_temperatures
 from latf_openmm.simulation import seed_for
+from latf_openmm.specs import MDOptions
 from latf_openmm.systems.builders import threehole_populations as threehole_quadrature
 from latf_openmm.systems.builders import threehole_well
 
@@ -42,7 +43,9 @@ def test_threehole_populations_match_quadrature(tmp_path):
 def test_outputs_are_readable_and_consistent(tmp_path):
     molsys = load_system("lj7")
     temps = [molsys.to_kelvin(0.2), molsys.to_kelvin(0.5)]
-    results = simulate_temperatures(molsys, temps, 4000, tmp_path, seed=3, progress=False, trajectory_format="xtc")
+    results = simulate_temperatures(
+        molsys, temps, 4000, tmp_path, seed=3, progress=False, md=MDOptions(trajectory_format="xtc")
+    )
     assert [r.directory.name for r in results] == ["T0.2", "T0.5"]
     seeds = [r.manifest["settings"]["seed"] for r in results]
     assert seeds == [seed_for(3, 0), seed_for(3, 1)] and seeds[0] != seeds[1]

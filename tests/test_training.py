@@ -11,6 +11,7 @@ from latf_openmm.errors import LatfError
 from latf_openmm.generation import js_divergence_2d, kl_divergence_2d
 from latf_openmm.models import SPIB, LaTF, LaTFModel, TrainingData, load_model
 from latf_openmm.simulation import seed_for, simulate
+from latf_openmm.specs import MDOptions
 from latf_openmm.systems import load_system
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 
@@ -36,7 +37,7 @@ def _trajectories(tmp_path_factory, bias: float) -> list[np.ndarray]:
             1_500_000,
             out / str(i),
             seed=seed_for(99 + int(10 * bias), i),
-            frame_interval=FRAME_INTERVAL,
+            md=MDOptions(frame_interval=FRAME_INTERVAL),
             progress=False,
         )
         for i in range(4)

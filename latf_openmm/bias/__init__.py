@@ -6,8 +6,9 @@ in a force group of its own, and :func:`latf_openmm.simulation.simulate` runs it
 writing a COLVAR row (CV, bias energy, c(t)) with every frame.
 """
 
-from latf_openmm.bias.adaptive import OPES, GridBias, Metadynamics
+from latf_openmm.bias.adaptive import OPES, FrozenGrid, GridBias, Metadynamics
 from latf_openmm.bias.base import CVBias
+from latf_openmm.bias.build import build_bias
 from latf_openmm.bias.cv import BACKENDS, LearnedCV
 from latf_openmm.bias.harmonic import NO_WALL, HarmonicBias, set_window
 
@@ -16,9 +17,11 @@ __all__ = [
     "NO_WALL",
     "OPES",
     "CVBias",
+    "FrozenGrid",
     "GridBias",
     "HarmonicBias",
     "LearnedCV",
     "Metadynamics",
+    "build_bias",
     "set_window",
 ]

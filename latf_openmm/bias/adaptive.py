@@ -18,7 +18,9 @@ a wrong bias. Energies in kJ/mol, temperatures in K, CV components are dimension
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,56 @@ from latf_openmm.bias.cv import LearnedCV
 from latf_openmm.bias.harmonic import wall_energies, wall_energy
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_npz
+from latf_openmm.specs import bias_region
 from latf_openmm.units import KB_KJ_PER_MOL_K
+
+
+@dataclass(frozen=True)
+class FrozenGrid:
+    """A fixed grid bias as numbers alone: the bias (kJ/mol) at CV values, without the system,
+    the model or OpenMM. :meth:`GridBias.frozen_grid` makes one; the loop saves each round's,
+    so its estimate evaluates every earlier round's bias at every frame from the CV alone.
+
+    ``settings`` are the bias's :meth:`GridBias.settings` (frozen), which the runs made under
+    it record in their manifests.
+    """
+
+    axes: tuple[np.ndarray, ...]
+    grid: np.ndarray
+    components: tuple[int, ...]
+    lower: np.ndarray
+    upper: np.ndarray
+    wall_constant: float
+    cv_dim: int
+    settings: dict[str, Any]
+
+    def energy_at(self, cv: np.ndarray) -> np.ndarray:
+        """The bias (kJ/mol) at CV values (n, cv_dim): the grid by cubic interpolation (OpenMM's
+        splines differ by far less than k_BT), plus the walls. Beyond the grid its edge value
+        applies; the walls dominate there."""
+        biased = np.asarray(cv, dtype=float).reshape(-1, self.cv_dim)[:, list(self.components)]
+        inside = np.clip(biased, [a[0] for a in self.axes], [a[-1] for a in self.axes])
+        energy = RegularGridInterpolator(self.axes, self.grid, method="cubic")(inside)
+        return energy + wall_energies(biased, self.lower, self.upper, self.wall_constant)
+
+    def save(self, path: str | Path) -> None:
+        """Write the grid to an ``.npz``, atomically."""
+        axes = {f"axis_{k}": axis for k, axis in enumerate(self.axes)}
+        write_npz(path, grid=self.grid, lower=self.lower, upper=self.upper, wall_constant=np.array(self.wall_constant),
+                  cv_dim=np.array(self.cv_dim), components=np.array(self.components),
+                  settings=np.array(json.dumps(self.settings)), **axes)  # fmt: skip
+
+    @classmethod
+    def load(cls, path: str | Path) -> FrozenGrid:
+        """Read a grid written by :meth:`save`."""
+        try:
+            with np.load(path) as data:
+                axes = tuple(data[f"axis_{k}"] for k in range(len(data["components"])))
+                return cls(axes, data["grid"], tuple(int(c) for c in data["components"]), data["lower"],
+                           data["upper"], float(data["wall_constant"]), int(data["cv_dim"]),
+                           json.loads(str(data["settings"])))  # fmt: skip
+        except (OSError, KeyError, ValueError) as exc:
+            raise LatfError(f"cannot read the frozen bias grid {path}: {exc}") from exc
 
 
 class GridBias(CVBias):
@@ -86,24 +137,10 @@ class GridBias(CVBias):
         walker: int = 0,
         periodic: bool = False,
     ) -> None:
-        components = [int(c) for c in components]
+        components, lower, upper, sigma = bias_region(
+            cv.dim, components, lower, upper, sigma, margin, cv.model.info.get("latent_range")
+        )
         n = len(components)
-        if n not in (1, 2) or len(set(components)) != n or not all(0 <= c < cv.dim for c in components):
-            raise LatfError(f"bias 1 or 2 distinct CV components out of 0…{cv.dim - 1}, got {components}")
-        if lower is None or upper is None:
-            if "latent_range" not in cv.model.info:
-                raise LatfError("give lower and upper (the CV region to explore) for each biased component")
-            low, high = (np.asarray(v, dtype=float)[components] for v in cv.model.info["latent_range"])
-            lower = low - margin * (high - low) if lower is None else lower
-            upper = high + margin * (high - low) if upper is None else upper
-        lower, upper = (np.asarray(v, dtype=float).reshape(-1) for v in (lower, upper))
-        if len(lower) == len(upper) and sigma is None:
-            sigma = (upper - lower) / 25
-        sigma = np.asarray(sigma, dtype=float).reshape(-1)
-        if not (len(lower) == len(upper) == len(sigma) == n):
-            raise LatfError(f"lower, upper and sigma need one value per biased component ({n})")
-        if not (np.isfinite([*lower, *upper, *sigma]).all() and (upper > lower).all() and (sigma > 0).all()):
-            raise LatfError("need finite lower < upper and sigma > 0 for every biased component")
         if not (temperature > 0 and bias_factor > 1 and int(pace) >= 1 and wall_constant >= 0):
             raise LatfError("need temperature > 0, bias factor > 1, pace ≥ 1 and wall constant ≥ 0")
         self.kt = KB_KJ_PER_MOL_K * float(temperature)
@@ -170,15 +207,12 @@ class GridBias(CVBias):
         """Linear interpolation of a grid array at points (m, n_biased)."""
         return RegularGridInterpolator(self.axes, grid)(np.atleast_2d(points))
 
-    def energy_at(self, cv: np.ndarray) -> np.ndarray:
-        """The bias (kJ/mol) at CV values (n, cv_dim), without a simulation: the grid, by cubic
-        interpolation (OpenMM's splines differ by far less than k_BT), plus the walls. Beyond
-        the grid the grid's edge value applies; the walls dominate there.
-        """
-        biased = np.asarray(cv, dtype=float).reshape(-1, self.cv.dim)[:, self.components]
-        inside = np.clip(biased, self.grid_lower, self.grid_upper)
-        energy = RegularGridInterpolator(self.axes, self.bias_grid(), method="cubic")(inside)
-        return energy + wall_energies(biased, self.lower, self.upper, self._settings["wall_constant"])
+    def frozen_grid(self) -> FrozenGrid:
+        """This bias, held fixed, as numbers alone (:class:`FrozenGrid`)."""
+        if not self.frozen:
+            raise LatfError("only a frozen bias (freeze(), or load() then freeze()) has a fixed grid")
+        return FrozenGrid(tuple(self.axes), self.bias_grid(), tuple(self.components), self.lower, self.upper,
+                          self._settings["wall_constant"], self.cv.dim, self.settings())  # fmt: skip
 
     def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
         """The CV now; raises if a biased component left the grid."""
@@ -366,4 +400,4 @@ class OPES(GridBias):
         self._own["centres"] = np.vstack([self._own["centres"], centre])
 
 
-__all__ = ["OPES", "GridBias", "Metadynamics"]
+__all__ = ["OPES", "FrozenGrid", "GridBias", "Metadynamics"]

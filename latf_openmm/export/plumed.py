@@ -4,16 +4,18 @@
   PLUMED's ``PYTORCH_MODEL`` (input float32 (1, n_features), output (1, n_cv)).
 - :func:`write_plumed`: both files in one folder.
 - :func:`plumed_input`: a ``plumed.dat`` that computes the same features with PLUMED
-  actions (1-based atom numbers, nm), feeds them to ``PYTORCH_MODEL``, biases the CV with
-  ``OPES_METAD`` or well-tempered ``METAD`` and prints CV and bias to ``COLVAR``.
-- :func:`read_colvar`: PLUMED ``COLVAR`` and ``HILLS`` files (``#! FIELDS`` headers, restarts).
+  actions (1-based atom numbers, nm), feeds them to ``PYTORCH_MODEL``, biases the CV as a
+  :class:`~latf_openmm.specs.BiasSpec` says (``OPES_METAD``, well-tempered ``METAD`` or
+  ``RESTRAINT``, with walls) and prints CV and bias to ``COLVAR``.
+
+PLUMED's ``COLVAR`` and ``HILLS`` files are read and written by :mod:`latf_openmm.simulation.colvar`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from latf_openmm.errors import LatfError
@@ -21,6 +23,7 @@ from latf_openmm.export import LatentMean
 from latf_openmm.features import Contacts, CoordinationNumbers, Dihedrals, Distances, Featurizer, Positions
 from latf_openmm.files import atomic_path
 from latf_openmm.models import SPIBModel
+from latf_openmm.specs import BiasSpec
 
 
 class _PlumedCV(torch.nn.Module):
@@ -43,14 +46,17 @@ def write_plumed_model(model: SPIBModel, path: str | Path) -> Path:
 
 
 def write_plumed(
-    model: SPIBModel, featurizer: Featurizer, folder: str | Path, temperature: float, bias: str = "opes"
+    model: SPIBModel, featurizer: Featurizer, folder: str | Path, temperature: float, bias: BiasSpec
 ) -> tuple[Path, Path]:
     """Write ``folder/model.ptc`` (:func:`write_plumed_model`) and ``folder/plumed.dat``
     (:func:`plumed_input` with ``bias`` at ``temperature``, K), each atomically; returns both paths."""
     folder = Path(folder)
+    text = plumed_input(
+        featurizer, "model.ptc", model.latent_dim, temperature, bias, model.info.get("latent_range")
+    )  # first: a bad bias writes nothing
     model_path = write_plumed_model(model, folder / "model.ptc")
     with atomic_path(folder / "plumed.dat") as tmp:
-        tmp.write_text(plumed_input(featurizer, model_path.name, model.latent_dim, temperature, bias=bias))
+        tmp.write_text(text)
     return model_path, folder / "plumed.dat"
 
 
@@ -97,20 +103,24 @@ def _feature_lines(featurizer: Featurizer) -> tuple[list[str], list[str]]:
     return lines, labels
 
 
+def _numbers(values: Sequence[float]) -> str:
+    return ",".join(f"{float(v):.6g}" for v in values)
+
+
 def plumed_input(
     featurizer: Featurizer,
     model_file: str,
     cv_dimension: int,
     temperature: float,
-    bias: str = "opes",
-    pace: int = 500,
-    barrier: float = 40.0,
-    sigma: float | list[float] = 0.1,
-    height: float = 1.2,
-    biasfactor: float = 10.0,
+    bias: BiasSpec,
+    latent_range: Sequence[Sequence[float]] | None = None,
     stride: int = 500,
 ) -> str:
-    """Text of a ``plumed.dat`` biasing the learned CV (kJ/mol, nm, K, as PLUMED's defaults).
+    """Text of a ``plumed.dat`` biasing the learned CV as ``bias`` says (kJ/mol, nm, K).
+
+    The bias's defaults are resolved as :func:`latf_openmm.bias.build_bias` resolves them
+    (:meth:`BiasSpec.resolved`), so the file carries the same components, walls, kernel
+    widths, pace, height or barrier and bias factor as the OpenMM run would.
 
     Parameters
     ----------
@@ -119,82 +129,50 @@ def plumed_input(
     model_file
         File written by :func:`write_plumed_model`.
     cv_dimension
-        Number of CV components (1 or 2 are biased; more are printed only).
+        Number of CV components (all are printed).
     temperature
         Temperature, K.
     bias
-        ``"opes"`` (OPES_METAD with ``barrier``) or ``"metad"`` (well-tempered METAD
-        with ``sigma``, ``height``, ``biasfactor``).
-    pace, stride
-        Deposition and printing strides in steps.
+        ``opes`` (``OPES_METAD`` with fixed kernels and no compression, as latf_openmm's
+        OPES), ``metad`` (well-tempered ``METAD``) or ``restraint`` (``RESTRAINT``); the
+        walls of metad/opes are ``LOWER_WALLS``/``UPPER_WALLS`` (KAPPA = wall_constant/2:
+        PLUMED's walls have no ½).
+    latent_range
+        The model's training range per component (``info["latent_range"]``), for default walls.
+    stride
+        Printing stride in steps.
     """
-    if bias not in ("opes", "metad"):
-        raise LatfError(f"bias must be 'opes' or 'metad', got {bias!r}")
-    if cv_dimension < 1 or temperature <= 0 or pace < 1 or stride < 1:
-        raise LatfError("cv_dimension ≥ 1, temperature > 0, pace ≥ 1 and stride ≥ 1 are required")
+    if cv_dimension < 1 or temperature <= 0 or stride < 1:
+        raise LatfError("cv_dimension ≥ 1, temperature > 0 and stride ≥ 1 are required")
+    spec = bias.resolved(cv_dimension, latent_range, temperature)
     lines, labels = _feature_lines(featurizer)
     cvs = [f"cv.node-{k}" for k in range(cv_dimension)]
-    biased = ",".join(cvs[:2])
     out = [
         "# latf_openmm: learned CV, written by latf_openmm.export.plumed",
         "UNITS LENGTH=nm ENERGY=kj/mol TIME=ps",
         *lines,
         f"cv: PYTORCH_MODEL FILE={model_file} ARG={','.join(labels)}",
     ]
-    if bias == "opes":
-        out.append(f"bias: OPES_METAD ARG={biased} PACE={pace} BARRIER={barrier} TEMP={temperature}")
-        printed = "bias.bias,bias.rct"
+    if spec.method == "restraint":
+        if len(spec.centre) != cv_dimension:
+            raise LatfError(f"a restraint needs one centre per CV component ({cv_dimension}), got {spec.centre}")
+        out.append(f"bias: RESTRAINT ARG={','.join(cvs)} AT={_numbers(spec.centre)} "
+                   f"KAPPA={_numbers([spec.force_constant] * cv_dimension)}")  # fmt: skip
+        printed = ["bias.bias"]
     else:
-        sigmas = ",".join(str(s) for s in (np.broadcast_to(sigma, (len(cvs[:2]),))))
-        out.append(
-            f"bias: METAD ARG={biased} PACE={pace} SIGMA={sigmas} HEIGHT={height} "
-            f"BIASFACTOR={biasfactor} TEMP={temperature} CALC_RCT FILE=HILLS"
-        )
-        printed = "bias.bias,bias.rct"
-    out.append(f"PRINT ARG={','.join(cvs)},{printed} STRIDE={stride} FILE=COLVAR")
+        biased = ",".join(cvs[c] for c in spec.components)
+        common = f"ARG={biased} PACE={spec.pace} SIGMA={_numbers(spec.sigma)} BIASFACTOR={spec.bias_factor:.6g}"
+        if spec.method == "opes":
+            out.append(f"bias: OPES_METAD {common} BARRIER={spec.barrier:g} TEMP={temperature:.6g} "
+                       "FIXED_SIGMA COMPRESSION_THRESHOLD=0")  # fmt: skip
+        else:
+            out.append(f"bias: METAD {common} HEIGHT={spec.height:g} TEMP={temperature:.6g} CALC_RCT FILE=HILLS")
+        kappa = _numbers([spec.wall_constant / 2] * len(spec.components))
+        out.append(f"lwall: LOWER_WALLS ARG={biased} AT={_numbers(spec.lower)} KAPPA={kappa}")
+        out.append(f"uwall: UPPER_WALLS ARG={biased} AT={_numbers(spec.upper)} KAPPA={kappa}")
+        printed = ["bias.bias", "bias.rct", "lwall.bias", "uwall.bias"]
+    out.append(f"PRINT ARG={','.join([*cvs, *printed])} STRIDE={stride} FILE=COLVAR")
     return "\n".join(out) + "\n"
 
 
-def write_colvar(path: str | Path, fields: list[str], table: np.ndarray) -> None:
-    """Write a PLUMED ``COLVAR`` file (``#! FIELDS`` header, one row per line), atomically."""
-    table = np.asarray(table, dtype=float).reshape(-1, len(fields))
-    with atomic_path(path) as tmp:
-        np.savetxt(tmp, table, fmt="%.10g", header="! FIELDS " + " ".join(fields), comments="#")
-
-
-def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
-    """Columns of a PLUMED ``COLVAR`` or ``HILLS`` file by field name.
-
-    Later ``#! FIELDS`` headers (from restarts) must repeat the same fields; ``#! SET``
-    lines and blank lines are skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise LatfError(f"PLUMED file not found: {path}")
-    fields: list[str] | None = None
-    rows: list[list[float]] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.startswith("#! FIELDS"):
-            header = line.split()[2:]
-            if fields is not None and header != fields:
-                raise LatfError(f"{path}:{number}: fields change from {fields} to {header}")
-            fields = header
-        elif not line.strip() or line.startswith("#"):
-            continue
-        else:
-            if fields is None:
-                raise LatfError(f"{path}:{number}: data before the '#! FIELDS' header")
-            values = line.split()
-            if len(values) != len(fields):
-                raise LatfError(f"{path}:{number}: {len(values)} values for {len(fields)} fields")
-            try:
-                rows.append([float(v) for v in values])
-            except ValueError as exc:
-                raise LatfError(f"{path}:{number}: {exc}") from exc
-    if fields is None:
-        raise LatfError(f"{path} has no '#! FIELDS' header; is it a PLUMED COLVAR or HILLS file?")
-    table = np.array(rows, dtype=float).reshape(-1, len(fields))
-    return {name: table[:, k] for k, name in enumerate(fields)}
-
-
-__all__ = ["plumed_input", "read_colvar", "write_colvar", "write_plumed", "write_plumed_model"]
+__all__ = ["plumed_input", "write_plumed", "write_plumed_model"]

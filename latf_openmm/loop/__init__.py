@@ -12,6 +12,9 @@
                                 all walkers built, fixed
     round_001/replicas/T…/      with ``replicas_along_cv = true``: replica exchange over
                                 ``replica_temperatures`` with that fixed bias on every replica
+    round_NNN/frozen_bias.npz   the grid of the bias the round's walkers built, fixed (bias.FrozenGrid)
+    round_NNN/estimate.npz      the round's equilibrium estimate over all runs so far (one MBAR;
+                                round_000/estimate.npz: round 0's)
     round_NNN/round.json        written last: the round's populations, convergence, hashes, timings
     summary.json                per target temperature: generated state populations and free-energy
                                 profiles, beside MBAR's populations from the same runs and their
@@ -21,9 +24,11 @@
                                 TorchForce), plumed/ (model.ptc, plumed.dat); metadata.json
 
 The loop's estimate of equilibrium at each simulated temperature (the reweighted populations,
-the convergence test, the density the flow is fitted to) is one MBAR over every run whose
+the convergence test, the density the prior is fitted to) is one MBAR over every run whose
 bias is known at every frame: the unbiased runs and the runs under each round's fixed bias,
-with every fixed bias evaluated at every frame (:func:`equilibrium_estimate`). The adaptive
+with every fixed bias evaluated at every frame from its saved grid (:func:`equilibrium_estimate`).
+It is computed once per round and handed on: to the round's record, to the next round's
+training and convergence test, and to the final fit and the summary. The adaptive
 walkers find new regions and teach SPIB the dynamics (their frames reweighted by
 exp((V − c(t))/k_BT)), but their bias changes as they run, so they stay out of the estimate.
 
@@ -49,15 +54,45 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mdtraj
 import numpy as np
+import torch
+from dask.distributed import Client, LocalCluster
 
 from latf_openmm._quiet import quiet_stdout
+from latf_openmm.bias import FrozenGrid, LearnedCV, build_bias
 from latf_openmm.errors import LatfError
+from latf_openmm.export import export_cv, read_metadata
+from latf_openmm.export.plumed import write_plumed
+from latf_openmm.features import build_featurizer
 from latf_openmm.files import write_json
+from latf_openmm.generation import (
+    free_energy_profile_change,
+    free_energy_profile_rmse,
+    generate,
+    kl_divergence_2d,
+    reweighted_populations,
+)
+from latf_openmm.models import LaTF, TrainingConfig, initial_labels, load_model
+from latf_openmm.reports import plot_loop
+from latf_openmm.reweighting import (
+    EquilibriumEstimate,
+    effective_sample_size,
+    load_training_data,
+    multistate_estimate,
+    run_energies,
+    run_weights,
+    statistical_inefficiency,
+)
+from latf_openmm.simulation import find_runs, replica_exchange, seed_for, simulate, simulate_temperatures
+from latf_openmm.specs import ADAPTIVE_METHODS, BiasSpec, MDOptions, read_spec
+from latf_openmm.systems import load_system
 from latf_openmm.units import KB_KJ_PER_MOL_K
 from latf_openmm.versions import versions
 
 ROUND_FILE = "round.json"
+ESTIMATE = "estimate.npz"  # round_NNN/estimate.npz: the round's equilibrium estimate over all runs so far
+FROZEN_BIAS = "frozen_bias.npz"  # round_NNN/frozen_bias.npz: the grid of the bias its walkers built, fixed
 SUMMARY = "summary.json"
 ROUND_SUMMARY_KEYS = (
     "round",
@@ -97,9 +132,6 @@ class LoopConfig:
     replica_exchange: bool = False
     exchange_interval: int = 1
     initial_data: list[str] = dataclasses.field(default_factory=list)
-    frame_interval: int | None = None
-    platform: str | None = None
-    threads: int | None = None
     walkers: int = 2
     walker_steps: int = 100_000
     production_steps: int = 0
@@ -107,12 +139,19 @@ class LoopConfig:
     replicas_along_cv: bool = False
     replica_temperatures: list[float] = dataclasses.field(default_factory=list)
     replica_steps: int | None = None
-    bias: dict[str, Any] = dataclasses.field(default_factory=lambda: {"method": "opes"})
+    md: MDOptions = dataclasses.field(default_factory=MDOptions)
+    bias: BiasSpec = dataclasses.field(default_factory=BiasSpec)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
     targets: list[float] = dataclasses.field(default_factory=list)
     samples: int = 100_000
     validation_steps: int = 0
     scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.md, MDOptions):  # an [md] table, e.g. from config.json
+            self.md = read_spec(MDOptions, self.md, "workflow [md]")
+        if not isinstance(self.bias, BiasSpec):
+            self.bias = read_spec(BiasSpec, self.bias, "workflow [bias]")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> LoopConfig:
@@ -127,13 +166,14 @@ class LoopConfig:
             raise LatfError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
         if "system" not in raw:
             raise LatfError(f"{path}: 'system' is required")
+        raw["md"] = read_spec(MDOptions, raw.get("md", {}), f"{path} [md]")
+        raw["bias"] = read_spec(BiasSpec, raw.get("bias", {}), f"{path} [bias]")
         config = cls(**raw)
         config.validate()
         return config
 
     def validate(self) -> None:
         """Raise :class:`LatfError` for out-of-range settings."""
-        from latf_openmm.models import TrainingConfig
 
         checks = [
             (self.rounds >= 1, "rounds must be ≥ 1"),
@@ -148,7 +188,7 @@ class LoopConfig:
             ),
             (self.exchange_interval >= 1, "exchange_interval must be ≥ 1"),
             (self.validation_steps >= 0, "validation_steps must be ≥ 0"),
-            (self.bias.get("method") in ("opes", "metad"), "the bias method must be 'opes' or 'metad'"),
+            (self.bias.method in ADAPTIVE_METHODS, "the [bias] method must be 'opes' or 'metad'"),
             (
                 all(t > 0 for t in [*self.md_temperatures, *self.replica_temperatures, *self.targets]),
                 "temperatures must be positive",
@@ -173,33 +213,28 @@ def _sha256(path: Path) -> str:
 
 
 def _load_system(config: LoopConfig):
-    from latf_openmm.systems import load_system
 
     return load_system(config.system, **config.system_args)
 
 
 def _md_options(config: LoopConfig) -> dict[str, Any]:
-    return {
-        "frame_interval": config.frame_interval,
-        "platform": config.platform,
-        "threads": config.threads if config.platform in (None, "CPU") else None,
-        "progress": False,
-    }
+    """``simulate``'s MD options for the loop's runs; ``[md] threads`` also sets the tasks' torch
+    threads, so OpenMM gets them on the CPU platform only."""
+    on_cpu = config.md.platform in (None, "CPU")
+    return {"md": config.md if on_cpu else dataclasses.replace(config.md, threads=None), "progress": False}
 
 
 # -- tasks (run on Dask workers; arguments are plain data) -------------------------------
-def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out: str) -> str:
+def train_task(config: LoopConfig, data: list[str], labels_from: str | None, estimate: str, out: str) -> str:
     """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``.
 
     With a previous model (``labels_from``), the initial states are a grid over its CV. The
-    prior is fitted (and checked) to the loop's estimate along the new CV after training
-    (:func:`_prior_fitted_to_estimate`); training skips the flow's own polishing and check.
+    prior is fitted (and checked) to the previous round's estimate (the file ``estimate``)
+    along the new CV after training (:func:`_prior_fitted_to_estimate`); training skips the
+    flow's own polishing and check.
     """
-    import torch
 
-    from latf_openmm.models import LaTF, TrainingConfig, initial_labels, load_model, load_training_data
-
-    torch.set_num_threads(config.threads or 1)
+    torch.set_num_threads(config.md.threads or 1)
     training = load_training_data(data)
     estimator = LaTF(
         TrainingConfig(**{"seed": config.seed, **config.train, "polish_steps": 0, "generation_tolerance": None})
@@ -209,33 +244,31 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, out
         latent = np.concatenate([previous.transform(f.astype(np.float64)) for f in training.features])
         labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
         training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
-    _prior_fitted_to_estimate(config, estimator.fit(training), training, data).save(out)
+    model = estimator.fit(training)
+    _prior_fitted_to_estimate(config, model, training, data, EquilibriumEstimate.load(estimate)).save(out)
     return out
 
 
-def final_task(config: LoopConfig, model_path: str, data: list[str], out: str) -> str:
-    """The last round's model with its prior fitted to the estimate over all runs ``data``,
-    the last round's included (its model was trained before they ran), written to ``out``:
-    the model the loop's generated distributions come from."""
-    import torch
+def final_task(config: LoopConfig, model_path: str, data: list[str], estimate: str, out: str) -> str:
+    """The last round's model with its prior fitted to the last round's estimate (the file
+    ``estimate``, over all runs ``data``, the last round's included: its model was trained
+    before they ran), written to ``out``: the model the loop's generated distributions come from."""
 
-    from latf_openmm.models import load_model, load_training_data
-
-    torch.set_num_threads(config.threads or 1)
-    _prior_fitted_to_estimate(config, load_model(model_path), load_training_data(data), data).save(out)
+    torch.set_num_threads(config.md.threads or 1)
+    model, training = load_model(model_path), load_training_data(data)
+    _prior_fitted_to_estimate(config, model, training, data, EquilibriumEstimate.load(estimate)).save(out)
     return out
 
 
-def _prior_fitted_to_estimate(config: LoopConfig, model, training, data: list[str]):
-    """``model`` with its prior fitted (flow polishing or the latent free energy) to the loop's
-    estimate of each temperature's equilibrium along its CV (:func:`equilibrium_estimate`; adaptive walkers'
-    frames weigh nothing there), so that it generates the distribution the loop reports."""
-    from latf_openmm.models import LaTF, TrainingConfig
+def _prior_fitted_to_estimate(config: LoopConfig, model, training, data: list[str], estimate: EquilibriumEstimate):
+    """``model`` with its prior fitted (flow polishing or the latent free energy) to ``estimate``
+    (each run at its own temperature) along its CV; runs outside the estimate (adaptive walkers)
+    weigh nothing there, so that it generates the distribution the loop reports."""
 
-    estimate = equilibrium_estimate(config, model, data)  # each run at its own temperature
+    weights = {t: estimate.weights(t) for t in set(training.temperatures)}
     equilibrium = [
-        estimate[t][k][1] if k in estimate.get(t, {}) else np.zeros(n)
-        for k, (t, n) in enumerate(zip(training.temperatures, training.lengths, strict=True))
+        weights[t].get(run, np.zeros(n))
+        for run, t, n in zip(data, training.temperatures, training.lengths, strict=True)
     ]
     estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train}))
     return estimator.refit_prior(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
@@ -244,19 +277,13 @@ def _prior_fitted_to_estimate(config: LoopConfig, model, training, data: list[st
 def _learned_bias(config: LoopConfig, model_path: str, **placement: Any):
     """The system and the workflow's adaptive bias along the model's CV at the walker
     temperature (K); ``placement``: ``walkers_dir`` and ``walker``, for a walker."""
-    import torch
 
-    from latf_openmm.bias import OPES, LearnedCV, Metadynamics
-    from latf_openmm.features import build_featurizer
-    from latf_openmm.models import load_model
-
-    torch.set_num_threads(config.threads or 1)
+    torch.set_num_threads(config.md.threads or 1)
     molsys = _load_system(config)
     cv = LearnedCV(load_model(model_path), build_featurizer(molsys.features, molsys.topology))
-    options = dict(config.bias)
-    bias_type = OPES if options.pop("method") == "opes" else Metadynamics
     temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
-    return molsys, bias_type(cv, temperature, **options, **placement), temperature
+    periodic = molsys.system.usesPeriodicBoundaryConditions()
+    return molsys, build_bias(config.bias, cv, temperature, periodic, **placement), temperature
 
 
 def _fixed_bias(config: LoopConfig, model_path: str, shared: str | Path):
@@ -274,7 +301,6 @@ def _round_number(folder: Path) -> int:
 
 def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, out: str) -> str:
     """One biased walker along the model's CV; returns its run folder."""
-    from latf_openmm.simulation import seed_for, simulate
 
     molsys, bias, temperature = _learned_bias(config, model_path, walkers_dir=shared, walker=walker)
     index = _round_number(Path(out).parent.parent) * 1000 + walker
@@ -287,9 +313,6 @@ def production_task(config: LoopConfig, model_path: str, shared: str, walker: in
     """Walker number ``walker`` continued from the last frame of its run ``walker_run`` with the
     bias all walkers built (in ``shared``) held fixed, so that its frames' weights are exact;
     returns its run folder."""
-    import mdtraj
-
-    from latf_openmm.simulation import seed_for, simulate
 
     molsys, bias, temperature = _fixed_bias(config, model_path, shared)
     run_folder = Path(walker_run)
@@ -310,7 +333,6 @@ def replica_task(config: LoopConfig, model_path: str, shared: str, out: str) -> 
     """Replica exchange over ``replica_temperatures`` (``replica_steps`` per replica) with the
     bias the round's walkers built (in ``shared``), fixed on every replica; returns the
     per-temperature run folders."""
-    from latf_openmm.simulation import seed_for
 
     molsys, bias, _ = _fixed_bias(config, model_path, shared)
     seed = seed_for(config.seed, _round_number(Path(out).parent) * 1000 + REPLICA_SEED_INDEX)
@@ -320,19 +342,16 @@ def replica_task(config: LoopConfig, model_path: str, shared: str, out: str) -> 
 def _replica_exchange(config: LoopConfig, molsys, temperatures: list[float], steps: int, out: Path, seed: int,
                       bias=None) -> list[str]:  # fmt: skip
     """Replica exchange over ``temperatures`` (``steps`` per replica) in ``out``; the run folders."""
-    from latf_openmm.simulation import replica_exchange
 
     kelvin = [molsys.to_kelvin(t) for t in temperatures]
-    frame_interval = config.frame_interval or molsys.frame_interval
-    options = {k: v for k, v in _md_options(config).items() if k != "progress"}
-    result = replica_exchange(molsys, kelvin, steps // frame_interval, out, seed=seed,
-                              exchange_interval=config.exchange_interval, bias=bias, **options)  # fmt: skip
+    frame_interval = config.md.frame_interval or molsys.frame_interval
+    result = replica_exchange(molsys, kelvin, steps // frame_interval, out, md=_md_options(config)["md"], seed=seed,
+                              exchange_interval=config.exchange_interval, bias=bias)  # fmt: skip
     return [str(run.directory) for run in result.runs]
 
 
 def validation_task(config: LoopConfig, temperature: float, out: str) -> str:
     """Unbiased MD at a target temperature, to compare the generated distribution with."""
-    from latf_openmm.simulation import seed_for, simulate
 
     molsys = _load_system(config)
     index = VALIDATION_SEED_INDEX + config.targets.index(temperature)
@@ -351,7 +370,6 @@ def _cpu_timed(task, *args):
 
 # -- the loop -------------------------------------------------------------------------
 def _client(config: LoopConfig):
-    from dask.distributed import Client, LocalCluster
 
     if config.scheduler:
         return Client(config.scheduler)
@@ -366,109 +384,95 @@ def _client(config: LoopConfig):
     return Client(cluster)
 
 
-def equilibrium_estimate(
-    config: LoopConfig, model, runs: list[str], temperatures: Sequence[float] | None = None
-) -> dict[float, dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """The loop's estimate of the equilibrium at each simulated temperature (or at each of
-    ``temperatures``, in the runs' unit): the latent CV (encoder mean) and equilibrium weight
-    of every frame that informs it.
+def equilibrium_estimate(model, runs: list[str], rounds: Sequence[Path] = ()) -> EquilibriumEstimate:
+    """The loop's estimate of equilibrium from ``runs``: one MBAR over every run whose bias is
+    known at every frame, solved once (weights at any temperature).
 
-    One MBAR (:func:`~latf_openmm.reweighting.multistate_estimate`) over all runs whose bias is known
-    at every frame: unbiased runs, and runs under a round's fixed bias (production walkers,
-    replicas along the CV; the bias is rebuilt from ``round_NNN/model.pt`` and ``shared/``,
-    two folders above the run, and evaluated at every frame of every run). Each run counts
-    by its uncorrelated samples along ``model``'s CV (statistical inefficiency), so a long
+    The members are the unbiased runs and the runs under a round's fixed bias (production
+    walkers, replicas along the CV). Each of ``rounds`` (round folders) holds its model and
+    its fixed bias's grid (``model.pt``, ``frozen_bias.npz``): that round's CV is computed at
+    every frame of every member, and its bias evaluated there from the grid alone, without
+    the system or OpenMM. Each run counts by its uncorrelated samples (statistical
+    inefficiency) along ``model``'s CV (along the features when ``model`` is None), so a long
     run that seldom crosses between states does not outweigh short ones that cross often.
     Adaptive walkers are left out.
-
-    Returns
-    -------
-    dict
-        Temperature (the runs' unit) → {index of the run in ``runs`` → (latent (n, d), weights (n,))}.
     """
-    from latf_openmm.models import load_training_data
-    from latf_openmm.reweighting import multistate_estimate, run_energies, statistical_inefficiency
 
     settings = [json.loads((Path(run) / "manifest.json").read_text())["settings"] for run in runs]
     members = [k for k, s in enumerate(settings) if s.get("bias") is None or s["bias"].get("frozen")]
     features = [f.astype(np.float64) for f in load_training_data([runs[k] for k in members]).features]
     every_frame = np.concatenate(features)
-    folders = sorted({Path(runs[k]).parent.parent for k in members if settings[k].get("bias")})
     rows, row_of = [], {}
-    for folder in folders:
-        if not ((folder / "model.pt").is_file() and (folder / "shared").is_dir()):
-            raise LatfError(
-                f"{folder} is not a loop round (no model.pt and shared/): the loop's estimate takes runs under "
-                "a fixed bias only from its own rounds; leave others out of initial_data"
-            )
-        _, bias, _ = _fixed_bias(config, str(folder / "model.pt"), folder / "shared")
-        row_of[json.dumps(bias.settings(), sort_keys=True)] = len(rows)
-        rows.append(bias.energy_at(bias.cv.model.transform(every_frame)))
+    for folder in rounds:
+        grid = FrozenGrid.load(Path(folder) / FROZEN_BIAS)
+        row_of[json.dumps(grid.settings, sort_keys=True)] = len(rows)
+        rows.append(grid.energy_at(load_model(Path(folder) / "model.pt").transform(every_frame)))
     sampled = []
     for k in members:
         key = settings[k].get("bias") and json.dumps(settings[k]["bias"], sort_keys=True)
         if key and key not in row_of:
-            raise LatfError(f"{runs[k]} ran under a fixed bias that {Path(runs[k]).parent.parent} no longer holds")
+            raise LatfError(
+                f"{runs[k]} ran under a fixed bias that none of the loop's rounds holds: the loop's estimate takes "
+                "runs under a fixed bias only from its own rounds; leave others out of initial_data"
+            )
         sampled.append(row_of[key] if key else None)
     energies = [run_energies(runs[k])[0] for k in members]
     kelvin = [settings[k]["temperature_K"] for k in members]
-    latent = [model.transform(f) for f in features]
-    inefficiency = [statistical_inefficiency(z) for z in latent]
+    inefficiency = [statistical_inefficiency(f if model is None else model.transform(f)) for f in features]
     biases = np.array(rows).reshape(len(rows), len(every_frame))
     mbar = multistate_estimate(energies, kelvin, sampled, biases, inefficiency)
     kelvin_per_unit = settings[members[0]]["temperature_K"] / settings[members[0]]["temperature"]
-    if temperatures is None:
-        temperatures = sorted({settings[k]["temperature"] for k in members})
-    estimate = {}
-    for temperature in temperatures:
-        weights = mbar.weights(temperature * kelvin_per_unit)
-        estimate[temperature] = {k: (z, w) for k, z, w in zip(members, latent, weights, strict=True)}
-    return estimate
+    return EquilibriumEstimate(tuple(runs[k] for k in members), mbar, kelvin_per_unit)
 
 
-def _by_temperature(
-    config: LoopConfig, model, runs: list[str], temperatures: Sequence[float] | None = None
+def _reweighted(
+    estimate: EquilibriumEstimate, model, temperatures: Sequence[float]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """:func:`equilibrium_estimate` with each temperature's runs concatenated, keyed by its label."""
-    return {
-        f"{temperature:g}": tuple(np.concatenate(parts) for parts in zip(*by_run.values(), strict=True))
-        for temperature, by_run in equilibrium_estimate(config, model, runs, temperatures).items()
-    }
+    """Per temperature (keyed by its label): the latent CV of every frame of the estimate's
+    runs along ``model``'s CV, and the frame's weight there."""
+
+    features = load_training_data(list(estimate.runs)).features
+    latent = np.concatenate([model.transform(f.astype(np.float64)) for f in features])
+    return {f"{t:g}": (latent, np.concatenate(list(estimate.weights(t).values()))) for t in temperatures}
 
 
-def _round_estimates(config: LoopConfig, model_path: str, runs: list[str], new_runs: list[str]) -> dict[str, Any]:
-    """Reweighted state populations per simulated temperature from all data, the Kish effective
-    sample size of the estimate's weights, and how much this round's data changed the
-    populations and the free-energy profiles along each CV component.
+def _simulated_temperatures(estimate: EquilibriumEstimate) -> list[float]:
+    """The temperatures (the runs' unit) of the estimate's runs."""
+    return sorted(
+        {json.loads((Path(r) / "manifest.json").read_text())["settings"]["temperature"] for r in estimate.runs}
+    )
 
-    Both are measured with this round's model on the data before and after the round, so
-    states and CV axes are the same on both sides.
+
+def _round_estimates(model_path: str, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
+    """The round's record of its estimate ``after`` (all data): reweighted state populations per
+    simulated temperature and the Kish effective sample size of its weights, and how much the
+    round's data changed the populations and the free-energy profiles along each CV component
+    since the estimate ``before`` (the previous round's).
+
+    Both are measured with this round's model, so states and CV axes are the same on both sides.
     """
-    from latf_openmm.generation import free_energy_profile_change
-    from latf_openmm.models import load_model
-    from latf_openmm.reweighting import effective_sample_size
 
     model = load_model(model_path)
-    before = _by_temperature(config, model, runs)
-    after = _by_temperature(config, model, runs + new_runs)
+    old = _reweighted(before, model, _simulated_temperatures(before))
+    new = _reweighted(after, model, _simulated_temperatures(after))
     populations = {
-        t: model.latent_populations(latent, weights).tolist() for t, (latent, weights) in sorted(after.items())
+        t: model.latent_populations(latent, weights).tolist() for t, (latent, weights) in sorted(new.items())
     }
-    shared = [t for t in after if t in before]
+    shared = [t for t in new if t in old]
     population_change = max(
-        float(np.max(np.abs(np.subtract(populations[t], model.latent_populations(*before[t]))))) for t in shared
+        float(np.max(np.abs(np.subtract(populations[t], model.latent_populations(*old[t]))))) for t in shared
     )
     fes_change = 0.0
     for t in shared:
-        (old, old_weights), (all_latent, all_weights) = before[t], after[t]
+        (old_latent, old_weights), (all_latent, all_weights) = old[t], new[t]
         for component in range(model.latent_dim):
             edges = np.linspace(*np.percentile(all_latent[:, component], [0, 100]), PROFILE_BINS + 1)
-            change = free_energy_profile_change(old[:, component], all_latent[:, component], edges, old_weights,
-                                                all_weights)  # fmt: skip
+            change = free_energy_profile_change(old_latent[:, component], all_latent[:, component], edges,
+                                                old_weights, all_weights)  # fmt: skip
             fes_change = max(fes_change, change)
     return {
         "populations": populations,
-        "estimate_effective_sample_size": {t: effective_sample_size(w) for t, (_, w) in sorted(after.items())},
+        "estimate_effective_sample_size": {t: effective_sample_size(w) for t, (_, w) in sorted(new.items())},
         "population_change": population_change,
         "fes_change_kT": fes_change,
     }
@@ -476,7 +480,6 @@ def _round_estimates(config: LoopConfig, model_path: str, runs: list[str], new_r
 
 def _effective_sample_sizes(runs: list[str]) -> dict[str, float]:
     """Kish effective sample size of each run's unbiasing weights."""
-    from latf_openmm.reweighting import effective_sample_size, run_weights
 
     return {run: effective_sample_size(run_weights(run)) for run in runs}
 
@@ -525,6 +528,10 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
             write_json(round_zero / ROUND_FILE, record)
         round_zero_record = json.loads((round_zero / ROUND_FILE).read_text())
         runs = round_zero_record["runs"]
+        estimate = round_zero / ESTIMATE  # round 0's, along the features: round 1 trains with it
+        if not estimate.is_file():
+            equilibrium_estimate(None, runs).save(estimate)
+        rounds: list[Path] = []
         for number in range(1, config.rounds + 1):
             folder = out / f"round_{number:03d}"
             record_path = folder / ROUND_FILE
@@ -532,19 +539,20 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 record = json.loads(record_path.read_text())
             else:
                 client = client or _client(config)
-                record = _new_round(config, client, folder, number, runs, previous_model)
+                record = _new_round(config, client, folder, number, runs, previous_model, estimate, rounds)
                 write_json(record_path, record)
             history.append(record)
             runs = runs + record["walkers"] + record.get("production", []) + record.get("replicas", [])
-            previous_model = record["model"]
+            previous_model, estimate = record["model"], folder / ESTIMATE
+            rounds.append(folder)
             if _converged(config, record):
                 break
         final_model = out / FINAL / "model.pt"
         final_cpu = _final_cpu_seconds(out / FINAL, history[-1])
         if final_cpu is None:
             client = client or _client(config)
-            final_future = client.submit(_cpu_timed, final_task, config, previous_model, runs, str(final_model),
-                                         pure=False)  # fmt: skip
+            final_future = client.submit(_cpu_timed, final_task, config, previous_model, runs, str(estimate),
+                                         str(final_model), pure=False)  # fmt: skip
         validation = {}
         if config.validation_steps:
             client = client or _client(config)
@@ -561,8 +569,8 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history) + final_cpu
     cpu += sum(seconds for _, seconds in validation.values())
     validation = {t: run for t, (run, _) in validation.items()}
-    return _summarize(config, out, history, final_model, runs, final_cpu, validation, time.perf_counter() - started,
-                      cpu)  # fmt: skip
+    return _summarize(config, out, history, final_model, EquilibriumEstimate.load(estimate), final_cpu, validation,
+                      time.perf_counter() - started, cpu)  # fmt: skip
 
 
 def _final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
@@ -588,14 +596,19 @@ def _new_round(
     number: int,
     runs: list[str],
     previous_model: str | None,
+    previous_estimate: Path,
+    rounds: list[Path],
 ) -> dict[str, Any]:
-    """Train on ``runs``, export, run the walkers, reweight: the round's record."""
+    """Train on ``runs`` (the prior fitted to the previous round's estimate), export, run the
+    walkers, fix and save their bias's grid, run under it, and estimate once over all runs
+    (``folder/estimate.npz``, with ``rounds`` and this one): the round's record."""
     folder.mkdir(parents=True, exist_ok=True)
     t0, here = time.perf_counter(), time.process_time()
     model_path = str(folder / "model.pt")
     cpu = 0.0
     if not Path(model_path).is_file():
-        cpu += client.submit(_cpu_timed, train_task, config, runs, previous_model, model_path, pure=False).result()[1]
+        cpu += client.submit(_cpu_timed, train_task, config, runs, previous_model, str(previous_estimate), model_path,
+                             pure=False).result()[1]  # fmt: skip
     t1 = time.perf_counter()
     _export(config, model_path, folder / "cv.pt")
     futures = [
@@ -614,6 +627,8 @@ def _new_round(
     walkers, walker_cpu = zip(*(f.result() for f in futures), strict=True)
     walkers = list(walkers)
     cpu += sum(walker_cpu)
+    _, fixed, _ = _fixed_bias(config, model_path, folder / "shared")
+    fixed.frozen_grid().save(folder / FROZEN_BIAS)
     t2 = time.perf_counter()
     production: list[str] = []
     if config.production_steps:
@@ -641,7 +656,9 @@ def _new_round(
                                               str(folder / "replicas"), pure=False).result()  # fmt: skip
         cpu += replica_cpu
     t3 = time.perf_counter()
-    estimates = _round_estimates(config, model_path, runs, walkers + production + replicas)
+    estimate = equilibrium_estimate(load_model(model_path), runs + walkers + production + replicas, [*rounds, folder])
+    estimate.save(folder / ESTIMATE)
+    estimates = _round_estimates(model_path, EquilibriumEstimate.load(previous_estimate), estimate)
     data_digest = _report_round(config, model_path, folder)
     cpu += time.process_time() - here
     return {
@@ -665,8 +682,6 @@ def _new_round(
 
 def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
     """A round's generated distributions and (2-D) free-energy surfaces at the targets; the data digest."""
-    from latf_openmm.generation import generate
-    from latf_openmm.models import load_model
 
     model = load_model(model_path)
     plot = folder / "fes.png" if model.latent_dim == 2 else None
@@ -676,8 +691,6 @@ def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
 
 def round_zero_task(config: LoopConfig, out: str) -> list[str]:
     """Round 0's runs: the user's data, or unbiased MD (independent runs or replica exchange)."""
-    from latf_openmm.reports import find_runs
-    from latf_openmm.simulation import simulate_temperatures
 
     molsys, folder = _load_system(config), Path(out)
     if config.initial_data:
@@ -692,9 +705,6 @@ def round_zero_task(config: LoopConfig, out: str) -> list[str]:
 
 
 def _export(config: LoopConfig, model_path: str, out: Path) -> None:
-    from latf_openmm.export import export_cv
-    from latf_openmm.features import build_featurizer
-    from latf_openmm.models import load_model
 
     molsys = _load_system(config)
     featurizer = build_featurizer(molsys.features, molsys.topology)
@@ -710,12 +720,6 @@ def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary
     and ``metadata.json`` (provenance, the states' populations, file hashes, the final fit's
     CPU time, and the CV of the system's starting structure, which a copy of the files must
     reproduce)."""
-    import torch
-
-    from latf_openmm.export import export_cv, read_metadata
-    from latf_openmm.export.plumed import write_plumed
-    from latf_openmm.features import build_featurizer
-    from latf_openmm.models import load_model
 
     molsys = _load_system(config)
     model = load_model(folder / "model.pt")
@@ -724,7 +728,7 @@ def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary
     for name, component in exports.items():
         export_cv(model, featurizer, folder / name, component=component, feature_description=molsys.features)
     temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
-    write_plumed(model, featurizer, folder / "plumed", temperature, bias=config.bias["method"])
+    write_plumed(model, featurizer, folder / "plumed", temperature, config.bias)
     box = molsys.topology.getPeriodicBoxVectors()
     box = None if box is None else torch.tensor(box.value_in_unit(box.unit), dtype=torch.float64)
     cv = torch.jit.load(str(folder / "cv.pt"))(torch.as_tensor(molsys.positions, dtype=torch.float64), box)
@@ -750,7 +754,6 @@ def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary
 
 def _compare_with_md(model, samples: np.ndarray, run: str) -> dict[str, Any]:
     """Generated vs encoded MD at one temperature: KL (2-D), free-energy-profile RMSE per component."""
-    from latf_openmm.generation import free_energy_profile_rmse, kl_divergence_2d
 
     with np.load(Path(run) / "timeseries.npz") as series:
         encoded = model.transform(series["features"].astype(np.float64))
@@ -765,17 +768,15 @@ def _compare_with_md(model, samples: np.ndarray, run: str) -> dict[str, Any]:
 
 
 def _summarize(
-    config, out: Path, history, model_path, runs: list[str], final_cpu, validation: dict, seconds, cpu_seconds
-) -> dict[str, Any]:
+    config, out: Path, history, model_path, estimate: EquilibriumEstimate, final_cpu, validation: dict, seconds,
+    cpu_seconds,
+) -> dict[str, Any]:  # fmt: skip
     """The summary: per target temperature the final model's generated populations and
     profiles beside MBAR's prediction from all runs whose bias is known at every frame (the
-    loop's estimate, at the target); validation MD where asked; the rounds; the costs."""
-    from latf_openmm.generation import reweighted_populations
-    from latf_openmm.models import load_model
-    from latf_openmm.reports import plot_loop
+    last round's ``estimate``, at the target); validation MD where asked; the rounds; the costs."""
 
     model = load_model(model_path)
-    baseline = _by_temperature(config, model, runs, config.targets)
+    baseline = _reweighted(estimate, model, config.targets)
     targets: dict[str, Any] = {}
     for k, temperature in enumerate(config.targets):
         samples = model.sample(temperature, config.samples, seed=config.seed + k)
@@ -812,8 +813,6 @@ def _summarize(
     plot_loop(summary, history, out / "summary.png")
     _write_final(config, out / FINAL, history[-1], summary, final_cpu)
     if model.latent_dim == 2:
-        from latf_openmm.generation import generate
-
         generate(model, config.targets, min(config.samples, 50_000), out / "generated.npz", plot=out / "fes.png")
     return summary
 

@@ -1,6 +1,6 @@
 """Models: SPIB and LaTF estimators, trained models, and their building blocks."""
 
-from latf_openmm.models.data import TrainingData, initial_labels, load_training_data
+from latf_openmm.models.data import TrainingData, initial_labels
 from latf_openmm.models.model import LaTFModel, SPIBModel, load_model
 from latf_openmm.models.training import SPIB, LaTF, TrainingConfig
 
@@ -13,5 +13,4 @@ __all__ = [
     "TrainingData",
     "initial_labels",
     "load_model",
-    "load_training_data",
 ]

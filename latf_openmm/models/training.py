@@ -25,13 +25,10 @@ from latf_openmm.models.data import LABEL_DESCRIPTORS, LABEL_METHODS, TrainingDa
 from latf_openmm.models.free_energy import LatentFreeEnergy, LatentFreeEnergyModel
 from latf_openmm.models.model import LaTFModel, SPIBModel
 from latf_openmm.models.network import LatentNetwork
+from latf_openmm.specs import option
 from latf_openmm.versions import versions
 
 log = logging.getLogger(__name__)
-
-
-def _option(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 PRIORS = ("flow", "grid")
@@ -45,72 +42,70 @@ class TrainingConfig:
     """Hyperparameters of SPIB and LaTF training; each field's ``help`` metadata describes it
     (``latf train --help`` shows the same text)."""
 
-    latent_dim: int = _option(2, "dimension d of the latent CV")
-    lag: int = _option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories or replica exchanges")
-    beta: float = _option(1e-3, "weight of the prior (information-bottleneck) term")
-    encoder_layers: int = _option(2, "encoder hidden layers (ReLU); 0 gives a linear encoder")
-    encoder_hidden: int = _option(16, "encoder hidden-layer width")
-    decoder_hidden: int = _option(16, "decoder hidden-layer width")
-    learning_rate: float = _option(1e-3, "Adam learning rate (reset at each refinement)")
-    lr_decay: float = _option(0.99, "learning-rate factor per epoch")
-    batch_size: int = _option(
-        2048, "minibatch size (lagged pairs); small data sets use smaller batches, ≥ 32 per epoch"
-    )
-    tolerance: float = _option(
+    latent_dim: int = option(2, "dimension d of the latent CV")
+    lag: int = option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories or replica exchanges")
+    beta: float = option(1e-3, "weight of the prior (information-bottleneck) term")
+    encoder_layers: int = option(2, "encoder hidden layers (ReLU); 0 gives a linear encoder")
+    encoder_hidden: int = option(16, "encoder hidden-layer width")
+    decoder_hidden: int = option(16, "decoder hidden-layer width")
+    learning_rate: float = option(1e-3, "Adam learning rate (reset at each refinement)")
+    lr_decay: float = option(0.99, "learning-rate factor per epoch")
+    batch_size: int = option(2048, "minibatch size (lagged pairs); small data sets use smaller batches, ≥ 32 per epoch")
+    tolerance: float = option(
         2e-3,
         "a training round ends when the validation loss (joint stage: its cross-entropy and its "
         "prior term, in nats) changes by less than this for 'patience' epochs",
     )
-    patience: int = _option(2, "epochs within tolerance that end a training round")
-    max_epochs: int = _option(30, "epoch cap per SPIB training round")
-    refinements: int = _option(
+    patience: int = option(2, "epochs within tolerance that end a training round")
+    max_epochs: int = option(30, "epoch cap per SPIB training round")
+    refinements: int = option(
         10, "maximum label refinements in the SPIB stage (stops once fewer than 1 in 1000 labels change)"
     )
-    n_initial_states: int = _option(50, "initial states when no labels are given")
-    label_method: str = _option("auto", "initial states: 'grid', 'kmeans', or 'auto' (grid for ≤ 2 descriptors)")
-    label_descriptors: str = _option(
+    n_initial_states: int = option(50, "initial states when no labels are given")
+    label_method: str = option("auto", "initial states: 'grid', 'kmeans', or 'auto' (grid for ≤ 2 descriptors)")
+    label_descriptors: str = option(
         "features",
         "what initial states cluster: 'features', or 'central_moments' (each frame's 2nd and 3rd central "
         "moments over its features; the same when identical particles swap, e.g. LJ7's coordination numbers)",
     )
-    validation_fraction: float = _option(0.1, "fraction of lagged pairs held out for the validation loss")
-    seed: int = _option(0, "seed for initialization, splitting, batching and noise")
-    flow_layers: int = _option(10, "LaTF: number of RealNVP coupling layers")
-    flow_hidden: int = _option(16, "LaTF: coupling-network hidden width")
-    tau: float = _option(3.0, "LaTF: tilting factor tau of the prior")
-    reference_temperature: float | None = _option(
+    validation_fraction: float = option(0.1, "fraction of lagged pairs held out for the validation loss")
+    seed: int = option(0, "seed for initialization, splitting, batching and noise")
+    flow_layers: int = option(10, "LaTF: number of RealNVP coupling layers")
+    flow_hidden: int = option(16, "LaTF: coupling-network hidden width")
+    tau: float = option(3.0, "LaTF: tilting factor tau of the prior")
+    reference_temperature: float | None = option(
         None, "LaTF: T_ref, where T' = T/T_ref = 1 (default: lowest training temperature, else 1)"
     )
-    joint_refinements: int = _option(0, "LaTF: label refinements in the joint stage (0 or 1)")
-    joint_max_epochs: int = _option(50, "LaTF: epoch cap per joint training round")
-    polish_steps: int = _option(
+    joint_refinements: int = option(0, "LaTF: label refinements in the joint stage (0 or 1)")
+    joint_max_epochs: int = option(50, "LaTF: epoch cap per joint training round")
+    polish_steps: int = option(
         9000,
         "LaTF: after the joint stage, optimizer steps that fit the flow alone by maximum likelihood "
         "(equilibrium and temperature weights) to the frozen encoder's latent points, encoded once (0: none)",
     )
-    polish_learning_rate: float = _option(
+    polish_learning_rate: float = option(
         5e-3, "LaTF: flow-polishing Adam learning rate, decayed to zero over the steps (cosine)"
     )
-    polish_batch_size: int = _option(512, "LaTF: flow-polishing minibatch size (latent points)")
-    polish_noise: float = _option(
+    polish_batch_size: int = option(512, "LaTF: flow-polishing minibatch size (latent points)")
+    polish_noise: float = option(
         0.0,
         "LaTF: flow polishing adds this times the encoder's noise σ to the latent means "
         "(1: the joint loss's sampled latent; 0: the means, i.e. the CV values themselves)",
     )
-    prior: str = _option(
+    prior: str = option(
         "flow",
         "LaTF: the generative prior on the latent: 'flow' (the published model: RealNVP onto the "
         "temperature-steered tilted Gaussian, trained jointly) or 'grid' (a latent free energy "
         "H(s) − T·S(s) on a grid over the SPIB latent, fitted to all training temperatures by convex "
         "penalized likelihood; d ≤ 3; one training temperature generates at that temperature only)",
     )
-    generation_tolerance: float | None = _option(
+    generation_tolerance: float | None = option(
         0.05,
         "LaTF: after training, every state's generated population at every training temperature must be "
         "within this of the training data's (equilibrium-weighted), or training stops with an error "
         "rather than return a model that generates the wrong ensemble (None: no check)",
     )
-    device: str | None = _option(None, "'cpu' or 'cuda' (default: CUDA when available)")
+    device: str | None = option(None, "'cpu' or 'cuda' (default: CUDA when available)")
 
     def validate(self) -> None:
         """Raise :class:`LatfError` for out-of-range values."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from latf_openmm.errors import LatfError
 from latf_openmm.files import atomic_path, write_npz
-from latf_openmm.simulation.md import MANIFEST, TIMESERIES
+from latf_openmm.simulation.run import MANIFEST, TIMESERIES, find_runs
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 
@@ -63,21 +63,6 @@ def free_energy_surface(
     free[~np.isfinite(free)] = np.nan
     free -= np.nanmin(free)
     return FreeEnergySurface(free, x_edges, y_edges, float(temperature_K))
-
-
-def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Finished run directories in ``paths`` (each a run or a folder of runs)."""
-    runs: list[Path] = []
-    for path in map(Path, paths):
-        if (path / MANIFEST).is_file():
-            runs.append(path)
-        elif path.is_dir():
-            runs.extend(sorted(p.parent for p in path.glob(f"*/{MANIFEST}")))
-        else:
-            raise LatfError(f"no such run directory: {path}")
-    if not runs:
-        raise LatfError(f"no finished runs (folders with {MANIFEST}) in {', '.join(map(str, paths))}")
-    return runs
 
 
 def plot_run_free_energies(

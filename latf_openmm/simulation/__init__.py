@@ -1,7 +1,7 @@
 """Simulation: multi-temperature Langevin MD with checkpoints, and temperature replica exchange (``latf simulate``)."""
 
+from latf_openmm.simulation.colvar import read_colvar, write_colvar
 from latf_openmm.simulation.md import (
-    RunResult,
     degrees_of_freedom,
     run_label,
     seed_for,
@@ -10,16 +10,20 @@ from latf_openmm.simulation.md import (
 )
 from latf_openmm.simulation.platforms import available_platforms, select_platform
 from latf_openmm.simulation.replica import ReplicaExchangeResult, replica_exchange
+from latf_openmm.simulation.run import Run, find_runs
 
 __all__ = [
     "ReplicaExchangeResult",
-    "RunResult",
+    "Run",
     "available_platforms",
     "degrees_of_freedom",
+    "find_runs",
+    "read_colvar",
     "replica_exchange",
     "run_label",
     "seed_for",
     "select_platform",
     "simulate",
     "simulate_temperatures",
+    "write_colvar",
 ]

@@ -28,7 +28,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,48 +38,23 @@ import openmm.app as app
 import openmm.unit as u
 from tqdm.auto import tqdm
 
-from latf_openmm.bias.base import CVBias
 from latf_openmm.errors import LatfError, blew_up
-from latf_openmm.export.plumed import write_colvar
 from latf_openmm.features import build_featurizer
 from latf_openmm.files import atomic_path, write_json, write_npz
+from latf_openmm.simulation.colvar import write_colvar
 from latf_openmm.simulation.platforms import select_platform
+from latf_openmm.simulation.protocol import SimulationBias
+from latf_openmm.simulation.run import MANIFEST, TIMESERIES, TOPOLOGY, Run
+from latf_openmm.specs import MDOptions
 from latf_openmm.systems import MolecularSystem
 from latf_openmm.units import KB_KJ_PER_MOL_K
 from latf_openmm.versions import versions
 
-TRAJECTORY_FORMATS = ("dcd", "xtc")
-MANIFEST = "manifest.json"
-TIMESERIES = "timeseries.npz"
-TOPOLOGY = "topology.pdb"
 PARTIAL = "partial"
 COLVAR = "colvar.dat"
 BIAS_STATE = "bias_state.npz"
 _SEGMENT_FIELDS = ("first_frame", "positions", "boxes", "potential_energy", "temperature", "colvar")
 _BIAS_STATE = "bias_state_"
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A finished run: its directory and manifest; ``ran_now`` is False if it was complete before the call."""
-
-    directory: Path
-    manifest: dict[str, Any]
-    ran_now: bool = True
-
-    @property
-    def trajectory(self) -> Path:
-        """Path of the trajectory file."""
-        return self.directory / self.manifest["files"]["trajectory"]
-
-    def load_timeseries(self) -> dict[str, np.ndarray]:
-        """The run's time series (time, step, energies, temperature, features)."""
-        with np.load(self.directory / TIMESERIES) as data:
-            return {key: data[key] for key in data.files}
-
-    def load_trajectory(self) -> mdtraj.Trajectory:
-        """The run's frames as an mdtraj trajectory."""
-        return mdtraj.load(str(self.trajectory), top=str(self.directory / TOPOLOGY))
 
 
 def seed_for(base_seed: int, index: int) -> int:
@@ -105,17 +79,11 @@ def simulate(
     out_dir: str | Path,
     *,
     seed: int,
-    frame_interval: int | None = None,
-    timestep: float | None = None,
-    friction: float | None = None,
-    platform: str | None = None,
-    precision: str | None = None,
-    threads: int | None = None,
-    trajectory_format: str = "dcd",
+    md: MDOptions | None = None,
     checkpoint_seconds: float = 60.0,
     progress: bool = True,
-    bias: CVBias | None = None,
-) -> RunResult:
+    bias: SimulationBias | None = None,
+) -> Run:
     """Run (or resume, or return the finished) Langevin MD of a system at one temperature.
 
     Parameters
@@ -130,13 +98,10 @@ def simulate(
         Run directory; created if needed.
     seed
         Random seed (≥ 1) for initial velocities and the Langevin noise.
-    frame_interval, timestep, friction
-        Override the system's defaults (steps, ps, 1/ps).
-    platform, precision, threads
-        See :func:`latf_openmm.simulation.select_platform`; ``platform`` defaults to
-        the system's preferred platform, else CUDA when present, else CPU.
-    trajectory_format
-        ``"dcd"`` or ``"xtc"``.
+    md
+        Frame interval, timestep, friction (default: the system's), platform, precision,
+        threads (:func:`latf_openmm.simulation.select_platform`; the platform defaults to the
+        system's preferred one, else CUDA when present, else CPU) and trajectory format.
     checkpoint_seconds
         Wall-clock seconds between checkpoints (0: after every frame).
     progress
@@ -147,22 +112,11 @@ def simulate(
 
     Returns
     -------
-    RunResult
+    Run
     """
     out_dir = Path(out_dir)
-    settings = _settings(
-        molsys,
-        temperature,
-        n_steps,
-        seed,
-        frame_interval,
-        timestep,
-        friction,
-        platform,
-        precision,
-        threads,
-        trajectory_format,
-    )
+    md = md or MDOptions()
+    settings = _settings(molsys, temperature, n_steps, seed, md)
     if bias is not None:
         settings["bias"] = bias.settings()
     manifest_path = out_dir / MANIFEST
@@ -173,9 +127,9 @@ def simulate(
                 f"{out_dir} holds a finished run with other settings (or from another latf_openmm version); "
                 "choose a new output directory"
             )
-        return RunResult(out_dir, manifest, ran_now=False)
+        return Run(out_dir, manifest, ran_now=False)
 
-    platform_obj, properties = select_platform(settings["platform"], precision, threads)
+    platform_obj, properties = select_platform(settings["platform"], md.precision, md.threads)
     integrator = openmm.LangevinMiddleIntegrator(
         settings["temperature_K"] * u.kelvin,
         settings["friction_per_ps"] / u.picosecond,
@@ -258,7 +212,9 @@ def simulate(
     return result
 
 
-def _advance(integrator: openmm.Integrator, context: openmm.Context, bias: CVBias | None, start: int, end: int) -> None:
+def _advance(
+    integrator: openmm.Integrator, context: openmm.Context, bias: SimulationBias | None, start: int, end: int
+) -> None:
     """Step from ``start`` to ``end``, letting the bias deposit at every multiple of its pace."""
     if bias is None or not bias.interval:
         integrator.step(end - start)
@@ -280,7 +236,7 @@ def simulate_temperatures(
     *,
     seed: int,
     **options: Any,
-) -> list[RunResult]:
+) -> list[Run]:
     """Independent runs at several temperatures (K), each with its own seed.
 
     Run ``i`` goes to ``out_dir/<label>`` (``T0.75`` in reduced units, ``T300K`` in
@@ -310,34 +266,19 @@ def _ns_per_day(steps: int, timestep_ps: float, seconds: float) -> float | None:
     return steps * timestep_ps * 1e-3 * 86400 / seconds if seconds > 0 and steps else None
 
 
-def _settings(
-    molsys,
-    temperature,
-    n_steps,
-    seed,
-    frame_interval,
-    timestep,
-    friction,
-    platform,
-    precision,
-    threads,
-    trajectory_format,
-) -> dict[str, Any]:
+def _settings(molsys: MolecularSystem, temperature: float, n_steps: int, seed: int, md: MDOptions) -> dict[str, Any]:
+    """What a run's manifest records of how it was made; a finished run with other settings is not resumed."""
     temperature_k = float(temperature.value_in_unit(u.kelvin)) if u.is_quantity(temperature) else float(temperature)
     if not np.isfinite(temperature_k) or temperature_k <= 0:
         raise LatfError(f"temperature must be positive, got {temperature_k} K")
-    frame_interval = int(frame_interval or molsys.frame_interval)
-    timestep = float(timestep or molsys.timestep)
-    friction = float(molsys.friction if friction is None else friction)
-    if frame_interval < 1 or timestep <= 0 or friction < 0:
-        raise LatfError("frame_interval ≥ 1, timestep > 0 and friction ≥ 0 are required")
+    frame_interval = int(md.frame_interval or molsys.frame_interval)
+    timestep = float(md.timestep or molsys.timestep)
+    friction = float(molsys.friction if md.friction is None else md.friction)
     if int(n_steps) < frame_interval or int(n_steps) % frame_interval:
         raise LatfError(f"steps ({n_steps}) must be a positive multiple of the frame interval ({frame_interval})")
     if int(seed) < 1:
         raise LatfError(f"seed must be a positive integer, got {seed}")
-    if trajectory_format not in TRAJECTORY_FORMATS:
-        raise LatfError(f"trajectory format must be one of {TRAJECTORY_FORMATS}, got {trajectory_format!r}")
-    platform_name = select_platform(platform or molsys.platform, precision, threads)[0].getName()
+    platform_name = select_platform(md.platform or molsys.platform, md.precision, md.threads)[0].getName()
     return {
         "system": molsys.name,
         "n_atoms": molsys.system.getNumParticles(),
@@ -350,9 +291,9 @@ def _settings(
         "timestep_ps": timestep,
         "friction_per_ps": friction,
         "platform": platform_name,
-        "precision": precision,
-        "threads": threads,
-        "trajectory_format": trajectory_format,
+        "precision": md.precision,
+        "threads": md.threads,
+        "trajectory_format": md.trajectory_format,
     }
 
 
@@ -467,9 +408,9 @@ def write_run(
     properties: dict[str, str],
     wall: float,
     steps_run: int,
-    bias: CVBias | None = None,
+    bias: SimulationBias | None = None,
     extra: dict[str, Any] | None = None,
-) -> RunResult:
+) -> Run:
     """Write a run folder from blocks of frames (``_SEGMENT_FIELDS``); the manifest comes last.
 
     Used by :func:`simulate` and by replica exchange (one folder per temperature, whose
@@ -537,4 +478,4 @@ def write_run(
         **(extra or {}),
     }
     write_json(out_dir / MANIFEST, manifest)
-    return RunResult(out_dir, manifest)
+    return Run(out_dir, manifest, ran_now=True)

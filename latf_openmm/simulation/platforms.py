@@ -5,9 +5,7 @@ from __future__ import annotations
 import openmm
 
 from latf_openmm.errors import LatfError
-
-PLATFORM_NAMES = ("CUDA", "OpenCL", "CPU", "Reference")
-PRECISIONS = ("single", "mixed", "double")
+from latf_openmm.specs import PRECISIONS
 
 
 def available_platforms() -> list[str]:

@@ -27,11 +27,13 @@ import openmm
 import openmm.unit as u
 
 from latf_openmm._quiet import quiet_import
-from latf_openmm.bias.base import CVBias
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_json
-from latf_openmm.simulation.md import RunResult, _settings, run_label, write_run
+from latf_openmm.simulation.md import _settings, run_label, write_run
 from latf_openmm.simulation.platforms import select_platform
+from latf_openmm.simulation.protocol import SimulationBias
+from latf_openmm.simulation.run import Run
+from latf_openmm.specs import MDOptions
 from latf_openmm.systems import MolecularSystem
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
@@ -44,7 +46,7 @@ EXCHANGE = "exchange.json"
 class ReplicaExchangeResult:
     """Per-temperature runs (demultiplexed) and the exchange statistics."""
 
-    runs: list[RunResult]
+    runs: list[Run]
     acceptance: np.ndarray  # (n_T, n_T): accepted / proposed swaps between temperatures
 
     @property
@@ -67,14 +69,10 @@ def replica_exchange(
     n_iterations: int,
     out_dir: str | Path,
     *,
-    frame_interval: int | None = None,
-    timestep: float | None = None,
-    friction: float | None = None,
-    platform: str | None = None,
-    threads: int | None = None,
+    md: MDOptions | None = None,
     seed: int = 1,
     exchange_interval: int = 1,
-    bias: CVBias | None = None,
+    bias: SimulationBias | None = None,
 ) -> ReplicaExchangeResult:
     """Run (or resume) temperature replica exchange; temperatures in K, ascending.
 
@@ -88,14 +86,14 @@ def replica_exchange(
         Exchange iterations; each is ``frame_interval`` MD steps and saves one frame per temperature.
     out_dir
         Output folder.
-    frame_interval, timestep, friction, platform, threads
+    md
         As in :func:`latf_openmm.simulation.simulate`.
     exchange_interval
         Frames between exchange attempts. Each temperature's ``timeseries.npz`` records the
         replica behind every frame, and training pairs frames only within one replica's
         unbroken stretch, so exchange less often than the training lag.
     bias
-        The same bias on every replica, held fixed (:meth:`CVBias.freeze`): a restraint, or
+        The same bias on every replica, held fixed (:meth:`SimulationBias.freeze`): a restraint, or
         an adaptive bias at the state it was loaded with. Each frame's CV and bias energy
         go to ``COLVAR`` and ``timeseries.npz``, and the energies include the bias, so
         :func:`latf_openmm.reweighting.temperature_estimate` (MBAR) and
@@ -110,9 +108,9 @@ def replica_exchange(
     if int(n_iterations) < 1 or int(exchange_interval) < 1:
         raise LatfError(f"n_iterations and exchange_interval must be ≥ 1, got {n_iterations}, {exchange_interval}")
     out = Path(out_dir)
-    steps = int(n_iterations) * int(frame_interval or molsys.frame_interval)
-    options = (frame_interval, timestep, friction, platform, None, threads, "dcd")
-    per_temperature = [_settings(molsys, t, steps, seed, *options) for t in temperatures]
+    md = md or MDOptions()
+    steps = int(n_iterations) * int(md.frame_interval or molsys.frame_interval)
+    per_temperature = [_settings(molsys, t, steps, seed, md) for t in temperatures]
     if bias is not None:
         bias.freeze()
         for settings in per_temperature:
@@ -134,7 +132,7 @@ def replica_exchange(
     cache, latf_multistate, multistate, states = _multistate()
     system = molsys.system if bias is None else bias.add_to(molsys.system)
     settings = per_temperature[0]
-    platform_obj, properties = select_platform(settings["platform"], None, threads)
+    platform_obj, properties = select_platform(settings["platform"], md.precision, md.threads)
     context_cache = cache.ContextCache(platform=platform_obj, platform_properties=properties or None)
     out.mkdir(parents=True, exist_ok=True)
     storage = out / STORAGE
@@ -175,7 +173,9 @@ def replica_exchange(
     return _result(out, folders)
 
 
-def _colvar(bias: CVBias, system, platform, properties: dict, settings: dict, positions: np.ndarray) -> np.ndarray:
+def _colvar(
+    bias: SimulationBias, system, platform, properties: dict, settings: dict, positions: np.ndarray
+) -> np.ndarray:
     """COLVAR rows (without time) of frames (n, n_atoms, 3), one every ``frame_interval`` steps of
     the run's ``settings``, under the fixed ``bias``."""
     # never stepped: the integrator's step size only names the run's timestep in a blow-up error
@@ -189,7 +189,7 @@ def _colvar(bias: CVBias, system, platform, properties: dict, settings: dict, po
 
 
 def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: float, iterations_run: int,
-                 bias: CVBias | None, colvar) -> None:  # fmt: skip
+                 bias: SimulationBias | None, colvar) -> None:  # fmt: skip
     _, _, multistate, _ = _multistate()
     with contextlib.redirect_stdout(io.StringIO()):
         reporter = multistate.MultiStateReporter(str(out / STORAGE), open_mode="r")
@@ -232,7 +232,7 @@ def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: 
 def _result(out: Path, folders: list[Path]) -> ReplicaExchangeResult:
     import json
 
-    runs = [RunResult(f, json.loads((f / "manifest.json").read_text()), ran_now=False) for f in folders]
+    runs = [Run.open(f) for f in folders]
     acceptance = np.array(json.loads((out / EXCHANGE).read_text())["acceptance"])
     return ReplicaExchangeResult(runs, acceptance)
 

@@ -1,0 +1,40 @@
+"""The bias a :class:`~latf_openmm.specs.BiasSpec` describes, along a learned CV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from latf_openmm.bias.adaptive import OPES, Metadynamics
+from latf_openmm.bias.base import CVBias
+from latf_openmm.bias.cv import LearnedCV
+from latf_openmm.bias.harmonic import HarmonicBias
+from latf_openmm.specs import BiasSpec
+
+
+def build_bias(
+    spec: BiasSpec,
+    cv: LearnedCV,
+    temperature: float,
+    periodic: bool,
+    walkers_dir: str | Path | None = None,
+    walker: int = 0,
+) -> CVBias:
+    """The bias of ``spec`` along ``cv`` at ``temperature`` (K), its defaults resolved against
+    the model (:meth:`BiasSpec.resolved`, as the PLUMED writer resolves them); ``periodic``
+    from the system; ``walkers_dir``/``walker``: share an adaptive bias with other walkers."""
+    spec = spec.resolved(cv.dim, cv.model.info.get("latent_range"), temperature)
+    if spec.method == "restraint":
+        return HarmonicBias(
+            cv, spec.centre, spec.force_constant, spec.lower, spec.upper, spec.wall_constant, periodic=periodic
+        )
+    grid = dict(
+        components=spec.components, lower=spec.lower, upper=spec.upper, sigma=spec.sigma, bins=spec.bins,
+        pace=spec.pace, bias_factor=spec.bias_factor, wall_constant=spec.wall_constant, walkers_dir=walkers_dir,
+        walker=walker, periodic=periodic,
+    )  # fmt: skip
+    if spec.method == "metad":
+        return Metadynamics(cv, temperature, height=spec.height, **grid)
+    return OPES(cv, temperature, barrier=spec.barrier, **grid)
+
+
+__all__ = ["build_bias"]

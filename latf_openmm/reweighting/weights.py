@@ -1,0 +1,246 @@
+"""Per-frame equilibrium weights of biased and multi-temperature runs (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+
+from latf_openmm._quiet import quiet_import
+from latf_openmm.bias.harmonic import wall_energies
+from latf_openmm.errors import LatfError
+from latf_openmm.files import write_npz
+from latf_openmm.simulation.run import Run
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size (Σw)² / Σw²."""
+    weights = np.asarray(weights, dtype=float).ravel()
+    return float(weights.sum() ** 2 / np.sum(weights**2)) if weights.size else 0.0
+
+
+def _normalized(log_weights: list[np.ndarray]) -> list[np.ndarray]:
+    """exp(log w), scaled so that all runs together sum to their number of frames."""
+    total = sum(len(w) for w in log_weights)
+    shift = logsumexp(np.concatenate(log_weights)) - np.log(total)
+    return [np.exp(w - shift) for w in log_weights]
+
+
+def _run(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A finished run's manifest and time series."""
+    run = Run.open(path)
+    return run.manifest, run.load_timeseries()
+
+
+def _bias_columns(series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    fields = [str(f) for f in series.get("colvar_fields", [])]
+    return {name: series["colvar"][:, k] for k, name in enumerate(fields)}
+
+
+def _bias_energy(series: dict[str, np.ndarray], bias: dict) -> np.ndarray:
+    """The bias energy (kJ/mol) of each frame of a run biased by ``bias`` (its settings)."""
+    return _bias_columns(series)[f"{bias['kind']}.bias"]
+
+
+def run_weights(path: str | Path) -> np.ndarray:
+    """Unbiasing weights of one run's frames (all 1 for an unbiased run), mean 1."""
+    manifest, series = _run(path)
+    bias = manifest["settings"].get("bias")
+    if bias is None:
+        return np.ones(len(series["time"]))
+    kt = KB_KJ_PER_MOL_K * manifest["settings"]["temperature_K"]
+    energy = _bias_energy(series, bias)
+    constant = _bias_columns(series).get(f"{bias['kind']}.rct", np.zeros_like(energy))
+    return _normalized([(energy - constant) / kt])[0]
+
+
+def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
+    """Energy (kJ/mol) of a ``HarmonicBias`` with these settings at CV values (n, d)."""
+    cv = np.atleast_2d(cv)
+    centre = np.asarray(settings["centre"], dtype=float)
+    energy = 0.5 * settings["force_constant"] * np.sum((cv - centre) ** 2, axis=1)
+    return energy + wall_energies(cv, settings["lower"], settings["upper"], settings["wall_constant"])
+
+
+@dataclass(frozen=True)
+class MultistateEstimate:
+    """MBAR's solution for runs at several temperatures, each unbiased or under one of
+    several fixed biases: equilibrium weights of all their frames at any temperature.
+
+    Made by :func:`multistate_estimate`; the free energies of the sampled states are
+    solved once, so each further temperature costs one pass over the frames.
+    """
+
+    energies: np.ndarray  # (n_frames,) potential energy without any bias, kJ/mol
+    log_denominator: np.ndarray  # (n_frames,) ln Σ_k N_k exp(f_k − u_k(x)), with the 1/g scaling
+    run_starts: np.ndarray  # first frame of each run after the first
+
+    def weights(self, temperature: float) -> list[np.ndarray]:
+        """Per run, its frames' equilibrium weights at ``temperature`` (K); all runs together
+        sum to their number of frames."""
+        if not temperature > 0:
+            raise LatfError(f"temperatures must be positive, got target {temperature}")
+        log_w = -self.energies / (KB_KJ_PER_MOL_K * temperature) - self.log_denominator
+        return _normalized(np.split(log_w, self.run_starts))
+
+
+@dataclass(frozen=True)
+class EquilibriumEstimate:
+    """One MBAR over a set of runs, solved once: each run's frames' equilibrium weights at any
+    temperature (in the runs' user-facing unit). Saved and loaded whole, so that it is
+    computed once and handed on (the loop: training, the round's record, the final fit)."""
+
+    runs: tuple[str, ...]
+    mbar: MultistateEstimate
+    kelvin_per_unit: float  # a user-facing temperature times this is K
+
+    def weights(self, temperature: float) -> dict[str, np.ndarray]:
+        """Run → its frames' weights at ``temperature``; all runs together sum to their frames."""
+        return dict(zip(self.runs, self.mbar.weights(temperature * self.kelvin_per_unit), strict=True))
+
+    def save(self, path: str | Path) -> None:
+        """Write the estimate to an ``.npz``, atomically."""
+        write_npz(path, runs=np.array(self.runs), energies=self.mbar.energies,
+                  log_denominator=self.mbar.log_denominator, run_starts=self.mbar.run_starts,
+                  kelvin_per_unit=np.array(self.kelvin_per_unit))  # fmt: skip
+
+    @classmethod
+    def load(cls, path: str | Path) -> EquilibriumEstimate:
+        """Read an estimate written by :meth:`save`."""
+        try:
+            with np.load(path) as data:
+                mbar = MultistateEstimate(data["energies"], data["log_denominator"], data["run_starts"])
+                return cls(tuple(str(r) for r in data["runs"]), mbar, float(data["kelvin_per_unit"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise LatfError(f"cannot read the equilibrium estimate {path}: {exc}") from exc
+
+
+def multistate_estimate(
+    energies: Sequence[np.ndarray],
+    kelvin: Sequence[float],
+    sampled_bias: Sequence[int | None],
+    bias_energies: np.ndarray,
+    inefficiency: Sequence[float] | None = None,
+) -> MultistateEstimate:
+    """MBAR (pymbar) over runs made at several temperatures, each unbiased or under one of
+    several fixed biases; the returned estimate gives equilibrium weights at any temperature.
+
+    The sampled states are the distinct (temperature, bias) pairs of the runs; every frame's
+    reduced potential β_k (U + V_b) is evaluated in each of them, and a target is β U.
+    Correlated frames are handled as pymbar advises: the free energies f_k come from every
+    g-th frame of each run (g its statistical inefficiency), the states count those
+    uncorrelated samples, and every frame then gets its weight, scaled by 1/g.
+
+    Parameters
+    ----------
+    energies
+        Per run, each frame's potential energy without any bias, kJ/mol.
+    kelvin
+        Per run, its temperature, K.
+    sampled_bias
+        Per run, the row of ``bias_energies`` it was sampled under, or None if unbiased.
+    bias_energies
+        (n_biases, n_frames): each fixed bias (kJ/mol) at every frame of all runs, in order.
+    inefficiency
+        Per run, its statistical inefficiency g ≥ 1 (:func:`statistical_inefficiency`);
+        default 1 (uncorrelated frames).
+    """
+    lengths = [len(e) for e in energies]
+    inefficiency = np.ones(len(lengths)) if inefficiency is None else np.asarray(inefficiency, dtype=float)
+    if inefficiency.shape != (len(lengths),) or not (inefficiency >= 1).all():
+        raise LatfError(f"MBAR needs one statistical inefficiency ≥ 1 per run, got {inefficiency.tolist()}")
+    if not (len(lengths) == len(kelvin) == len(sampled_bias)) or not lengths:
+        raise LatfError("MBAR needs one temperature and one sampled bias per run")
+    if min(kelvin) <= 0:
+        raise LatfError(f"temperatures must be positive, got runs at {sorted(set(kelvin))}")
+    all_energy = np.concatenate(energies).astype(float)
+    rows = np.vstack([np.zeros(len(all_energy)), np.asarray(bias_energies, dtype=float).reshape(-1, len(all_energy))])
+    if not np.isfinite(rows).all() or not np.isfinite(all_energy).all():
+        raise LatfError("MBAR: the energies or bias energies are not finite")
+    state_of_run = [(float(t), 0 if b is None else int(b) + 1) for t, b in zip(kelvin, sampled_bias, strict=True)]
+    states = sorted(set(state_of_run))
+    starts = np.cumsum([0, *lengths])
+    kept = [
+        s + np.unique(np.arange(0, n, g).astype(int))
+        for s, n, g in zip(starts[:-1], lengths, inefficiency, strict=True)
+    ]
+    counts = np.array([sum(len(k) for s, k in zip(state_of_run, kept, strict=True) if s == state) for state in states])
+    reduced = np.stack([(all_energy + rows[b]) / (KB_KJ_PER_MOL_K * t) for t, b in states])
+    mbar = quiet_import("pymbar").MBAR(reduced[:, np.concatenate(kept)], counts, solver_protocol="robust")
+    log_denominator = logsumexp(mbar.f_k[:, None] - reduced, b=counts[:, None], axis=0)
+    log_denominator -= np.repeat([np.log(len(k) / n) for k, n in zip(kept, lengths, strict=True)], lengths)
+    return MultistateEstimate(all_energy, log_denominator, starts[1:-1])
+
+
+def statistical_inefficiency(series: np.ndarray) -> float:
+    """A run's statistical inefficiency g along a time series (n_frames, k): pymbar's, the
+    largest over the columns (1 for constant columns)."""
+    timeseries = quiet_import("pymbar.timeseries")
+    series = np.asarray(series, dtype=float).reshape(len(series), -1)
+    return max((timeseries.statistical_inefficiency(c) for c in series.T if np.ptp(c) > 0), default=1.0)
+
+
+def run_energies(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A finished run's potential energies without its bias, and its bias energies (None if
+    unbiased), kJ/mol per frame."""
+    manifest, series = _run(path)
+    bias = manifest["settings"].get("bias")
+    if bias is None:
+        return series["potential_energy"], None
+    own = _bias_energy(series, bias)
+    return series["potential_energy"] - own, own
+
+
+def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """Unbiased weights of the frames of umbrella-window runs (restraints on the same CV), by MBAR."""
+    runs = [_run(p) for p in paths]
+    settings = [m["settings"].get("bias") or {} for m, _ in runs]
+    if any(s.get("kind") != "restraint" for s in settings):
+        raise LatfError("umbrella_weights needs runs biased by restraints ('latf bias --method restraint')")
+    temperatures = {m["settings"]["temperature_K"] for m, _ in runs}
+    if len(temperatures) != 1:
+        raise LatfError(f"umbrella windows must share one temperature, got {sorted(temperatures)} K")
+    kelvin = temperatures.pop()
+    dim = settings[0]["cv_dim"]
+    cvs = [series["colvar"][:, :dim] for _, series in runs]
+    restraints = np.stack([restraint_energy(s, np.concatenate(cvs)) for s in settings])
+    zeros = [np.zeros(len(c)) for c in cvs]  # one temperature: the potential energy cancels
+    return multistate_estimate(zeros, [kelvin] * len(runs), range(len(runs)), restraints).weights(kelvin)
+
+
+def temperature_estimate(paths: Sequence[str | Path]) -> MultistateEstimate:
+    """MBAR over the potential energies of runs at several temperatures: their frames'
+    unbiased weights at any temperature (:meth:`MultistateEstimate.weights`, in K).
+
+    The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): the
+    sampled states are then β_k (U + V) and the target β U.
+    """
+    settings = [Run.open(p).settings for p in paths]
+    biases = [s.get("bias") for s in settings]
+    if any(biases) and not (biases[0] and biases[0].get("frozen") and all(b == biases[0] for b in biases)):
+        raise LatfError(
+            "temperature reweighting takes unbiased runs or replicas sharing one fixed bias; "
+            "reweight other biased runs with run_weights"
+        )
+    energies, own = zip(*(run_energies(p) for p in paths), strict=True)
+    kelvin = [s["temperature_K"] for s in settings]
+    fixed = np.concatenate(own)[None] if biases[0] else np.zeros((0, sum(map(len, energies))))
+    return multistate_estimate(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed)
+
+
+__all__ = [
+    "EquilibriumEstimate",
+    "MultistateEstimate",
+    "effective_sample_size",
+    "multistate_estimate",
+    "restraint_energy",
+    "run_energies",
+    "run_weights",
+    "statistical_inefficiency",
+    "temperature_estimate",
+    "umbrella_weights",
+]

@@ -1,0 +1,56 @@
+"""PLUMED ``COLVAR`` and ``HILLS`` files: what a biased run writes beside its frames, and
+what biased data from other engines bring in (``#! FIELDS`` headers, restarts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from latf_openmm.errors import LatfError
+from latf_openmm.files import atomic_path
+
+
+def write_colvar(path: str | Path, fields: list[str], table: np.ndarray) -> None:
+    """Write a PLUMED ``COLVAR`` file (``#! FIELDS`` header, one row per line), atomically."""
+    table = np.asarray(table, dtype=float).reshape(-1, len(fields))
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, table, fmt="%.10g", header="! FIELDS " + " ".join(fields), comments="#")
+
+
+def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
+    """Columns of a PLUMED ``COLVAR`` or ``HILLS`` file by field name.
+
+    Later ``#! FIELDS`` headers (from restarts) must repeat the same fields; ``#! SET``
+    lines and blank lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LatfError(f"PLUMED file not found: {path}")
+    fields: list[str] | None = None
+    rows: list[list[float]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.startswith("#! FIELDS"):
+            header = line.split()[2:]
+            if fields is not None and header != fields:
+                raise LatfError(f"{path}:{number}: fields change from {fields} to {header}")
+            fields = header
+        elif not line.strip() or line.startswith("#"):
+            continue
+        else:
+            if fields is None:
+                raise LatfError(f"{path}:{number}: data before the '#! FIELDS' header")
+            values = line.split()
+            if len(values) != len(fields):
+                raise LatfError(f"{path}:{number}: {len(values)} values for {len(fields)} fields")
+            try:
+                rows.append([float(v) for v in values])
+            except ValueError as exc:
+                raise LatfError(f"{path}:{number}: {exc}") from exc
+    if fields is None:
+        raise LatfError(f"{path} has no '#! FIELDS' header; is it a PLUMED COLVAR or HILLS file?")
+    table = np.array(rows, dtype=float).reshape(-1, len(fields))
+    return {name: table[:, k] for k, name in enumerate(fields)}
+
+
+__all__ = ["read_colvar", "write_colvar"]

@@ -1,0 +1,230 @@
+"""Typed specs, validated when a workflow, recipe or command line is read (a shared leaf:
+every layer may import it, it imports only the other leaves).
+
+- :class:`MDOptions`: how MD runs (frame interval, timestep, friction, platform,
+  precision, threads, trajectory format); ``latf simulate``/``bias``, a workflow's top
+  level, the biased run and replica exchange all take it.
+- :class:`BiasSpec`: a bias along the learned CV (a workflow's ``[bias]`` table, ``latf
+  bias``'s options), with its defaults; the biased run, the loop, replica exchange and the
+  PLUMED writer all take it.
+- :func:`read_spec`: a spec from a mapping (a TOML table), with one-line errors that name
+  the source, the key and what is allowed.
+- :func:`option`: a spec field with its help text (the CLI shows the same text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from latf_openmm.errors import LatfError
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+Spec = TypeVar("Spec")
+PLATFORM_NAMES = ("CUDA", "OpenCL", "CPU", "Reference")
+PRECISIONS = ("single", "mixed", "double")
+TRAJECTORY_FORMATS = ("dcd", "xtc")
+BIAS_METHODS = ("metad", "opes", "restraint")
+ADAPTIVE_METHODS = ("metad", "opes")
+METAD_BIAS_FACTOR = 10.0
+
+
+def option(default: Any, help: str) -> Any:
+    """A spec field with a default and the help text that ``--help`` and the docs show."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """``value`` as the annotated type ``kind`` (int, float, str, bool, tuples of them, or None-able)."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise LatfError(f"{where} must not be empty")
+    for option_type in (o for o in options if o is not type(None)):
+        origin = typing.get_origin(option_type)
+        if origin is tuple:
+            element = typing.get_args(option_type)[0]
+            items = value if isinstance(value, list | tuple) else [value]
+            return tuple(_coerce(item, element, where) for item in items)
+        if option_type is bool and isinstance(value, bool):
+            return value
+        if option_type is int and isinstance(value, int | np.integer) and not isinstance(value, bool):
+            return int(value)
+        if option_type is float and isinstance(value, int | float | np.number) and not isinstance(value, bool):
+            return float(value)
+        if option_type is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise LatfError(f"{where} must be {names}, got {value!r}")
+
+
+def read_spec(spec_type: type[Spec], table: Mapping[str, Any], source: str) -> Spec:
+    """A ``spec_type`` from ``table``; an unknown key, a wrong type or a bad value is a
+    one-line :class:`LatfError` naming ``source`` (e.g. ``"workflow.toml [bias]"``)."""
+    if not isinstance(table, Mapping):
+        raise LatfError(f"{source} must be a table of options, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(spec_type)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise LatfError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(spec_type)
+    values = {name: _coerce(value, hints[name], f"{source} {name}") for name, value in table.items()}
+    try:
+        return spec_type(**values)
+    except LatfError as error:
+        raise LatfError(f"{source}: {error}") from None
+
+
+@dataclass(frozen=True)
+class MDOptions:
+    """How MD runs; None takes the system recipe's value (or OpenMM's choice)."""
+
+    frame_interval: int | None = option(None, "steps between saved frames (default: the recipe's)")
+    timestep: float | None = option(None, "integration time step, ps (default: the recipe's)")
+    friction: float | None = option(None, "Langevin friction, 1/ps (default: the recipe's)")
+    platform: str | None = option(
+        None, f"OpenMM platform, one of {', '.join(PLATFORM_NAMES)} (default: the recipe's, else CUDA, else CPU)"
+    )
+    precision: str | None = option(None, f"CUDA/OpenCL precision, one of {', '.join(PRECISIONS)} (default mixed)")
+    threads: int | None = option(None, "CPU platform threads (default: OpenMM's choice)")
+    trajectory_format: str = option("dcd", f"trajectory file format, one of {', '.join(TRAJECTORY_FORMATS)}")
+
+    def __post_init__(self) -> None:
+        choices = {"platform": PLATFORM_NAMES, "precision": PRECISIONS, "trajectory_format": TRAJECTORY_FORMATS}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise LatfError(f"MD option {name} must be one of {', '.join(allowed)}, got {value!r}")
+        checks = [
+            (
+                self.frame_interval is None or self.frame_interval >= 1,
+                f"frame_interval must be ≥ 1: {self.frame_interval}",
+            ),
+            (self.timestep is None or self.timestep > 0, f"timestep must be positive, got {self.timestep}"),
+            (self.friction is None or self.friction >= 0, f"friction must be ≥ 0, got {self.friction}"),
+            (self.threads is None or self.threads >= 1, f"threads must be ≥ 1, got {self.threads}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LatfError(f"MD option {message}")
+
+
+def bias_region(
+    cv_dim: int,
+    components: Sequence[int] | None,
+    lower: Sequence[float] | None,
+    upper: Sequence[float] | None,
+    sigma: Sequence[float] | None,
+    margin: float,
+    latent_range: Sequence[Sequence[float]] | None,
+) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """The biased components and their region and kernel widths, defaults filled in.
+
+    Components default to the first min(d, 2); ``lower``/``upper`` to the model's training
+    range (``latent_range``: per component low and high) widened by ``margin`` times that
+    range on each side; ``sigma`` to (upper − lower)/25.
+    """
+    components = list(range(min(cv_dim, 2))) if components is None else [int(c) for c in components]
+    n = len(components)
+    if n not in (1, 2) or len(set(components)) != n or not all(0 <= c < cv_dim for c in components):
+        raise LatfError(f"bias 1 or 2 distinct CV components out of 0…{cv_dim - 1}, got {components}")
+    if lower is None or upper is None:
+        if latent_range is None:
+            raise LatfError("give lower and upper (the CV region to explore) for each biased component")
+        low, high = (np.asarray(v, dtype=float)[components] for v in latent_range)
+        lower = low - margin * (high - low) if lower is None else lower
+        upper = high + margin * (high - low) if upper is None else upper
+    lower, upper = (np.asarray(v, dtype=float).reshape(-1) for v in (lower, upper))
+    if len(lower) == len(upper) and sigma is None:
+        sigma = (upper - lower) / 25
+    sigma = np.asarray(sigma, dtype=float).reshape(-1)
+    if not (len(lower) == len(upper) == len(sigma) == n):
+        raise LatfError(f"lower, upper and sigma need one value per biased component ({n})")
+    if not (np.isfinite([*lower, *upper, *sigma]).all() and (upper > lower).all() and (sigma > 0).all()):
+        raise LatfError("need finite lower < upper and sigma > 0 for every biased component")
+    return components, lower, upper, sigma
+
+
+@dataclass(frozen=True)
+class BiasSpec:
+    """A bias along the learned CV: a harmonic restraint (umbrella window), well-tempered
+    metadynamics or OPES on 1–2 CV components. Energies kJ/mol, CV components dimensionless.
+
+    A workflow's ``[bias]`` table and ``latf bias``'s options are this spec; the PLUMED
+    writer gets it after :meth:`resolved` has filled in the defaults that need the model.
+    """
+
+    method: str = option("opes", "bias: 'metad' (well-tempered), 'opes' or 'restraint'")
+    components: tuple[int, ...] | None = option(None, "biased CV components (metad/opes; default: all, ≤ 2)")
+    lower: tuple[float, ...] | None = option(None, "lower wall per component (default: training range − margin)")
+    upper: tuple[float, ...] | None = option(None, "upper wall per component (default: training range + margin)")
+    margin: float = option(0.1, "default walls this fraction of the training range beyond it")
+    sigma: tuple[float, ...] | None = option(None, "kernel width per component (default (upper − lower)/25)")
+    bins: tuple[int, ...] | None = option(None, "bias grid points per component (default 4 per σ)")
+    pace: int = option(500, "steps between depositions")
+    height: float = option(1.0, "metad: initial hill height, kJ/mol")
+    bias_factor: float | None = option(None, f"γ > 1 (metad default {METAD_BIAS_FACTOR:g}; opes barrier/k_BT)")
+    barrier: float = option(30.0, "opes: expected barrier ΔE, kJ/mol")
+    wall_constant: float = option(1000.0, "walls: kJ/mol per CV unit²")
+    centre: tuple[float, ...] | None = option(None, "restraint: window centre per CV component")
+    force_constant: float = option(100.0, "restraint: kJ/mol per CV unit²")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.method in BIAS_METHODS, f"method must be one of {', '.join(BIAS_METHODS)}, got {self.method!r}"),
+            (self.pace >= 1, f"pace must be ≥ 1, got {self.pace}"),
+            (self.height > 0 and self.barrier > 0, "height and barrier must be positive"),
+            (self.bias_factor is None or self.bias_factor > 1, f"bias_factor must be > 1, got {self.bias_factor}"),
+            (self.margin >= 0 and self.wall_constant >= 0, "margin and wall_constant must be ≥ 0"),
+            (self.force_constant > 0, f"force_constant must be positive, got {self.force_constant}"),
+            (self.sigma is None or min(self.sigma) > 0, "sigma must be positive"),
+            (self.bins is None or min(self.bins) >= 4, "the bias grid needs at least 4 points per component"),
+            (self.method != "restraint" or self.centre is not None, "a restraint needs centre, one per component"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LatfError(f"bias {message}")
+
+    def with_options(self, **options: Any) -> BiasSpec:
+        """This spec with the given fields replaced (None leaves a field as it is), validated."""
+        return dataclasses.replace(self, **{k: v for k, v in options.items() if v is not None})
+
+    def resolved(self, cv_dim: int, latent_range: Sequence[Sequence[float]] | None, temperature: float) -> BiasSpec:
+        """The spec with its model-dependent defaults filled in: components, walls and σ
+        (:func:`bias_region`) and the bias factor at ``temperature`` (K)."""
+        if self.method == "restraint":
+            return self
+        components, lower, upper, sigma = bias_region(
+            cv_dim, self.components, self.lower, self.upper, self.sigma, self.margin, latent_range
+        )
+        bias_factor = self.bias_factor or (
+            METAD_BIAS_FACTOR if self.method == "metad" else self.barrier / (KB_KJ_PER_MOL_K * temperature)
+        )
+        return dataclasses.replace(
+            self,
+            components=tuple(components),
+            lower=tuple(lower.tolist()),
+            upper=tuple(upper.tolist()),
+            sigma=tuple(sigma.tolist()),
+            bias_factor=float(bias_factor),
+        )
+
+
+__all__ = [
+    "BIAS_METHODS",
+    "PLATFORM_NAMES",
+    "PRECISIONS",
+    "TRAJECTORY_FORMATS",
+    "BiasSpec",
+    "MDOptions",
+    "bias_region",
+    "option",
+    "read_spec",
+]
