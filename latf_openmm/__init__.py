@@ -1,5 +1,8 @@
-"""latf_openmm: learn collective variables and temperature-dependent equilibrium
-distributions (SPIB, LaTF) from simulations, and drive OpenMM simulations with them."""
+"""latf_openmm: learn collective variables and equilibrium distributions from simulations.
+
+It learns CVs and temperature-dependent equilibrium distributions (SPIB, LaTF) and drives
+OpenMM simulations with them.
+"""
 
 # torch must be imported before openmm: openmm-torch's plugins link libnvrtc.so.12,
 # which only resolves once torch has loaded its CUDA libraries (see _plugins).

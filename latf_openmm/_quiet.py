@@ -1,5 +1,8 @@
-"""Silence libraries that print: banners at import time (pymbar's JAX notice and timeseries warning),
-C code that writes to the process's stdout (mdtraj's DCD reader)."""
+"""Silence libraries that print.
+
+These are banners at import time (pymbar's JAX notice and timeseries warning) and C code
+that writes to the process's stdout (mdtraj's DCD reader).
+"""
 
 from __future__ import annotations
 

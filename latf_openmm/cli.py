@@ -15,13 +15,21 @@ import tomllib
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from latf_openmm.errors import LatfError
 from latf_openmm.specs import BiasSpec, MDOptions, read_spec
 from latf_openmm.units import temperature_to_kelvin
+
+if TYPE_CHECKING:
+    from latf_openmm.bias import CVBias
+    from latf_openmm.features import Featurizer
+    from latf_openmm.models import SPIBModel
+    from latf_openmm.simulation import Run
+    from latf_openmm.specs import Spec
+    from latf_openmm.systems import MolecularSystem
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -36,8 +44,10 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def _add_spec_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, spec_type: type) -> None:
-    """One option per field of a spec dataclass (its help text; lists for tuple fields); an
-    option not given stays None, so the spec's own default applies (:func:`_spec_from_args`)."""
+    """Add one option per field of a spec dataclass (its help text; lists for tuple fields).
+
+    An option not given stays None, so the spec's own default applies (:func:`_spec_from_args`).
+    """
     hints = typing.get_type_hints(spec_type)
     for f in dataclasses.fields(spec_type):
         kind = next(k for k in (typing.get_args(hints[f.name]) or (hints[f.name],)) if k is not type(None))
@@ -53,8 +63,8 @@ def _add_spec_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, spec
         )
 
 
-def _spec_from_args(spec_type: type, args: argparse.Namespace, source: str):
-    """The spec of the options given (:func:`_add_spec_options`), validated."""
+def _spec_from_args(spec_type: type[Spec], args: argparse.Namespace, source: str) -> Spec:
+    """Return the spec of the options given (:func:`_add_spec_options`), validated."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec_type) if getattr(args, f.name) is not None}
     return read_spec(spec_type, given, source)
 
@@ -72,14 +82,14 @@ def _add_system_options(p: argparse.ArgumentParser, system_help: str) -> None:
     )
 
 
-def _load_system(args: argparse.Namespace):
+def _load_system(args: argparse.Namespace) -> MolecularSystem:
     from latf_openmm.systems import load_system
 
     return load_system(args.system, **dict(args.system_args))
 
 
-def _load_model_on_system(args: argparse.Namespace):
-    """The trained model, the system and its featurizer; raises if the features differ from the model's."""
+def _load_model_on_system(args: argparse.Namespace) -> tuple[SPIBModel, MolecularSystem, Featurizer]:
+    """Load the trained model, the system and its featurizer; raise if the features differ from the model's."""
     from latf_openmm.features import build_featurizer
     from latf_openmm.models import load_model
 
@@ -136,7 +146,9 @@ def _add_replica_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _replica_exchange(args: argparse.Namespace, molsys, temperatures: list[float], bias=None) -> int:
+def _replica_exchange(
+    args: argparse.Namespace, molsys: MolecularSystem, temperatures: list[float], bias: CVBias | None = None
+) -> int:
     """Run ``latf simulate/bias --replica-exchange`` and report it."""
     from latf_openmm.simulation import replica_exchange
 
@@ -155,8 +167,10 @@ def _replica_exchange(args: argparse.Namespace, molsys, temperatures: list[float
 
 
 def _add_md_options(p: argparse.ArgumentParser) -> None:
-    """Options of the MD engine shared by ``simulate`` and ``bias``: :class:`MDOptions`, and the run's checkpoints and
-    progress bar."""
+    """Add the options of the MD engine shared by ``simulate`` and ``bias``.
+
+    They are :class:`MDOptions`, and the run's checkpoints and progress bar.
+    """
     _add_spec_options(p.add_argument_group("MD options"), MDOptions)
     p.add_argument(
         "--checkpoint-seconds", type=float, default=60.0, help="wall-clock seconds between checkpoints (default 60)"
@@ -165,7 +179,7 @@ def _add_md_options(p: argparse.ArgumentParser) -> None:
 
 
 def _md_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``simulate``'s keyword arguments from the command line: ``md``, checkpoints, progress bar."""
+    """Return ``simulate``'s keyword arguments from the command line: ``md``, checkpoints, progress bar."""
     md = _spec_from_args(MDOptions, args, f"latf {args.command}")
     return {"md": md, "checkpoint_seconds": args.checkpoint_seconds, "progress": args.progress}
 
@@ -190,7 +204,7 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_run(result) -> None:
+def _report_run(result: Run) -> None:
     settings = result.manifest["settings"]
     rate = result.manifest.get("ns_per_day_last_session")
     speed = f", {rate:.4g} ns/day" if rate and result.ran_now else " (already complete)"
@@ -393,7 +407,9 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mbar_reweighted(model, data: list[str], temperatures: list[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _mbar_reweighted(
+    model: SPIBModel, data: list[str], temperatures: list[float]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per temperature, the latent CV of every frame of the runs in ``data`` and its MBAR weight there."""
     from latf_openmm.reweighting import load_training_data, temperature_estimate
     from latf_openmm.simulation import find_runs
@@ -510,7 +526,7 @@ def _systems(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``latf`` argument parser."""
+    """Build the ``latf`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="latf",
         description="Learn CVs and temperature-dependent equilibrium distributions with SPIB/LaTF, "

@@ -9,7 +9,7 @@ class LatfError(Exception):
 
 
 def blew_up(step: int, timestep_ps: float) -> LatfError:
-    """The error for a simulation whose energy or positions stopped being finite by ``step``."""
+    """Return the error for a simulation whose energy or positions stopped being finite by ``step``."""
     return LatfError(
         f"simulation blew up by step {step} (t = {step * timestep_ps:g} ps): "
         f"energy or positions are not finite; reduce the timestep (now {timestep_ps:g} ps) "

@@ -1,5 +1,6 @@
-"""Typed specs, validated when a workflow, recipe or command line is read (a shared leaf:
-every layer may import it, it imports only the other leaves).
+"""Typed specs, validated when a workflow, recipe or command line is read.
+
+A shared leaf: every layer may import it, it imports only the other leaves.
 
 - :class:`MDOptions`: how MD runs (frame interval, timestep, friction, platform,
   precision, threads, trajectory format); ``latf simulate``/``bias``, a workflow's top
@@ -27,6 +28,7 @@ from latf_openmm.errors import LatfError
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 Spec = TypeVar("Spec")
+Default = TypeVar("Default")
 PLATFORM_NAMES = ("CUDA", "OpenCL", "CPU", "Reference")
 PRECISIONS = ("single", "mixed", "double")
 TRAJECTORY_FORMATS = ("dcd", "xtc")
@@ -35,13 +37,13 @@ ADAPTIVE_METHODS = ("metad", "opes")
 METAD_BIAS_FACTOR = 10.0
 
 
-def option(default: Any, help: str) -> Any:
-    """A spec field with a default and the help text that ``--help`` and the docs show."""
+def option(default: Default, help: str) -> Default:
+    """Return a spec field with a default and the help text that ``--help`` and the docs show."""
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """``value`` as the annotated type ``kind`` (int, float, str, bool, tuples of them, or None-able)."""
+def _coerce(value: object, kind: object, where: str) -> object:
+    """Return ``value`` as the annotated type ``kind`` (int, float, str, bool, tuples of them, or None-able)."""
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None:
         if type(None) in options:
@@ -66,8 +68,11 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
 
 
 def read_spec(spec_type: type[Spec], table: Mapping[str, Any], source: str) -> Spec:
-    """A ``spec_type`` from ``table``; an unknown key, a wrong type or a bad value is a
-    one-line :class:`LatfError` naming ``source`` (e.g. ``"workflow.toml [bias]"``)."""
+    """Read a ``spec_type`` from ``table``.
+
+    An unknown key, a wrong type or a bad value is a one-line :class:`LatfError` naming
+    ``source`` (e.g. ``"workflow.toml [bias]"``).
+    """
     if not isinstance(table, Mapping):
         raise LatfError(f"{source} must be a table of options, got {table!r}")
     fields = {f.name: f for f in dataclasses.fields(spec_type)}
@@ -97,6 +102,7 @@ class MDOptions:
     trajectory_format: str = option("dcd", f"trajectory file format, one of {', '.join(TRAJECTORY_FORMATS)}")
 
     def __post_init__(self) -> None:
+        """Reject an unknown platform, precision or trajectory format and out-of-range numbers."""
         choices = {"platform": PLATFORM_NAMES, "precision": PRECISIONS, "trajectory_format": TRAJECTORY_FORMATS}
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -125,7 +131,7 @@ def bias_region(
     margin: float,
     latent_range: Sequence[Sequence[float]] | None,
 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """The biased components and their region and kernel widths, defaults filled in.
+    """Return the biased components and their region and kernel widths, defaults filled in.
 
     Components default to the first min(d, 2); ``lower``/``upper`` to the model's training
     range (``latent_range``: per component low and high) widened by ``margin`` times that
@@ -154,8 +160,10 @@ def bias_region(
 
 @dataclass(frozen=True)
 class BiasSpec:
-    """A bias along the learned CV: a harmonic restraint (umbrella window), well-tempered
-    metadynamics or OPES on 1–2 CV components. Energies kJ/mol, CV components dimensionless.
+    """A bias along the learned CV.
+
+    A harmonic restraint (umbrella window), well-tempered metadynamics or OPES on 1–2 CV
+    components. Energies kJ/mol, CV components dimensionless.
 
     A workflow's ``[bias]`` table and ``latf bias``'s options are this spec; the PLUMED
     writer gets it after :meth:`resolved` has filled in the defaults that need the model.
@@ -177,6 +185,7 @@ class BiasSpec:
     force_constant: float = option(100.0, "restraint: kJ/mol per CV unit²")
 
     def __post_init__(self) -> None:
+        """Reject an unknown method and out-of-range settings."""
         checks = [
             (self.method in BIAS_METHODS, f"method must be one of {', '.join(BIAS_METHODS)}, got {self.method!r}"),
             (self.pace >= 1, f"pace must be ≥ 1, got {self.pace}"),
@@ -192,13 +201,16 @@ class BiasSpec:
             if not ok:
                 raise LatfError(f"bias {message}")
 
-    def with_options(self, **options: Any) -> BiasSpec:
-        """This spec with the given fields replaced (None leaves a field as it is), validated."""
+    def with_options(self, **options: object) -> BiasSpec:
+        """Return a copy with the given fields replaced (None leaves a field as it is), validated."""
         return dataclasses.replace(self, **{k: v for k, v in options.items() if v is not None})
 
     def resolved(self, cv_dim: int, latent_range: Sequence[Sequence[float]] | None, temperature: float) -> BiasSpec:
-        """The spec with its model-dependent defaults filled in: components, walls and σ
-        (:func:`bias_region`) and the bias factor at ``temperature`` (K)."""
+        """Return the spec with its model-dependent defaults filled in.
+
+        These are the components, walls and σ (:func:`bias_region`) and the bias factor at
+        ``temperature`` (K).
+        """
         if self.method == "restraint":
             return self
         components, lower, upper, sigma = bias_region(

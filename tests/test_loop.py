@@ -100,10 +100,10 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
         assert 5000 < ess <= 50_000  # the estimate: round 0 (30 000 frames) and 4 fixed-bias runs (20 000)
     assert shipped["sha256"]["model.pt"] == _sha(Path(summary["final_model"]))
     assert shipped["reweighted_state_populations"] == summary["rounds"][-1]["populations"]
-    from latf_openmm.loop import _final_cpu_seconds
+    from latf_openmm.loop.final import final_cpu_seconds
 
     last = json.loads((out / "round_002" / "round.json").read_text())
-    assert _final_cpu_seconds(out / "final", last) == shipped["final_cpu_seconds"] > 0  # a rerun keeps it
+    assert final_cpu_seconds(out / "final", last) == shipped["final_cpu_seconds"] > 0  # a rerun keeps it
 
     # Reweighted populations of the learned states, each state counted in the well most of its
     # frames (round 0 and walkers) are in, vs quadrature; every well must have a state.
@@ -147,27 +147,27 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
 
 
 def test_final_flow_fit_is_kept_only_when_complete_for_the_last_round(tmp_path):
-    from latf_openmm.loop import _final_cpu_seconds
+    from latf_openmm.loop.final import final_cpu_seconds
 
     round_model = tmp_path / "round_002.pt"
     round_model.write_bytes(b"round model")
     last = {"round": 2, "model": str(round_model)}
-    assert _final_cpu_seconds(tmp_path, last) is None  # not run yet
+    assert final_cpu_seconds(tmp_path, last) is None  # not run yet
     (tmp_path / "model.pt").write_bytes(b"model")
     hashes = {"round_model_sha256": _sha(round_model), "sha256": {"model.pt": _sha(tmp_path / "model.pt")}}
     metadata = {"round": 2, **hashes, "final_cpu_seconds": 5.0}
     (tmp_path / "metadata.json").write_text(json.dumps(metadata))
-    assert _final_cpu_seconds(tmp_path, last) == 5.0
-    assert _final_cpu_seconds(tmp_path, last | {"round": 3}) is None  # a later round ran since
+    assert final_cpu_seconds(tmp_path, last) == 5.0
+    assert final_cpu_seconds(tmp_path, last | {"round": 3}) is None  # a later round ran since
     older = {k: v for k, v in metadata.items() if k != "final_cpu_seconds"}
     (tmp_path / "metadata.json").write_text(json.dumps(older))
-    assert _final_cpu_seconds(tmp_path, last) is None  # written before the final fit existed
+    assert final_cpu_seconds(tmp_path, last) is None  # written before the final fit existed
     (tmp_path / "metadata.json").write_text(json.dumps(metadata))
     round_model.write_bytes(b"retrained")
-    assert _final_cpu_seconds(tmp_path, last) is None  # the round's model was trained again
+    assert final_cpu_seconds(tmp_path, last) is None  # the round's model was trained again
     round_model.write_bytes(b"round model")
     (tmp_path / "model.pt").write_bytes(b"other")
-    assert _final_cpu_seconds(tmp_path, last) is None  # the final model is not the one recorded
+    assert final_cpu_seconds(tmp_path, last) is None  # the final model is not the one recorded
 
 
 REPLICA_WORKFLOW = """

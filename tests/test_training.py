@@ -196,3 +196,21 @@ def test_generation_check_records_each_temperature_and_refuses_a_wrong_model(gri
     # a tolerance below the sampling noise of the check's 100 000 samples cannot be met
     with pytest.raises(LatfError, match=r"generation check failed: at T = 0.75 the grid prior generates state"):
         LaTF(**SETTINGS, prior="grid", generation_tolerance=1e-5).fit(data)
+
+
+def test_a_state_seen_only_in_validation_targets_is_kept():
+    from latf_openmm.models.training import TrainingConfig, _Trainer
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2000, 2))
+    labels = np.arange(2000) % 3
+    trainer = _Trainer(TrainingData([features], labels=[labels]), TrainingConfig(lag=1), flow=False)
+    only_in_validation = int(trainer.val_past[0]) + 1  # a frame that is a validation target alone
+    assert only_in_validation not in set((trainer.train_past + 1).tolist())
+    trainer.labels = torch.ones(2000, dtype=torch.long)
+    trainer.labels[::2] = 2
+    trainer.labels[only_in_validation] = 0  # state 0: at one validation target, at no training target
+    trainer._reset_states()
+    targets = torch.cat([trainer.train_past, trainer.val_past]) + 1
+    assert trainer.network.n_states == 3 and int(trainer.labels[targets].min()) == 0  # kept, none is −1
+    assert int(trainer.labels[only_in_validation]) == 0

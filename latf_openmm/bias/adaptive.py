@@ -40,9 +40,11 @@ from latf_openmm.units import KB_KJ_PER_MOL_K
 
 @dataclass(frozen=True)
 class FrozenGrid:
-    """A fixed grid bias as numbers alone: the bias (kJ/mol) at CV values, without the system,
-    the model or OpenMM. :meth:`GridBias.frozen_grid` makes one; the loop saves each round's,
-    so its estimate evaluates every earlier round's bias at every frame from the CV alone.
+    """A fixed grid bias as numbers alone.
+
+    It gives the bias (kJ/mol) at CV values, without the system, the model or OpenMM.
+    :meth:`GridBias.frozen_grid` makes one; the loop saves each round's, so its estimate
+    evaluates every earlier round's bias at every frame from the CV alone.
 
     ``settings`` are the bias's :meth:`GridBias.settings` (frozen), which the runs made under
     it record in their manifests.
@@ -58,9 +60,11 @@ class FrozenGrid:
     settings: dict[str, Any]
 
     def energy_at(self, cv: np.ndarray) -> np.ndarray:
-        """The bias (kJ/mol) at CV values (n, cv_dim): the grid by cubic interpolation (OpenMM's
-        splines differ by far less than k_BT), plus the walls. Beyond the grid its edge value
-        applies; the walls dominate there."""
+        """Return the bias (kJ/mol) at CV values (n, cv_dim).
+
+        This is the grid by cubic interpolation (OpenMM's splines differ by far less than
+        k_BT), plus the walls. Beyond the grid its edge value applies; the walls dominate there.
+        """
         biased = np.asarray(cv, dtype=float).reshape(-1, self.cv_dim)[:, list(self.components)]
         inside = np.clip(biased, [a[0] for a in self.axes], [a[-1] for a in self.axes])
         energy = RegularGridInterpolator(self.axes, self.grid, method="cubic")(inside)
@@ -195,27 +199,28 @@ class GridBias(CVBias):
         self._table.setFunctionParameters(*self._table_arguments(self.bias_grid()))
 
     def _push(self, context: openmm.Context) -> None:
+        """Write the current bias grid into the force and bring ``context`` up to date."""
         self._write_table()
         self.force.updateParametersInContext(context)
 
     def kernel(self, centre: np.ndarray) -> np.ndarray:
-        """A unit-height Gaussian of width σ at ``centre``, on the grid."""
+        """Return a unit-height Gaussian of width σ at ``centre``, on the grid."""
         parts = [np.exp(-0.5 * ((axis - c) / s) ** 2) for axis, c, s in zip(self.axes, centre, self.sigma, strict=True)]
         return parts[0] if len(parts) == 1 else np.multiply.outer(parts[0], parts[1])
 
     def interpolate(self, grid: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """Linear interpolation of a grid array at points (m, n_biased)."""
+        """Interpolate a grid array linearly at points (m, n_biased)."""
         return RegularGridInterpolator(self.axes, grid)(np.atleast_2d(points))
 
     def frozen_grid(self) -> FrozenGrid:
-        """This bias, held fixed, as numbers alone (:class:`FrozenGrid`)."""
+        """Return the bias, held fixed, as numbers alone (:class:`FrozenGrid`)."""
         if not self.frozen:
             raise LatfError("only a frozen bias (freeze(), or load() then freeze()) has a fixed grid")
         return FrozenGrid(tuple(self.axes), self.bias_grid(), tuple(self.components), self.lower, self.upper,
                           self._settings["wall_constant"], self.cv.dim, self.settings())  # fmt: skip
 
     def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
-        """The CV now; raises if a biased component left the grid."""
+        """Return the CV now; raise if a biased component left the grid."""
         values = super().cv_values(context, step)
         biased = values[self.components]
         outside = (biased < self.grid_lower) | (biased > self.grid_upper)
@@ -230,31 +235,37 @@ class GridBias(CVBias):
 
     # -- what subclasses define -------------------------------------------------------
     def bias_grid(self) -> np.ndarray:
-        """The bias (kJ/mol) on the grid, from this walker's and the others' depositions."""
+        """Return the bias (kJ/mol) on the grid, from this walker's and the others' depositions."""
         raise NotImplementedError
 
     def reweighting_constant(self) -> float:
-        """c(t), kJ/mol: frames weigh exp((V − c(t))/kT)."""
+        """Return c(t), kJ/mol: frames weigh exp((V − c(t))/kT)."""
         raise NotImplementedError
 
     def _deposit(self, centre: np.ndarray) -> None:
+        """Add a kernel at ``centre`` (the biased components) to this walker's depositions."""
         raise NotImplementedError
 
     # -- CVBias interface ---------------------------------------------------------------
     @property
     def fields(self) -> list[str]:
+        """COLVAR columns after ``time``: the CV, the bias and the reweighting constant."""
         return [*super().fields, f"{self.kind}.rct"]
 
     def observe(self, context: openmm.Context, step: int) -> np.ndarray:
+        """Return the COLVAR row (without time): the CV, the bias and c(t)."""
         return np.append(super().observe(context, step), self.reweighting_constant())
 
     def state(self) -> dict[str, np.ndarray]:
+        """Return this walker's depositions (saved with each checkpoint)."""
         return dict(self._own)
 
     def _acting_state(self) -> list[np.ndarray]:
+        """Return the bias grid, which alone fixes how a frozen grid bias acts."""
         return [self.bias_grid()]  # the other walkers' depositions included
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Restore this walker's depositions from a :meth:`state` of the same kind and grid."""
         self._check(state)
         self._own = {key: np.array(state[key]) for key in self._own}
 
@@ -269,16 +280,19 @@ class GridBias(CVBias):
             raise LatfError(f"the saved {self.kind} state was made with another grid or CV; use the same settings")
 
     def attach(self, context: openmm.Context) -> None:
+        """Bring the force in ``context`` up to date, reading the other walkers' depositions first."""
         if not self.frozen:
             self._share()
         self._push(context)
 
     def freeze(self) -> None:
+        """Share the depositions one last time and hold the bias fixed at its current grid."""
         self._share()
         self._write_table()
         super().freeze()
 
     def update(self, context: openmm.Context, step: int) -> None:
+        """Deposit at the current CV (unless frozen), share with the walkers and update ``context``."""
         if self.frozen:
             return
         self._deposit(self.cv_values(context, step)[self.components])
@@ -286,8 +300,11 @@ class GridBias(CVBias):
         self._push(context)
 
     def load(self, path: str | Path) -> None:
-        """Continue from the bias a finished run saved (its ``bias_state.npz``), or from all the
-        depositions of the walkers that shared the folder ``path`` (their ``walker_*.npz``)."""
+        """Continue from a saved bias.
+
+        ``path`` is the bias a finished run saved (its ``bias_state.npz``), or the folder the
+        walkers shared, whose depositions (their ``walker_*.npz``) are all merged.
+        """
         path = Path(path)
         files = sorted(path.glob("walker_*.npz")) if path.is_dir() else [path]
         if not files:
@@ -306,6 +323,7 @@ class GridBias(CVBias):
         self.restore(merged)
 
     def settings(self) -> dict[str, Any]:
+        """Return the base settings plus the grid, kernel, pace, walls and walkers."""
         return {**super().settings(), **self._settings}
 
     # -- walkers --------------------------------------------------------------------
@@ -321,6 +339,7 @@ class GridBias(CVBias):
                     self._others[path.name] = {key: data[key] for key in data.files}
 
     def _all(self, key: str) -> list[np.ndarray]:
+        """Return the ``key`` deposition arrays of this walker and the others."""
         return [self._own[key], *(other[key] for other in self._others.values())]
 
 
@@ -335,7 +354,7 @@ class Metadynamics(GridBias):
     kind = "metad"
     _grid_key = "bias"
 
-    def __init__(self, cv: LearnedCV, temperature: float, height: float, **grid: Any) -> None:
+    def __init__(self, cv: LearnedCV, temperature: float, height: float, **grid: object) -> None:
         super().__init__(cv, temperature, **grid)
         if not height > 0:
             raise LatfError(f"hill height must be positive, got {height}")
@@ -344,13 +363,16 @@ class Metadynamics(GridBias):
         self._own = {"bias": np.zeros(self.bins), "hills": np.zeros((0, len(self.bins) + 1))}
 
     def bias_grid(self) -> np.ndarray:
+        """Return the sum of all walkers' hills on the grid, kJ/mol."""
         return np.sum(self._all("bias"), axis=0)
 
     def reweighting_constant(self) -> float:
+        """Return c(t) = k_B T ln[∫ e^{γV/(k_B ΔT)} ds / ∫ e^{V/(k_B ΔT)} ds], kJ/mol."""
         scaled = self.bias_grid() / (self.kt * (self.bias_factor - 1))
         return float(self.kt * (logsumexp(self.bias_factor * scaled) - logsumexp(scaled)))
 
     def _deposit(self, centre: np.ndarray) -> None:
+        """Add a hill at ``centre``, its height tempered by the bias already there."""
         current = self.interpolate(self.bias_grid(), centre)[0]
         height = self.height * np.exp(-current / (self.kt * (self.bias_factor - 1)))
         self._own["bias"] = self._own["bias"] + height * self.kernel(centre)
@@ -370,7 +392,7 @@ class OPES(GridBias):
     _grid_key = "density"
 
     def __init__(
-        self, cv: LearnedCV, temperature: float, barrier: float, bias_factor: float | None = None, **grid: Any
+        self, cv: LearnedCV, temperature: float, barrier: float, bias_factor: float | None = None, **grid: object
     ) -> None:
         kt = KB_KJ_PER_MOL_K * float(temperature)
         if not barrier > 0:
@@ -382,6 +404,7 @@ class OPES(GridBias):
         self._own = {"density": np.zeros(self.bins), "weights": np.zeros(0), "centres": np.zeros((0, len(self.bins)))}
 
     def bias_grid(self) -> np.ndarray:
+        """Return V(s) on the grid from all walkers' kernels (zero before the first), kJ/mol."""
         weights = np.concatenate(self._all("weights"))
         if not len(weights):
             return np.zeros(self.bins)
@@ -390,10 +413,12 @@ class OPES(GridBias):
         return (1 - 1 / self.bias_factor) * self.kt * np.log(density / normalization + self.epsilon)
 
     def reweighting_constant(self) -> float:
+        """Return c(t) = k_B T ln(Σ w / N), kJ/mol (zero before the first kernel)."""
         weights = np.concatenate(self._all("weights"))
         return float(self.kt * np.log(weights.mean())) if len(weights) else 0.0
 
     def _deposit(self, centre: np.ndarray) -> None:
+        """Add a kernel at ``centre``, weighted by e^{V/k_B T} there."""
         weight = np.exp(self.interpolate(self.bias_grid(), centre)[0] / self.kt)
         self._own["density"] = self._own["density"] + weight * self.kernel(centre)
         self._own["weights"] = np.append(self._own["weights"], weight)

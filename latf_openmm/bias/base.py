@@ -32,8 +32,10 @@ class CVBias:
         self.frozen = False
 
     def freeze(self) -> None:
-        """Hold the bias fixed at its current state, written into the force itself, so that it
-        acts the same in Contexts this object never sees (replica exchange creates its own)."""
+        """Hold the bias fixed at its current state, written into the force itself.
+
+        It then acts the same in Contexts this object never sees (replica exchange creates its own).
+        """
         self.frozen = True
 
     @property
@@ -42,7 +44,7 @@ class CVBias:
         return [f"s{k}" for k in range(self.cv.dim)] + [f"{self.kind}.bias"]
 
     def add_to(self, system: openmm.System) -> openmm.System:
-        """A copy of ``system`` with the bias force in a force group of its own."""
+        """Return a copy of ``system`` with the bias force in a force group of its own."""
         if system.getNumParticles() != self.cv.featurizer.n_atoms:
             raise LatfError(
                 f"the CV was built for {self.cv.featurizer.n_atoms} atoms but the system has "
@@ -62,12 +64,12 @@ class CVBias:
         return system
 
     def energy(self, context: openmm.Context) -> float:
-        """The bias energy in ``context``, kJ/mol."""
+        """Return the bias energy in ``context``, kJ/mol."""
         state = context.getState(getEnergy=True, groups={self.group})
         return state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
 
     def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
-        """The CV of the context's current positions; raises if it is not finite."""
+        """Return the CV of the context's current positions; raise if it is not finite."""
         state = context.getState(getPositions=True)
         positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
         box = None
@@ -81,18 +83,21 @@ class CVBias:
         return values
 
     def observe(self, context: openmm.Context, step: int) -> np.ndarray:
-        """The COLVAR row (without time) of the current state."""
+        """Return the COLVAR row (without time) of the current state."""
         return np.array([*self.cv_values(context, step), self.energy(context)])
 
     def update(self, context: openmm.Context, step: int) -> None:
-        """Called every ``interval`` steps (adaptive biases deposit here)."""
+        """Act every ``interval`` steps (adaptive biases deposit here)."""
 
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that restore the bias (saved with each checkpoint)."""
         return {}
 
     def _acting_state(self) -> list[np.ndarray]:
-        """The arrays that, with :meth:`settings`, fix how the bias acts (its digest identifies a fixed bias)."""
+        """Return the arrays that, with :meth:`settings`, fix how the bias acts.
+
+        Their digest identifies a fixed bias.
+        """
         return list(self.state().values())
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
@@ -102,9 +107,12 @@ class CVBias:
         """Bring the force in ``context`` up to date with this bias (after creation or :meth:`restore`)."""
 
     def settings(self) -> dict[str, Any]:
-        """Everything that defines the bias (part of a run's identity): with the CV's digest, and
-        for a fixed bias the digest of its state, so that runs under different biases never
-        look alike (:func:`latf_openmm.reweighting.temperature_estimate` groups runs by these)."""
+        """Return everything that defines the bias (part of a run's identity).
+
+        With the CV's digest, and for a fixed bias the digest of its state, so that runs under
+        different biases never look alike (:func:`latf_openmm.reweighting.temperature_estimate`
+        groups runs by these).
+        """
         frozen = {"frozen": True, "state_sha256": array_digest(self._acting_state())} if self.frozen else {}
         return {"kind": self.kind, "backend": self.cv.backend, "cv_dim": self.cv.dim, "cv_sha256": self.cv.digest,
                 **frozen}  # fmt: skip

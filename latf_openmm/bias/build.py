@@ -19,9 +19,12 @@ def build_bias(
     walkers_dir: str | Path | None = None,
     walker: int = 0,
 ) -> CVBias:
-    """The bias of ``spec`` along ``cv`` at ``temperature`` (K), its defaults resolved against
-    the model (:meth:`BiasSpec.resolved`, as the PLUMED writer resolves them); ``periodic``
-    from the system; ``walkers_dir``/``walker``: share an adaptive bias with other walkers."""
+    """Build the bias of ``spec`` along ``cv`` at ``temperature`` (K).
+
+    Its defaults are resolved against the model (:meth:`BiasSpec.resolved`, as the PLUMED
+    writer resolves them); ``periodic`` comes from the system; ``walkers_dir``/``walker``
+    share an adaptive bias with other walkers.
+    """
     spec = spec.resolved(cv.dim, cv.model.info.get("latent_range"), temperature)
     if spec.method == "restraint":
         return HarmonicBias(

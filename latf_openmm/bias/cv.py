@@ -74,7 +74,7 @@ class LearnedCV:
             return self._module(positions_t, box_t).numpy()
 
     def energy_force(self, energy: str, periodic: bool = False) -> openmm.CustomCVForce:
-        """A ``CustomCVForce`` whose energy is ``energy``, an expression in ``s0 … s{d-1}``.
+        """Return a ``CustomCVForce`` whose energy is ``energy``, an expression in ``s0 … s{d-1}``.
 
         The caller adds the global parameters and tabulated functions the expression uses.
         """
@@ -84,7 +84,7 @@ class LearnedCV:
         return force
 
     def component_force(self, component: int, periodic: bool = False) -> openmm.Force:
-        """A force whose energy (kJ/mol) equals CV component ``component``."""
+        """Return a force whose energy (kJ/mol) equals CV component ``component``."""
         if self.expression is not None:
             force = openmm.CustomCompoundBondForce(len(self.expression.atoms), self.expression.energy(f"s{component}"))
             force.addBond(self.expression.atoms, [])

@@ -29,8 +29,10 @@ def wall_energy(component: int, lower: str, upper: str, constant: str) -> str:
 
 
 def wall_energies(values: np.ndarray, lower: Sequence, upper: Sequence, constant: float) -> np.ndarray:
-    """The walls of :func:`wall_energy` (kJ/mol) at CV values (n, k), one bound pair per
-    column; a bound of None has no wall."""
+    """Return the walls of :func:`wall_energy` (kJ/mol) at CV values (n, k).
+
+    There is one bound pair per column; a bound of None has no wall.
+    """
     high = np.array([np.inf if b is None else b for b in upper], dtype=float)
     low = np.array([-np.inf if b is None else b for b in lower], dtype=float)
     beyond = np.clip(values - high, 0, None) ** 2 + np.clip(low - values, 0, None) ** 2
@@ -95,6 +97,7 @@ class HarmonicBias(CVBias):
         }
 
     def settings(self) -> dict[str, Any]:
+        """Return the base settings plus the window's centre, force constant and walls."""
         return {**super().settings(), **self._settings}
 
 

@@ -27,8 +27,10 @@ METADATA_FILE = "latf_metadata.json"
 
 
 class LatentMean(torch.nn.Module):
-    """features (..., n_features) → latent CV (..., d): normalization in float64, the encoder in
-    its own dtype, the result in float64. Shared by the OpenMM and PLUMED exports."""
+    """Features (..., n_features) → latent CV (..., d); shared by the OpenMM and PLUMED exports.
+
+    Normalization runs in float64, the encoder in its own dtype, and the result is float64.
+    """
 
     def __init__(self, model: SPIBModel) -> None:
         super().__init__()
@@ -38,6 +40,7 @@ class LatentMean(torch.nn.Module):
         self.encoder = copy.deepcopy(network.encoder)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Return the latent mean (..., d) of ``features`` (..., n_features), float64."""
         features = features.to(torch.float64)
         normalized = (features - self.feature_mean.to(torch.float64)) / self.feature_scale.to(torch.float64)
         return self.encoder(normalized.to(self.feature_mean.dtype)).to(torch.float64)
@@ -69,6 +72,7 @@ class CollectiveVariable(torch.nn.Module):
         self.component = -1 if component is None else int(component)
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the CV (d,) of ``positions`` (n_atoms, 3) in nm, or its chosen component."""
         positions = positions.to(torch.float64)
         if box is not None:
             box = box.to(torch.float64)
@@ -119,7 +123,7 @@ def export_cv(
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata stored in an exported CV file."""
+    """Read the metadata stored in an exported CV file."""
     extra = {METADATA_FILE: ""}
     try:
         torch.jit.load(str(path), _extra_files=extra)

@@ -47,7 +47,7 @@ class CVExpression:
     dim: int
 
     def energy(self, expression: str) -> str:
-        """A full energy expression: ``expression`` in s0 … s{d-1}, followed by the definitions."""
+        """Return a full energy expression: ``expression`` in s0 … s{d-1}, followed by the definitions."""
         return "; ".join([expression, *self.definitions])
 
 
@@ -100,7 +100,7 @@ def _feature_definitions(featurizer: Featurizer, slot: dict[int, int]) -> list[s
 
 
 def cv_expression(model: SPIBModel, featurizer: Featurizer, max_size: int = MAX_EXPRESSION_SIZE) -> CVExpression:
-    """The CV of ``model`` on ``featurizer``'s features as OpenMM expressions.
+    """Return the CV of ``model`` on ``featurizer``'s features as OpenMM expressions.
 
     Raises
     ------

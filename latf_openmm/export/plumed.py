@@ -13,8 +13,9 @@ PLUMED's ``COLVAR`` and ``HILLS`` files are read and written by :mod:`latf_openm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,8 +49,11 @@ def write_plumed_model(model: SPIBModel, path: str | Path) -> Path:
 def write_plumed(
     model: SPIBModel, featurizer: Featurizer, folder: str | Path, temperature: float, bias: BiasSpec
 ) -> tuple[Path, Path]:
-    """Write ``folder/model.ptc`` (:func:`write_plumed_model`) and ``folder/plumed.dat``
-    (:func:`plumed_input` with ``bias`` at ``temperature``, K), each atomically; returns both paths."""
+    """Write ``folder/model.ptc`` and ``folder/plumed.dat``, each atomically; return both paths.
+
+    They are :func:`write_plumed_model` and :func:`plumed_input` with ``bias`` at
+    ``temperature`` (K).
+    """
     folder = Path(folder)
     text = plumed_input(
         featurizer, "model.ptc", model.latent_dim, temperature, bias, model.info.get("latent_range")
@@ -60,46 +64,87 @@ def write_plumed(
     return model_path, folder / "plumed.dat"
 
 
+def _rational_switch(block: Contacts | CoordinationNumbers) -> str:
+    """Return PLUMED's ``SWITCH`` keyword for the block's rational switching function."""
+    return f"SWITCH={{RATIONAL R_0={block.r0} NN={block.n} MM={block.m}}}"
+
+
+def _distance_actions(b: int, block: Distances) -> tuple[list[str], list[str]]:
+    """Return one ``DISTANCE`` per pair of block ``b`` and their labels."""
+    lines: list[str] = []
+    labels: list[str] = []
+    for k, (i, j) in enumerate(block.pairs.tolist()):
+        lines.append(f"d{b}_{k}: DISTANCE ATOMS={i + 1},{j + 1}")
+        labels.append(f"d{b}_{k}")
+    return lines, labels
+
+
+def _dihedral_actions(b: int, block: Dihedrals) -> tuple[list[str], list[str]]:
+    """Return a ``TORSION`` per angle of block ``b``, then their sines and cosines (the labelled features)."""
+    quads = block.quadruplets.tolist()
+    lines = [f"t{b}_{k}: TORSION ATOMS={','.join(str(a + 1) for a in quad)}" for k, quad in enumerate(quads)]
+    labels: list[str] = []
+    for func in ("sin", "cos"):
+        for k in range(len(quads)):
+            lines.append(f"{func}{b}_{k}: CUSTOM ARG=t{b}_{k} FUNC={func}(x) PERIODIC=NO")
+            labels.append(f"{func}{b}_{k}")
+    return lines, labels
+
+
+def _position_actions(b: int, block: Positions) -> tuple[list[str], list[str]]:
+    """Return a ``POSITION`` per atom of block ``b`` and the labels of its selected components."""
+    components = "xyz"
+    lines: list[str] = []
+    labels: list[str] = []
+    for atom in block.atom_indices.tolist():
+        lines.append(f"p{b}_{atom}: POSITION ATOM={atom + 1} NOPBC")
+        labels.extend(f"p{b}_{atom}.{components[c]}" for c in block.component_indices.tolist())
+    return lines, labels
+
+
+def _coordination_actions(b: int, block: CoordinationNumbers) -> tuple[list[str], list[str]]:
+    """Return a ``COORDINATION`` of each atom of block ``b`` with the others, and their labels."""
+    atoms = block.atom_indices.tolist()
+    lines: list[str] = []
+    labels: list[str] = []
+    for atom in atoms:
+        others = ",".join(str(a + 1) for a in atoms if a != atom)
+        lines.append(f"cn{b}_{atom}: COORDINATION GROUPA={atom + 1} GROUPB={others} {_rational_switch(block)}")
+        labels.append(f"cn{b}_{atom}")
+    return lines, labels
+
+
+def _contact_actions(b: int, block: Contacts) -> tuple[list[str], list[str]]:
+    """Return a ``COORDINATION`` per pair of block ``b`` (a contact) and their labels."""
+    lines: list[str] = []
+    labels: list[str] = []
+    for k, (i, j) in enumerate(block.distances.pairs.tolist()):
+        lines.append(f"c{b}_{k}: COORDINATION GROUPA={i + 1} GROUPB={j + 1} {_rational_switch(block)}")
+        labels.append(f"c{b}_{k}")
+    return lines, labels
+
+
+# The function that writes each feature block's PLUMED actions and labels.
+_BLOCK_ACTIONS: dict[type[torch.nn.Module], Callable[[int, Any], tuple[list[str], list[str]]]] = {
+    Distances: _distance_actions,
+    Dihedrals: _dihedral_actions,
+    Positions: _position_actions,
+    CoordinationNumbers: _coordination_actions,
+    Contacts: _contact_actions,
+}
+
+
 def _feature_lines(featurizer: Featurizer) -> tuple[list[str], list[str]]:
-    """PLUMED actions computing the featurizer's features, and the labels in feature order."""
+    """Return PLUMED actions computing the featurizer's features, and the labels in feature order."""
     lines: list[str] = []
     labels: list[str] = []
     for b, block in enumerate(featurizer.blocks):
-        if isinstance(block, Distances):
-            for k, (i, j) in enumerate(block.pairs.tolist()):
-                lines.append(f"d{b}_{k}: DISTANCE ATOMS={i + 1},{j + 1}")
-                labels.append(f"d{b}_{k}")
-        elif isinstance(block, Dihedrals):
-            quads = block.quadruplets.tolist()
-            for k, quad in enumerate(quads):
-                lines.append(f"t{b}_{k}: TORSION ATOMS={','.join(str(a + 1) for a in quad)}")
-            for func in ("sin", "cos"):
-                for k in range(len(quads)):
-                    lines.append(f"{func}{b}_{k}: CUSTOM ARG=t{b}_{k} FUNC={func}(x) PERIODIC=NO")
-                    labels.append(f"{func}{b}_{k}")
-        elif isinstance(block, Positions):
-            components = "xyz"
-            for atom in block.atom_indices.tolist():
-                lines.append(f"p{b}_{atom}: POSITION ATOM={atom + 1} NOPBC")
-                labels.extend(f"p{b}_{atom}.{components[c]}" for c in block.component_indices.tolist())
-        elif isinstance(block, CoordinationNumbers):
-            atoms = block.atom_indices.tolist()
-            for atom in atoms:
-                others = ",".join(str(a + 1) for a in atoms if a != atom)
-                lines.append(
-                    f"cn{b}_{atom}: COORDINATION GROUPA={atom + 1} GROUPB={others} "
-                    f"SWITCH={{RATIONAL R_0={block.r0} NN={block.n} MM={block.m}}}"
-                )
-                labels.append(f"cn{b}_{atom}")
-        elif isinstance(block, Contacts):
-            for k, (i, j) in enumerate(block.distances.pairs.tolist()):
-                lines.append(
-                    f"c{b}_{k}: COORDINATION GROUPA={i + 1} GROUPB={j + 1} "
-                    f"SWITCH={{RATIONAL R_0={block.r0} NN={block.n} MM={block.m}}}"
-                )
-                labels.append(f"c{b}_{k}")
-        else:  # pragma: no cover - every block kind is handled above
+        actions = next((write for kind, write in _BLOCK_ACTIONS.items() if isinstance(block, kind)), None)
+        if actions is None:  # pragma: no cover - every block kind has an entry above
             raise LatfError(f"no PLUMED equivalent for feature block {type(block).__name__}")
+        block_lines, block_labels = actions(b, block)
+        lines += block_lines
+        labels += block_labels
     return lines, labels
 
 

@@ -34,7 +34,7 @@ recipe); each block is a mapping with a ``kind``:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import mdtraj
@@ -74,6 +74,7 @@ class Positions(torch.nn.Module):
         self.names = [f"{c}{i}" for i in atoms for c in components]
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the selected components of the selected atoms, flattened (..., n_atoms * n_components)."""
         selected = positions.index_select(-2, self.atom_indices).index_select(-1, self.component_indices)
         return selected.flatten(start_dim=-2)
 
@@ -90,6 +91,7 @@ class Distances(torch.nn.Module):
         self.names = [f"d{i}-{j}" for i, j in pairs_t.tolist()]
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the pair distances (..., n_pairs), nm, by the minimum image if ``box`` is given."""
         delta = positions.index_select(-2, self.pairs[:, 1]) - positions.index_select(-2, self.pairs[:, 0])
         delta = minimum_image(delta, box)
         return torch.linalg.vector_norm(delta, dim=-1)
@@ -108,7 +110,7 @@ class Dihedrals(torch.nn.Module):
         self.names = [f"sin({a})" for a in labels] + [f"cos({a})" for a in labels]
 
     def angles(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
-        """Dihedral angles in radians, (-π, π], with mdtraj's sign convention."""
+        """Return the dihedral angles in radians, (-π, π], with mdtraj's sign convention."""
         p = [positions.index_select(-2, self.quadruplets[:, k]) for k in range(4)]
         b1 = minimum_image(p[1] - p[0], box)
         b2 = minimum_image(p[2] - p[1], box)
@@ -120,6 +122,7 @@ class Dihedrals(torch.nn.Module):
         return torch.atan2(y, x)
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """Return sin of all angles, then cos of all angles (..., 2 n_angles)."""
         angle = self.angles(positions, box)
         return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
@@ -149,6 +152,7 @@ class Contacts(torch.nn.Module):
         self.names = [f"contact{name[1:]}" for name in self.distances.names]
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the switched distance of each pair (..., n_pairs)."""
         return rational_switch(self.distances(positions, box) / self.r0, self.n, self.m)
 
 
@@ -168,6 +172,7 @@ class CoordinationNumbers(torch.nn.Module):
         self.names = [f"cn{i}" for i in atoms]
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """Return each group atom's coordination number with the others (..., n_atoms)."""
         group = positions.index_select(-2, self.atom_indices)
         n = group.shape[-2]
         delta = (group.unsqueeze(-2) - group.unsqueeze(-3)).flatten(-3, -2)  # (..., n*n, 3)
@@ -197,6 +202,7 @@ class Featurizer(torch.nn.Module):
         return len(self.names)
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the blocks' features, concatenated in block order (..., n_features)."""
         return torch.cat([block(positions, box) for block in self.blocks], dim=-1)
 
     def transform(self, xyz: np.ndarray, boxes: np.ndarray | None = None, batch_size: int = 65536) -> np.ndarray:
@@ -226,7 +232,8 @@ def _as_mdtraj(topology: app.Topology | mdtraj.Topology) -> mdtraj.Topology:
     return topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
 
 
-def _select(topology: mdtraj.Topology, atoms: Any, kind: str) -> list[int]:
+def _select(topology: mdtraj.Topology, atoms: str | Iterable[int], kind: str) -> list[int]:
+    """Return the atom indices of a selection string or index list, checked against ``topology``."""
     if isinstance(atoms, str):
         try:
             indices = topology.select(atoms).tolist()
@@ -283,56 +290,84 @@ def _named_dihedrals(topology: mdtraj.Topology, names: list[str]) -> tuple[list[
     return quads, labels
 
 
-def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Module:
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    allowed = {
-        "positions": {"atoms", "components"},
-        "distances": {"atoms", "pairs", "exclude_neighbors"},
-        "dihedrals": {"angles", "quadruplets"},
-        "coordination": {"atoms", "r0", "n", "m"},
-        "contacts": {"atoms", "pairs", "exclude_neighbors", "r0", "n", "m"},
-    }
-    if kind not in allowed:
-        raise LatfError(f"unknown feature kind {kind!r}; use one of {sorted(allowed)}")
-    unknown = set(spec) - allowed[kind]
-    if unknown:
-        raise LatfError(f"{kind} features: unknown keys {sorted(unknown)}; allowed {sorted(allowed[kind])}")
-    if kind == "positions":
-        components = spec.get("components", "xyz")
-        if not components or set(components) - set(_COMPONENTS):
-            raise LatfError(f"positions features: components must be letters of 'xyz', got {components!r}")
-        return Positions(_select(topology, spec.get("atoms", "all"), kind), components)
-    if kind in ("distances", "contacts"):
-        if "pairs" in spec:
-            if "exclude_neighbors" in spec:
-                raise LatfError(f"{kind} features: exclude_neighbors applies to atoms, not to explicit pairs")
-            pairs = [list(p) for p in spec["pairs"]]
-            if any(len(p) != 2 for p in pairs):
-                raise LatfError(f"{kind} features: each pair needs two atom indices")
-            _select(topology, [i for p in pairs for i in p], kind)
-        else:
-            pairs = _pairs_within(topology, spec, kind)
-        if not pairs:
-            raise LatfError(f"{kind} features: no atom pairs")
-        if kind == "distances":
-            return Distances(pairs)
-        return Contacts(pairs, r0=float(spec.get("r0", 0.8)), n=int(spec.get("n", 6)), m=int(spec.get("m", 12)))
-    if kind == "dihedrals":
-        if "quadruplets" in spec:
-            quads = [list(q) for q in spec["quadruplets"]]
-            if not quads or any(len(q) != 4 for q in quads):
-                raise LatfError("dihedral features: each quadruplet needs four atom indices")
-            _select(topology, [i for q in quads for i in q], kind)
-            return Dihedrals(quads)
-        quads, labels = _named_dihedrals(topology, list(spec.get("angles", ["phi", "psi"])))
-        return Dihedrals(quads, labels)
+def _positions_block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> Positions:
+    """Build a ``positions`` block: Cartesian components of the selected atoms."""
+    components = spec.get("components", "xyz")
+    if not components or set(components) - set(_COMPONENTS):
+        raise LatfError(f"positions features: components must be letters of 'xyz', got {components!r}")
+    return Positions(_select(topology, spec.get("atoms", "all"), "positions"), components)
+
+
+def _block_pairs(spec: Mapping[str, Any], topology: mdtraj.Topology, kind: str) -> Sequence[Sequence[int]]:
+    """Return the atom pairs of a ``distances`` or ``contacts`` block: explicit or within ``atoms``."""
+    if "pairs" in spec:
+        if "exclude_neighbors" in spec:
+            raise LatfError(f"{kind} features: exclude_neighbors applies to atoms, not to explicit pairs")
+        pairs = [list(p) for p in spec["pairs"]]
+        if any(len(p) != 2 for p in pairs):
+            raise LatfError(f"{kind} features: each pair needs two atom indices")
+        _select(topology, [i for p in pairs for i in p], kind)
+    else:
+        pairs = _pairs_within(topology, spec, kind)
+    if not pairs:
+        raise LatfError(f"{kind} features: no atom pairs")
+    return pairs
+
+
+def _distances_block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> Distances:
+    """Build a ``distances`` block."""
+    return Distances(_block_pairs(spec, topology, "distances"))
+
+
+def _contacts_block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> Contacts:
+    """Build a ``contacts`` block (r0 default 0.8 nm)."""
+    pairs = _block_pairs(spec, topology, "contacts")
+    return Contacts(pairs, r0=float(spec.get("r0", 0.8)), n=int(spec.get("n", 6)), m=int(spec.get("m", 12)))
+
+
+def _dihedrals_block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> Dihedrals:
+    """Build a ``dihedrals`` block from explicit quadruplets or named angles (default phi and psi)."""
+    if "quadruplets" in spec:
+        quads = [list(q) for q in spec["quadruplets"]]
+        if not quads or any(len(q) != 4 for q in quads):
+            raise LatfError("dihedral features: each quadruplet needs four atom indices")
+        _select(topology, [i for q in quads for i in q], "dihedrals")
+        return Dihedrals(quads)
+    quads, labels = _named_dihedrals(topology, list(spec.get("angles", ["phi", "psi"])))
+    return Dihedrals(quads, labels)
+
+
+def _coordination_block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> CoordinationNumbers:
+    """Build a ``coordination`` block (r0 default 1.5 nm)."""
     return CoordinationNumbers(
-        _select(topology, spec.get("atoms", "all"), kind),
+        _select(topology, spec.get("atoms", "all"), "coordination"),
         r0=float(spec.get("r0", 1.5)),
         n=int(spec.get("n", 6)),
         m=int(spec.get("m", 12)),
     )
+
+
+# Each feature kind's allowed keys (besides ``kind``) and the function that builds its block.
+_BLOCK_KINDS: dict[str, tuple[set[str], Callable[[Mapping[str, Any], mdtraj.Topology], torch.nn.Module]]] = {
+    "positions": ({"atoms", "components"}, _positions_block),
+    "distances": ({"atoms", "pairs", "exclude_neighbors"}, _distances_block),
+    "dihedrals": ({"angles", "quadruplets"}, _dihedrals_block),
+    "coordination": ({"atoms", "r0", "n", "m"}, _coordination_block),
+    "contacts": ({"atoms", "pairs", "exclude_neighbors", "r0", "n", "m"}, _contacts_block),
+}
+
+
+def _block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> torch.nn.Module:
+    """Build the feature block one ``[[features]]`` table describes, after checking its kind and keys."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in _BLOCK_KINDS:
+        raise LatfError(f"unknown feature kind {kind!r}; use one of {sorted(_BLOCK_KINDS)}")
+    allowed, build = _BLOCK_KINDS[kind]
+    unknown = set(spec) - allowed
+    if unknown:
+        raise LatfError(f"{kind} features: unknown keys {sorted(unknown)}; allowed {sorted(allowed)}")
+    return build(spec, topology)
 
 
 def build_featurizer(description: Iterable[Mapping[str, Any]], topology: app.Topology | mdtraj.Topology) -> Featurizer:

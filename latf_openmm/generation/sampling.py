@@ -15,8 +15,12 @@ from latf_openmm.reweighting import effective_sample_size
 
 
 def reweighted_populations(model: LaTFModel, latent: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
-    """The state populations of simulated frames (latent (n, d)) under equilibrium ``weights``
-    (e.g. MBAR's at a target temperature), and the Kish effective sample size behind them."""
+    """Return the state populations of frames under equilibrium ``weights``, and their ESS.
+
+    ``latent`` (n, d) are simulated frames' latent CV, ``weights`` their equilibrium weights
+    (e.g. MBAR's at a target temperature); the Kish effective sample size says how many
+    independent frames the populations rest on.
+    """
     return model.latent_populations(latent, weights), effective_sample_size(weights)
 
 
@@ -30,7 +34,7 @@ def generate(
     plot: str | Path | None = None,
     reweighted: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Samples, state populations and (d ≤ 2) free energies of ``model`` at each temperature.
+    """Generate samples, state populations and (d ≤ 2) free energies of ``model`` at each temperature.
 
     Writes an ``.npz`` with ``temperatures``, ``samples`` (n_T, n, d), ``state_populations``
     (n_T, n_states) and, for d ≤ 2, ``grid`` (one axis per latent dimension) and

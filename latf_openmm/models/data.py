@@ -51,12 +51,31 @@ class TrainingData:
     equilibrium_weights: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
+        """Convert the arrays to float64 (labels and segments to int64) and reject malformed data."""
         if isinstance(self.features, np.ndarray) and self.features.ndim == 3:
             self.features = list(self.features)
         if not len(self.features):
             raise LatfError("training data holds no trajectories")
         self.features = [np.asarray(f, dtype=np.float64) for f in self.features]
         n_features = self.features[0].shape[-1] if self.features[0].ndim == 2 else None
+        self._check_features(n_features)
+        lengths = [len(f) for f in self.features]
+        self.labels = self._per_frame(self.labels, "labels", lengths, np.int64)
+        self.weights = self._per_frame(self.weights, "weights", lengths, np.float64)
+        self.equilibrium_weights = self._per_frame(self.equilibrium_weights, "equilibrium_weights", lengths, np.float64)
+        self.segments = self._per_frame(self.segments, "segments", lengths, np.int64)
+        self._check_labels()
+        self._check_weights()
+        if self.temperatures is not None:
+            self.temperatures = np.asarray(self.temperatures, dtype=np.float64).reshape(-1)
+            self._check_temperatures()
+        if self.feature_names is None:
+            self.feature_names = [f"f{i}" for i in range(n_features)]
+        elif len(self.feature_names) != n_features:
+            raise LatfError(f"{len(self.feature_names)} feature names for {n_features} features")
+
+    def _check_features(self, n_features: int | None) -> None:
+        """Raise unless every trajectory is a finite (n_frames, n_features) array."""
         for i, traj in enumerate(self.features):
             if traj.ndim != 2 or traj.shape[1] != n_features:
                 raise LatfError(
@@ -68,15 +87,16 @@ class TrainingData:
                 raise LatfError(
                     f"features of trajectory {i} contain NaN or inf (first at frame {bad[0]}, column {bad[1]})"
                 )
-        lengths = [len(f) for f in self.features]
-        self.labels = self._per_frame(self.labels, "labels", lengths, np.int64)
-        self.weights = self._per_frame(self.weights, "weights", lengths, np.float64)
-        self.equilibrium_weights = self._per_frame(self.equilibrium_weights, "equilibrium_weights", lengths, np.float64)
-        self.segments = self._per_frame(self.segments, "segments", lengths, np.int64)
+
+    def _check_labels(self) -> None:
+        """Raise unless the labels, if given, are non-negative and name at least two states."""
         if self.labels is not None and any(np.any(lab < 0) for lab in self.labels):
             raise LatfError("labels must be non-negative integers")
         if self.labels is not None and len(np.unique(np.concatenate(self.labels))) < 2:
             raise LatfError("the initial labels hold a single state; SPIB needs at least two")
+
+    def _check_weights(self) -> None:
+        """Raise unless both kinds of weights, where given, are finite, non-negative and not all zero."""
         for name in ("weights", "equilibrium_weights"):
             if getattr(self, name) is not None:
                 flat = np.concatenate(getattr(self, name))
@@ -84,22 +104,24 @@ class TrainingData:
                     raise LatfError(f"{name} must be finite and non-negative")
                 if flat.sum() <= 0:
                     raise LatfError(f"{name} are all zero")
-        if self.temperatures is not None:
-            self.temperatures = np.asarray(self.temperatures, dtype=np.float64).reshape(-1)
-            if len(self.temperatures) != len(self.features):
-                raise LatfError(
-                    f"{len(self.temperatures)} temperatures for {len(self.features)} trajectories; "
-                    "give one per trajectory"
-                )
-            if not np.isfinite(self.temperatures).all() or np.any(self.temperatures <= 0):
-                raise LatfError(f"temperatures must be positive, got {self.temperatures.tolist()}")
-        if self.feature_names is None:
-            self.feature_names = [f"f{i}" for i in range(n_features)]
-        elif len(self.feature_names) != n_features:
-            raise LatfError(f"{len(self.feature_names)} feature names for {n_features} features")
+
+    def _check_temperatures(self) -> None:
+        """Raise unless there is one finite, positive temperature per trajectory."""
+        if len(self.temperatures) != len(self.features):
+            raise LatfError(
+                f"{len(self.temperatures)} temperatures for {len(self.features)} trajectories; give one per trajectory"
+            )
+        if not np.isfinite(self.temperatures).all() or np.any(self.temperatures <= 0):
+            raise LatfError(f"temperatures must be positive, got {self.temperatures.tolist()}")
 
     @staticmethod
-    def _per_frame(arrays, name: str, lengths: list[int], dtype) -> list[np.ndarray] | None:
+    def _per_frame(
+        arrays: list[np.ndarray] | np.ndarray | None,
+        name: str,
+        lengths: list[int],
+        dtype: type[np.int64] | type[np.float64],
+    ) -> list[np.ndarray] | None:
+        """Return ``arrays`` as one ``dtype`` array per trajectory, checked against the frame counts."""
         if arrays is None:
             return None
         if isinstance(arrays, np.ndarray) and arrays.ndim == 2:
@@ -128,8 +150,11 @@ class TrainingData:
         return [len(f) for f in self.features]
 
     def lagged_starts(self, lag: int) -> np.ndarray:
-        """Frames t (indices into the concatenated trajectories) whose frame t + lag follows in
-        the same trajectory and the same unbroken stretch of dynamics."""
+        """Return the frames t whose frame t + lag follows in the same trajectory and unbroken stretch.
+
+        The frames t are indices into the concatenated trajectories; a stretch is an unbroken
+        stretch of dynamics.
+        """
         trajectory = np.repeat(np.arange(len(self.features)), self.lengths)
         segment = np.concatenate(self.segments) if self.segments is not None else np.zeros_like(trajectory)
         breaks = (trajectory[1:] != trajectory[:-1]) | (segment[1:] != segment[:-1])
@@ -151,7 +176,7 @@ LABEL_DESCRIPTORS = ("features", "central_moments")
 def initial_labels(
     features: np.ndarray, n_states: int, seed: int = 0, method: str = "auto", descriptors: str = "features"
 ) -> np.ndarray:
-    """Initial state of each frame: a regular grid or k-means clusters of per-frame descriptors.
+    """Assign an initial state to each frame: a regular grid or k-means clusters of per-frame descriptors.
 
     ``descriptors="features"`` clusters the features themselves; ``"central_moments"`` the 2nd
     and 3rd central moments of each frame's features, which do not change when identical

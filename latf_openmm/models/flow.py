@@ -11,7 +11,7 @@ from torch import nn
 def mlp(
     n_in: int, hidden: int, n_out: int, n_hidden_layers: int = 2, activation: type[nn.Module] = nn.ReLU
 ) -> nn.Sequential:
-    """A multilayer perceptron with ``n_hidden_layers`` hidden layers of ``hidden`` units."""
+    """Build a multilayer perceptron with ``n_hidden_layers`` hidden layers of ``hidden`` units."""
     layers: list[nn.Module] = []
     width = n_in
     for _ in range(n_hidden_layers):
@@ -49,7 +49,7 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.conditioner[-1].bias)
 
     def _scale_shift(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log-scale and shift, both zero on the fixed dimensions."""
+        """Return the log-scale and shift, both zero on the fixed dimensions."""
         free = 1.0 - self.mask
         raw_scale, shift = self.conditioner(self.mask * u).chunk(2, dim=-1)
         # tanh is several times slower on the strided half than on a contiguous copy
@@ -59,12 +59,12 @@ class AffineCoupling(nn.Module):
     # them unchanged: the same map as b⊙u + (1−b)⊙(u·exp(s) + t) with fewer tensor operations
     # (what a step of these tiny networks costs on a CPU)
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map u → z; returns z and log|det ∂z/∂u| per sample."""
+        """Map u → z; return z and log|det ∂z/∂u| per sample."""
         log_scale, shift = self._scale_shift(u)
         return u * torch.exp(log_scale) + shift, log_scale.sum(-1)
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map z → u; returns u and log|det ∂u/∂z| per sample."""
+        """Map z → u; return u and log|det ∂u/∂z| per sample."""
         log_scale, shift = self._scale_shift(z)
         return (z - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
 
@@ -78,15 +78,18 @@ class ActNorm(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(dim))
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map u → z; return z and log|det ∂z/∂u| per sample."""
         return (u - self.shift) * torch.exp(self.log_scale), self.log_scale.sum().expand(u.shape[0])
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map z → u; return u and log|det ∂u/∂z| per sample."""
         return z * torch.exp(-self.log_scale) + self.shift, -self.log_scale.sum().expand(z.shape[0])
 
 
 class RealNVP(nn.Module):
-    """An :class:`ActNorm` layer, then affine coupling layers; coupling layer k keeps
-    dimension k mod d fixed.
+    """An :class:`ActNorm` layer, then affine coupling layers.
+
+    Coupling layer k keeps dimension k mod d fixed.
 
     For d = 1 a coupling layer has nothing to condition on and reduces to an affine
     map, so a one-dimensional LaTF flow is affine.
@@ -121,7 +124,7 @@ class RealNVP(nn.Module):
         actnorm.log_scale.fill_(math.log(radius / max(fitted, 1e-6)))
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """u → z and log|det ∂z/∂u|."""
+        """Map u → z; return z and log|det ∂z/∂u|."""
         log_det = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
         for layer in self.layers:
             u, step = layer(u)
@@ -129,7 +132,7 @@ class RealNVP(nn.Module):
         return u, log_det
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z → u and log|det ∂u/∂z|."""
+        """Map z → u; return u and log|det ∂u/∂z|."""
         log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for layer in reversed(self.layers):
             z, step = layer.inverse(z)

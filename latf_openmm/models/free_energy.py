@@ -121,7 +121,7 @@ class LatentFreeEnergyModel:
         return self.reference_temperature / temperature
 
     def _log_density_table(self, temperature: float) -> np.ndarray:
-        """Normalized log p in each node's cell (flat)."""
+        """Return the normalized log p in each node's cell (flat)."""
         inverse = self._check_temperature(temperature)
         table = (self.entropy - inverse * self.enthalpy).reshape(-1)
         log_volumes = _node_log_volumes(self.dim, self.nodes, self._spacing())
@@ -131,15 +131,18 @@ class LatentFreeEnergyModel:
         return (self.upper - self.lower) / (self.nodes - 1)
 
     def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
-        """log p(s | T) of latent points (n, d); −inf outside the box."""
+        """Return log p(s | T) of latent points (n, d); −inf outside the box."""
         latent = (np.asarray(latent, dtype=np.float64) - self.centre) @ self.axes
         values = self._log_density_table(temperature)[_cells(latent, self.lower, self._spacing(), self.nodes)]
         inside = ((latent >= self.lower) & (latent <= self.upper)).all(1)
         return np.where(inside, values, -np.inf)
 
     def sample(self, temperature: float, n: int, generator: torch.Generator | None = None) -> np.ndarray:
-        """``n`` exact samples (float64, (n, d)) of p(s | T): a node's cell with probability
-        p·volume, then a point uniformly in that cell (cells at the box's faces are halves)."""
+        """Draw ``n`` exact samples (float64, (n, d)) of p(s | T).
+
+        Each is a node's cell with probability p·volume, then a point uniformly in that cell
+        (cells at the box's faces are halves).
+        """
         spacing = self._spacing()
         log_mass = self._log_density_table(temperature) + _node_log_volumes(self.dim, self.nodes, spacing)
         mass = torch.from_numpy(np.exp(log_mass - log_mass.max()))
@@ -166,7 +169,7 @@ class LatentFreeEnergyModel:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> LatentFreeEnergyModel:
-        """The model that :meth:`state_dict` describes."""
+        """Rebuild the model that :meth:`state_dict` describes."""
         arrays = {
             k: state[k].numpy().astype(np.float64) for k in ("centre", "axes", "lower", "upper", "entropy", "enthalpy")
         }
@@ -179,7 +182,7 @@ class LatentFreeEnergyModel:
 
 
 def _node_log_volumes(dim: int, nodes: int, spacing: np.ndarray) -> np.ndarray:
-    """log of the volume of each node's cell inside the box (flat): halves at the faces."""
+    """Return the log of the volume of each node's cell inside the box (flat): halves at the faces."""
     one_axis = np.ones(nodes)
     one_axis[[0, -1]] = 0.5
     volume = one_axis
@@ -285,7 +288,17 @@ class _Fitter:
     L-BFGS.
     """
 
-    def __init__(self, latent, temperatures, weights, levels, t_ref, lower, upper, nodes) -> None:
+    def __init__(
+        self,
+        latent: np.ndarray,
+        temperatures: np.ndarray,
+        weights: np.ndarray,
+        levels: np.ndarray,
+        t_ref: float,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        nodes: int,
+    ) -> None:
         self.dim, self.nodes = latent.shape[1], nodes
         self.shape = (nodes,) * self.dim
         self.spacing = spacing = (upper - lower) / (nodes - 1)
@@ -318,10 +331,13 @@ class _Fitter:
         return value, gradient
 
     def _log_count_start(self, counts: np.ndarray) -> np.ndarray:
-        """Tables at the unpenalized optimum's neighbourhood: per node, the weighted least-squares
-        fit of S − H/T′ to the log of each temperature's counts per volume (a ridge keeps H at 0
-        where one temperature alone has data). Starting there, L-BFGS need not carry mass
-        between distant wells, which from a flat start it does not finish in its iterations."""
+        """Return tables in the unpenalized optimum's neighbourhood.
+
+        Per node, they are the weighted least-squares fit of S − H/T′ to the log of each
+        temperature's counts per volume (a ridge keeps H at 0 where one temperature alone
+        has data). Starting there, L-BFGS need not carry mass between distant wells, which
+        from a flat start it does not finish in its iterations.
+        """
         totals = counts.sum(1, keepdims=True)
         log_density = np.log((counts + COUNT_FLOOR) / totals) - self.log_volumes[None]
         weight = counts + COUNT_FLOOR
@@ -335,8 +351,10 @@ class _Fitter:
         return np.stack([(s_bb * r_s - s_sb * r_b) / determinant, (s_ss * r_b - s_sb * r_s) / determinant])
 
     def solve(self, smoothing: float, mask: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tables minimizing NLL/N + λ·(roughness(S) + roughness(H)) on the masked points
-        (warm-started, at most ``iterations`` L-BFGS steps)."""
+        """Return the tables minimizing NLL/N + λ·(roughness(S) + roughness(H)) on the masked points.
+
+        The fit is warm-started and takes at most ``iterations`` L-BFGS steps.
+        """
         counts = self.counts(mask)
         total = float(counts.sum())
         n_nodes = self.nodes**self.dim

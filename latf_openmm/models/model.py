@@ -152,8 +152,10 @@ class LaTFModel(SPIBModel):
 
     @torch.no_grad()
     def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
-        """log p(s | T) of latent points (float64): the flow's by change of variables, or the
-        latent free energy's (−inf outside its box)."""
+        """Return log p(s | T) of latent points (float64).
+
+        It is the flow's by change of variables, or the latent free energy's (−inf outside its box).
+        """
         latent = np.asarray(latent, dtype=np.float64)
         if latent.ndim != 2 or latent.shape[1] != self.latent_dim:
             raise LatfError(f"latent points must have shape (n, {self.latent_dim}), got {latent.shape}")
@@ -173,7 +175,7 @@ class LaTFModel(SPIBModel):
         return -k_b * float(temperature) * self.log_prob(grid, temperature)
 
     def state_populations(self, temperature: float, n: int = 200_000, seed: int = 0) -> np.ndarray:
-        """Populations of the metastable states at ``temperature``, from ``n`` generated samples."""
+        """Estimate the populations of the metastable states at ``temperature``, from ``n`` generated samples."""
         return self.latent_populations(self.sample(temperature, n, seed))
 
 

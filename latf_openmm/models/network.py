@@ -64,15 +64,17 @@ class LatentNetwork(nn.Module):
         return torch.log_softmax(self.decoder(latent), dim=-1)
 
     def vamp_log_prior(self, latent: torch.Tensor) -> torch.Tensor:
-        """log r(u) for the VampPrior Σ_k w_k N(u; μ(X_k), σ²) (up to the shared −d/2 log 2π)."""
+        """Return log r(u) for the VampPrior Σ_k w_k N(u; μ(X_k), σ²) (up to the shared −d/2 log 2π)."""
         centres = self(self.representative_inputs)
         squared = (latent.unsqueeze(1) - centres.unsqueeze(0)).pow(2).sum(-1)
         log_normal = -0.5 * (self.latent_dim * self.log_var + squared * torch.exp(-self.log_var))
         return torch.logsumexp(log_normal + torch.log_softmax(self.prior_logits, 0), dim=1)
 
     def keep_states(self, keep: torch.Tensor, representative_inputs: torch.Tensor) -> None:
-        """Drop decoder outputs of states not in ``keep`` (bool mask), keeping the others' weights,
-        and reset the VampPrior to the new representative inputs with equal weights."""
+        """Drop decoder outputs of states not in ``keep`` (bool mask), keeping the others' weights.
+
+        The VampPrior is reset to the new representative inputs with equal weights.
+        """
         old = self.decoder[-1]
         new = nn.Linear(old.in_features, int(keep.sum()), device=old.weight.device)
         with torch.no_grad():

@@ -15,7 +15,7 @@ from scipy import special
 
 
 def log_normalizer(tau: float, dim: int, t_scaled: float) -> float:
-    """log Z(τ, d, T′), exact, through confluent hypergeometric functions.
+    """Return log Z(τ, d, T′), exact, through confluent hypergeometric functions.
 
     Z = (2πT′)^{d/2} [₁F₁(d/2; 1/2; a) + μ₁ τ √T′ ₁F₁((d+1)/2; 3/2; a)], a = τ²T′/2,
     μ₁ = √2 Γ((d+1)/2) / Γ(d/2).
@@ -33,12 +33,12 @@ def unnormalized_log_prob(z: torch.Tensor, tau: float, t_scaled: torch.Tensor | 
 
 
 def log_prob(z: torch.Tensor, tau: float, t_scaled: float) -> torch.Tensor:
-    """Normalized log-density of z (n, d) at scaled temperature T′."""
+    """Return the normalized log-density of z (n, d) at scaled temperature T′."""
     return unnormalized_log_prob(z, tau, t_scaled) - log_normalizer(tau, z.shape[-1], t_scaled)
 
 
 def sample(n: int, dim: int, tau: float, t_scaled: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Samples z = r n̂ of the tilted Gaussian in any dimension (float64, shape (n, d)).
+    """Draw samples z = r n̂ of the tilted Gaussian in any dimension (float64, shape (n, d)).
 
     The direction n̂ is uniform on the sphere; the radius has density
     ∝ r^{d−1} exp(τr − r²/(2T′)) and is drawn by inverting its CDF, tabulated on

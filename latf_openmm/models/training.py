@@ -39,8 +39,10 @@ POLISH_CHECK = 1000  # flow-polishing steps between validation checks
 
 @dataclass
 class TrainingConfig:
-    """Hyperparameters of SPIB and LaTF training; each field's ``help`` metadata describes it
-    (``latf train --help`` shows the same text)."""
+    """Hyperparameters of SPIB and LaTF training.
+
+    Each field's ``help`` metadata describes it (``latf train --help`` shows the same text).
+    """
 
     latent_dim: int = option(2, "dimension d of the latent CV")
     lag: int = option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories or replica exchanges")
@@ -153,7 +155,7 @@ class SPIB:
         A :class:`TrainingConfig`; keyword arguments override its fields.
     """
 
-    def __init__(self, config: TrainingConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: TrainingConfig | None = None, **overrides: float | str | None) -> None:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainingConfig)}
         if unknown:
             raise LatfError(f"unknown training option(s): {sorted(unknown)}")
@@ -188,9 +190,11 @@ class LaTF(SPIB):
         return trainer.latf_model()
 
     def refit_prior(self, model: LaTFModel, data: TrainingData) -> LaTFModel:
-        """The trained ``model`` with its prior fitted again to ``data`` (flow polishing alone, or the
-        latent free energy, by its equilibrium weights); encoder, decoder and states are kept. For a
-        density estimate that depends on the model's own CV (the loop pools runs along it).
+        """Return the trained ``model`` with its prior fitted again to ``data``.
+
+        The prior is refitted by flow polishing alone, or as the latent free energy, by the
+        data's equilibrium weights; encoder, decoder and states are kept. For a density
+        estimate that depends on the model's own CV (the loop pools runs along it).
         """
         flow = model.network.flow
         if self.config.prior == "flow" and (flow is None or len(flow.layers) != self.config.flow_layers + 1):
@@ -310,8 +314,11 @@ class _Trainer:
         return -log_prior - log_det
 
     def _prior_weights(self, joint: bool) -> torch.Tensor:
-        """Per-frame weights of the prior term: the equilibrium weights for the flow's density
-        (joint stage), the data weights for SPIB's VampPrior term."""
+        """Return the per-frame weights of the prior term.
+
+        These are the equilibrium weights for the flow's density (joint stage), the data
+        weights for SPIB's VampPrior term.
+        """
         return self.equilibrium_weights if joint else self.weights
 
     def _loss(self, past: torch.Tensor, joint: bool) -> torch.Tensor:
@@ -392,8 +399,12 @@ class _Trainer:
 
     @torch.no_grad()
     def _reset_states(self) -> None:
-        """Keep the states present among the targets; renumber; re-pick representative inputs."""
-        present = torch.bincount(self.labels[self.train_past + self.config.lag], minlength=self.network.n_states) > 0
+        """Keep the states present among the targets; renumber; re-pick representative inputs.
+
+        The targets are those of the training and the validation pairs.
+        """
+        targets = torch.cat([self.train_past, self.val_past]) + self.config.lag
+        present = torch.bincount(self.labels[targets], minlength=self.network.n_states) > 0
         if int(present.sum()) < 2:
             raise LatfError("only one metastable state is left; lower beta, shorten the lag, or give more data")
         kept = present[self.labels]  # frames whose state survives (others are never targets)
@@ -520,8 +531,9 @@ class _Trainer:
         )
 
     def free_energy_stage(self) -> None:
-        """Fit the latent free energy H(s) − T·S(s) to every frame's latent mean (encoder frozen),
-        by the equilibrium weights at each frame's temperature.
+        """Fit the latent free energy H(s) − T·S(s) to every frame's latent mean (encoder frozen).
+
+        The fit uses the equilibrium weights at each frame's temperature.
 
         The roughness weight is chosen on held-out contiguous blocks: each trajectory's frames
         are cut into 10 blocks, and trajectory i lends block (3i + 5) mod 10.
@@ -549,7 +561,7 @@ class _Trainer:
         )
 
     def latf_model(self) -> LaTFModel:
-        """The trained LaTF model, after the generation check at every training temperature.
+        """Return the trained LaTF model, after the generation check at every training temperature.
 
         At each temperature with equilibrium weight, the populations of the model's states in
         ``GENERATION_CHECK_SAMPLES`` generated samples are compared with the training frames'

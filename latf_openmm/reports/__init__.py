@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from latf_openmm.errors import LatfError
 from latf_openmm.files import atomic_path, write_npz
 from latf_openmm.simulation.run import MANIFEST, TIMESERIES, find_runs
 from latf_openmm.units import KB_KJ_PER_MOL_K
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def plot_run_free_energies(
     return surfaces
 
 
-def save_figure(fig, out_png: str | Path) -> None:
+def save_figure(fig: Figure, out_png: str | Path) -> None:
     """Lay out, save atomically (PNG, 120 dpi) and close a matplotlib figure."""
     import matplotlib.pyplot as plt
 
@@ -120,9 +124,11 @@ def save_figure(fig, out_png: str | Path) -> None:
 
 
 def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
-    """Three panels of a ``latf loop`` run: generated state populations against temperature,
-    how much each round's data changed populations and free-energy profiles, and the CV time
-    series of the last round's walkers."""
+    """Plot three panels of a ``latf loop`` run.
+
+    Generated state populations against temperature, how much each round's data changed
+    populations and free-energy profiles, and the CV time series of the last round's walkers.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

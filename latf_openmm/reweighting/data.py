@@ -1,6 +1,8 @@
-"""Training data from files: ``.npz`` arrays or ``latf simulate`` run folders, biased runs'
-frames carrying their unbiasing weights (the adapter between run folders and the models,
-which take arrays only)."""
+"""Training data from files: ``.npz`` arrays or ``latf simulate`` run folders.
+
+Biased runs' frames carry their unbiasing weights (the adapter between run folders and the
+models, which take arrays only).
+"""
 
 from __future__ import annotations
 
@@ -81,7 +83,8 @@ def _from_npz(path: Path) -> TrainingData:
         if "features" not in data.files:
             raise LatfError(f"{path} has no 'features' array (it has: {', '.join(data.files)})")
 
-        def get(key):
+        def get(key: str) -> list[np.ndarray] | np.ndarray | None:
+            """Return array ``key`` (a list of per-trajectory arrays if it is an object array), or None."""
             return (
                 list(data[key])
                 if key in data.files and data[key].dtype == object

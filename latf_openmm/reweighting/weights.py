@@ -31,7 +31,7 @@ def _normalized(log_weights: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _run(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """A finished run's manifest and time series."""
+    """Return a finished run's manifest and time series."""
     run = Run.open(path)
     return run.manifest, run.load_timeseries()
 
@@ -42,7 +42,7 @@ def _bias_columns(series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _bias_energy(series: dict[str, np.ndarray], bias: dict) -> np.ndarray:
-    """The bias energy (kJ/mol) of each frame of a run biased by ``bias`` (its settings)."""
+    """Return the bias energy (kJ/mol) of each frame of a run biased by ``bias`` (its settings)."""
     return _bias_columns(series)[f"{bias['kind']}.bias"]
 
 
@@ -68,11 +68,11 @@ def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MultistateEstimate:
-    """MBAR's solution for runs at several temperatures, each unbiased or under one of
-    several fixed biases: equilibrium weights of all their frames at any temperature.
+    """MBAR's solution for runs at several temperatures, each unbiased or under one of several fixed biases.
 
-    Made by :func:`multistate_estimate`; the free energies of the sampled states are
-    solved once, so each further temperature costs one pass over the frames.
+    It gives equilibrium weights of all their frames at any temperature. Made by
+    :func:`multistate_estimate`; the free energies of the sampled states are solved once, so
+    each further temperature costs one pass over the frames.
     """
 
     energies: np.ndarray  # (n_frames,) potential energy without any bias, kJ/mol
@@ -80,8 +80,10 @@ class MultistateEstimate:
     run_starts: np.ndarray  # first frame of each run after the first
 
     def weights(self, temperature: float) -> list[np.ndarray]:
-        """Per run, its frames' equilibrium weights at ``temperature`` (K); all runs together
-        sum to their number of frames."""
+        """Return per run its frames' equilibrium weights at ``temperature`` (K).
+
+        All runs together sum to their number of frames.
+        """
         if not temperature > 0:
             raise LatfError(f"temperatures must be positive, got target {temperature}")
         log_w = -self.energies / (KB_KJ_PER_MOL_K * temperature) - self.log_denominator
@@ -90,9 +92,11 @@ class MultistateEstimate:
 
 @dataclass(frozen=True)
 class EquilibriumEstimate:
-    """One MBAR over a set of runs, solved once: each run's frames' equilibrium weights at any
-    temperature (in the runs' user-facing unit). Saved and loaded whole, so that it is
-    computed once and handed on (the loop: training, the round's record, the final fit)."""
+    """One MBAR over a set of runs, solved once: each run's frames' equilibrium weights at any temperature.
+
+    Temperatures are in the runs' user-facing unit. Saved and loaded whole, so that it is
+    computed once and handed on (the loop: training, the round's record, the final fit).
+    """
 
     runs: tuple[str, ...]
     mbar: MultistateEstimate
@@ -126,11 +130,11 @@ def multistate_estimate(
     bias_energies: np.ndarray,
     inefficiency: Sequence[float] | None = None,
 ) -> MultistateEstimate:
-    """MBAR (pymbar) over runs made at several temperatures, each unbiased or under one of
-    several fixed biases; the returned estimate gives equilibrium weights at any temperature.
+    """Run MBAR (pymbar) over runs made at several temperatures, each unbiased or under one of several fixed biases.
 
-    The sampled states are the distinct (temperature, bias) pairs of the runs; every frame's
-    reduced potential β_k (U + V_b) is evaluated in each of them, and a target is β U.
+    The returned estimate gives equilibrium weights at any temperature. The sampled states are
+    the distinct (temperature, bias) pairs of the runs; every frame's reduced potential
+    β_k (U + V_b) is evaluated in each of them, and a target is β U.
     Correlated frames are handled as pymbar advises: the free energies f_k come from every
     g-th frame of each run (g its statistical inefficiency), the states count those
     uncorrelated samples, and every frame then gets its weight, scaled by 1/g.
@@ -177,16 +181,20 @@ def multistate_estimate(
 
 
 def statistical_inefficiency(series: np.ndarray) -> float:
-    """A run's statistical inefficiency g along a time series (n_frames, k): pymbar's, the
-    largest over the columns (1 for constant columns)."""
+    """Return a run's statistical inefficiency g along a time series (n_frames, k).
+
+    It is pymbar's, the largest over the columns (1 for constant columns).
+    """
     timeseries = quiet_import("pymbar.timeseries")
     series = np.asarray(series, dtype=float).reshape(len(series), -1)
     return max((timeseries.statistical_inefficiency(c) for c in series.T if np.ptp(c) > 0), default=1.0)
 
 
 def run_energies(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A finished run's potential energies without its bias, and its bias energies (None if
-    unbiased), kJ/mol per frame."""
+    """Return a finished run's potential energies without its bias, and its bias energies.
+
+    Both are kJ/mol per frame; the bias energies are None if the run is unbiased.
+    """
     manifest, series = _run(path)
     bias = manifest["settings"].get("bias")
     if bias is None:
@@ -213,8 +221,10 @@ def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
 
 
 def temperature_estimate(paths: Sequence[str | Path]) -> MultistateEstimate:
-    """MBAR over the potential energies of runs at several temperatures: their frames'
-    unbiased weights at any temperature (:meth:`MultistateEstimate.weights`, in K).
+    """Run MBAR over the potential energies of runs at several temperatures.
+
+    The result gives their frames' unbiased weights at any temperature
+    (:meth:`MultistateEstimate.weights`, in K).
 
     The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): the
     sampled states are then β_k (U + V) and the target β U.

@@ -1,5 +1,8 @@
-"""PLUMED ``COLVAR`` and ``HILLS`` files: what a biased run writes beside its frames, and
-what biased data from other engines bring in (``#! FIELDS`` headers, restarts)."""
+"""PLUMED ``COLVAR`` and ``HILLS`` files.
+
+They are what a biased run writes beside its frames, and what biased data from other
+engines bring in (``#! FIELDS`` headers, restarts).
+"""
 
 from __future__ import annotations
 

@@ -119,15 +119,9 @@ def simulate(
     settings = _settings(molsys, temperature, n_steps, seed, md)
     if bias is not None:
         settings["bias"] = bias.settings()
-    manifest_path = out_dir / MANIFEST
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("settings") != settings:
-            raise LatfError(
-                f"{out_dir} holds a finished run with other settings (or from another latf_openmm version); "
-                "choose a new output directory"
-            )
-        return Run(out_dir, manifest, ran_now=False)
+    finished = _finished_run(out_dir, settings)
+    if finished is not None:
+        return finished
 
     platform_obj, properties = select_platform(settings["platform"], md.precision, md.threads)
     integrator = openmm.LangevinMiddleIntegrator(
@@ -139,20 +133,7 @@ def simulate(
     system = molsys.system if bias is None else bias.add_to(molsys.system)
     context = openmm.Context(system, integrator, platform_obj, properties)
     segments = _Segments(out_dir / PARTIAL, settings)
-    frames_done = segments.frames_done()
-    if frames_done:
-        context.loadCheckpoint(segments.last_checkpoint())
-        if bias is not None:
-            bias.restore(segments.last_bias_state())
-    else:
-        context.setPositions(molsys.positions * u.nanometer)
-        if molsys.topology.getPeriodicBoxVectors() is not None:
-            context.setPeriodicBoxVectors(*molsys.topology.getPeriodicBoxVectors())
-        if molsys.minimize:
-            openmm.LocalEnergyMinimizer.minimize(context)
-        context.setVelocitiesToTemperature(settings["temperature_K"] * u.kelvin, seed)
-    if bias is not None:
-        bias.attach(context)
+    frames_done = _prepare_context(context, molsys, segments, bias, settings["temperature_K"], seed)
 
     n_frames = n_steps // settings["frame_interval"]
     dof = degrees_of_freedom(molsys.system)
@@ -172,26 +153,7 @@ def simulate(
     with bar:
         for frame in range(frames_done, n_frames):
             step = (frame + 1) * settings["frame_interval"]
-            try:
-                _advance(integrator, context, bias, step - settings["frame_interval"], step)
-            except openmm.OpenMMException as error:  # the CPU platform refuses NaN coordinates
-                if "NaN" not in str(error):
-                    raise
-                raise blew_up(step, settings["timestep_ps"]) from None
-            state = context.getState(getPositions=True, getEnergy=True)
-            epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-            with np.errstate(over="ignore", invalid="ignore"):
-                positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
-            if not (np.isfinite(epot) and np.isfinite(positions).all()):
-                raise blew_up(step, settings["timestep_ps"])
-            kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-            buffer.add(
-                positions,
-                state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer) if periodic else None,
-                epot,
-                2 * kinetic / (dof * KB_KJ_PER_MOL_K) if dof else 0.0,
-                None if bias is None else bias.observe(context, step),
-            )
+            _run_frame(buffer, integrator, context, bias, step, settings, dof, periodic)
             now = time.perf_counter()
             if now - last_report >= 0.5 or frame + 1 == n_frames:
                 steps_now = (frame + 1 - frames_done) * settings["frame_interval"]
@@ -210,6 +172,84 @@ def simulate(
     result = write_run(molsys, out_dir, settings, segments.chunks(), properties, wall, steps_run, bias)
     shutil.rmtree(segments.folder, ignore_errors=True)
     return result
+
+
+def _finished_run(out_dir: Path, settings: dict[str, Any]) -> Run | None:
+    """Return the finished run in ``out_dir``, if any; raise if it was made with other settings."""
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("settings") != settings:
+        raise LatfError(
+            f"{out_dir} holds a finished run with other settings (or from another latf_openmm version); "
+            "choose a new output directory"
+        )
+    return Run(out_dir, manifest, ran_now=False)
+
+
+def _prepare_context(
+    context: openmm.Context,
+    molsys: MolecularSystem,
+    segments: _Segments,
+    bias: SimulationBias | None,
+    temperature_k: float,
+    seed: int,
+) -> int:
+    """Resume ``context`` from the last segment, or set up the start; attach the bias; return the frames done.
+
+    A resumed run loads the last checkpoint and bias state; a new one gets the system's
+    positions and box, is minimized if the system asks for it, and draws velocities at
+    ``temperature_k`` (K) with ``seed``.
+    """
+    frames_done = segments.frames_done()
+    if frames_done:
+        context.loadCheckpoint(segments.last_checkpoint())
+        if bias is not None:
+            bias.restore(segments.last_bias_state())
+    else:
+        context.setPositions(molsys.positions * u.nanometer)
+        if molsys.topology.getPeriodicBoxVectors() is not None:
+            context.setPeriodicBoxVectors(*molsys.topology.getPeriodicBoxVectors())
+        if molsys.minimize:
+            openmm.LocalEnergyMinimizer.minimize(context)
+        context.setVelocitiesToTemperature(temperature_k * u.kelvin, seed)
+    if bias is not None:
+        bias.attach(context)
+    return frames_done
+
+
+def _run_frame(
+    buffer: _FrameBuffer,
+    integrator: openmm.Integrator,
+    context: openmm.Context,
+    bias: SimulationBias | None,
+    step: int,
+    settings: dict[str, Any],
+    dof: int,
+    periodic: bool,
+) -> None:
+    """Run MD up to ``step`` and add the frame there to ``buffer``; raise if the simulation blew up."""
+    try:
+        _advance(integrator, context, bias, step - settings["frame_interval"], step)
+    except openmm.OpenMMException as error:  # the CPU platform refuses NaN coordinates
+        if "NaN" not in str(error):
+            raise
+        raise blew_up(step, settings["timestep_ps"]) from None
+    state = context.getState(getPositions=True, getEnergy=True)
+    epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+    with np.errstate(over="ignore", invalid="ignore"):
+        positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
+    if not (np.isfinite(epot) and np.isfinite(positions).all()):
+        raise blew_up(step, settings["timestep_ps"])
+    kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+    buffer.add(
+        positions,
+        state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer) if periodic else None,
+        epot,
+        2 * kinetic / (dof * KB_KJ_PER_MOL_K) if dof else 0.0,
+        None if bias is None else bias.observe(context, step),
+    )
 
 
 def _advance(
@@ -235,9 +275,9 @@ def simulate_temperatures(
     out_dir: str | Path,
     *,
     seed: int,
-    **options: Any,
+    **options: MDOptions | SimulationBias | float | bool | None,
 ) -> list[Run]:
-    """Independent runs at several temperatures (K), each with its own seed.
+    """Run independent simulations at several temperatures (K), each with its own seed.
 
     Run ``i`` goes to ``out_dir/<label>`` (``T0.75`` in reduced units, ``T300K`` in
     kelvin) with seed :func:`seed_for` ``(seed, i)``; ``options`` go to :func:`simulate`.
@@ -262,12 +302,15 @@ def run_label(molsys: MolecularSystem, temperature: float) -> str:
 
 
 def _ns_per_day(steps: int, timestep_ps: float, seconds: float) -> float | None:
-    """Simulated ns per wall-clock day, or None before anything was timed."""
+    """Return the simulated ns per wall-clock day, or None before anything was timed."""
     return steps * timestep_ps * 1e-3 * 86400 / seconds if seconds > 0 and steps else None
 
 
 def _settings(molsys: MolecularSystem, temperature: float, n_steps: int, seed: int, md: MDOptions) -> dict[str, Any]:
-    """What a run's manifest records of how it was made; a finished run with other settings is not resumed."""
+    """Return what a run's manifest records of how it was made.
+
+    A finished run with other settings is not resumed.
+    """
     temperature_k = float(temperature.value_in_unit(u.kelvin)) if u.is_quantity(temperature) else float(temperature)
     if not np.isfinite(temperature_k) or temperature_k <= 0:
         raise LatfError(f"temperature must be positive, got {temperature_k} K")
@@ -375,7 +418,7 @@ class _Segments:
         self.paths.append(path)
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        """The segments' frames and time series, one segment at a time."""
+        """Yield the segments' frames and time series, one segment at a time."""
         for path in self.paths:
             with np.load(path) as seg:
                 yield {key: seg[key] for key in _SEGMENT_FIELDS}

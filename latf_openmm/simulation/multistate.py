@@ -22,11 +22,16 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
 
 from latf_openmm._quiet import quiet_import
+
+if TYPE_CHECKING:
+    import openmm
+    from openmmtools.states import ThermodynamicState
 
 LangevinDynamicsMove = quiet_import("openmmtools.mcmc").LangevinDynamicsMove
 _multistate = quiet_import("openmmtools.multistate")
@@ -62,19 +67,22 @@ def seed_exchanges(seed: int) -> None:
 class SeededLangevinMove(LangevinDynamicsMove):
     """``LangevinDynamicsMove`` whose integrator draws from ``seed`` (a positive int)."""
 
-    def __init__(self, seed: int = 1, **kwargs) -> None:
+    def __init__(self, seed: int = 1, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.seed = int(seed)
 
-    def _get_integrator(self, thermodynamic_state):
+    def _get_integrator(self, thermodynamic_state: ThermodynamicState) -> openmm.Integrator:
+        """Return openmmtools' integrator for ``thermodynamic_state``, seeded with ``seed``."""
         integrator = super()._get_integrator(thermodynamic_state)
         integrator.setRandomNumberSeed(self.seed)
         return integrator
 
     def __getstate__(self) -> dict:
+        """Return the move's serialization, seed included."""
         return {**super().__getstate__(), "seed": self.seed}
 
     def __setstate__(self, serialization: dict) -> None:
+        """Restore the move from :meth:`__getstate__`'s serialization, seed included."""
         super().__setstate__(serialization)
         self.seed = int(serialization["seed"])
 
@@ -82,13 +90,14 @@ class SeededLangevinMove(LangevinDynamicsMove):
 class IntervalReplicaExchangeSampler(_multistate.ReplicaExchangeSampler):
     """Replica exchange that attempts swaps only after every ``exchange_interval``-th iteration."""
 
-    def __init__(self, exchange_interval: int = 1, **kwargs) -> None:
+    def __init__(self, exchange_interval: int = 1, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.exchange_interval = exchange_interval
 
     exchange_interval = _StoredProperty("exchange_interval", lambda _, value: max(int(value), 1))
 
-    def _mix_replicas(self):
+    def _mix_replicas(self) -> np.ndarray:
+        """Attempt exchanges on every ``exchange_interval``-th iteration; otherwise keep the states."""
         if self._iteration % self.exchange_interval:
             self._n_accepted_matrix[:, :] = 0
             self._n_proposed_matrix[:, :] = 0

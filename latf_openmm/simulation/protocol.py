@@ -1,6 +1,9 @@
-"""What a simulation needs of a bias: the small protocol that :func:`~latf_openmm.simulation.simulate`
-and :func:`~latf_openmm.simulation.replica_exchange` run, so that MD does not depend on the
-biases' layer (``latf_openmm.bias.CVBias`` satisfies it)."""
+"""What a simulation needs of a bias.
+
+This is the small protocol that :func:`~latf_openmm.simulation.simulate` and
+:func:`~latf_openmm.simulation.replica_exchange` run, so that MD does not depend on the
+biases' layer (``latf_openmm.bias.CVBias`` satisfies it).
+"""
 
 from __future__ import annotations
 
@@ -17,22 +20,22 @@ class SimulationBias(Protocol):
     fields: list[str]  # COLVAR columns after time
 
     def settings(self) -> dict[str, Any]:
-        """Everything that defines the bias (part of a run's identity)."""
+        """Return everything that defines the bias (part of a run's identity)."""
 
     def add_to(self, system: openmm.System) -> openmm.System:
-        """A copy of ``system`` with the bias's force added."""
+        """Return a copy of ``system`` with the bias's force added."""
 
     def attach(self, context: openmm.Context) -> None:
         """Bring the force in ``context`` up to date."""
 
     def observe(self, context: openmm.Context, step: int) -> np.ndarray:
-        """The COLVAR row (without time) now."""
+        """Return the COLVAR row (without time) now."""
 
     def update(self, context: openmm.Context, step: int) -> None:
         """Deposit (every ``interval`` steps)."""
 
     def state(self) -> dict[str, np.ndarray]:
-        """The arrays to checkpoint."""
+        """Return the arrays to checkpoint."""
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
         """Restore a :meth:`state`."""

@@ -18,9 +18,11 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import openmm
@@ -36,6 +38,9 @@ from latf_openmm.simulation.run import Run
 from latf_openmm.specs import MDOptions
 from latf_openmm.systems import MolecularSystem
 from latf_openmm.units import KB_KJ_PER_MOL_K
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 STORAGE = "replicas.nc"
 IDENTITY = "replicas_settings.json"  # what the storage was started with, to refuse resuming other settings
@@ -55,7 +60,8 @@ class ReplicaExchangeResult:
         return [float(self.acceptance[k, k + 1]) for k in range(len(self.acceptance) - 1)]
 
 
-def _multistate():
+def _multistate() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
+    """Import openmmtools' cache, multistate and states modules, with :mod:`latf_openmm.simulation.multistate`."""
     cache, multistate, states = (quiet_import(f"openmmtools.{name}") for name in ("cache", "multistate", "states"))
     logging.getLogger("openmmtools.multistate").setLevel(logging.ERROR)  # "the API is experimental", per call
     from latf_openmm.simulation import multistate as latf_multistate
@@ -174,10 +180,17 @@ def replica_exchange(
 
 
 def _colvar(
-    bias: SimulationBias, system, platform, properties: dict, settings: dict, positions: np.ndarray
+    bias: SimulationBias,
+    system: openmm.System,
+    platform: openmm.Platform,
+    properties: dict,
+    settings: dict,
+    positions: np.ndarray,
 ) -> np.ndarray:
-    """COLVAR rows (without time) of frames (n, n_atoms, 3), one every ``frame_interval`` steps of
-    the run's ``settings``, under the fixed ``bias``."""
+    """Return the COLVAR rows (without time) of frames (n, n_atoms, 3) under the fixed ``bias``.
+
+    The frames are one every ``frame_interval`` steps of the run's ``settings``.
+    """
     # never stepped: the integrator's step size only names the run's timestep in a blow-up error
     context = openmm.Context(system, openmm.VerletIntegrator(settings["timestep_ps"]), platform, properties)
     bias.attach(context)
@@ -188,8 +201,22 @@ def _colvar(
     return np.array(rows).reshape(len(positions), len(bias.fields))
 
 
-def _demultiplex(molsys, out: Path, folders, per_temperature, properties, wall: float, iterations_run: int,
-                 bias: SimulationBias | None, colvar) -> None:  # fmt: skip
+def _demultiplex(
+    molsys: MolecularSystem,
+    out: Path,
+    folders: list[Path],
+    per_temperature: list[dict[str, Any]],
+    properties: dict[str, str],
+    wall: float,
+    iterations_run: int,
+    bias: SimulationBias | None,
+    colvar: Callable[[np.ndarray], np.ndarray] | None,
+) -> None:
+    """Write each temperature's frames, gathered from the replicas, as a run folder in ``folders``.
+
+    The exchange statistics go to ``exchange.json``; ``colvar`` gives the COLVAR rows of a
+    biased run's frames.
+    """
     _, _, multistate, _ = _multistate()
     with contextlib.redirect_stdout(io.StringIO()):
         reporter = multistate.MultiStateReporter(str(out / STORAGE), open_mode="r")

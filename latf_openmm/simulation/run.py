@@ -1,5 +1,7 @@
-"""A run folder as :func:`~latf_openmm.simulation.simulate` and replica exchange write it, and
-the one reader of such folders (:class:`Run`, :func:`find_runs`)."""
+"""A run folder as :func:`~latf_openmm.simulation.simulate` and replica exchange write it.
+
+This module is also the one reader of such folders (:class:`Run`, :func:`find_runs`).
+"""
 
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ TOPOLOGY = "topology.pdb"
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run: its folder and manifest. ``ran_now`` says whether the call that returned
-    it ran MD (False when the run was already complete, or was opened with :meth:`open`)."""
+    """A finished run: its folder and manifest.
+
+    ``ran_now`` says whether the call that returned it ran MD (False when the run was
+    already complete, or was opened with :meth:`open`).
+    """
 
     directory: Path
     manifest: dict[str, Any]
@@ -30,7 +35,7 @@ class Run:
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
-        """The finished run in folder ``path``."""
+        """Open the finished run in folder ``path``."""
         manifest_path = Path(path) / MANIFEST
         if not manifest_path.is_file():
             raise LatfError(f"{path} is not a finished run (no {MANIFEST})")
@@ -38,8 +43,11 @@ class Run:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """How the run was made: temperature (``temperature`` in the user-facing unit,
-        ``temperature_K``), steps, MD options, and its ``bias`` settings if biased."""
+        """How the run was made.
+
+        These are the temperature (``temperature`` in the user-facing unit, ``temperature_K``),
+        steps, MD options, and its ``bias`` settings if biased.
+        """
         return self.manifest["settings"]
 
     @property
@@ -53,13 +61,16 @@ class Run:
         return self.directory / self.manifest["files"]["trajectory"]
 
     def load_timeseries(self) -> dict[str, np.ndarray]:
-        """The run's time series (time, step, energies, temperature, features; a biased run's
-        ``colvar`` and ``colvar_fields``)."""
+        """Load the run's time series.
+
+        These are time, step, energies, temperature, features and, for a biased run,
+        ``colvar`` and ``colvar_fields``.
+        """
         with np.load(self.directory / self.manifest["files"]["timeseries"]) as data:
             return {key: data[key] for key in data.files}
 
     def load_trajectory(self) -> mdtraj.Trajectory:
-        """The run's frames as an mdtraj trajectory."""
+        """Load the run's frames as an mdtraj trajectory."""
         return mdtraj.load(str(self.trajectory), top=str(self.directory / TOPOLOGY))
 
 

@@ -151,7 +151,7 @@ def find_recipe(name_or_path: str | Path) -> Path:
     raise LatfError(f"unknown system {name_or_path!r}; known systems: {known}, or a recipe .toml path")
 
 
-def load_system(name_or_path: str | Path, **builder_args: Any) -> MolecularSystem:
+def load_system(name_or_path: str | Path, **builder_args: object) -> MolecularSystem:
     """Build a system from a shipped recipe name or a recipe file.
 
     Parameters
@@ -171,7 +171,7 @@ def load_system(name_or_path: str | Path, **builder_args: Any) -> MolecularSyste
 
 
 def system_from_recipe(
-    recipe: Mapping[str, Any], name: str, base_dir: Path = Path("."), **builder_args: Any
+    recipe: Mapping[str, Any], name: str, base_dir: Path = Path("."), **builder_args: object
 ) -> MolecularSystem:
     """Build a system from a recipe mapping (the parsed TOML)."""
     unknown = set(recipe) - _RECIPE_KEYS

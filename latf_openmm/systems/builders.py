@@ -187,8 +187,8 @@ def _forcefield_system(
         raise LatfError(f"force field {forcefield_files} cannot parametrize the structure: {first_line}") from exc
 
 
-def _app_constant(name: str, what: str):
-    """An ``openmm.app`` constant such as ``PME`` or ``HBonds``, by name."""
+def _app_constant(name: str, what: str) -> object:
+    """Return the ``openmm.app`` constant called ``name``, such as ``PME`` or ``HBonds``."""
     if not isinstance(name, str) or not hasattr(app, name):
         raise LatfError(f"unknown {what} {name!r}")
     return getattr(app, name)
@@ -322,7 +322,7 @@ def from_pdb(
     constraints: str | None = "HBonds",
     base_dir: Path = Path("."),
 ) -> Built:
-    """A user's structure (PDB or PDBx/mmCIF) with OpenMM force-field XML files.
+    """Build a system from a user's structure (PDB or PDBx/mmCIF) and OpenMM force-field XML files.
 
     Parameters
     ----------
@@ -357,7 +357,7 @@ def from_amber(
     constraints: str | None = "HBonds",
     base_dir: Path = Path("."),
 ) -> Built:
-    """A user's AMBER ``prmtop`` + ``inpcrd`` (``implicit_solvent`` e.g. ``"OBC2"``)."""
+    """Build a system from a user's AMBER ``prmtop`` + ``inpcrd`` (``implicit_solvent`` e.g. ``"OBC2"``)."""
     try:
         top = app.AmberPrmtopFile(str(_resolve(prmtop, base_dir)))
         crd = app.AmberInpcrdFile(str(_resolve(inpcrd, base_dir)))
@@ -377,7 +377,7 @@ def from_amber(
 
 
 def from_xml(system_xml: str, pdb: str, base_dir: Path = Path(".")) -> Built:
-    """A serialized OpenMM ``System`` (XML) with a PDB for topology and positions."""
+    """Build a system from a serialized OpenMM ``System`` (XML) with a PDB for topology and positions."""
     structure = app.PDBFile(str(_resolve(pdb, base_dir)))
     try:
         system = openmm.XmlSerializer.deserialize(_resolve(system_xml, base_dir).read_text())
@@ -391,7 +391,8 @@ def from_xml(system_xml: str, pdb: str, base_dir: Path = Path(".")) -> Built:
     return Built(system, structure.topology, _nm(structure.positions))
 
 
-def _nm(positions) -> np.ndarray:
+def _nm(positions: u.Quantity) -> np.ndarray:
+    """Return ``positions`` in nm as a float array."""
     return np.asarray(positions.value_in_unit(u.nanometer), dtype=float)
 
 

@@ -1,0 +1,134 @@
+"""Define the loop's workflow and the names of what it writes.
+
+A workflow (:class:`LoopConfig`) is read from TOML and validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from latf_openmm.errors import LatfError
+from latf_openmm.models import TrainingConfig
+from latf_openmm.specs import ADAPTIVE_METHODS, BiasSpec, MDOptions, read_spec
+
+ROUND_FILE = "round.json"
+ESTIMATE = "estimate.npz"  # round_NNN/estimate.npz: the round's equilibrium estimate over all runs so far
+FROZEN_BIAS = "frozen_bias.npz"  # round_NNN/frozen_bias.npz: the grid of the bias its walkers built, fixed
+SUMMARY = "summary.json"
+ROUND_SUMMARY_KEYS = (
+    "round",
+    "populations",
+    "estimate_effective_sample_size",
+    "population_change",
+    "fes_change_kT",
+    "effective_sample_size",
+    "train_seconds",
+    "walker_seconds",
+    "production_seconds",
+    "replica_seconds",
+    "cpu_seconds",
+)
+# Seed indices (simulation.seed_for(seed, index)), one block of 1000 per round: round r's walker i
+# uses 1000 r + i, its production 1000 r + 500 + i and its replicas 1000 r + 999; round 0's MD at
+# temperature k uses k and the validation MD at target k uses 500 + k.
+REPLICA_SEED_INDEX = 999
+PRODUCTION_SEED_INDEX = VALIDATION_SEED_INDEX = 500
+FINAL = "final"  # RUN_DIR/final/: the final model and its CV for OpenMM and PLUMED, with metadata.json
+PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    """A workflow: what to simulate, how to train and bias, when to stop.
+
+    Temperatures are in the system's user-facing unit (K, or k_BT/ε for reduced-unit systems).
+    """
+
+    system: str
+    system_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int = 1
+    rounds: int = 3
+    tolerance: float = 0.02
+    fes_tolerance: float = 0.3
+    md_temperatures: list[float] = dataclasses.field(default_factory=list)
+    md_steps: int = 100_000
+    replica_exchange: bool = False
+    exchange_interval: int = 1
+    initial_data: list[str] = dataclasses.field(default_factory=list)
+    walkers: int = 2
+    walker_steps: int = 100_000
+    production_steps: int = 0
+    walker_temperature: float | None = None
+    replicas_along_cv: bool = False
+    replica_temperatures: list[float] = dataclasses.field(default_factory=list)
+    replica_steps: int | None = None
+    md: MDOptions = dataclasses.field(default_factory=MDOptions)
+    bias: BiasSpec = dataclasses.field(default_factory=BiasSpec)
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    targets: list[float] = dataclasses.field(default_factory=list)
+    samples: int = 100_000
+    validation_steps: int = 0
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        """Turn ``[md]`` and ``[bias]`` tables (e.g. from ``config.json``) into their specs."""
+        if not isinstance(self.md, MDOptions):  # an [md] table, e.g. from config.json
+            self.md = read_spec(MDOptions, self.md, "workflow [md]")
+        if not isinstance(self.bias, BiasSpec):
+            self.bias = read_spec(BiasSpec, self.bias, "workflow [bias]")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> LoopConfig:
+        """Read a workflow file (top-level keys are the field names; ``[bias]``, ``[train]`` tables)."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise LatfError(f"cannot read workflow {path}: {exc}") from exc
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise LatfError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+        if "system" not in raw:
+            raise LatfError(f"{path}: 'system' is required")
+        raw["md"] = read_spec(MDOptions, raw.get("md", {}), f"{path} [md]")
+        raw["bias"] = read_spec(BiasSpec, raw.get("bias", {}), f"{path} [bias]")
+        config = cls(**raw)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise :class:`LatfError` for out-of-range settings."""
+        checks = [
+            (self.rounds >= 1, "rounds must be ≥ 1"),
+            (self.tolerance > 0 and self.fes_tolerance > 0, "tolerance and fes_tolerance must be positive"),
+            (self.walkers >= 1 and self.walker_steps >= 1 and self.md_steps >= 1, "walkers and steps must be ≥ 1"),
+            (self.walkers < PRODUCTION_SEED_INDEX, f"at most {PRODUCTION_SEED_INDEX - 1} walkers"),
+            (self.production_steps >= 0, "production_steps must be ≥ 0"),
+            (self.replica_steps is None or self.replica_steps >= 1, "replica_steps must be ≥ 1"),
+            (
+                len(self.md_temperatures) <= VALIDATION_SEED_INDEX and len(self.targets) < VALIDATION_SEED_INDEX,
+                f"at most {VALIDATION_SEED_INDEX} MD temperatures and {VALIDATION_SEED_INDEX - 1} targets",
+            ),
+            (self.exchange_interval >= 1, "exchange_interval must be ≥ 1"),
+            (self.validation_steps >= 0, "validation_steps must be ≥ 0"),
+            (self.bias.method in ADAPTIVE_METHODS, "the [bias] method must be 'opes' or 'metad'"),
+            (
+                all(t > 0 for t in [*self.md_temperatures, *self.replica_temperatures, *self.targets]),
+                "temperatures must be positive",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LatfError(f"workflow: {message}")
+        known = {f.name for f in dataclasses.fields(TrainingConfig)}
+        if set(self.train) - known:
+            raise LatfError(f"workflow [train]: unknown option(s) {sorted(set(self.train) - known)}")
+        TrainingConfig(**self.train)
+        if not (self.production_steps > 0 or self.replicas_along_cv):
+            raise LatfError(
+                "workflow: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "
+                "with the round's bias fixed) or replicas_along_cv = true"
+            )

@@ -1,0 +1,162 @@
+"""The final model and its exports, and the summary (generated populations beside MBAR's, validation MD, costs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from latf_openmm.export import export_cv, read_metadata
+from latf_openmm.export.plumed import write_plumed
+from latf_openmm.features import build_featurizer
+from latf_openmm.files import write_json
+from latf_openmm.generation import (
+    free_energy_profile_rmse,
+    generate,
+    kl_divergence_2d,
+    reweighted_populations,
+)
+from latf_openmm.loop.config import FINAL, ROUND_SUMMARY_KEYS, SUMMARY, LoopConfig
+from latf_openmm.loop.estimate import converged, reweighted
+from latf_openmm.loop.rounds import sha256_of
+from latf_openmm.loop.tasks import load_workflow_system
+from latf_openmm.models import load_model
+from latf_openmm.reports import plot_loop
+from latf_openmm.reweighting import (
+    EquilibriumEstimate,
+)
+
+if TYPE_CHECKING:
+    from latf_openmm.models import SPIBModel
+
+
+def final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
+    """Return the CPU seconds of the final flow fit in ``folder`` if it is complete, else None.
+
+    It is complete if its ``metadata.json``, written last, names the last round, that round's
+    model and the final model file by hash.
+    """
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        if (
+            metadata["round"] == last["round"]
+            and metadata["round_model_sha256"] == sha256_of(Path(last["model"]))
+            and metadata["sha256"]["model.pt"] == sha256_of(folder / "model.pt")
+        ):
+            return float(metadata["final_cpu_seconds"])
+    except (OSError, ValueError, KeyError):  # none yet, half-written, or from before the final flow fit
+        pass
+    return None
+
+
+def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary: dict[str, Any],
+                 final_cpu: float) -> None:  # fmt: skip
+    """Write the exports of the final model next to it in ``folder``, ready to use elsewhere.
+
+    The final model is ``folder/model.pt`` (:func:`final_task`; ``latf bias``, ``latf
+    generate``); its exports are ``cv.pt`` (positions → CV, TorchScript),
+    ``cv_s<k>.pt`` (component k as a scalar: an OpenMM TorchForce, e.g. inside a
+    CustomCVForce), ``plumed/`` (``model.ptc`` and a ``plumed.dat`` with the workflow's bias)
+    and ``metadata.json`` (provenance, the states' populations, file hashes, the final fit's
+    CPU time, and the CV of the system's starting structure, which a copy of the files must
+    reproduce).
+    """
+    molsys = load_workflow_system(config)
+    model = load_model(folder / "model.pt")
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    exports = {"cv.pt": None} | {f"cv_s{k}.pt": k for k in range(model.latent_dim)}
+    for name, component in exports.items():
+        export_cv(model, featurizer, folder / name, component=component, feature_description=molsys.features)
+    temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
+    write_plumed(model, featurizer, folder / "plumed", temperature, config.bias)
+    box = molsys.topology.getPeriodicBoxVectors()
+    box = None if box is None else torch.tensor(box.value_in_unit(box.unit), dtype=torch.float64)
+    cv = torch.jit.load(str(folder / "cv.pt"))(torch.as_tensor(molsys.positions, dtype=torch.float64), box)
+    files = ("model.pt", *exports, "plumed/model.ptc", "plumed/plumed.dat")
+    metadata = {
+        "format": "latf_openmm.loop_final",
+        "system": config.system,
+        "system_args": config.system_args,
+        "round": last["round"],
+        "round_model_sha256": sha256_of(Path(last["model"])),  # the same CV; the flow refitted to all data
+        "final_cpu_seconds": final_cpu,
+        "converged": summary["converged"],
+        "temperature_unit": summary["temperature_unit"],
+        "reweighted_state_populations": last["populations"],
+        "generated_state_populations": {t: v["state_populations"] for t, v in summary["targets"].items()},
+        "starting_structure_cv": cv.tolist(),
+        "sha256": {name: sha256_of(folder / name) for name in files},
+        "cv": read_metadata(folder / "cv.pt"),
+        "workflow": dataclasses.asdict(config),
+    }
+    write_json(folder / "metadata.json", metadata)
+
+
+def _compare_with_md(model: SPIBModel, samples: np.ndarray, run: str) -> dict[str, Any]:
+    """Compare generated with encoded MD at one temperature: KL (2-D), free-energy-profile RMSE per component."""
+    with np.load(Path(run) / "timeseries.npz") as series:
+        encoded = model.transform(series["features"].astype(np.float64))
+    comparison: dict[str, Any] = {
+        "md_run": run,
+        "profile_rmse_kT": [free_energy_profile_rmse(encoded[:, k], samples[:, k]) for k in range(model.latent_dim)],
+        "md_state_populations": model.latent_populations(encoded).tolist(),
+    }
+    if model.latent_dim == 2:
+        comparison["kl"] = kl_divergence_2d(encoded, samples)
+    return comparison
+
+
+def summarize(
+    config: LoopConfig, out: Path, history: list[dict[str, Any]], model_path: Path, estimate: EquilibriumEstimate,
+    final_cpu: float, validation: dict[float, str], seconds: float, cpu_seconds: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Write the loop's summary (``summary.json``, ``summary.png``) and the final model's exports; return the summary.
+
+    The summary holds per target temperature the final model's generated populations and
+    profiles beside MBAR's prediction from all runs whose bias is known at every frame (the
+    last round's ``estimate``, at the target); validation MD where asked; the rounds; the costs.
+    """
+    model = load_model(model_path)
+    baseline = reweighted(estimate, model, config.targets)
+    targets: dict[str, Any] = {}
+    for k, temperature in enumerate(config.targets):
+        samples = model.sample(temperature, config.samples, seed=config.seed + k)
+        profiles = []
+        for component in range(model.latent_dim):
+            counts, edges = np.histogram(samples[:, component], bins=50)
+            with np.errstate(divide="ignore"):
+                free = -np.log(counts / counts.max())
+            profiles.append(
+                {
+                    "s": (0.5 * (edges[1:] + edges[:-1])).tolist(),
+                    "free_energy_kT": np.where(counts, free, None).tolist(),
+                }
+            )
+        mbar_populations, mbar_size = reweighted_populations(model, *baseline[f"{temperature:g}"])
+        targets[f"{temperature:g}"] = {
+            "state_populations": model.latent_populations(samples).tolist(),
+            "mbar_state_populations": mbar_populations.tolist(),
+            "mbar_effective_sample_size": round(mbar_size, 1),
+            "free_energy_profiles": profiles,
+        }
+        if temperature in validation:
+            targets[f"{temperature:g}"]["md_comparison"] = _compare_with_md(model, samples, validation[temperature])
+    summary = {
+        "temperature_unit": model.info.get("temperature_unit"),
+        "targets": targets,
+        "rounds": [{k: r.get(k) for k in ROUND_SUMMARY_KEYS} for r in history],
+        "final_model": str(model_path),
+        "converged": bool(history) and converged(config, history[-1]),
+        "wall_seconds_last_session": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+    }
+    write_json(out / SUMMARY, summary)
+    plot_loop(summary, history, out / "summary.png")
+    _write_final(config, out / FINAL, history[-1], summary, final_cpu)
+    if model.latent_dim == 2:
+        generate(model, config.targets, min(config.samples, 50_000), out / "generated.npz", plot=out / "fes.png")
+    return summary

@@ -1,0 +1,162 @@
+"""One round: train, export, walkers, their bias fixed and saved, the runs under it, the estimate, the record."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from dask.distributed import Client, LocalCluster
+
+from latf_openmm.export import export_cv
+from latf_openmm.features import build_featurizer
+from latf_openmm.generation import (
+    generate,
+)
+from latf_openmm.loop.config import ESTIMATE, FROZEN_BIAS, LoopConfig
+from latf_openmm.loop.estimate import effective_sample_sizes, equilibrium_estimate, round_record
+from latf_openmm.loop.tasks import (
+    cpu_timed,
+    fixed_bias,
+    load_workflow_system,
+    production_task,
+    replica_task,
+    train_task,
+    walker_task,
+)
+from latf_openmm.models import load_model
+from latf_openmm.reweighting import (
+    EquilibriumEstimate,
+)
+from latf_openmm.versions import versions
+
+
+def sha256_of(path: Path) -> str:
+    """Return the SHA-256 hex digest of the file at ``path``."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the loop -------------------------------------------------------------------------
+def dask_client(config: LoopConfig) -> Client:
+    """Connect to the workflow's scheduler, or start a local cluster: one single-threaded worker process per walker."""
+    if config.scheduler:
+        return Client(config.scheduler)
+    cluster = LocalCluster(
+        n_workers=config.walkers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
+    )
+    return Client(cluster)
+
+
+def new_round(
+    config: LoopConfig,
+    client: Client,
+    folder: Path,
+    number: int,
+    runs: list[str],
+    previous_model: str | None,
+    previous_estimate: Path,
+    rounds: list[Path],
+) -> dict[str, Any]:
+    """Run round ``number`` in ``folder`` and return the round's record.
+
+    Train on ``runs`` (the prior fitted to the previous round's estimate), export, run the
+    walkers, fix and save their bias's grid, run under it, and estimate once over all runs
+    (``folder/estimate.npz``, with ``rounds`` and this one).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    t0, here = time.perf_counter(), time.process_time()
+    model_path = str(folder / "model.pt")
+    cpu = 0.0
+    if not Path(model_path).is_file():
+        cpu += client.submit(cpu_timed, train_task, config, runs, previous_model, str(previous_estimate), model_path,
+                             pure=False).result()[1]  # fmt: skip
+    t1 = time.perf_counter()
+    _export(config, model_path, folder / "cv.pt")
+    futures = [
+        client.submit(
+            cpu_timed,
+            walker_task,
+            config,
+            model_path,
+            str(folder / "shared"),
+            i,
+            str(folder / "walkers" / f"walker_{i}"),
+            pure=False,
+        )
+        for i in range(config.walkers)
+    ]
+    walkers, walker_cpu = zip(*(f.result() for f in futures), strict=True)
+    walkers = list(walkers)
+    cpu += sum(walker_cpu)
+    _, fixed, _ = fixed_bias(config, model_path, folder / "shared")
+    fixed.frozen_grid().save(folder / FROZEN_BIAS)
+    t2 = time.perf_counter()
+    production: list[str] = []
+    if config.production_steps:
+        shared = str(folder / "shared")
+        futures = [
+            client.submit(
+                cpu_timed,
+                production_task,
+                config,
+                model_path,
+                shared,
+                i,
+                walker_run,
+                str(folder / "production" / f"walker_{i}"),
+                pure=False,
+            )
+            for i, walker_run in enumerate(walkers)
+        ]
+        production, production_cpu = (list(v) for v in zip(*(f.result() for f in futures), strict=True))
+        cpu += sum(production_cpu)
+    t_production = time.perf_counter()
+    replicas: list[str] = []
+    if config.replicas_along_cv:
+        replicas, replica_cpu = client.submit(cpu_timed, replica_task, config, model_path, str(folder / "shared"),
+                                              str(folder / "replicas"), pure=False).result()  # fmt: skip
+        cpu += replica_cpu
+    t3 = time.perf_counter()
+    estimate = equilibrium_estimate(load_model(model_path), runs + walkers + production + replicas, [*rounds, folder])
+    estimate.save(folder / ESTIMATE)
+    estimates = round_record(model_path, EquilibriumEstimate.load(previous_estimate), estimate)
+    data_digest = _report_round(config, model_path, folder)
+    cpu += time.process_time() - here
+    return {
+        "round": number,
+        "model": model_path,
+        "model_sha256": sha256_of(Path(model_path)),
+        "data_digest": data_digest,
+        "versions": versions(),
+        "walkers": walkers,
+        "production": production,
+        "replicas": replicas,
+        **estimates,
+        "effective_sample_size": effective_sample_sizes(walkers + production + replicas),
+        "train_seconds": round(t1 - t0, 2),
+        "walker_seconds": round(t2 - t1, 2),
+        "production_seconds": round(t_production - t2, 2),
+        "replica_seconds": round(t3 - t_production, 2),
+        "cpu_seconds": round(cpu, 1),
+    }
+
+
+def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
+    """Write a round's generated distributions and (2-D) free-energy surfaces at the targets; return the data digest."""
+    model = load_model(model_path)
+    plot = folder / "fes.png" if model.latent_dim == 2 else None
+    generate(model, config.targets, min(config.samples, 50_000), folder / "generated.npz", plot=plot)
+    return model.info["data_digest"]
+
+
+def _export(config: LoopConfig, model_path: str, out: Path) -> None:
+    """Export the model's CV with the system's featurizer (TorchScript, positions → CV) to ``out``."""
+    molsys = load_workflow_system(config)
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    export_cv(load_model(model_path), featurizer, out, feature_description=molsys.features)

@@ -1,0 +1,217 @@
+"""The loop's tasks, run on Dask workers (arguments are plain data).
+
+Round 0's MD, training, the walkers, the runs under a fixed bias, validation MD, the final fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import mdtraj
+import numpy as np
+import torch
+
+from latf_openmm._quiet import quiet_stdout
+from latf_openmm.bias import LearnedCV, build_bias
+from latf_openmm.features import build_featurizer
+from latf_openmm.loop.config import PRODUCTION_SEED_INDEX, REPLICA_SEED_INDEX, VALIDATION_SEED_INDEX, LoopConfig
+from latf_openmm.models import LaTF, TrainingConfig, initial_labels, load_model
+from latf_openmm.reweighting import (
+    EquilibriumEstimate,
+    load_training_data,
+)
+from latf_openmm.simulation import find_runs, replica_exchange, seed_for, simulate, simulate_temperatures
+from latf_openmm.systems import load_system
+
+if TYPE_CHECKING:
+    from latf_openmm.bias import GridBias
+    from latf_openmm.models import LaTFModel, TrainingData
+    from latf_openmm.systems import MolecularSystem
+
+TaskResult = TypeVar("TaskResult")
+
+
+def load_workflow_system(config: LoopConfig) -> MolecularSystem:
+    """Build the workflow's system from its name and builder options."""
+    return load_system(config.system, **config.system_args)
+
+
+def _md_options(config: LoopConfig) -> dict[str, Any]:
+    """Return ``simulate``'s MD options for the loop's runs.
+
+    ``[md] threads`` also sets the tasks' torch threads, so OpenMM gets them on the CPU platform only.
+    """
+    on_cpu = config.md.platform in (None, "CPU")
+    return {"md": config.md if on_cpu else dataclasses.replace(config.md, threads=None), "progress": False}
+
+
+# -- tasks (run on Dask workers; arguments are plain data) -------------------------------
+def train_task(config: LoopConfig, data: list[str], labels_from: str | None, estimate: str, out: str) -> str:
+    """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``.
+
+    With a previous model (``labels_from``), the initial states are a grid over its CV. The
+    prior is fitted (and checked) to the previous round's estimate (the file ``estimate``)
+    along the new CV after training (:func:`_prior_fitted_to_estimate`); training skips the
+    flow's own polishing and check.
+    """
+    torch.set_num_threads(config.md.threads or 1)
+    training = load_training_data(data)
+    estimator = LaTF(
+        TrainingConfig(**{"seed": config.seed, **config.train, "polish_steps": 0, "generation_tolerance": None})
+    )
+    if labels_from is not None:
+        previous = load_model(labels_from)
+        latent = np.concatenate([previous.transform(f.astype(np.float64)) for f in training.features])
+        labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
+        training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
+    model = estimator.fit(training)
+    _prior_fitted_to_estimate(config, model, training, data, EquilibriumEstimate.load(estimate)).save(out)
+    return out
+
+
+def final_task(config: LoopConfig, model_path: str, data: list[str], estimate: str, out: str) -> str:
+    """Fit the last round's model's prior to the last round's estimate and write the model to ``out``.
+
+    The estimate is the file ``estimate``, over all runs ``data``, the last round's included (its
+    model was trained before they ran). This is the model the loop's generated distributions come from.
+    """
+    torch.set_num_threads(config.md.threads or 1)
+    model, training = load_model(model_path), load_training_data(data)
+    _prior_fitted_to_estimate(config, model, training, data, EquilibriumEstimate.load(estimate)).save(out)
+    return out
+
+
+def _prior_fitted_to_estimate(
+    config: LoopConfig, model: LaTFModel, training: TrainingData, data: list[str], estimate: EquilibriumEstimate
+) -> LaTFModel:
+    """Return ``model`` with its prior fitted (flow polishing or the latent free energy) to ``estimate``.
+
+    The fit is along the model's CV, each run at its own temperature; runs outside the estimate
+    (adaptive walkers) weigh nothing there, so that it generates the distribution the loop reports.
+    """
+    weights = {t: estimate.weights(t) for t in set(training.temperatures)}
+    equilibrium = [
+        weights[t].get(run, np.zeros(n))
+        for run, t, n in zip(data, training.temperatures, training.lengths, strict=True)
+    ]
+    estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train}))
+    return estimator.refit_prior(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
+
+
+def _learned_bias(
+    config: LoopConfig, model_path: str, **placement: str | Path | int
+) -> tuple[MolecularSystem, GridBias, float]:
+    """Return the system and the workflow's adaptive bias along the model's CV at the walker temperature (K).
+
+    ``placement``: ``walkers_dir`` and ``walker``, for a walker.
+    """
+    torch.set_num_threads(config.md.threads or 1)
+    molsys = load_workflow_system(config)
+    cv = LearnedCV(load_model(model_path), build_featurizer(molsys.features, molsys.topology))
+    temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
+    periodic = molsys.system.usesPeriodicBoundaryConditions()
+    return molsys, build_bias(config.bias, cv, temperature, periodic, **placement), temperature
+
+
+def fixed_bias(config: LoopConfig, model_path: str, shared: str | Path) -> tuple[MolecularSystem, GridBias, float]:
+    """Return :func:`_learned_bias` continued from the depositions of the walkers in ``shared``, held fixed.
+
+    This is the bias of production runs, replicas and the estimate.
+    """
+    molsys, bias, temperature = _learned_bias(config, model_path)
+    bias.load(shared)
+    bias.freeze()
+    return molsys, bias, temperature
+
+
+def _round_number(folder: Path) -> int:
+    return int(folder.name.split("_")[1])
+
+
+def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, out: str) -> str:
+    """One biased walker along the model's CV; returns its run folder."""
+    molsys, bias, temperature = _learned_bias(config, model_path, walkers_dir=shared, walker=walker)
+    index = _round_number(Path(out).parent.parent) * 1000 + walker
+    run = simulate(molsys, temperature, config.walker_steps, out, seed=seed_for(config.seed, index),
+                   bias=bias, **_md_options(config))  # fmt: skip
+    return str(run.directory)
+
+
+def production_task(config: LoopConfig, model_path: str, shared: str, walker: int, walker_run: str, out: str) -> str:
+    """Continue walker number ``walker`` from the last frame of its run ``walker_run`` under a fixed bias.
+
+    The bias all walkers built (in ``shared``) is held fixed, so that its frames' weights are
+    exact; returns its run folder.
+    """
+    molsys, bias, temperature = fixed_bias(config, model_path, shared)
+    run_folder = Path(walker_run)
+    manifest = json.loads((run_folder / "manifest.json").read_text())
+    files, last_frame = manifest["files"], manifest["n_frames"] - 1
+    with quiet_stdout():  # mdtraj's DCD reader prints the file's format
+        last = mdtraj.load_frame(
+            str(run_folder / files["trajectory"]), last_frame, top=str(run_folder / files["topology"])
+        )
+    molsys = dataclasses.replace(molsys, positions=last.xyz[0].astype(np.float64), minimize=False)
+    index = _round_number(Path(out).parent.parent) * 1000 + PRODUCTION_SEED_INDEX + walker
+    run = simulate(molsys, temperature, config.production_steps, out, seed=seed_for(config.seed, index), bias=bias,
+                   **_md_options(config))  # fmt: skip
+    return str(run.directory)
+
+
+def replica_task(config: LoopConfig, model_path: str, shared: str, out: str) -> list[str]:
+    """Run replica exchange over ``replica_temperatures`` (``replica_steps`` per replica) under a fixed bias.
+
+    The bias the round's walkers built (in ``shared``) is fixed on every replica; returns the
+    per-temperature run folders.
+    """
+    molsys, bias, _ = fixed_bias(config, model_path, shared)
+    seed = seed_for(config.seed, _round_number(Path(out).parent) * 1000 + REPLICA_SEED_INDEX)
+    return _replica_exchange(config, molsys, config.replica_temperatures, config.replica_steps, Path(out), seed, bias)
+
+
+def _replica_exchange(config: LoopConfig, molsys: MolecularSystem, temperatures: list[float], steps: int, out: Path,
+                      seed: int, bias: GridBias | None = None) -> list[str]:  # fmt: skip
+    """Replica exchange over ``temperatures`` (``steps`` per replica) in ``out``; the run folders."""
+    kelvin = [molsys.to_kelvin(t) for t in temperatures]
+    frame_interval = config.md.frame_interval or molsys.frame_interval
+    result = replica_exchange(molsys, kelvin, steps // frame_interval, out, md=_md_options(config)["md"], seed=seed,
+                              exchange_interval=config.exchange_interval, bias=bias)  # fmt: skip
+    return [str(run.directory) for run in result.runs]
+
+
+def validation_task(config: LoopConfig, temperature: float, out: str) -> str:
+    """Unbiased MD at a target temperature, to compare the generated distribution with."""
+    molsys = load_workflow_system(config)
+    index = VALIDATION_SEED_INDEX + config.targets.index(temperature)
+    run = simulate(molsys, molsys.to_kelvin(temperature), config.validation_steps, out,
+                   seed=seed_for(config.seed, index), **_md_options(config))  # fmt: skip
+    return str(run.directory)
+
+
+def cpu_timed(task: Callable[..., TaskResult], *args: object) -> tuple[TaskResult, float]:
+    """Run ``task(*args)`` (on a worker); return its result and the CPU seconds its process spent meanwhile.
+
+    OpenMM and torch threads are included; workers run one task at a time.
+    """
+    start = time.process_time()
+    result = task(*args)
+    return result, time.process_time() - start
+
+
+def round_zero_task(config: LoopConfig, out: str) -> list[str]:
+    """Round 0's runs: the user's data, or unbiased MD (independent runs or replica exchange)."""
+    molsys, folder = load_workflow_system(config), Path(out)
+    if config.initial_data:
+        return [str(p.resolve()) for p in find_runs(config.initial_data)]
+    if config.replica_exchange:
+        return _replica_exchange(config, molsys, config.md_temperatures, config.md_steps, folder / "md", config.seed)
+    kelvin = [molsys.to_kelvin(t) for t in config.md_temperatures]
+    runs = simulate_temperatures(
+        molsys, kelvin, config.md_steps, folder / "md", seed=config.seed, **_md_options(config)
+    )
+    return [str(run.directory) for run in runs]
