@@ -9,8 +9,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -55,3 +59,13 @@ def array_digest(arrays: Iterable[np.ndarray]) -> str:
     for array in arrays:
         sha.update(np.ascontiguousarray(array).tobytes())
     return sha.hexdigest()
+
+
+def save_figure(fig: Figure, out_png: str | Path) -> None:
+    """Lay out, save atomically (PNG, 120 dpi) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt  # matplotlib is slow to import: only where a figure is saved
+
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

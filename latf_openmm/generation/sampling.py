@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from latf_openmm.errors import LatfError
-from latf_openmm.files import write_npz
+from latf_openmm.files import save_figure, write_npz
 from latf_openmm.models import LaTFModel
-from latf_openmm.reports import save_figure
 from latf_openmm.reweighting import effective_sample_size
 
 

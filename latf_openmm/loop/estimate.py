@@ -69,7 +69,8 @@ def equilibrium_estimate(model: SPIBModel | None, runs: list[str], rounds: Seque
     biases = np.array(rows).reshape(len(rows), len(every_frame))
     mbar = multistate_estimate(energies, kelvin, sampled, biases, inefficiency)
     kelvin_per_unit = settings[members[0]]["temperature_K"] / settings[members[0]]["temperature"]
-    return EquilibriumEstimate(tuple(runs[k] for k in members), mbar, kelvin_per_unit)
+    temperatures = tuple(sorted({settings[k]["temperature"] for k in members}))
+    return EquilibriumEstimate(tuple(runs[k] for k in members), mbar, kelvin_per_unit, temperatures)
 
 
 def reweighted(
@@ -85,13 +86,6 @@ def reweighted(
     return {f"{t:g}": (latent, np.concatenate(list(estimate.weights(t).values()))) for t in temperatures}
 
 
-def _simulated_temperatures(estimate: EquilibriumEstimate) -> list[float]:
-    """Return the temperatures (the runs' unit) of the estimate's runs."""
-    return sorted(
-        {json.loads((Path(r) / "manifest.json").read_text())["settings"]["temperature"] for r in estimate.runs}
-    )
-
-
 def round_record(model_path: str, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
     """Return the round's record of its estimate ``after`` (all data).
 
@@ -102,8 +96,8 @@ def round_record(model_path: str, before: EquilibriumEstimate, after: Equilibriu
     Both are measured with this round's model, so states and CV axes are the same on both sides.
     """
     model = load_model(model_path)
-    old = reweighted(before, model, _simulated_temperatures(before))
-    new = reweighted(after, model, _simulated_temperatures(after))
+    old = reweighted(before, model, before.temperatures)
+    new = reweighted(after, model, after.temperatures)
     populations = {
         t: model.latent_populations(latent, weights).tolist() for t, (latent, weights) in sorted(new.items())
     }

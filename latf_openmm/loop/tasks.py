@@ -91,16 +91,24 @@ def _prior_fitted_to_estimate(
 ) -> LaTFModel:
     """Return ``model`` with its prior fitted (flow polishing or the latent free energy) to ``estimate``.
 
-    The fit is along the model's CV, each run at its own temperature; runs outside the estimate
-    (adaptive walkers) weigh nothing there, so that it generates the distribution the loop reports.
+    The fit is along the model's CV, to the estimate at every simulated temperature: each of the
+    estimate's runs counts at each temperature with its frames' MBAR weights there, as MBAR
+    counts it (a run's frames inform every temperature, not only its own). Runs outside the
+    estimate (adaptive walkers) are left out, so that the model generates what the loop reports.
     """
-    weights = {t: estimate.weights(t) for t in set(training.temperatures)}
-    equilibrium = [
-        weights[t].get(run, np.zeros(n))
-        for run, t, n in zip(data, training.temperatures, training.lengths, strict=True)
-    ]
-    estimator = LaTF(TrainingConfig(**{"seed": config.seed, **config.train}))
-    return estimator.refit_prior(model, dataclasses.replace(training, equilibrium_weights=equilibrium))
+    index = {run: k for k, run in enumerate(data)}
+    members = [(t, index[run], w) for t in estimate.temperatures for run, w in estimate.weights(t).items()]
+    segments = training.segments
+    at_every_temperature = TrainingData(
+        [training.features[k] for _, k, _ in members],
+        temperatures=np.array([t for t, _, _ in members]),
+        equilibrium_weights=[w for _, _, w in members],
+        temperature_unit=training.temperature_unit,
+        feature_names=training.feature_names,
+        segments=None if segments is None else [segments[k] for _, k, _ in members],
+    )
+    overrides = {"seed": config.seed, **config.train, "reference_temperature": model.reference_temperature}
+    return LaTF(TrainingConfig(**overrides)).refit_prior(model, at_every_temperature)
 
 
 def _learned_bias(

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 PRIORS = ("flow", "grid")
 GENERATION_CHECK_SAMPLES = 100_000
+GENERATION_ADVICE = {
+    "flow": "use prior = 'grid', another lag or more data",
+    "grid": "try another lag, or more data (and overlap between neighbouring temperatures) where it fails",
+}
 MIN_STEPS_PER_EPOCH = 32
 POLISH_CHECK = 1000  # flow-polishing steps between validation checks
 
@@ -597,7 +601,7 @@ class _Trainer:
                 f"generation check failed: at T = {worst['temperature']:g} the {self.config.prior} prior generates "
                 f"state {state} at {worst['generated'][state]:.3f} where the training data have "
                 f"{worst['data'][state]:.3f} (generation_tolerance {tolerance:g}); the data do not support this "
-                "model: use prior = 'grid', another lag or more data"
+                f"model: {GENERATION_ADVICE[self.config.prior]}"
             )
         return model
 

@@ -6,17 +6,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from latf_openmm.errors import LatfError
-from latf_openmm.files import atomic_path, write_npz
+from latf_openmm.files import save_figure, write_npz
 from latf_openmm.simulation.run import MANIFEST, TIMESERIES, find_runs
 from latf_openmm.units import KB_KJ_PER_MOL_K
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -113,16 +109,6 @@ def plot_run_free_energies(
     return surfaces
 
 
-def save_figure(fig: Figure, out_png: str | Path) -> None:
-    """Lay out, save atomically (PNG, 120 dpi) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-
-
 def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
     """Plot three panels of a ``latf loop`` run.
 
@@ -166,9 +152,7 @@ def _feature_column(feature: str | int, names: list[str], run: Path) -> int:
 
 __all__ = [
     "FreeEnergySurface",
-    "find_runs",
     "free_energy_surface",
     "plot_loop",
     "plot_run_free_energies",
-    "save_figure",
 ]

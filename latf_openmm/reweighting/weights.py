@@ -101,6 +101,7 @@ class EquilibriumEstimate:
     runs: tuple[str, ...]
     mbar: MultistateEstimate
     kelvin_per_unit: float  # a user-facing temperature times this is K
+    temperatures: tuple[float, ...]  # the runs' temperatures (the sampled ones), ascending
 
     def weights(self, temperature: float) -> dict[str, np.ndarray]:
         """Run → its frames' weights at ``temperature``; all runs together sum to their frames."""
@@ -110,7 +111,7 @@ class EquilibriumEstimate:
         """Write the estimate to an ``.npz``, atomically."""
         write_npz(path, runs=np.array(self.runs), energies=self.mbar.energies,
                   log_denominator=self.mbar.log_denominator, run_starts=self.mbar.run_starts,
-                  kelvin_per_unit=np.array(self.kelvin_per_unit))  # fmt: skip
+                  kelvin_per_unit=np.array(self.kelvin_per_unit), temperatures=np.array(self.temperatures))  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> EquilibriumEstimate:
@@ -118,7 +119,8 @@ class EquilibriumEstimate:
         try:
             with np.load(path) as data:
                 mbar = MultistateEstimate(data["energies"], data["log_denominator"], data["run_starts"])
-                return cls(tuple(str(r) for r in data["runs"]), mbar, float(data["kelvin_per_unit"]))
+                runs, temperatures = tuple(str(r) for r in data["runs"]), tuple(data["temperatures"].tolist())
+                return cls(runs, mbar, float(data["kelvin_per_unit"]), temperatures)
         except (OSError, KeyError, ValueError) as exc:
             raise LatfError(f"cannot read the equilibrium estimate {path}: {exc}") from exc
 
