@@ -20,7 +20,7 @@ from latf_openmm._quiet import quiet_stdout
 from latf_openmm.bias import LearnedCV, build_bias
 from latf_openmm.features import build_featurizer
 from latf_openmm.loop.config import PRODUCTION_SEED_INDEX, REPLICA_SEED_INDEX, VALIDATION_SEED_INDEX, LoopConfig
-from latf_openmm.models import LaTF, TrainingConfig, initial_labels, load_model
+from latf_openmm.models import LaTF, TrainingConfig, TrainingData, initial_labels, load_model
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
     load_training_data,
@@ -30,7 +30,7 @@ from latf_openmm.systems import load_system
 
 if TYPE_CHECKING:
     from latf_openmm.bias import GridBias
-    from latf_openmm.models import LaTFModel, TrainingData
+    from latf_openmm.models import LaTFModel
     from latf_openmm.systems import MolecularSystem
 
 TaskResult = TypeVar("TaskResult")
