@@ -29,6 +29,8 @@ ROUND_SUMMARY_KEYS = (
     "walker_seconds",
     "production_seconds",
     "replica_seconds",
+    "estimate_seconds",
+    "round_seconds",
     "cpu_seconds",
 )
 # Seed indices (simulation.seed_for(seed, index)), one block of 1000 per round: round r's walker i

@@ -94,8 +94,6 @@ def new_round(
     walkers, walker_cpu = zip(*(f.result() for f in futures), strict=True)
     walkers = list(walkers)
     cpu += sum(walker_cpu)
-    _, fixed, _ = fixed_bias(config, model_path, folder / "shared")
-    fixed.frozen_grid().save(folder / FROZEN_BIAS)
     t2 = time.perf_counter()
     production: list[str] = []
     if config.production_steps:
@@ -123,11 +121,14 @@ def new_round(
                                               str(folder / "replicas"), pure=False).result()  # fmt: skip
         cpu += replica_cpu
     t3 = time.perf_counter()
+    _, fixed, _ = fixed_bias(config, model_path, folder / "shared")
+    fixed.frozen_grid().save(folder / FROZEN_BIAS)
     estimate = equilibrium_estimate(load_model(model_path), runs + walkers + production + replicas, [*rounds, folder])
     estimate.save(folder / ESTIMATE)
     estimates = round_record(model_path, EquilibriumEstimate.load(previous_estimate), estimate)
     data_digest = _report_round(config, model_path, folder)
     cpu += time.process_time() - here
+    t_end = time.perf_counter()
     return {
         "round": number,
         "model": model_path,
@@ -143,6 +144,8 @@ def new_round(
         "walker_seconds": round(t2 - t1, 2),
         "production_seconds": round(t_production - t2, 2),
         "replica_seconds": round(t3 - t_production, 2),
+        "estimate_seconds": round(t_end - t3, 2),  # the frozen grid, the estimate, the record, the report
+        "round_seconds": round(t_end - t0, 2),
         "cpu_seconds": round(cpu, 1),
     }
 
