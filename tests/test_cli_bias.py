@@ -6,7 +6,11 @@ import sys
 import numpy as np
 import pytest
 
+from latf_openmm import LatfError, build_featurizer
+from latf_openmm.bias import LearnedCV
+from latf_openmm.models import SPIBModel, load_model
 from latf_openmm.simulation import read_colvar
+from latf_openmm.systems import load_system
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
 
@@ -72,3 +76,19 @@ def test_restraint_and_bad_bias_input(model, tmp_path):
     result = _cli("bias", tmp_path / "none.pt", "--system", "threehole", "--steps", 300, "--out", tmp_path / "m")
     assert result.returncode == 2 and "not found" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_the_model_keeps_its_featurizer_and_refuses_another(model):
+    spib = load_model(model)  # trained from `latf simulate` run folders, which record their featurizer
+    molsys = load_system("threehole")
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    assert spib.featurizer.resolved() == featurizer.resolved()
+    positions = molsys.positions[None] + np.random.default_rng(3).normal(scale=0.3, size=(5, 1, 3))
+    np.testing.assert_allclose(LearnedCV(spib).values(positions), LearnedCV(spib, featurizer).values(positions))
+    swapped = build_featurizer([{"kind": "positions", "atoms": [0], "components": "yx"}], molsys.topology)
+    with pytest.raises(LatfError, match="not the one the model was trained with"):
+        LearnedCV(spib, swapped)  # as many features, other ones
+    unkept = SPIBModel(spib.network, {**spib.info, "featurizer": None})  # a model saved before models kept it
+    with pytest.raises(LatfError, match="does not keep its featurizer"):
+        LearnedCV(unkept)
+    assert LearnedCV(unkept, swapped).dim == 2  # without a kept featurizer only the count is checked

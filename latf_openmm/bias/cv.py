@@ -26,7 +26,7 @@ import openmm
 import torch
 
 from latf_openmm.errors import LatfError
-from latf_openmm.export import CollectiveVariable, check_compatible
+from latf_openmm.export import CollectiveVariable, paired_featurizer
 from latf_openmm.export.expressions import cv_expression
 from latf_openmm.features import Featurizer
 from latf_openmm.files import array_digest
@@ -43,15 +43,16 @@ class LearnedCV:
     model
         A trained SPIB or LaTF model.
     featurizer
-        The featurizer the model was trained with.
+        The featurizer the model was trained with; default the one the model keeps
+        (:func:`~latf_openmm.export.paired_featurizer` refuses any other).
     backend
         ``"auto"``, ``"native"`` or ``"torch"`` (see the module documentation).
     """
 
-    def __init__(self, model: SPIBModel, featurizer: Featurizer, backend: str = "auto") -> None:
+    def __init__(self, model: SPIBModel, featurizer: Featurizer | None = None, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise LatfError(f"unknown CV backend {backend!r}; use one of {BACKENDS}")
-        check_compatible(featurizer, model)
+        featurizer = paired_featurizer(model, featurizer)
         self.model = model
         self.featurizer = featurizer
         self.dim = model.latent_dim

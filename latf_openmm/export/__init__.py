@@ -46,13 +46,28 @@ class LatentMean(torch.nn.Module):
         return self.encoder(normalized.to(self.feature_mean.dtype)).to(torch.float64)
 
 
-def check_compatible(featurizer: Featurizer, model: SPIBModel) -> None:
-    """Raise if the featurizer does not make the features the model was trained on."""
+def paired_featurizer(model: SPIBModel, featurizer: Featurizer | None = None) -> Featurizer:
+    """Return the featurizer to pair with ``model``: the one given, or the one the model keeps.
+
+    Raise if the given one does not make the model's features: another count, or (for a model
+    that keeps its featurizer) other features; or if neither is there.
+    """
+    kept = model.info.get("featurizer")
+    if featurizer is None:
+        if kept is None:
+            raise LatfError(
+                "this model does not keep its featurizer (trained on .npz arrays, or saved before models kept "
+                "it): give the featurizer (or --system), or retrain it from the run folders"
+            )
+        return model.featurizer
     if featurizer.n_features != len(model.feature_names):
         raise LatfError(
             f"the featurizer makes {featurizer.n_features} features but the model expects "
             f"{len(model.feature_names)}; use the featurizer the model was trained with"
         )
+    if kept is not None and json.loads(json.dumps(featurizer.resolved())) != kept:
+        raise LatfError("the featurizer is not the one the model was trained with (other atoms or features)")
+    return featurizer
 
 
 class CollectiveVariable(torch.nn.Module):
@@ -62,9 +77,9 @@ class CollectiveVariable(torch.nn.Module):
     result is float64.
     """
 
-    def __init__(self, featurizer: Featurizer, model: SPIBModel, component: int | None = None) -> None:
+    def __init__(self, featurizer: Featurizer | None, model: SPIBModel, component: int | None = None) -> None:
         super().__init__()
-        check_compatible(featurizer, model)
+        featurizer = paired_featurizer(model, featurizer)
         if component is not None and not 0 <= component < model.latent_dim:
             raise LatfError(f"component {component} out of range for a {model.latent_dim}-D CV")
         self.featurizer = featurizer
@@ -84,7 +99,7 @@ class CollectiveVariable(torch.nn.Module):
 
 def export_cv(
     model: SPIBModel,
-    featurizer: Featurizer,
+    featurizer: Featurizer | None,
     path: str | Path,
     component: int | None = None,
     feature_description: list[dict[str, Any]] | None = None,
@@ -96,7 +111,7 @@ def export_cv(
     model
         A trained SPIB or LaTF model.
     featurizer
-        The featurizer whose features the model was trained on.
+        The featurizer whose features the model was trained on; None: the one the model keeps.
     path
         Output file (``.pt``).
     component
@@ -104,6 +119,7 @@ def export_cv(
     feature_description
         The featurizer's description, stored in the metadata.
     """
+    featurizer = paired_featurizer(model, featurizer)
     module = torch.jit.script(CollectiveVariable(featurizer, model, component).eval())
     metadata = {
         "format": "latf_openmm.cv",
@@ -132,4 +148,4 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(extra[METADATA_FILE])
 
 
-__all__ = ["CollectiveVariable", "LatentMean", "check_compatible", "export_cv", "read_metadata"]
+__all__ = ["CollectiveVariable", "LatentMean", "export_cv", "paired_featurizer", "read_metadata"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from latf_openmm.errors import LatfError
-from latf_openmm.export import check_compatible
+from latf_openmm.export import paired_featurizer
 from latf_openmm.features import Dihedrals, Distances, Featurizer, Positions
 from latf_openmm.models import SPIBModel
 
@@ -108,7 +108,7 @@ def cv_expression(model: SPIBModel, featurizer: Featurizer, max_size: int = MAX_
         If a layer or feature has no expression form, or the encoder is too large
         (``expression_size`` above ``max_size``) for OpenMM to compile in reasonable time.
     """
-    check_compatible(featurizer, model)
+    featurizer = paired_featurizer(model, featurizer)
     size = expression_size(model)
     if size > max_size:
         raise LatfError(

@@ -72,6 +72,11 @@ class Positions(torch.nn.Module):
         self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
         self.register_buffer("component_indices", torch.tensor(comps, dtype=torch.long))
         self.names = [f"{c}{i}" for i in atoms for c in components]
+        self.components = components
+
+    def resolved(self) -> dict[str, object]:
+        """Return this block's description with explicit atom indices (see :meth:`Featurizer.resolved`)."""
+        return {"kind": "positions", "atoms": self.atom_indices.tolist(), "components": self.components}
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         """Return the selected components of the selected atoms, flattened (..., n_atoms * n_components)."""
@@ -89,6 +94,10 @@ class Distances(torch.nn.Module):
         pairs_t = torch.tensor([[int(i), int(j)] for i, j in pairs], dtype=torch.long).reshape(-1, 2)
         self.register_buffer("pairs", pairs_t)
         self.names = [f"d{i}-{j}" for i, j in pairs_t.tolist()]
+
+    def resolved(self) -> dict[str, object]:
+        """Return this block's description with explicit atom indices (see :meth:`Featurizer.resolved`)."""
+        return {"kind": "distances", "pairs": self.pairs.tolist()}
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         """Return the pair distances (..., n_pairs), nm, by the minimum image if ``box`` is given."""
@@ -108,6 +117,11 @@ class Dihedrals(torch.nn.Module):
         self.register_buffer("quadruplets", quads)
         labels = labels or ["dih" + "-".join(map(str, q)) for q in quads.tolist()]
         self.names = [f"sin({a})" for a in labels] + [f"cos({a})" for a in labels]
+        self.labels = list(labels)
+
+    def resolved(self) -> dict[str, object]:
+        """Return this block's description with explicit atom indices (see :meth:`Featurizer.resolved`)."""
+        return {"kind": "dihedrals", "quadruplets": self.quadruplets.tolist(), "labels": self.labels}
 
     def angles(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         """Return the dihedral angles in radians, (-π, π], with mdtraj's sign convention."""
@@ -151,6 +165,10 @@ class Contacts(torch.nn.Module):
         self.r0, self.n, self.m = float(r0), int(n), int(m)
         self.names = [f"contact{name[1:]}" for name in self.distances.names]
 
+    def resolved(self) -> dict[str, object]:
+        """Return this block's description with explicit atom indices (see :meth:`Featurizer.resolved`)."""
+        return {"kind": "contacts", "pairs": self.distances.pairs.tolist(), "r0": self.r0, "n": self.n, "m": self.m}
+
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         """Return the switched distance of each pair (..., n_pairs)."""
         return rational_switch(self.distances(positions, box) / self.r0, self.n, self.m)
@@ -170,6 +188,10 @@ class CoordinationNumbers(torch.nn.Module):
         self.register_buffer("atom_indices", torch.tensor(atoms, dtype=torch.long))
         self.r0, self.n, self.m = float(r0), int(n), int(m)
         self.names = [f"cn{i}" for i in atoms]
+
+    def resolved(self) -> dict[str, object]:
+        """Return this block's description with explicit atom indices (see :meth:`Featurizer.resolved`)."""
+        return {"kind": "coordination", "atoms": self.atom_indices.tolist(), "r0": self.r0, "n": self.n, "m": self.m}
 
     def forward(self, positions: torch.Tensor, box: torch.Tensor | None = None) -> torch.Tensor:
         """Return each group atom's coordination number with the others (..., n_atoms)."""
@@ -195,6 +217,14 @@ class Featurizer(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(blocks)
         self.n_atoms = int(n_atoms)
         self.names = [name for block in blocks for name in block.names]
+
+    def resolved(self) -> dict[str, object]:
+        """Return the featurizer as numbers: its blocks' descriptions with explicit atom indices.
+
+        :func:`resolved_featurizer` rebuilds it without the topology; a model keeps it, so
+        its CV can never be paired with another featurizer.
+        """
+        return {"n_atoms": self.n_atoms, "blocks": [block.resolved() for block in self.blocks]}
 
     @property
     def n_features(self) -> int:
@@ -332,7 +362,7 @@ def _dihedrals_block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> Dihe
         if not quads or any(len(q) != 4 for q in quads):
             raise LatfError("dihedral features: each quadruplet needs four atom indices")
         _select(topology, [i for q in quads for i in q], "dihedrals")
-        return Dihedrals(quads)
+        return Dihedrals(quads, spec.get("labels"))
     quads, labels = _named_dihedrals(topology, list(spec.get("angles", ["phi", "psi"])))
     return Dihedrals(quads, labels)
 
@@ -351,7 +381,7 @@ def _coordination_block(spec: Mapping[str, Any], topology: mdtraj.Topology) -> C
 _BLOCK_KINDS: dict[str, tuple[set[str], Callable[[Mapping[str, Any], mdtraj.Topology], torch.nn.Module]]] = {
     "positions": ({"atoms", "components"}, _positions_block),
     "distances": ({"atoms", "pairs", "exclude_neighbors"}, _distances_block),
-    "dihedrals": ({"angles", "quadruplets"}, _dihedrals_block),
+    "dihedrals": ({"angles", "quadruplets", "labels"}, _dihedrals_block),
     "coordination": ({"atoms", "r0", "n", "m"}, _coordination_block),
     "contacts": ({"atoms", "pairs", "exclude_neighbors", "r0", "n", "m"}, _contacts_block),
 }
@@ -376,6 +406,19 @@ def build_featurizer(description: Iterable[Mapping[str, Any]], topology: app.Top
     return Featurizer([_block(spec, top) for spec in description], top.n_atoms)
 
 
+def resolved_featurizer(resolved: Mapping[str, Any]) -> Featurizer:
+    """Rebuild a featurizer from :meth:`Featurizer.resolved` (explicit atom indices, no topology)."""
+    try:
+        n_atoms, blocks = int(resolved["n_atoms"]), list(resolved["blocks"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LatfError(f"not a resolved featurizer (n_atoms and blocks): {exc}") from exc
+    topology = mdtraj.Topology()
+    residue = topology.add_residue("X", topology.add_chain())
+    for _ in range(n_atoms):  # explicit indices need only the atom count
+        topology.add_atom("X", None, residue)
+    return build_featurizer(blocks, topology)
+
+
 __all__ = [
     "Contacts",
     "CoordinationNumbers",
@@ -385,4 +428,5 @@ __all__ = [
     "Positions",
     "build_featurizer",
     "rational_switch",
+    "resolved_featurizer",
 ]

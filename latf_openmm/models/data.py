@@ -39,6 +39,9 @@ class TrainingData:
         Optional per-frame id of the continuous stretch of dynamics each frame comes from
         (replica exchange: the replica that produced it); a lagged pair joins only frames
         of one unbroken stretch. None: every trajectory is continuous.
+    featurizer
+        The featurizer that made the features, as numbers (:meth:`Featurizer.resolved`), when
+        known (run folders record it); a model trained on the data keeps it.
     """
 
     features: list[np.ndarray]
@@ -49,6 +52,7 @@ class TrainingData:
     feature_names: list[str] | None = None
     segments: list[np.ndarray] | None = None
     equilibrium_weights: list[np.ndarray] | None = None
+    featurizer: dict[str, object] | None = None
 
     def __post_init__(self) -> None:
         """Convert the arrays to float64 (labels and segments to int64) and reject malformed data."""

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from latf_openmm.errors import LatfError
+from latf_openmm.features import Featurizer, resolved_featurizer
 from latf_openmm.files import atomic_path
 from latf_openmm.models import prior
 from latf_openmm.models.free_energy import LatentFreeEnergyModel
@@ -53,6 +54,17 @@ class SPIBModel:
     def feature_names(self) -> list[str]:
         """Names of the input features."""
         return list(self.info["feature_names"])
+
+    @property
+    def featurizer(self) -> Featurizer | None:
+        """The featurizer the model was trained with (positions → its features), if the data recorded it.
+
+        Models trained on ``.npz`` arrays, or saved before this was kept, have none: pass the
+        featurizer to :class:`~latf_openmm.bias.LearnedCV` and the export then, or retrain
+        from the run folders.
+        """
+        resolved = self.info.get("featurizer")
+        return None if resolved is None else resolved_featurizer(resolved)
 
     def _features(self, features: np.ndarray) -> torch.Tensor:
         features = np.asarray(features, dtype=np.float32)

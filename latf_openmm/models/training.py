@@ -624,6 +624,7 @@ class _Trainer:
             },
             "config": config,
             "feature_names": list(self.data.feature_names),
+            "featurizer": self.data.featurizer,
             "data_digest": self.data.digest(),
             "n_frames": len(self.x),
             "temperatures": None if self.data.temperatures is None else self.data.temperatures.tolist(),

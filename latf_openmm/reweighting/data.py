@@ -69,6 +69,7 @@ def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
         temperature_unit=units.pop(),
         feature_names=names,
         segments=per_frame("segments", 0),
+        featurizer=_common_featurizer(parts),
     )
 
 
@@ -98,6 +99,14 @@ def _from_npz(path: Path) -> TrainingData:
         )  # fmt: skip
 
 
+def _common_featurizer(parts: list[TrainingData]) -> dict[str, object] | None:
+    """Return the featurizer all parts were made with, None if some do not record one; raise if they differ."""
+    recorded = [p.featurizer for p in parts]
+    if any(f is not None and f != recorded[0] for f in recorded):
+        raise LatfError("the training runs were made with different featurizers (another system or features)")
+    return None if any(f is None for f in recorded) else recorded[0]
+
+
 def _from_run(path: Path) -> TrainingData:
     run = Run.open(path)
     series = run.load_timeseries()
@@ -111,6 +120,7 @@ def _from_run(path: Path) -> TrainingData:
         temperature_unit=settings["temperature_unit"],
         feature_names=names,
         segments=replicas,
+        featurizer=run.manifest.get("featurizer"),
     )
 
 

@@ -513,6 +513,7 @@ def write_run(
         "recipe": molsys.recipe,
         "n_frames": n_frames,
         "features": molsys.features,
+        "featurizer": featurizer.resolved() if featurizer else None,  # what made the features, as numbers
         "platform_properties": properties,
         "files": files,
         "wall_seconds_last_session": round(wall, 3),
