@@ -278,3 +278,20 @@ def test_bad_workflow(tmp_path):
     bad.write_text('system = "threehole"\n')
     with pytest.raises(LatfError, match="needs runs under a fixed bias; set production_steps"):
         LoopConfig.from_toml(bad)
+
+
+def test_a_round_made_by_an_earlier_version_is_refused_not_resumed(tmp_path):
+    from latf_openmm.loop.rounds import completed_round
+
+    folder = tmp_path / "round_001"
+    folder.mkdir()
+    (folder / "round.json").write_text(json.dumps({"round": 1}))
+    with pytest.raises(LatfError, match=r"earlier version of the loop.*new output folder"):
+        completed_round(folder)
+    for name in ("estimate.npz", "frozen_bias.npz"):
+        (folder / name).write_bytes(b"")
+    assert completed_round(folder) == {"round": 1}
+    bad = tmp_path / "old.toml"
+    bad.write_text('system = "threehole"\nframe_interval = 30\n')
+    with pytest.raises(LatfError, match=r"frame_interval: MD options go in the \[md\] table"):
+        LoopConfig.from_toml(bad)

@@ -56,7 +56,7 @@ from latf_openmm.files import write_json
 from latf_openmm.loop.config import ESTIMATE, FINAL, ROUND_FILE, LoopConfig
 from latf_openmm.loop.estimate import converged, effective_sample_sizes, equilibrium_estimate
 from latf_openmm.loop.final import final_cpu_seconds, summarize
-from latf_openmm.loop.rounds import dask_client, new_round
+from latf_openmm.loop.rounds import completed_round, dask_client, new_round
 from latf_openmm.loop.tasks import cpu_timed, final_task, load_workflow_system, round_zero_task, validation_task
 from latf_openmm.reweighting import EquilibriumEstimate
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -105,7 +105,7 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
             folder = out / f"round_{number:03d}"
             record_path = folder / ROUND_FILE
             if record_path.is_file():
-                record = json.loads(record_path.read_text())
+                record = completed_round(folder)
             else:
                 client = client or dask_client(config)
                 record = new_round(config, client, folder, number, runs, previous_model, estimate, rounds)

@@ -92,7 +92,9 @@ class LoopConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - names
         if unknown:
-            raise LatfError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+            moved = sorted(unknown & {f.name for f in dataclasses.fields(MDOptions)})
+            hint = f" ({', '.join(moved)}: MD options go in the [md] table)" if moved else ""
+            raise LatfError(f"{path}: unknown key(s) {sorted(unknown)}{hint}; allowed: {sorted(names)}")
         if "system" not in raw:
             raise LatfError(f"{path}: 'system' is required")
         raw["md"] = read_spec(MDOptions, raw.get("md", {}), f"{path} [md]")

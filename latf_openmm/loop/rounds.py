@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from dask.distributed import Client, LocalCluster
 
+from latf_openmm.errors import LatfError
 from latf_openmm.export import export_cv
 from latf_openmm.features import build_featurizer
 from latf_openmm.generation import (
     generate,
 )
-from latf_openmm.loop.config import ESTIMATE, FROZEN_BIAS, LoopConfig
+from latf_openmm.loop.config import ESTIMATE, FROZEN_BIAS, ROUND_FILE, LoopConfig
 from latf_openmm.loop.estimate import effective_sample_sizes, equilibrium_estimate, round_record
 from latf_openmm.loop.tasks import (
     cpu_timed,
@@ -51,6 +53,16 @@ def dask_client(config: LoopConfig) -> Client:
         silence_logs=40,
     )
     return Client(cluster)
+
+
+def completed_round(folder: Path) -> dict[str, Any]:
+    """Return the record of a complete round; raise if an earlier version of the loop made it."""
+    if not ((folder / ESTIMATE).is_file() and (folder / FROZEN_BIAS).is_file()):
+        raise LatfError(
+            f"{folder} was made by an earlier version of the loop (no {ESTIMATE} or {FROZEN_BIAS}); "
+            "run this workflow in a new output folder"
+        )
+    return json.loads((folder / ROUND_FILE).read_text())
 
 
 def new_round(
