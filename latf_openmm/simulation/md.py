@@ -19,6 +19,10 @@ holds a block of frames *and* the OpenMM checkpoint taken right after its last f
 in one atomically written file, so data and checkpoint can never disagree. A killed
 run restarts from its last segment; the finished run gathers the segments into the
 final files and removes them. A complete run is recognised by its manifest.
+
+:func:`simulate` is an engine loop in the style of OpenMM's ``Simulation``: it steps to
+each frame (the bias depositing at its pace), and hands every frame to its reporters, the
+progress bar (ns/day) and the segment reporter (frames, COLVAR rows, checkpoints).
 """
 
 from __future__ import annotations
@@ -138,36 +142,16 @@ def simulate(
     n_frames = n_steps // settings["frame_interval"]
     dof = degrees_of_freedom(molsys.system)
     periodic = molsys.system.usesPeriodicBoundaryConditions()
-    started = time.perf_counter()
-    bar = tqdm(
-        total=n_steps,
-        initial=frames_done * settings["frame_interval"],
-        unit="step",
-        disable=not progress,
-        desc=f"{molsys.name} {settings['temperature']:g} {settings['temperature_unit']}",
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
-    buffer = _FrameBuffer()
-    last_flush = last_report = started
-    with bar:
+    progress_bar = _ProgressReporter(molsys, settings, n_steps, frames_done, progress)
+    checkpoints = _SegmentReporter(segments, checkpoint_seconds, bias)
+    with progress_bar:
         for frame in range(frames_done, n_frames):
             step = (frame + 1) * settings["frame_interval"]
-            _run_frame(buffer, integrator, context, bias, step, settings, dof, periodic)
+            _run_frame(checkpoints.frames, integrator, context, bias, step, settings, dof, periodic)
             now = time.perf_counter()
-            if now - last_report >= 0.5 or frame + 1 == n_frames:
-                steps_now = (frame + 1 - frames_done) * settings["frame_interval"]
-                bar.update(frames_done * settings["frame_interval"] + steps_now - bar.n)
-                rate = _ns_per_day(steps_now, settings["timestep_ps"], now - started)
-                bar.set_postfix_str(f"{rate:.4g} ns/day" if rate else "")
-                last_report = now
-            if frame + 1 == n_frames or now - last_flush >= checkpoint_seconds:
-                segments.write(
-                    buffer, frame + 1 - len(buffer), context.createCheckpoint(), {} if bias is None else bias.state()
-                )
-                buffer = _FrameBuffer()
-                last_flush = now
-    wall = time.perf_counter() - started
+            for reporter in (progress_bar, checkpoints):
+                reporter.report(context, frame, now, frame + 1 == n_frames)
+    wall = time.perf_counter() - progress_bar.started
     steps_run = (n_frames - frames_done) * settings["frame_interval"]
     result = write_run(molsys, out_dir, settings, segments.chunks(), properties, wall, steps_run, bias)
     shutil.rmtree(segments.folder, ignore_errors=True)
@@ -368,6 +352,67 @@ class _FrameBuffer:
         self.temperatures.append(temperature)
         if colvar is not None:
             self.colvar.append(colvar)
+
+
+class _ProgressReporter:
+    """Show the progress bar with ns/day, redrawn at most every half second and after the last frame."""
+
+    def __init__(
+        self, molsys: MolecularSystem, settings: dict[str, Any], n_steps: int, frames_done: int, enabled: bool
+    ) -> None:
+        self.frames_done, self.frame_interval = frames_done, settings["frame_interval"]
+        self.timestep_ps = settings["timestep_ps"]
+        self.started = self.last_report = time.perf_counter()
+        self.bar = tqdm(
+            total=n_steps,
+            initial=frames_done * self.frame_interval,
+            unit="step",
+            disable=not enabled,
+            desc=f"{molsys.name} {settings['temperature']:g} {settings['temperature_unit']}",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+
+    def __enter__(self) -> _ProgressReporter:
+        """Open the bar."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the bar."""
+        self.bar.close()
+
+    def report(self, context: openmm.Context, frame: int, now: float, last: bool) -> None:
+        """Advance the bar to ``frame`` (just completed) and show the speed so far."""
+        if now - self.last_report < 0.5 and not last:
+            return
+        steps_now = (frame + 1 - self.frames_done) * self.frame_interval
+        self.bar.update(self.frames_done * self.frame_interval + steps_now - self.bar.n)
+        rate = _ns_per_day(steps_now, self.timestep_ps, now - self.started)
+        self.bar.set_postfix_str(f"{rate:.4g} ns/day" if rate else "")
+        self.last_report = now
+
+
+class _SegmentReporter:
+    """Keep the frames and COLVAR rows since the last segment, and write them as the next one.
+
+    Every ``checkpoint_seconds`` of wall time, and after the last frame, they go to a new
+    segment with the OpenMM checkpoint and the bias's state after them (atomically), so that
+    a killed run resumes there.
+    """
+
+    def __init__(self, segments: _Segments, checkpoint_seconds: float, bias: SimulationBias | None) -> None:
+        self.segments, self.checkpoint_seconds, self.bias = segments, checkpoint_seconds, bias
+        self.frames = _FrameBuffer()
+        self.last_write = time.perf_counter()
+
+    def report(self, context: openmm.Context, frame: int, now: float, last: bool) -> None:
+        """Write the kept frames as a segment if it is time, ``frame`` being the last of them."""
+        if not last and now - self.last_write < self.checkpoint_seconds:
+            return
+        state = {} if self.bias is None else self.bias.state()
+        self.segments.write(self.frames, frame + 1 - len(self.frames), context.createCheckpoint(), state)
+        self.frames = _FrameBuffer()
+        self.last_write = now
 
 
 class _Segments:
