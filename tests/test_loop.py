@@ -114,6 +114,7 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     # generates the populations the loop's estimate gives (measured: within 0.009).
     sample = np.load(next((out / "round_000" / "md").iterdir()) / "timeseries.npz")["features"][::50].astype(float)
     np.testing.assert_array_equal(final.transform(sample), last_round.transform(sample))
+    assert final.featurizer is not None and final.featurizer.resolved() == last_round.featurizer.resolved()
     generated = summary["targets"]["0.75"]["state_populations"]
     np.testing.assert_allclose(generated, last["populations"]["0.75"], atol=0.03)
     # Beside it, MBAR's prediction from the same runs: the loop's estimate at the simulated

@@ -106,6 +106,7 @@ def _prior_fitted_to_estimate(
         temperature_unit=training.temperature_unit,
         feature_names=training.feature_names,
         segments=None if segments is None else [segments[k] for _, k, _ in members],
+        featurizer=training.featurizer,
     )
     overrides = {"seed": config.seed, **config.train, "reference_temperature": model.reference_temperature}
     return LaTF(TrainingConfig(**overrides)).refit_prior(model, at_every_temperature)
