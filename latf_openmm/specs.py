@@ -201,10 +201,6 @@ class BiasSpec:
             if not ok:
                 raise LatfError(f"bias {message}")
 
-    def with_options(self, **options: object) -> BiasSpec:
-        """Return a copy with the given fields replaced (None leaves a field as it is), validated."""
-        return dataclasses.replace(self, **{k: v for k, v in options.items() if v is not None})
-
     def resolved(self, cv_dim: int, latent_range: Sequence[Sequence[float]] | None, temperature: float) -> BiasSpec:
         """Return the spec with its model-dependent defaults filled in.
 

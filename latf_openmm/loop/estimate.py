@@ -22,12 +22,12 @@ from latf_openmm.models import load_model
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
     effective_sample_size,
-    load_training_data,
     multistate_estimate,
     run_energies,
     run_weights,
     statistical_inefficiency,
 )
+from latf_openmm.simulation import Run
 
 if TYPE_CHECKING:
     from latf_openmm.models import SPIBModel
@@ -45,9 +45,9 @@ def equilibrium_estimate(model: SPIBModel | None, runs: list[str], rounds: Seque
     when ``model`` is None), so a long run that seldom crosses between states does not outweigh
     short ones that cross often. Adaptive walkers are left out.
     """
-    settings = [json.loads((Path(run) / "manifest.json").read_text())["settings"] for run in runs]
+    settings = [Run.open(run).settings for run in runs]
     members = [k for k, s in enumerate(settings) if s.get("bias") is None or s["bias"].get("frozen")]
-    features = [f.astype(np.float64) for f in load_training_data([runs[k] for k in members]).features]
+    features = _features([runs[k] for k in members])
     every_frame = np.concatenate(features)
     rows, row_of = [], {}
     for folder in rounds:
@@ -73,31 +73,40 @@ def equilibrium_estimate(model: SPIBModel | None, runs: list[str], rounds: Seque
     return EquilibriumEstimate(tuple(runs[k] for k in members), mbar, kelvin_per_unit, temperatures)
 
 
+def _features(runs: Sequence[str]) -> list[np.ndarray]:
+    """Return each run's features (float64), from its time series."""
+    return [Run.open(run).load_timeseries()["features"].astype(np.float64) for run in runs]
+
+
+def latent_by_run(model: SPIBModel, runs: Sequence[str]) -> dict[str, np.ndarray]:
+    """Return ``model``'s latent CV of every frame of each of ``runs``, keyed by run."""
+    return {run: model.transform(f) for run, f in zip(runs, _features(runs), strict=True)}
+
+
 def reweighted(
-    estimate: EquilibriumEstimate, model: SPIBModel, temperatures: Sequence[float]
+    estimate: EquilibriumEstimate, latent: dict[str, np.ndarray], temperatures: Sequence[float]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Return per temperature (keyed by its label) the latent CV of the estimate's frames and their weights.
 
-    The latent CV is ``model``'s, at every frame of the estimate's runs; each frame's weight is
-    its weight at that temperature.
+    ``latent`` holds the latent CV of each of the estimate's runs (:func:`latent_by_run`); each
+    frame's weight is its weight at that temperature.
     """
-    features = load_training_data(list(estimate.runs)).features
-    latent = np.concatenate([model.transform(f.astype(np.float64)) for f in features])
-    return {f"{t:g}": (latent, np.concatenate(list(estimate.weights(t).values()))) for t in temperatures}
+    frames = np.concatenate([latent[run] for run in estimate.runs])
+    return {f"{t:g}": (frames, np.concatenate(list(estimate.weights(t).values()))) for t in temperatures}
 
 
-def round_record(model_path: str, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
+def round_record(model: SPIBModel, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
     """Return the round's record of its estimate ``after`` (all data).
 
     It holds the reweighted state populations per simulated temperature and the Kish effective
     sample size of its weights, and how much the round's data changed the populations and the
     free-energy profiles along each CV component since the estimate ``before`` (the previous round's).
 
-    Both are measured with this round's model, so states and CV axes are the same on both sides.
+    Both are measured with this round's ``model``, so states and CV axes are the same on both sides.
     """
-    model = load_model(model_path)
-    old = reweighted(before, model, before.temperatures)
-    new = reweighted(after, model, after.temperatures)
+    latent = latent_by_run(model, list(dict.fromkeys([*after.runs, *before.runs])))  # each run's CV once
+    old = reweighted(before, latent, before.temperatures)
+    new = reweighted(after, latent, after.temperatures)
     populations = {
         t: model.latent_populations(latent, weights).tolist() for t, (latent, weights) in sorted(new.items())
     }

@@ -21,7 +21,7 @@ from latf_openmm.generation import (
     reweighted_populations,
 )
 from latf_openmm.loop.config import FINAL, ROUND_SUMMARY_KEYS, SUMMARY, LoopConfig
-from latf_openmm.loop.estimate import converged, reweighted
+from latf_openmm.loop.estimate import converged, latent_by_run, reweighted
 from latf_openmm.loop.rounds import sha256_of
 from latf_openmm.loop.tasks import load_workflow_system
 from latf_openmm.models import load_model
@@ -121,7 +121,7 @@ def summarize(
     last round's ``estimate``, at the target); validation MD where asked; the rounds; the costs.
     """
     model = load_model(model_path)
-    baseline = reweighted(estimate, model, config.targets)
+    baseline = reweighted(estimate, latent_by_run(model, estimate.runs), config.targets)
     targets: dict[str, Any] = {}
     for k, temperature in enumerate(config.targets):
         samples = model.sample(temperature, config.samples, seed=config.seed + k)

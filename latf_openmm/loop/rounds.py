@@ -27,7 +27,7 @@ from latf_openmm.loop.tasks import (
     train_task,
     walker_task,
 )
-from latf_openmm.models import load_model
+from latf_openmm.models import LaTFModel, load_model
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
 )
@@ -89,7 +89,8 @@ def new_round(
         cpu += client.submit(cpu_timed, train_task, config, runs, previous_model, str(previous_estimate), model_path,
                              pure=False).result()[1]  # fmt: skip
     t1 = time.perf_counter()
-    _export(config, model_path, folder / "cv.pt")
+    model = load_model(model_path)
+    _export(config, model, folder / "cv.pt")
     futures = [
         client.submit(
             cpu_timed,
@@ -135,10 +136,10 @@ def new_round(
     t3 = time.perf_counter()
     _, fixed, _ = fixed_bias(config, model_path, folder / "shared")
     fixed.frozen_grid().save(folder / FROZEN_BIAS)
-    estimate = equilibrium_estimate(load_model(model_path), runs + walkers + production + replicas, [*rounds, folder])
+    estimate = equilibrium_estimate(model, runs + walkers + production + replicas, [*rounds, folder])
     estimate.save(folder / ESTIMATE)
-    estimates = round_record(model_path, EquilibriumEstimate.load(previous_estimate), estimate)
-    data_digest = _report_round(config, model_path, folder)
+    estimates = round_record(model, EquilibriumEstimate.load(previous_estimate), estimate)
+    data_digest = _report_round(config, model, folder)
     cpu += time.process_time() - here
     t_end = time.perf_counter()
     return {
@@ -162,16 +163,15 @@ def new_round(
     }
 
 
-def _report_round(config: LoopConfig, model_path: str, folder: Path) -> str:
+def _report_round(config: LoopConfig, model: LaTFModel, folder: Path) -> str:
     """Write a round's generated distributions and (2-D) free-energy surfaces at the targets; return the data digest."""
-    model = load_model(model_path)
     plot = folder / "fes.png" if model.latent_dim == 2 else None
     generate(model, config.targets, min(config.samples, 50_000), folder / "generated.npz", plot=plot)
     return model.info["data_digest"]
 
 
-def _export(config: LoopConfig, model_path: str, out: Path) -> None:
+def _export(config: LoopConfig, model: LaTFModel, out: Path) -> None:
     """Export the model's CV with the system's featurizer (TorchScript, positions → CV) to ``out``."""
     molsys = load_workflow_system(config)
     featurizer = build_featurizer(molsys.features, molsys.topology)
-    export_cv(load_model(model_path), featurizer, out, feature_description=molsys.features)
+    export_cv(model, featurizer, out, feature_description=molsys.features)
