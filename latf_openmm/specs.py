@@ -181,6 +181,9 @@ class BiasSpec:
     bias_factor: float | None = option(None, f"γ > 1 (metad default {METAD_BIAS_FACTOR:g}; opes barrier/k_BT)")
     barrier: float = option(30.0, "opes: expected barrier ΔE, kJ/mol")
     wall_constant: float = option(1000.0, "walls: kJ/mol per CV unit²")
+    share_interval: int | None = option(
+        None, "metad/opes walkers: steps between exchanges of depositions (a multiple of pace; default 10 × pace)"
+    )
     centre: tuple[float, ...] | None = option(None, "restraint: window centre per CV component")
     force_constant: float = option(100.0, "restraint: kJ/mol per CV unit²")
 
@@ -189,6 +192,10 @@ class BiasSpec:
         checks = [
             (self.method in BIAS_METHODS, f"method must be one of {', '.join(BIAS_METHODS)}, got {self.method!r}"),
             (self.pace >= 1, f"pace must be ≥ 1, got {self.pace}"),
+            (
+                self.share_interval is None or (self.share_interval >= 1 and self.share_interval % self.pace == 0),
+                f"share_interval must be a multiple of pace ({self.pace}), got {self.share_interval}",
+            ),
             (self.height > 0 and self.barrier > 0, "height and barrier must be positive"),
             (self.bias_factor is None or self.bias_factor > 1, f"bias_factor must be > 1, got {self.bias_factor}"),
             (self.margin >= 0 and self.wall_constant >= 0, "margin and wall_constant must be ≥ 0"),

@@ -12,7 +12,7 @@ from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
 from latf_openmm.models import SPIBModel
 from latf_openmm.simulation import md, read_colvar, simulate
-from latf_openmm.specs import MDOptions
+from latf_openmm.specs import BiasSpec, MDOptions, read_spec
 from latf_openmm.systems import load_system
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 
@@ -204,10 +204,22 @@ def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(kind, threehole
     if kind == "metad":  # hills add up
         np.testing.assert_allclose(walkers[1].bias_grid(), own[0]["bias"] + own[1]["bias"])
 
+    if kind == "opes":  # the running normalization is the exact one over both walkers' kernels
+        centres = np.concatenate([o["centres"] for o in own])[:, 0]
+        weights = np.concatenate([o["weights"] for o in own])
+        pairs = np.exp(-0.5 * ((centres[:, None] - centres[None]) / 0.15) ** 2) @ weights
+        density = (own[0]["density"] + own[1]["density"]) / weights.sum()
+        expected = (
+            (1 - 1 / walkers[1].bias_factor)
+            * walkers[1].kt
+            * np.log(density / (pairs.mean() / weights.sum()) + walkers[1].epsilon)
+        )
+        np.testing.assert_allclose(walkers[1].bias_grid(), expected, rtol=1e-10, atol=1e-10)
+
     later = _adaptive(kind, cv, temperature)
     later.load(tmp_path / "w0" / "bias_state.npz")
-    for key, value in own[0].items():
-        np.testing.assert_array_equal(later.state()[key], value)
+    for key, value in own[0].items():  # the depositions exactly; OPES's pair sum, summed anew, to rounding
+        np.testing.assert_allclose(later.state()[key], value, rtol=0 if key != "pair_sum" else 1e-12)
     with pytest.raises(LatfError, match="another grid"):
         _adaptive(kind, cv, temperature, bins=[50]).load(tmp_path / "w0" / "bias_state.npz")
     with pytest.raises(LatfError, match="cannot read the saved bias"):
@@ -218,6 +230,22 @@ def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(kind, threehole
     assert len(together.state()[deposits]) == 400
     with pytest.raises(LatfError, match="no saved walker biases"):
         together.load(tmp_path / "w0")
+
+
+def test_walkers_share_at_their_interval(threehole_cv, tmp_path):
+    molsys, cv = threehole_cv
+    temperature = molsys.to_kelvin(KT)
+    walker = _adaptive("opes", cv, temperature, walkers_dir=tmp_path / "shared", share_interval=5_000)
+    shared_at, share = [], walker._share
+    walker._share = lambda: (shared_at.append(len(walker._own["weights"])), share())
+    simulate(molsys, temperature, 20_000, tmp_path / "w", seed=1, bias=walker, md=MDOptions(frame_interval=100),
+             progress=False)  # fmt: skip
+    assert set(shared_at) == {0, 50, 100, 150, 200}  # at the start, every 50 depositions and at the end
+    assert len(np.load(tmp_path / "shared" / "walker_0.npz")["weights"]) == 200
+    with pytest.raises(LatfError, match="multiple of pace"):
+        _adaptive("opes", cv, temperature, share_interval=150)
+    with pytest.raises(LatfError, match="share_interval must be a multiple of pace"):
+        read_spec(BiasSpec, {"pace": 100, "share_interval": 150}, "workflow [bias]")
 
 
 def test_a_run_that_blows_up_between_frames_says_so(threehole_cv, tmp_path, monkeypatch):

@@ -37,6 +37,9 @@ from latf_openmm.files import write_npz
 from latf_openmm.specs import bias_region
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
+SHARE_EVERY_DEPOSITIONS = 10  # default share_interval, in units of pace
+KERNEL_BLOCK = 512  # kernels per block in the OPES normalization's pair sums (memory ∝ block × kernels)
+
 
 @dataclass(frozen=True)
 class FrozenGrid:
@@ -120,6 +123,10 @@ class GridBias(CVBias):
     walkers_dir, walker
         Share the bias with other walkers through this folder; ``walker`` is this
         walker's index (stable across restarts).
+    share_interval
+        Steps between exchanges of depositions with the other walkers (a multiple of
+        ``pace``; default 10 × pace), as ``openmm.app.Metadynamics``'s ``saveFrequency``.
+        Every checkpoint and the end of a run exchange them too.
     periodic
         Whether the system is periodic.
     """
@@ -139,6 +146,7 @@ class GridBias(CVBias):
         margin: float = 0.1,
         walkers_dir: str | Path | None = None,
         walker: int = 0,
+        share_interval: int | None = None,
         periodic: bool = False,
     ) -> None:
         components, lower, upper, sigma = bias_region(
@@ -161,6 +169,9 @@ class GridBias(CVBias):
         ]
         self.walkers_dir = None if walkers_dir is None else Path(walkers_dir)
         self.walker = int(walker)
+        self.share_interval = SHARE_EVERY_DEPOSITIONS * self.interval if share_interval is None else int(share_interval)
+        if self.share_interval < self.interval or self.share_interval % self.interval:
+            raise LatfError(f"share_interval ({self.share_interval}) must be a multiple of pace ({self.interval})")
         names = ", ".join(f"s{c}" for c in components)
         walls = [
             wall_energy(c, repr(float(lo)), repr(float(hi)), repr(float(wall_constant)))
@@ -183,8 +194,10 @@ class GridBias(CVBias):
             "temperature_K": float(temperature),
             "walkers_dir": None if walkers_dir is None else str(walkers_dir),
             "walker": self.walker,
+            "share_interval": self.share_interval,
         }
-        self._others: dict[str, dict[str, np.ndarray]] = {}
+        self._others: dict[str, dict[str, np.ndarray]] = {}  # by file name, as last read
+        self._others_total: dict[str, np.ndarray] = {}  # their grids summed, their deposition lists joined
 
     # -- the grid -------------------------------------------------------------------
     def _table_arguments(self, grid: np.ndarray) -> list:
@@ -257,7 +270,8 @@ class GridBias(CVBias):
         return np.append(super().observe(context, step), self.reweighting_constant())
 
     def state(self) -> dict[str, np.ndarray]:
-        """Return this walker's depositions (saved with each checkpoint)."""
+        """Return this walker's depositions (saved with each checkpoint, when they are also shared)."""
+        self._share()
         return dict(self._own)
 
     def _acting_state(self) -> list[np.ndarray]:
@@ -292,11 +306,12 @@ class GridBias(CVBias):
         super().freeze()
 
     def update(self, context: openmm.Context, step: int) -> None:
-        """Deposit at the current CV (unless frozen), share with the walkers and update ``context``."""
+        """Deposit at the current CV (unless frozen), share at the interval and update ``context``."""
         if self.frozen:
             return
         self._deposit(self.cv_values(context, step)[self.components])
-        self._share()
+        if len(self._own[self._list_key]) % (self.share_interval // self.interval) == 0:
+            self._share()
         self._push(context)
 
     def load(self, path: str | Path) -> None:
@@ -333,14 +348,27 @@ class GridBias(CVBias):
             return
         self.walkers_dir.mkdir(parents=True, exist_ok=True)
         write_npz(self.walkers_dir / f"walker_{self.walker}.npz", **self._own)
-        for path in self.walkers_dir.glob("walker_*.npz"):
+        previous = self._others
+        self._others = {}
+        for path in sorted(self.walkers_dir.glob("walker_*.npz")):
             if path.name != f"walker_{self.walker}.npz":
                 with np.load(path) as data:
                     self._others[path.name] = {key: data[key] for key in data.files}
+        self._others_total = {
+            key: np.sum([other[key] for other in self._others.values()], axis=0)
+            if key == self._grid_key
+            else np.concatenate([other[key] for other in self._others.values()])
+            for key in self._own
+            if self._others
+        }
+        self._others_read(previous)
+
+    def _others_read(self, previous: dict[str, dict[str, np.ndarray]]) -> None:
+        """Bring running totals up to date after the others' depositions were read (``previous``: as read before)."""
 
     def _all(self, key: str) -> list[np.ndarray]:
-        """Return the ``key`` deposition arrays of this walker and the others."""
-        return [self._own[key], *(other[key] for other in self._others.values())]
+        """Return the ``key`` deposition arrays of this walker and of the others together."""
+        return [self._own[key], *([self._others_total[key]] if self._others_total else [])]
 
 
 class Metadynamics(GridBias):
@@ -352,7 +380,7 @@ class Metadynamics(GridBias):
     """
 
     kind = "metad"
-    _grid_key = "bias"
+    _grid_key, _list_key = "bias", "hills"
 
     def __init__(self, cv: LearnedCV, temperature: float, height: float, **grid: object) -> None:
         super().__init__(cv, temperature, **grid)
@@ -386,10 +414,15 @@ class OPES(GridBias):
     reweighted CV distribution (kernels weighted by e^{V/k_B T} at deposition), Z its
     mean over the kernel centres, ε = e^{−βΔE/(1 − 1/γ)}; ``barrier`` is ΔE (kJ/mol)
     and ``bias_factor`` defaults to βΔE. c(t) = k_B T ln(Σ w / N) as PLUMED's ``rct``.
+
+    P lives on the grid as a running sum of kernels; Z is a running sum of exact kernel
+    values over pairs of centres, Σ_ij w_j K(c_i − c_j), brought up to date with each new
+    kernel (this walker's at deposition, the others' when they are read), as PLUMED's
+    ``OPES_METAD`` does, rather than re-evaluated at every centre each time.
     """
 
     kind = "opes"
-    _grid_key = "density"
+    _grid_key, _list_key = "density", "weights"
 
     def __init__(
         self, cv: LearnedCV, temperature: float, barrier: float, bias_factor: float | None = None, **grid: object
@@ -402,6 +435,8 @@ class OPES(GridBias):
         self._settings["barrier"] = self.barrier
         self.epsilon = np.exp(-self.barrier / (self.kt * (1 - 1 / self.bias_factor)))
         self._own = {"density": np.zeros(self.bins), "weights": np.zeros(0), "centres": np.zeros((0, len(self.bins)))}
+        self._own_pairs = 0.0  # Σ_ij w_j K(c_i − c_j) over this walker's kernels (checkpointed)
+        self._cross_pairs = 0.0  # the same over pairs with at least one of the others' kernels
 
     def bias_grid(self) -> np.ndarray:
         """Return V(s) on the grid from all walkers' kernels (zero before the first), kJ/mol."""
@@ -409,7 +444,7 @@ class OPES(GridBias):
         if not len(weights):
             return np.zeros(self.bins)
         density = np.sum(self._all("density"), axis=0) / weights.sum()
-        normalization = self.interpolate(density, np.concatenate(self._all("centres"))).mean()
+        normalization = (self._own_pairs + self._cross_pairs) / (len(weights) * weights.sum())
         return (1 - 1 / self.bias_factor) * self.kt * np.log(density / normalization + self.epsilon)
 
     def reweighting_constant(self) -> float:
@@ -420,9 +455,69 @@ class OPES(GridBias):
     def _deposit(self, centre: np.ndarray) -> None:
         """Add a kernel at ``centre``, weighted by e^{V/k_B T} there."""
         weight = np.exp(self.interpolate(self.bias_grid(), centre)[0] / self.kt)
+        new_centre, new_weight = centre[None, :], np.array([weight])
+        self._own_pairs += self._pair_sum(self._own["centres"], self._own["weights"], new_centre, new_weight)
+        if self._others_total:
+            self._cross_pairs += self._pair_sum(
+                self._others_total["centres"], self._others_total["weights"], new_centre, new_weight
+            ) - self._pair_sum(np.zeros((0, len(self.bins))), np.zeros(0), new_centre, new_weight)
         self._own["density"] = self._own["density"] + weight * self.kernel(centre)
         self._own["weights"] = np.append(self._own["weights"], weight)
-        self._own["centres"] = np.vstack([self._own["centres"], centre])
+        self._own["centres"] = np.vstack([self._own["centres"], new_centre])
+
+    def _pair_sum(
+        self, centres: np.ndarray, weights: np.ndarray, new_centres: np.ndarray, new_weights: np.ndarray
+    ) -> float:
+        """Return what new kernels add to Σ_ij w_j K(c_i − c_j): the pairs with at least one of them.
+
+        The new kernels join in blocks of :data:`KERNEL_BLOCK`, each block paired with
+        the kernels before it and with itself.
+        """
+        total = 0.0
+        for start in range(0, len(new_weights), KERNEL_BLOCK):
+            block_centres = new_centres[start : start + KERNEL_BLOCK]
+            block_weights = new_weights[start : start + KERNEL_BLOCK]
+            centres = np.concatenate([centres, block_centres])
+            weights = np.concatenate([weights, block_weights])
+            kernels = np.exp(-0.5 * (((centres[:, None, :] - block_centres[None]) / self.sigma) ** 2).sum(-1))
+            old = len(weights) - len(block_weights)
+            # pairs (any i, j new) + pairs (i new, j old): the (new, new) pairs only once
+            total += float(kernels.sum(0) @ block_weights + kernels[:old].sum(1) @ weights[:old])
+        return total
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Return this walker's kernels and their running pair sum (saved with each checkpoint)."""
+        return {**super().state(), "pair_sum": np.array(self._own_pairs)}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Restore a :meth:`state` (or merged depositions, whose pair sum is recomputed)."""
+        super().restore(state)
+        self._own_pairs = (
+            float(state["pair_sum"])
+            if "pair_sum" in state
+            else self._pair_sum(np.zeros((0, len(self.bins))), np.zeros(0), self._own["centres"], self._own["weights"])
+        )
+        self._cross_pairs, self._others, self._others_total = 0.0, {}, {}
+
+    def _others_read(self, previous: dict[str, dict[str, np.ndarray]]) -> None:
+        """Add the pairs with the others' new kernels; start over if a walker's earlier ones changed (it restarted)."""
+        appended = all(
+            name in self._others
+            and np.array_equal(self._others[name]["weights"][: len(old["weights"])], old["weights"])
+            for name, old in previous.items()
+        )
+        if not appended or not self._others:
+            previous, self._cross_pairs = {}, 0.0
+        if not self._others:
+            return
+        seen = {name: len(previous[name]["weights"]) if name in previous else 0 for name in self._others}
+        known, new = [self._own], [{key: other[key][seen[name] :] for key in ("centres", "weights")}
+                                   for name, other in self._others.items()]  # fmt: skip
+        known += [previous[name] for name in previous]
+        self._cross_pairs += self._pair_sum(
+            *(np.concatenate([part[key] for part in known]) for key in ("centres", "weights")),
+            *(np.concatenate([part[key] for part in new]) for key in ("centres", "weights")),
+        )
 
 
 __all__ = ["OPES", "FrozenGrid", "GridBias", "Metadynamics"]

@@ -33,7 +33,7 @@ def build_bias(
     grid = dict(
         components=spec.components, lower=spec.lower, upper=spec.upper, sigma=spec.sigma, bins=spec.bins,
         pace=spec.pace, bias_factor=spec.bias_factor, wall_constant=spec.wall_constant, walkers_dir=walkers_dir,
-        walker=walker, periodic=periodic,
+        walker=walker, share_interval=spec.share_interval, periodic=periodic,
     )  # fmt: skip
     if spec.method == "metad":
         return Metadynamics(cv, temperature, height=spec.height, **grid)
