@@ -12,8 +12,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	@echo "make setup: installing latf_openmm and its stack into $(VENV) (torch with CUDA, OpenMM, ...: several GB, minutes)"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --progress-bar off -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

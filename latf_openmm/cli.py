@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from latf_openmm.errors import LatfError
+from latf_openmm.files import check_output
 from latf_openmm.specs import BiasSpec, MDOptions, read_spec
 from latf_openmm.units import temperature_to_kelvin
+
+TRAIN_THREADS = 1  # latf train's torch threads; README, "Speed": 1 thread against 2 on 2 cores
 
 if TYPE_CHECKING:
     from latf_openmm.bias import CVBias
@@ -123,11 +126,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "--seed",
         type=int,
         default=1,
-        help="base random seed (≥ 0); run i gets its own seed derived from it (default 1)",
+        help="base random seed (≥ 1); run i gets its own seed derived from it (default 1)",
     )
     _add_replica_options(p)
     _add_md_options(p)
-    p.set_defaults(handler=_simulate, required=("system", "steps", "out"))
+    p.set_defaults(handler=_simulate, required=("system", "steps", "out"), outputs={"out": "folder"},
+                   positive=("steps", "seed", "exchange_interval"))  # fmt: skip
 
 
 def _add_replica_options(p: argparse.ArgumentParser) -> None:
@@ -248,7 +252,8 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
     )
     _add_replica_options(p)
     _add_md_options(p)
-    p.set_defaults(handler=_bias, required=("model", "system", "steps", "out"))
+    p.set_defaults(handler=_bias, required=("model", "system", "steps", "out"), outputs={"out": "folder"},
+                   positive=("steps", "seed", "exchange_interval"))  # fmt: skip
 
 
 def _bias(args: argparse.Namespace) -> int:
@@ -295,7 +300,7 @@ def _add_fes(sub: argparse._SubParsersAction) -> None:
         help="two features, by name or column index (default: 0 1)",
     )
     p.add_argument("--bins", type=int, default=60, help="histogram bins per dimension (default 60)")
-    p.set_defaults(handler=_fes, required=("runs",))
+    p.set_defaults(handler=_fes, required=("runs",), outputs={"out": "figure"}, positive=("bins",))
 
 
 def _fes(args: argparse.Namespace) -> int:
@@ -326,9 +331,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", nargs="*", help="run folders or .npz files")
     p.add_argument("--out", help="output model file (.pt)")
     p.add_argument("--model", choices=["latf", "spib"], default="latf", help="what to train (default latf)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help=f"torch CPU threads (default {TRAIN_THREADS}: these networks are small, and more threads than free "
+        "cores slow training several-fold when other jobs share the machine)",
+    )
     _add_spec_options(p, TrainingConfig)
-    p.set_defaults(handler=_train, required=("data", "out"))
+    p.set_defaults(handler=_train, required=("data", "out"), outputs={"out": "file"}, positive=("threads",))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -337,14 +347,11 @@ def _train(args: argparse.Namespace) -> int:
     from latf_openmm.models import SPIB, LaTF, TrainingConfig
     from latf_openmm.reweighting import load_training_data
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LatfError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or TRAIN_THREADS)
     logging.basicConfig(level=logging.INFO, format="latf train: %(message)s", stream=sys.stderr)
-    config = _spec_from_args(TrainingConfig, args, "latf train")
+    estimator = (LaTF if args.model == "latf" else SPIB)(_spec_from_args(TrainingConfig, args, "latf train"))
     data = load_training_data(args.data)
-    model = (LaTF if args.model == "latf" else SPIB)(config).fit(data)
+    model = estimator.fit(data)
     model.save(args.out)
     info = model.info
     populations = ", ".join(f"{p:.3f}" for p in info["state_populations"])
@@ -384,7 +391,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         "energies: beside each generated figure, the populations that MBAR predicts from them and its "
         "effective sample size, the physics baseline",
     )
-    p.set_defaults(handler=_generate, required=("model", "temperatures", "out"))
+    p.set_defaults(handler=_generate, required=("model", "temperatures", "out"),
+                   outputs={"out": "file", "plot": "figure"}, positive=("n", "bins"))  # fmt: skip
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -443,7 +451,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--temperature", type=float, help="temperature for plumed.dat, K (default: the system's first)")
     _add_spec_options(p.add_argument_group("the bias in plumed.dat (as 'latf bias' takes it)"), BiasSpec)
-    p.set_defaults(handler=_export, required=("model", "system", "out"))
+    p.set_defaults(handler=_export, required=("model", "system", "out"), outputs={"out": "file", "plumed": "folder"})
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -480,34 +488,18 @@ def _add_loop(sub: argparse._SubParsersAction) -> None:
     p.add_argument("workflow", nargs="?", help="workflow .toml")
     p.add_argument("--out", help="run folder")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (default: a local cluster)")
-    p.set_defaults(handler=_loop, required=("workflow", "out"))
+    p.set_defaults(handler=_loop, required=("workflow", "out"), outputs={"out": "folder"})
 
 
 def _loop(args: argparse.Namespace) -> int:
-    import json
-
-    from latf_openmm.loop import LoopConfig, run_loop
+    from latf_openmm.loop import LoopConfig, population_table, run_loop
 
     config = LoopConfig.from_toml(args.workflow)
     if args.scheduler:
         config = dataclasses.replace(config, scheduler=args.scheduler)
+    logging.basicConfig(level=logging.INFO, format="latf loop: %(message)s", stream=sys.stderr)
     summary = run_loop(config, args.out)
-    last = summary["rounds"][-1] if summary["rounds"] else {}
-    print(
-        json.dumps(
-            {
-                "rounds": len(summary["rounds"]),
-                "converged": summary["converged"],
-                "reweighted_populations": last.get("populations"),
-                "generated_populations": {t: v["state_populations"] for t, v in summary["targets"].items()},
-                "mbar_populations": {t: v["mbar_state_populations"] for t, v in summary["targets"].items()},
-                "mbar_effective_sample_size": {
-                    t: v["mbar_effective_sample_size"] for t, v in summary["targets"].items()
-                },
-                "cpu_hours": round(summary["cpu_seconds"] / 3600, 3),
-            }
-        )
-    )
+    print(population_table(summary))
     print(f"wrote {Path(args.out) / 'summary.json'}, summary.png, fes.png and final/ (model, CV for OpenMM and PLUMED)")
     return 0
 
@@ -563,6 +555,17 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpa
     return parser.parse_args(argv)
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Raise for a count that must be ≥ 1 and for an output path that cannot be written, before any work."""
+    for name in getattr(args, "positive", ()):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise LatfError(f"{args.command}: --{name.replace('_', '-')} must be ≥ 1, got {value}")
+    for name, kind in getattr(args, "outputs", {}).items():
+        if getattr(args, name):
+            check_output(getattr(args, name), kind)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``latf`` command line; returns the exit status."""
     parser = build_parser()
@@ -573,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             flags = ", ".join(name if name == "runs" else f"--{name.replace('_', '-')}" for name in missing)
             raise LatfError(f"{args.command}: missing {flags} (on the command line or in --config)")
+        _check_arguments(args)
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except LatfError as exc:

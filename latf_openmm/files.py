@@ -13,11 +13,36 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from latf_openmm.errors import LatfError
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_output(path: str | os.PathLike, kind: str = "file") -> Path:
+    """Return ``path`` if it can be written as ``kind`` (``"file"``, ``"figure"`` or ``"folder"``); else raise.
+
+    Nothing is created. The error (a :class:`LatfError`, one line) comes before any work:
+    the path, or a folder on its way, is a file where a folder is needed or the other way
+    round; the nearest existing folder is not writable; a figure's name has no image suffix.
+    """
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise LatfError(f"{path} is a file; give a folder to write into")
+    if kind != "folder" and path.is_dir():
+        raise LatfError(f"{path} is a folder; give a file name")
+    if kind == "figure" and path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise LatfError(f"{path}: give a figure file name ending in {', '.join(FIGURE_SUFFIXES)}")
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise LatfError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise LatfError(f"cannot write {path}: no permission to write in {existing}")
+    return path
 
 
 @contextmanager
@@ -28,7 +53,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     suffix (mdtraj, matplotlib) still work. On failure the temporary file is removed
     and any existing ``path`` is left untouched.
     """
-    path = Path(path)
+    path = check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
@@ -62,9 +87,10 @@ def array_digest(arrays: Iterable[np.ndarray]) -> str:
 
 
 def save_figure(fig: Figure, out_png: str | Path) -> None:
-    """Lay out, save atomically (PNG, 120 dpi) and close a matplotlib figure."""
+    """Lay out, save atomically (120 dpi; the format from the suffix) and close a matplotlib figure."""
     import matplotlib.pyplot as plt  # matplotlib is slow to import: only where a figure is saved
 
+    check_output(out_png, "figure")
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120)

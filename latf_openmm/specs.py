@@ -43,7 +43,11 @@ def option(default: Default, help: str) -> Default:
 
 
 def _coerce(value: object, kind: object, where: str) -> object:
-    """Return ``value`` as the annotated type ``kind`` (int, float, str, bool, tuples of them, or None-able)."""
+    """Return ``value`` as the annotated type ``kind``.
+
+    Types are int, float, str, bool, tuples and lists of them, mappings, None-able ones and
+    nested specs (a table read with :func:`read_spec`).
+    """
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None:
         if type(None) in options:
@@ -51,10 +55,14 @@ def _coerce(value: object, kind: object, where: str) -> object:
         raise LatfError(f"{where} must not be empty")
     for option_type in (o for o in options if o is not type(None)):
         origin = typing.get_origin(option_type)
-        if origin is tuple:
+        if origin in (tuple, list):
             element = typing.get_args(option_type)[0]
             items = value if isinstance(value, list | tuple) else [value]
-            return tuple(_coerce(item, element, where) for item in items)
+            return origin(_coerce(item, element, where) for item in items)
+        if origin is dict and isinstance(value, Mapping):
+            return dict(value)
+        if dataclasses.is_dataclass(option_type) and isinstance(value, option_type | Mapping):
+            return value if isinstance(value, option_type) else read_spec(option_type, value, where)
         if option_type is bool and isinstance(value, bool):
             return value
         if option_type is int and isinstance(value, int | np.integer) and not isinstance(value, bool):
@@ -63,15 +71,25 @@ def _coerce(value: object, kind: object, where: str) -> object:
             return float(value)
         if option_type is str and isinstance(value, str):
             return value
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    names = " or ".join(_type_name(o) for o in options)
     raise LatfError(f"{where} must be {names}, got {value!r}")
+
+
+def _type_name(kind: object) -> str:
+    """Return how an error names an annotated type: ``int``, ``a list of float``, ``a table``."""
+    origin = typing.get_origin(kind)
+    if origin in (tuple, list):
+        return f"a list of {_type_name(typing.get_args(kind)[0])}"
+    if origin is dict or dataclasses.is_dataclass(kind):
+        return "a table"
+    return getattr(kind, "__name__", str(kind))
 
 
 def read_spec(spec_type: type[Spec], table: Mapping[str, Any], source: str) -> Spec:
     """Read a ``spec_type`` from ``table``.
 
     An unknown key, a wrong type or a bad value is a one-line :class:`LatfError` naming
-    ``source`` (e.g. ``"workflow.toml [bias]"``).
+    ``source`` (e.g. ``"workflow.toml [bias]"``); a nested spec's table is ``source [key]``.
     """
     if not isinstance(table, Mapping):
         raise LatfError(f"{source} must be a table of options, got {table!r}")
@@ -80,7 +98,11 @@ def read_spec(spec_type: type[Spec], table: Mapping[str, Any], source: str) -> S
     if unknown:
         raise LatfError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(spec_type)
-    values = {name: _coerce(value, hints[name], f"{source} {name}") for name, value in table.items()}
+    values = {
+        name: _coerce(value, hints[name], f"{source} [{name}]" if dataclasses.is_dataclass(hints[name])
+                      else f"{source} {name}")
+        for name, value in table.items()
+    }  # fmt: skip
     try:
         return spec_type(**values)
     except LatfError as error:

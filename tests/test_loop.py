@@ -16,7 +16,8 @@ from conftest import check_final
 
 from latf_openmm import LatfError
 from latf_openmm.loop import LoopConfig
-from latf_openmm.reweighting import EquilibriumEstimate
+from latf_openmm.loop.estimate import load_estimate
+from latf_openmm.loop.rounds import read_record
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
@@ -98,18 +99,19 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
         assert 500 < ess <= 5000  # each walker and production run: 5000 frames, weighted
     for ess in summary["rounds"][-1]["estimate_effective_sample_size"].values():
         assert 5000 < ess <= 50_000  # the estimate: round 0 (30 000 frames) and 4 fixed-bias runs (20 000)
-    assert shipped["sha256"]["model.pt"] == _sha(Path(summary["final_model"]))
+    assert summary["final_model"] == "final/model.pt"  # paths relative to the run folder
+    assert shipped["sha256"]["model.pt"] == _sha(out / summary["final_model"])
     assert shipped["reweighted_state_populations"] == summary["rounds"][-1]["populations"]
     from latf_openmm.loop.final import final_cpu_seconds
 
-    last = json.loads((out / "round_002" / "round.json").read_text())
+    last = read_record(out / "round_002")
     assert final_cpu_seconds(out / "final", last) == shipped["final_cpu_seconds"] > 0  # a rerun keeps it
 
     # Reweighted populations of the learned states, each state counted in the well most of its
     # frames (round 0 and walkers) are in, vs quadrature; every well must have a state.
     from latf_openmm.models import load_model
 
-    final, last_round = load_model(summary["final_model"]), load_model(last["model"])
+    final, last_round = load_model(out / summary["final_model"]), load_model(last["model"])
     # The final model is the last round's CV and states with its flow fitted to all data: it
     # generates the populations the loop's estimate gives (measured: within 0.009).
     sample = np.load(next((out / "round_000" / "md").iterdir()) / "timeseries.npz")["features"][::50].astype(float)
@@ -125,7 +127,7 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     np.testing.assert_allclose(baseline["0.75"][0], last["populations"]["0.75"], atol=1e-9)
     assert all(0 < size <= 50_000 for _, size in baseline.values())
     md = next((out / "round_000" / "md").iterdir())  # `latf generate` beside MBAR from round 0's one run at 0.75
-    command = [*LATF, "generate", summary["final_model"], "--temperatures", "0.75", "1.0", "--n", "2000",
+    command = [*LATF, "generate", str(out / summary["final_model"]), "--temperatures", "0.75", "1.0", "--n", "2000",
                "--out", str(tmp_path / "g.npz"), "--data", str(md)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -145,6 +147,28 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     predicted = np.zeros(3)  # measured: within 0.013 at 1.0, where this test's flow generates up to 0.10 off
     np.add.at(predicted, majority, baseline["1"][0])
     np.testing.assert_allclose(predicted, threehole_populations(1.0), atol=0.03)
+
+    # A rerun with other settings is refused in one line naming them, and nothing is rewritten;
+    # the rounds may change. The folder keeps its paths relative to itself: moved, and run from
+    # elsewhere, it resumes (all done) and reports.
+    edited = tmp_path / "edited.toml"
+    edited.write_text(WORKFLOW.replace("walkers = 2", "walkers = 3").replace("seed = 2", "seed = 4"))
+    kept = {name: _sha(out / name) for name in ("config.json", "summary.json", "final/metadata.json")}
+    result = subprocess.run([*LATF, "loop", str(edited), "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "seed: 2 → 4; walkers: 2 → 3" in result.stderr and "choose a new output directory" in result.stderr
+    assert {name: _sha(out / name) for name in kept} == kept
+    moved, elsewhere = tmp_path / "moved", tmp_path / "elsewhere"
+    out.rename(moved)
+    elsewhere.mkdir()
+    result = subprocess.run([*LATF, "loop", str(workflow), "--out", "../moved"], cwd=elsewhere, capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    resumed = json.loads((moved / "summary.json").read_text())
+    assert resumed["rounds"] == summary["rounds"] and resumed["final_model"] == "final/model.pt"
+    assert (
+        json.loads((moved / "final" / "metadata.json").read_text())["final_cpu_seconds"] == shipped["final_cpu_seconds"]
+    )
 
 
 def test_final_flow_fit_is_kept_only_when_complete_for_the_last_round(tmp_path):
@@ -210,7 +234,7 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
     result = subprocess.run([*LATF, "loop", str(workflow), "--out", str(tmp_path / "run")], capture_output=True,
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    record = json.loads((tmp_path / "run" / "round_001" / "round.json").read_text())
+    record = read_record(tmp_path / "run" / "round_001")
     replicas = [Path(run) for run in record["replicas"]]
     assert len(replicas) == 3 and set(record["effective_sample_size"]) == {*record["walkers"], *record["replicas"]}
     shared = np.load(tmp_path / "run" / "round_001" / "shared" / "walker_0.npz")
@@ -225,10 +249,10 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
     from latf_openmm.loop import equilibrium_estimate
     from latf_openmm.models import load_model
 
-    zero = json.loads((tmp_path / "run" / "round_000" / "round.json").read_text())["runs"]
+    zero = read_record(tmp_path / "run" / "round_000")["runs"]
     runs = [*zero, *record["walkers"], *record["replicas"]]
     estimate = equilibrium_estimate(load_model(record["model"]), runs, [tmp_path / "run" / "round_001"])
-    saved = EquilibriumEstimate.load(tmp_path / "run" / "round_001" / "estimate.npz")
+    saved = load_estimate(tmp_path / "run" / "round_001" / "estimate.npz")
     members = [runs[k] for k in (0, 1, 3, 4, 5)]
     assert list(estimate.runs) == members == list(saved.runs)
     for kt in (0.75, 0.95):
@@ -270,6 +294,20 @@ def test_bad_workflow(tmp_path):
         result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr  # one line, before any MD
         assert f"{bad} [bias]" in result.stderr and message in result.stderr and not (tmp_path / "o").exists()
+    for text, message in (  # the whole workflow is checked before round 0 (these failed after it)
+        ("walker_steps = 300_001", "walker_steps = 300001: steps must be a multiple of the frame interval (3 steps"),
+        ("md_steps = 1_500_001", "md_steps = 1500001"),
+        ('md_steps = "lots"', "md_steps must be int, got 'lots'"),
+        ("[md]\nframe_interval = 0", "frame_interval must be ≥ 1"),
+    ):
+        bad.write_text(f'system = "threehole"\nproduction_steps = 300\n{text}\n')
+        result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr and not (tmp_path / "o").exists(), result.stderr
+    (tmp_path / "a_file").write_text("a file")
+    result = subprocess.run([*LATF, "loop", str(WORKFLOWS / "threehole.toml"), "--out", str(tmp_path / "a_file")],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "is a file; give a folder" in result.stderr, result.stderr
     bad.write_text('system = "threehole"\nmd_temperatures = [0.75]\nreplicas_along_cv = true\n')
     result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "at least two replica_temperatures" in result.stderr

@@ -159,7 +159,13 @@ def test_blow_up_is_reported_and_earlier_output_kept(tmp_path):
         (["--system", "missing/recipe.toml"], "recipe file not found"),
         (["--system", "threehole", "--platform", "CUDA"], "not available"),
         (["--system", "threehole", "--steps", "301"], "multiple of the frame interval"),
-        (["--system", "threehole", "--seed", "-1"], "seed must be a non-negative"),
+        (["--system", "threehole", "--seed", "0"], "--seed must be ≥ 1, got 0"),  # as for latf bias
+        (["--system", "threehole", "--frame-interval", "0"], "frame_interval must be ≥ 1"),
+        (["--system", "threehole", "--replica-exchange", "--temperatures", "0.75"], "got 0.75 kT/eps"),
+        (
+            ["--system", "threehole", "--replica-exchange", "--exchange-interval", "0"],
+            "--exchange-interval must be ≥ 1",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
@@ -189,3 +195,32 @@ def test_config_file_and_fes_plot(tmp_path):
     bad.write_text("sytem = 'threehole'\n")
     result = _cli("simulate", "--config", bad)
     assert result.returncode == 2 and "unknown option" in result.stderr
+
+
+def test_bad_recipes_and_output_paths_fail_in_one_line_before_any_work(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    recipe = tmp_path / "recipe.toml"
+    for text, message in (
+        ('builder = "threehole"\ntimestep = "fast"\n', "recipe 'recipe' timestep must be float, got 'fast'"),
+        ('builder = "threehole"\ntemperatures = [0.75, "hot"]\n', "temperatures must be float"),
+        ('builder = "threehole"\nframes = 3\n', "unknown key(s) ['frames']"),
+    ):
+        recipe.write_text(text)
+        result = _cli("simulate", "--system", recipe, "--steps", "300", "--out", tmp_path / "o", "--no-progress")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    model = Path(__file__).parents[1] / "models" / "threehole" / "model.pt"
+    for args, message in (
+        (["simulate", "--system", "threehole", "--steps", "300", "--out", a_file], "a_file is a file; give a folder"),
+        (["bias", model, "--system", "threehole", "--steps", "300", "--out", a_file], "is a file; give a folder"),
+        (["train", tmp_path, "--out", a_file / "model.pt"], "a_file is a file, not a folder"),
+        (["train", tmp_path, "--out", tmp_path], "is a folder; give a file name"),
+        (["generate", model, "--temperatures", "0.75", "--out", a_file / "g.npz"], "is a file, not a folder"),
+        (["export", model, "--system", "threehole", "--out", tmp_path / "cv.pt", "--plumed", a_file], "is a file"),
+        (["fes", tmp_path, "--out", tmp_path / "fes"], "give a figure file name ending in .png"),
+        (["bias", model.parent / "cv.pt", "--system", "threehole", "--steps", "300", "--out", tmp_path / "b"],
+         "is an exported CV (TorchScript, positions → CV), not a model"),
+    ):  # fmt: skip
+        result = _cli(*args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "recipe.toml"]  # nothing written

@@ -192,7 +192,7 @@ class GridBias(CVBias):
             "bins": self.bins,
             "wall_constant": float(wall_constant),
             "temperature_K": float(temperature),
-            "walkers_dir": None if walkers_dir is None else str(walkers_dir),
+            "shared": walkers_dir is not None,  # not the folder: a run folder may move
             "walker": self.walker,
             "share_interval": self.share_interval,
         }

@@ -47,26 +47,50 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_json
-from latf_openmm.loop.config import ESTIMATE, FINAL, ROUND_FILE, LoopConfig
-from latf_openmm.loop.estimate import converged, effective_sample_sizes, equilibrium_estimate
-from latf_openmm.loop.final import final_cpu_seconds, summarize
-from latf_openmm.loop.rounds import completed_round, dask_client, new_round
+from latf_openmm.loop.config import CONFIG, ESTIMATE, FINAL, RESUMABLE_KEYS, ROUND_FILE, LoopConfig
+from latf_openmm.loop.estimate import (
+    converged,
+    effective_sample_sizes,
+    equilibrium_estimate,
+    load_estimate,
+    save_estimate,
+)
+from latf_openmm.loop.final import final_cpu_seconds, population_table, summarize
+from latf_openmm.loop.rounds import (
+    completed_round,
+    dask_client,
+    describe_round,
+    new_round,
+    read_record,
+    write_record,
+)
 from latf_openmm.loop.tasks import cpu_timed, final_task, load_workflow_system, round_zero_task, validation_task
-from latf_openmm.reweighting import EquilibriumEstimate
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
+if TYPE_CHECKING:
+    from dask.distributed import Client
 
-def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run (or resume) the loop of ``config`` in ``out_dir``; returns the summary."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+log = logging.getLogger(__name__)
+
+
+def _prepared(config: LoopConfig, out_dir: str | Path) -> tuple[LoopConfig, Path]:
+    """Return the workflow with its temperature defaults filled in and the run folder, checked and ready.
+
+    A run folder already there must hold a run of the same workflow (up to
+    :data:`RESUMABLE_KEYS`); ``config.json`` is written only then.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise LatfError(f"--out {out_dir} is a file; give a directory for the run")
     molsys = load_workflow_system(config)
+    config.check_steps(config.md.frame_interval or molsys.frame_interval)
     md_temperatures = config.md_temperatures or [
         t * KB_KJ_PER_MOL_K if molsys.reduced_units else t for t in molsys.temperatures
     ]
@@ -81,7 +105,35 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
         raise LatfError("workflow: replica exchange in round 0 needs at least two md_temperatures")
     if config.replicas_along_cv and len(config.replica_temperatures) < 2:
         raise LatfError("workflow: replicas along the CV need at least two replica_temperatures (or md_temperatures)")
-    write_json(out / "config.json", dataclasses.asdict(config))
+    if (out / CONFIG).is_file():
+        config.check_resume(json.loads((out / CONFIG).read_text()), out)
+    elif out.is_dir() and any(out.iterdir()):
+        raise LatfError(f"{out_dir} is not empty and holds no loop run ({CONFIG}); choose a new output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG, dataclasses.asdict(config))
+    return config, out
+
+
+def _run_round_zero(config: LoopConfig, client: Client, folder: Path) -> None:
+    """Run round 0 (the user's data, or unbiased MD) on the cluster and write its record in ``folder``."""
+    what = (
+        "the user's runs"
+        if config.initial_data
+        else f"unbiased MD at {config.md_temperatures}, {config.md_steps} steps"
+    )
+    log.info("round 0: %s", what)
+    runs, cpu = client.submit(cpu_timed, round_zero_task, config, str(folder), pure=False).result()
+    write_record(folder, {"round": 0, "runs": runs, "effective_sample_size": effective_sample_sizes(runs),
+                          "cpu_seconds": round(cpu, 1)})  # fmt: skip
+
+
+def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run (or resume) the loop of ``config`` in ``out_dir``; returns the summary.
+
+    A run folder keeps its paths relative to itself, so it can be moved or copied and
+    resumed from anywhere. Resuming with other settings than :data:`RESUMABLE_KEYS` is refused.
+    """
+    config, out = _prepared(config, out_dir)
     started = time.perf_counter()
 
     round_zero = out / "round_000"
@@ -91,15 +143,12 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     try:
         if not (round_zero / ROUND_FILE).is_file():
             client = dask_client(config)
-            runs, cpu = client.submit(cpu_timed, round_zero_task, config, str(round_zero), pure=False).result()
-            record = {"round": 0, "runs": runs, "effective_sample_size": effective_sample_sizes(runs),
-                      "cpu_seconds": round(cpu, 1)}  # fmt: skip
-            write_json(round_zero / ROUND_FILE, record)
-        round_zero_record = json.loads((round_zero / ROUND_FILE).read_text())
+            _run_round_zero(config, client, round_zero)
+        round_zero_record = read_record(round_zero)
         runs = round_zero_record["runs"]
         estimate = round_zero / ESTIMATE  # round 0's, along the features: round 1 trains with it
         if not estimate.is_file():
-            equilibrium_estimate(None, runs).save(estimate)
+            save_estimate(equilibrium_estimate(None, runs), estimate)
         rounds: list[Path] = []
         for number in range(1, config.rounds + 1):
             folder = out / f"round_{number:03d}"
@@ -109,7 +158,8 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
             else:
                 client = client or dask_client(config)
                 record = new_round(config, client, folder, number, runs, previous_model, estimate, rounds)
-                write_json(record_path, record)
+                write_record(folder, record)
+            log.info("%s (elapsed %.0f s)", describe_round(config, record), time.perf_counter() - started)
             history.append(record)
             runs = runs + record["walkers"] + record.get("production", []) + record.get("replicas", [])
             previous_model, estimate = record["model"], folder / ESTIMATE
@@ -138,8 +188,8 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history) + final_cpu
     cpu += sum(seconds for _, seconds in validation.values())
     validation = {t: run for t, (run, _) in validation.items()}
-    return summarize(config, out, history, final_model, EquilibriumEstimate.load(estimate), final_cpu, validation,
+    return summarize(config, out, history, final_model, load_estimate(estimate), final_cpu, validation,
                       time.perf_counter() - started, cpu)  # fmt: skip
 
 
-__all__ = ["LoopConfig", "equilibrium_estimate", "run_loop"]
+__all__ = ["RESUMABLE_KEYS", "LoopConfig", "equilibrium_estimate", "population_table", "run_loop"]

@@ -6,6 +6,7 @@ A workflow (:class:`LoopConfig`) is read from TOML and validated before anything
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ REPLICA_SEED_INDEX = 999
 PRODUCTION_SEED_INDEX = VALIDATION_SEED_INDEX = 500
 FINAL = "final"  # RUN_DIR/final/: the final model and its CV for OpenMM and PLUMED, with metadata.json
 PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
+CONFIG = "config.json"  # RUN_DIR/config.json: the workflow the run was made with, its defaults filled in
+RESUMABLE_KEYS = ("rounds", "scheduler")  # what may change when a run is resumed: more rounds, another cluster
 
 
 @dataclasses.dataclass
@@ -56,12 +59,12 @@ class LoopConfig:
     tolerance: float = 0.02
     fes_tolerance: float = 0.3
     md_temperatures: list[float] = dataclasses.field(default_factory=list)
-    md_steps: int = 100_000
+    md_steps: int = 150_000  # defaults: multiples of every shipped frame interval (3, 20, 500)
     replica_exchange: bool = False
     exchange_interval: int = 1
     initial_data: list[str] = dataclasses.field(default_factory=list)
     walkers: int = 2
-    walker_steps: int = 100_000
+    walker_steps: int = 150_000
     production_steps: int = 0
     walker_temperature: float | None = None
     replicas_along_cv: bool = False
@@ -97,14 +100,17 @@ class LoopConfig:
             raise LatfError(f"{path}: unknown key(s) {sorted(unknown)}{hint}; allowed: {sorted(names)}")
         if "system" not in raw:
             raise LatfError(f"{path}: 'system' is required")
-        raw["md"] = read_spec(MDOptions, raw.get("md", {}), f"{path} [md]")
-        raw["bias"] = read_spec(BiasSpec, raw.get("bias", {}), f"{path} [bias]")
-        config = cls(**raw)
-        config.validate()
+        here = Path(path).parent  # a recipe path and initial_data are relative to the workflow file
+        if str(raw["system"]).endswith(".toml"):
+            raw["system"] = str((here / raw["system"]).resolve())
+        if isinstance(raw.get("initial_data"), list):
+            raw["initial_data"] = [str((here / str(folder)).resolve()) for folder in raw["initial_data"]]
+        config = read_spec(cls, raw, str(path))
+        config.validate(str(path))
         return config
 
-    def validate(self) -> None:
-        """Raise :class:`LatfError` for out-of-range settings."""
+    def validate(self, source: str = "workflow") -> None:
+        """Raise :class:`LatfError` for out-of-range settings, naming ``source`` (the workflow file)."""
         checks = [
             (self.rounds >= 1, "rounds must be ≥ 1"),
             (self.tolerance > 0 and self.fes_tolerance > 0, "tolerance and fes_tolerance must be positive"),
@@ -126,13 +132,44 @@ class LoopConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise LatfError(f"workflow: {message}")
-        known = {f.name for f in dataclasses.fields(TrainingConfig)}
-        if set(self.train) - known:
-            raise LatfError(f"workflow [train]: unknown option(s) {sorted(set(self.train) - known)}")
-        TrainingConfig(**self.train)
+                raise LatfError(f"{source}: {message}")
+        read_spec(TrainingConfig, self.train, f"{source} [train]")
         if not (self.production_steps > 0 or self.replicas_along_cv):
             raise LatfError(
-                "workflow: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "
+                f"{source}: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "
                 "with the round's bias fixed) or replicas_along_cv = true"
             )
+
+    def check_steps(self, frame_interval: int) -> None:
+        """Raise unless every run's steps are a multiple of the frame interval (the system's, or ``[md]``'s)."""
+        names = ("md_steps", "walker_steps", "production_steps", "replica_steps", "validation_steps")
+        bad = [f"{name} = {getattr(self, name)}" for name in names if (getattr(self, name) or 0) % frame_interval]
+        if bad:
+            raise LatfError(f"workflow: {', '.join(bad)}: steps must be a multiple of the frame interval "
+                            f"({frame_interval} steps; [md] frame_interval sets it)")  # fmt: skip
+
+    def check_resume(self, stored: dict[str, Any], out: Path) -> None:
+        """Raise unless this workflow may continue the run in ``out``, made with ``stored`` (its ``config.json``).
+
+        Only :data:`RESUMABLE_KEYS` may differ: the rest defines the data already there.
+        """
+        current = json.loads(json.dumps(dataclasses.asdict(self)))
+        differ = sorted(key for key in {*current, *stored} if key not in RESUMABLE_KEYS
+                        and current.get(key) != stored.get(key))  # fmt: skip
+        if differ:
+            changes = "; ".join(f"{key}: {stored.get(key)!r} → {current.get(key)!r}" for key in differ)
+            raise LatfError(
+                f"{out} holds a loop run made with other settings ({changes}); only "
+                f"{' and '.join(RESUMABLE_KEYS)} may change on resume: choose a new output directory"
+            )
+
+
+def stored_path(path: str | Path, out: Path) -> str:
+    """Return ``path`` as a run folder's records keep it: relative to ``out`` when inside it, so the folder can move."""
+    path = Path(path).resolve()
+    return str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
+
+
+def located_path(path: str | Path, out: Path) -> str:
+    """Return a path kept by :func:`stored_path` as a path to use now."""
+    return str(out / path)

@@ -5,6 +5,7 @@ The record gives populations, effective sample sizes and convergence.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from latf_openmm.errors import LatfError
 from latf_openmm.generation import (
     free_energy_profile_change,
 )
-from latf_openmm.loop.config import FROZEN_BIAS, PROFILE_BINS, LoopConfig
+from latf_openmm.loop.config import FROZEN_BIAS, PROFILE_BINS, LoopConfig, located_path, stored_path
 from latf_openmm.models import load_model
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
@@ -128,6 +129,20 @@ def round_record(model: SPIBModel, before: EquilibriumEstimate, after: Equilibri
         "population_change": population_change,
         "fes_change_kT": fes_change,
     }
+
+
+def save_estimate(estimate: EquilibriumEstimate, path: Path) -> None:
+    """Save a round's estimate (``RUN_DIR/round_NNN/estimate.npz``), its runs named relative to the run folder."""
+    out = path.resolve().parent.parent
+    dataclasses.replace(estimate, runs=tuple(stored_path(run, out) for run in estimate.runs)).save(path)
+
+
+def load_estimate(path: str | Path) -> EquilibriumEstimate:
+    """Load a round's estimate saved by :func:`save_estimate`, its runs located from the run folder."""
+    path = Path(path)
+    estimate = EquilibriumEstimate.load(path)
+    out = path.resolve().parent.parent
+    return dataclasses.replace(estimate, runs=tuple(located_path(run, out) for run in estimate.runs))
 
 
 def effective_sample_sizes(runs: list[str]) -> dict[str, float]:

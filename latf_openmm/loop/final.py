@@ -20,18 +20,20 @@ from latf_openmm.generation import (
     kl_divergence_2d,
     reweighted_populations,
 )
-from latf_openmm.loop.config import FINAL, ROUND_SUMMARY_KEYS, SUMMARY, LoopConfig
+from latf_openmm.loop.config import FINAL, ROUND_SUMMARY_KEYS, SUMMARY, LoopConfig, stored_path
 from latf_openmm.loop.estimate import converged, latent_by_run, reweighted
-from latf_openmm.loop.rounds import sha256_of
+from latf_openmm.loop.rounds import relative_record, sha256_of
 from latf_openmm.loop.tasks import load_workflow_system
 from latf_openmm.models import load_model
 from latf_openmm.reports import plot_loop
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
 )
+from latf_openmm.simulation import Run
 
 if TYPE_CHECKING:
     from latf_openmm.models import SPIBModel
+    from latf_openmm.systems import NamedRegions
 
 
 def final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
@@ -110,6 +112,59 @@ def _compare_with_md(model: SPIBModel, samples: np.ndarray, run: str) -> dict[st
     return comparison
 
 
+def named_regions(
+    regions: NamedRegions, model: SPIBModel, latent: np.ndarray, weights: np.ndarray, frame_regions: np.ndarray,
+    temperature: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Return the system's named regions at one temperature: MBAR's populations, the exact ones, each state's region.
+
+    ``latent``, ``weights`` and ``frame_regions`` are the estimate's frames, their weights at
+    ``temperature`` (user unit) and their regions. A learned state belongs to the region that
+    holds most of its weight (``state_share``: that fraction).
+    """
+    n = len(regions.names)
+    populations = np.bincount(frame_regions, weights=weights, minlength=n) / weights.sum()
+    by_state = np.zeros((model.n_states, n))
+    np.add.at(by_state, (model.latent_state(latent), frame_regions), weights)
+    share = by_state.max(axis=1) / np.maximum(by_state.sum(axis=1), 1e-300)
+    return {
+        "names": list(regions.names),
+        "mbar_populations": populations.tolist(),
+        "exact_populations": None if regions.exact is None else regions.exact(temperature).tolist(),
+        "state_region": [regions.names[k] for k in by_state.argmax(axis=1)],
+        "state_share": share.tolist(),
+    }
+
+
+def population_table(summary: dict[str, Any]) -> str:
+    """Return the summary's populations as a table: per target temperature, each state and each named region.
+
+    A state's generated population stands beside MBAR's from the runs and the region that
+    holds most of its weight; a region's MBAR population beside its exact one where known.
+    """
+    unit = summary["temperature_unit"] or ""
+    simulated = set(summary["rounds"][-1]["populations"]) if summary["rounds"] else set()
+    lines = [f"rounds: {len(summary['rounds'])}, converged: {summary['converged']}, "
+             f"CPU hours: {summary['cpu_seconds'] / 3600:.3f}"]  # fmt: skip
+    for label, target in summary["targets"].items():
+        kind = "simulated" if label in simulated else "not simulated: MBAR reweights the simulated temperatures"
+        lines += [f"\nT = {label} {unit} ({kind}; MBAR effective sample size {target['mbar_effective_sample_size']:g})",
+                  f"  {'state':<7}{'generated':>10}{'MBAR':>8}   region (share of the state's weight)"]  # fmt: skip
+        regions = target.get("regions")
+        for k, (generated, mbar) in enumerate(zip(target["state_populations"], target["mbar_state_populations"],
+                                                  strict=True)):  # fmt: skip
+            where = f"{regions['state_region'][k]} ({regions['state_share'][k]:.2f})" if regions else ""
+            lines.append(f"  {k:<7}{generated:>10.3f}{mbar:>8.3f}   {where}")
+        if regions:
+            exact = regions["exact_populations"]
+            lines.append(f"  {'region':<9}{'MBAR':>8}{'exact' if exact else '':>8}")
+            for i, name in enumerate(regions["names"]):
+                lines.append(
+                    f"  {name:<9}{regions['mbar_populations'][i]:>8.3f}" + (f"{exact[i]:>8.3f}" if exact else "")
+                )
+    return "\n".join(lines)
+
+
 def summarize(
     config: LoopConfig, out: Path, history: list[dict[str, Any]], model_path: Path, estimate: EquilibriumEstimate,
     final_cpu: float, validation: dict[float, str], seconds: float, cpu_seconds: float,
@@ -122,6 +177,9 @@ def summarize(
     """
     model = load_model(model_path)
     baseline = reweighted(estimate, latent_by_run(model, estimate.runs), config.targets)
+    regions = load_workflow_system(config).regions
+    if regions is not None:  # the region of every frame of the estimate's runs, from its positions
+        frame_regions = np.concatenate([regions.of_frames(Run.open(run).load_trajectory()) for run in estimate.runs])
     targets: dict[str, Any] = {}
     for k, temperature in enumerate(config.targets):
         samples = model.sample(temperature, config.samples, seed=config.seed + k)
@@ -143,13 +201,17 @@ def summarize(
             "mbar_effective_sample_size": round(mbar_size, 1),
             "free_energy_profiles": profiles,
         }
+        if regions is not None:
+            targets[f"{temperature:g}"]["regions"] = named_regions(
+                regions, model, *baseline[f"{temperature:g}"], frame_regions, temperature
+            )
         if temperature in validation:
             targets[f"{temperature:g}"]["md_comparison"] = _compare_with_md(model, samples, validation[temperature])
     summary = {
         "temperature_unit": model.info.get("temperature_unit"),
         "targets": targets,
-        "rounds": [{k: r.get(k) for k in ROUND_SUMMARY_KEYS} for r in history],
-        "final_model": str(model_path),
+        "rounds": [{k: r.get(k) for k in ROUND_SUMMARY_KEYS} for r in (relative_record(r, out) for r in history)],
+        "final_model": stored_path(model_path, out),  # relative to the run folder, as every path it keeps
         "converged": bool(history) and converged(config, history[-1]),
         "wall_seconds_last_session": round(seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dask.distributed import Client, LocalCluster
+from dask.distributed import Client, Future, LocalCluster, as_completed
+from tqdm.auto import tqdm
 
 from latf_openmm.errors import LatfError
 from latf_openmm.export import export_cv
 from latf_openmm.features import build_featurizer
+from latf_openmm.files import write_json
 from latf_openmm.generation import (
     generate,
 )
-from latf_openmm.loop.config import ESTIMATE, FROZEN_BIAS, ROUND_FILE, LoopConfig
-from latf_openmm.loop.estimate import effective_sample_sizes, equilibrium_estimate, round_record
+from latf_openmm.loop.config import ESTIMATE, FROZEN_BIAS, ROUND_FILE, LoopConfig, located_path, stored_path
+from latf_openmm.loop.estimate import (
+    effective_sample_sizes,
+    equilibrium_estimate,
+    load_estimate,
+    round_record,
+    save_estimate,
+)
 from latf_openmm.loop.tasks import (
     cpu_timed,
     fixed_bias,
@@ -28,10 +38,10 @@ from latf_openmm.loop.tasks import (
     walker_task,
 )
 from latf_openmm.models import LaTFModel, load_model
-from latf_openmm.reweighting import (
-    EquilibriumEstimate,
-)
 from latf_openmm.versions import versions
+
+log = logging.getLogger(__name__)
+RECORD_PATH_KEYS = ("model", "runs", "walkers", "production", "replicas")
 
 
 def sha256_of(path: Path) -> str:
@@ -55,6 +65,41 @@ def dask_client(config: LoopConfig) -> Client:
     return Client(cluster)
 
 
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    """Write a round's record (``folder/round.json``, last), its paths relative to the run folder."""
+    write_json(folder / ROUND_FILE, relative_record(record, folder.parent))
+
+
+def relative_record(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Return a round's record with its paths relative to the run folder ``out`` (as files keep them)."""
+    return _record_paths(record, lambda path: stored_path(path, out))
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """Read a round's record, its paths located from the run folder (wherever it is now)."""
+    record = json.loads((folder / ROUND_FILE).read_text())
+    return _record_paths(record, lambda path: located_path(path, folder.parent))
+
+
+def _record_paths(record: dict[str, Any], convert: Callable[[str], str]) -> dict[str, Any]:
+    """Return ``record`` with ``convert`` applied to its paths: the model, the runs, and its runs' ESS keys."""
+    converted = dict(record)
+    for key in RECORD_PATH_KEYS:
+        if key in record:
+            value = record[key]
+            converted[key] = convert(value) if isinstance(value, str) else [convert(path) for path in value]
+    if "effective_sample_size" in record:
+        converted["effective_sample_size"] = {convert(run): v for run, v in record["effective_sample_size"].items()}
+    return converted
+
+
+def _results(futures: list[Future], description: str) -> list[Any]:
+    """Return the futures' results in order, with a progress bar of how many have finished."""
+    for _ in tqdm(as_completed(futures), total=len(futures), desc=description, unit="run", leave=False):
+        pass
+    return [future.result() for future in futures]
+
+
 def completed_round(folder: Path) -> dict[str, Any]:
     """Return the record of a complete round; raise if an earlier version of the loop made it."""
     if not ((folder / ESTIMATE).is_file() and (folder / FROZEN_BIAS).is_file()):
@@ -62,7 +107,7 @@ def completed_round(folder: Path) -> dict[str, Any]:
             f"{folder} was made by an earlier version of the loop (no {ESTIMATE} or {FROZEN_BIAS}); "
             "run this workflow in a new output folder"
         )
-    return json.loads((folder / ROUND_FILE).read_text())
+    return read_record(folder)
 
 
 def new_round(
@@ -86,6 +131,7 @@ def new_round(
     model_path = str(folder / "model.pt")
     cpu = 0.0
     if not Path(model_path).is_file():
+        log.info("round %d: training on %d runs", number, len(runs))
         cpu += client.submit(cpu_timed, train_task, config, runs, previous_model, str(previous_estimate), model_path,
                              pure=False).result()[1]  # fmt: skip
     t1 = time.perf_counter()
@@ -104,7 +150,10 @@ def new_round(
         )
         for i in range(config.walkers)
     ]
-    walkers, walker_cpu = zip(*(f.result() for f in futures), strict=True)
+    log.info(
+        "round %d: trained (%.0f s); %d walkers, %d steps each", number, t1 - t0, config.walkers, config.walker_steps
+    )
+    walkers, walker_cpu = zip(*_results(futures, f"round {number} walkers"), strict=True)
     walkers = list(walkers)
     cpu += sum(walker_cpu)
     t2 = time.perf_counter()
@@ -125,7 +174,9 @@ def new_round(
             )
             for i, walker_run in enumerate(walkers)
         ]
-        production, production_cpu = (list(v) for v in zip(*(f.result() for f in futures), strict=True))
+        production, production_cpu = (
+            list(v) for v in zip(*_results(futures, f"round {number} runs under the fixed bias"), strict=True)
+        )
         cpu += sum(production_cpu)
     t_production = time.perf_counter()
     replicas: list[str] = []
@@ -137,8 +188,8 @@ def new_round(
     _, fixed, _ = fixed_bias(config, model_path, folder / "shared")
     fixed.frozen_grid().save(folder / FROZEN_BIAS)
     estimate = equilibrium_estimate(model, runs + walkers + production + replicas, [*rounds, folder])
-    estimate.save(folder / ESTIMATE)
-    estimates = round_record(model, EquilibriumEstimate.load(previous_estimate), estimate)
+    save_estimate(estimate, folder / ESTIMATE)
+    estimates = round_record(model, load_estimate(previous_estimate), estimate)
     data_digest = _report_round(config, model, folder)
     cpu += time.process_time() - here
     t_end = time.perf_counter()
@@ -161,6 +212,16 @@ def new_round(
         "round_seconds": round(t_end - t0, 2),
         "cpu_seconds": round(cpu, 1),
     }
+
+
+def describe_round(config: LoopConfig, record: dict[str, Any]) -> str:
+    """Return one line on a finished round: its time, populations and changes against the tolerances."""
+    populations = "; ".join(f"{t}: {' / '.join(f'{p:.3f}' for p in v)}" for t, v in record["populations"].items())
+    return (
+        f"round {record['round']} done in {record['round_seconds']:.0f} s: populations {populations}; "
+        f"change {record['population_change']:.3g} (tolerance {config.tolerance:g}), "
+        f"free energy {record['fes_change_kT']:.3g} k_BT (tolerance {config.fes_tolerance:g})"
+    )
 
 
 def _report_round(config: LoopConfig, model: LaTFModel, folder: Path) -> str:

@@ -20,6 +20,7 @@ from latf_openmm._quiet import quiet_stdout
 from latf_openmm.bias import LearnedCV, build_bias
 from latf_openmm.features import build_featurizer
 from latf_openmm.loop.config import PRODUCTION_SEED_INDEX, REPLICA_SEED_INDEX, VALIDATION_SEED_INDEX, LoopConfig
+from latf_openmm.loop.estimate import load_estimate
 from latf_openmm.models import LaTF, TrainingConfig, TrainingData, initial_labels, load_model
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
@@ -70,7 +71,7 @@ def train_task(config: LoopConfig, data: list[str], labels_from: str | None, est
         labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
         training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
     model = estimator.fit(training)
-    _prior_fitted_to_estimate(config, model, training, data, EquilibriumEstimate.load(estimate)).save(out)
+    _prior_fitted_to_estimate(config, model, training, data, load_estimate(estimate)).save(out)
     return out
 
 
@@ -82,7 +83,7 @@ def final_task(config: LoopConfig, model_path: str, data: list[str], estimate: s
     """
     torch.set_num_threads(config.md.threads or 1)
     model, training = load_model(model_path), load_training_data(data)
-    _prior_fitted_to_estimate(config, model, training, data, EquilibriumEstimate.load(estimate)).save(out)
+    _prior_fitted_to_estimate(config, model, training, data, load_estimate(estimate)).save(out)
     return out
 
 

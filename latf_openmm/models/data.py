@@ -56,12 +56,20 @@ class TrainingData:
 
     def __post_init__(self) -> None:
         """Convert the arrays to float64 (labels and segments to int64) and reject malformed data."""
-        if isinstance(self.features, np.ndarray) and self.features.ndim == 3:
-            self.features = list(self.features)
+        if isinstance(self.features, np.ndarray) and self.features.dtype != object:
+            if self.features.ndim not in (2, 3):
+                raise LatfError(
+                    f"features of shape {self.features.shape}: give (n_frames, n_features) for one trajectory, "
+                    "(n_trajectories, n_frames, n_features), or a list of (n_frames, n_features) arrays"
+                )
+            self.features = [self.features] if self.features.ndim == 2 else list(self.features)
         if not len(self.features):
             raise LatfError("training data holds no trajectories")
-        self.features = [np.asarray(f, dtype=np.float64) for f in self.features]
-        n_features = self.features[0].shape[-1] if self.features[0].ndim == 2 else None
+        try:
+            self.features = [np.asarray(f, dtype=np.float64) for f in self.features]
+        except (TypeError, ValueError) as exc:
+            raise LatfError(f"features must be numbers: {exc}") from None
+        n_features = self.features[0].shape[-1] if self.features[0].ndim == 2 else "n_features"
         self._check_features(n_features)
         lengths = [len(f) for f in self.features]
         self.labels = self._per_frame(self.labels, "labels", lengths, np.int64)
@@ -78,7 +86,7 @@ class TrainingData:
         elif len(self.feature_names) != n_features:
             raise LatfError(f"{len(self.feature_names)} feature names for {n_features} features")
 
-    def _check_features(self, n_features: int | None) -> None:
+    def _check_features(self, n_features: int | str) -> None:
         """Raise unless every trajectory is a finite (n_frames, n_features) array."""
         for i, traj in enumerate(self.features):
             if traj.ndim != 2 or traj.shape[1] != n_features:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,11 @@ def load_model(path: str | Path) -> SPIBModel:
     path = Path(path)
     if not path.is_file():
         raise LatfError(f"model file not found: {path}")
+    if zipfile.is_zipfile(path) and any(name.endswith("constants.pkl") for name in zipfile.ZipFile(path).namelist()):
+        raise LatfError(
+            f"{path} is an exported CV (TorchScript, positions → CV), not a model; "
+            "give the model file it was exported from (model.pt)"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign files

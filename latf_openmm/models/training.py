@@ -111,7 +111,7 @@ class TrainingConfig:
         "within this of the training data's (equilibrium-weighted), or training stops with an error "
         "rather than return a model that generates the wrong ensemble (None: no check)",
     )
-    device: str | None = option(None, "'cpu' or 'cuda' (default: CUDA when available)")
+    device: str | None = option(None, "'cpu' or 'cuda' (default: CUDA when torch finds it)")
 
     def validate(self) -> None:
         """Raise :class:`LatfError` for out-of-range values."""
@@ -143,6 +143,11 @@ class TrainingConfig:
             (
                 self.generation_tolerance is None or 0 < self.generation_tolerance <= 1,
                 "generation_tolerance must be in (0, 1] or None",
+            ),
+            (self.device in (None, "cpu") or str(self.device).startswith("cuda"), "device must be 'cpu' or 'cuda'"),
+            (
+                not str(self.device).startswith("cuda") or torch.cuda.is_available(),
+                f"device {self.device!r}: torch finds no CUDA device here; use 'cpu' (or leave it unset)",
             ),
         ]
         for ok, message in checks:

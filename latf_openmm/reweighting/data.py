@@ -6,6 +6,7 @@ models, which take arrays only).
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,8 +79,8 @@ def _from_npz(path: Path) -> TrainingData:
         raise LatfError(f"data file not found: {path}")
     try:
         data = np.load(path, allow_pickle=True)  # per-trajectory arrays of unequal length are object arrays
-    except (OSError, ValueError) as exc:
-        raise LatfError(f"cannot read {path}: {exc}") from exc
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise LatfError(f"cannot read {path}: not a NumPy .npz file ({exc})") from exc
     with data:
         if "features" not in data.files:
             raise LatfError(f"{path} has no 'features' array (it has: {', '.join(data.files)})")

@@ -14,6 +14,7 @@ training reads them the same way, and ``OUT/exchange.json`` reports the acceptan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -110,9 +111,14 @@ def replica_exchange(
     """
     temperatures = sorted(float(t) for t in temperatures)
     if len(temperatures) < 2 or len(set(temperatures)) != len(temperatures) or temperatures[0] <= 0:
-        raise LatfError(f"replica exchange needs ≥ 2 distinct positive temperatures, got {temperatures}")
-    if int(n_iterations) < 1 or int(exchange_interval) < 1:
-        raise LatfError(f"n_iterations and exchange_interval must be ≥ 1, got {n_iterations}, {exchange_interval}")
+        given = ", ".join(f"{t / molsys.to_kelvin(1.0):g}" for t in temperatures)  # in the user's unit
+        raise LatfError(
+            f"replica exchange needs ≥ 2 distinct positive temperatures, got {given} {molsys.temperature_unit}"
+        )
+    if int(exchange_interval) < 1:
+        raise LatfError(f"the exchange interval must be ≥ 1 frame, got {exchange_interval}")
+    if int(n_iterations) < 1:
+        raise LatfError(f"replica exchange needs ≥ 1 iteration (one frame interval of steps), got {n_iterations}")
     out = Path(out_dir)
     md = md or MDOptions()
     steps = int(n_iterations) * int(md.frame_interval or molsys.frame_interval)
@@ -134,7 +140,7 @@ def replica_exchange(
             "(or from another latf_openmm version); rerun with its settings, or choose a new output directory"
         )
     if finished:
-        return _result(out, folders)
+        return _result(out, folders, ran_now=False)
     cache, latf_multistate, multistate, states = _multistate()
     system = molsys.system if bias is None else bias.add_to(molsys.system)
     settings = per_temperature[0]
@@ -176,7 +182,7 @@ def replica_exchange(
     wall = time.perf_counter() - started
     colvar = None if bias is None else partial(_colvar, bias, system, platform_obj, properties, settings)
     _demultiplex(molsys, out, folders, per_temperature, properties, wall, (sampler.iteration - first), bias, colvar)
-    return _result(out, folders)
+    return _result(out, folders, ran_now=True)
 
 
 def _colvar(
@@ -251,15 +257,14 @@ def _demultiplex(
             "colvar": np.zeros((n_iterations, 0)) if colvar is None else colvar(positions[rows, replica]),
             "replica": replica,
         }
-        extra = {"replica_exchange": {"storage": str(out / STORAGE), "temperature_index": k}}
+        extra = {"replica_exchange": {"storage": f"../{STORAGE}", "temperature_index": k}}  # relative: folders move
         steps_run = iterations_run * settings["frame_interval"]
         write_run(molsys, folder, settings, iter([chunk]), properties, wall, steps_run, bias=bias, extra=extra)
 
 
-def _result(out: Path, folders: list[Path]) -> ReplicaExchangeResult:
-    import json
-
-    runs = [Run.open(f) for f in folders]
+def _result(out: Path, folders: list[Path], ran_now: bool) -> ReplicaExchangeResult:
+    """Return the result of the replica-exchange run in ``out``; ``ran_now``: whether this call ran MD."""
+    runs = [dataclasses.replace(Run.open(f), ran_now=ran_now) for f in folders]
     acceptance = np.array(json.loads((out / EXCHANGE).read_text())["acceptance"])
     return ReplicaExchangeResult(runs, acceptance)
 

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mdtraj
 import numpy as np
 import openmm
 import openmm.app as app
 
 from latf_openmm.errors import LatfError
+from latf_openmm.specs import read_spec
 from latf_openmm.units import temperature_to_kelvin
 
 from . import builders
@@ -46,19 +48,58 @@ BUILDERS: dict[str, Callable[..., builders.Built]] = {
     "xml": builders.from_xml,
 }
 
-_RECIPE_KEYS = {
-    "builder",
-    "description",
-    "reduced_units",
-    "temperatures",
-    "timestep",
-    "friction",
-    "frame_interval",
-    "minimize",
-    "features",
-    "args",
-    "platform",
-}
+
+@dataclass(frozen=True)
+class Recipe:
+    """A system recipe's keys, typed and with their defaults (see the module docstring)."""
+
+    builder: str = ""  # one of BUILDERS
+    args: dict[str, Any] = field(default_factory=dict)  # the builder's arguments
+    description: str = ""  # one line for listings
+    reduced_units: bool = False  # temperatures are k_B T / ε
+    temperatures: tuple[float, ...] = (300.0,)  # default temperatures (K, or k_B T / ε)
+    timestep: float = 0.002  # ps
+    friction: float = 1.0  # 1/ps
+    frame_interval: int = 500  # steps between saved frames
+    minimize: bool = True  # minimize the energy before a fresh run
+    features: tuple[dict[str, Any], ...] = ()  # the featurizer (latf_openmm.features)
+    platform: str | None = None  # preferred OpenMM platform
+
+    def __post_init__(self) -> None:
+        """Reject an unknown builder and out-of-range integrator settings."""
+        if self.builder not in BUILDERS:
+            raise LatfError(f"builder must be one of {sorted(BUILDERS)}, got {self.builder!r}")
+        if not (self.timestep > 0 and self.friction >= 0 and self.frame_interval >= 1):
+            raise LatfError("timestep > 0, friction >= 0 and frame_interval >= 1 required")
+
+
+@dataclass(frozen=True)
+class NamedRegions:
+    """Regions of configuration space that a system names (wells, basins), for labelled populations.
+
+    ``of_frames`` gives each frame of an mdtraj trajectory its region's index in ``names``;
+    ``exact``, where known, the regions' exact populations at a user-facing temperature.
+    """
+
+    names: tuple[str, ...]
+    of_frames: Callable[[mdtraj.Trajectory], np.ndarray]
+    exact: Callable[[float], np.ndarray] | None = None
+
+
+def _ala2_basin(frames: mdtraj.Trajectory) -> np.ndarray:
+    """Return 1 for C7ax/αL (0 < φ < 130°), 0 for C7eq/C5 and the rest of φ < 0."""
+    phi = mdtraj.compute_phi(frames)[1][:, 0]
+    return ((phi > 0) & (phi < np.radians(130))).astype(int)
+
+
+#: The named regions of the shipped builders' systems, by builder name.
+REGIONS: dict[str, NamedRegions] = {
+    "threehole": NamedRegions(
+        builders.THREE_HOLE_WELLS, lambda frames: builders.threehole_well(frames.xyz[:, 0, :2]),
+        builders.threehole_populations,
+    ),
+    "alanine_dipeptide": NamedRegions(("C7eq", "C7ax"), _ala2_basin),
+}  # fmt: skip
 
 
 @dataclass
@@ -91,6 +132,8 @@ class MolecularSystem:
         True for toy systems in reduced units; user-facing temperatures are then k_B T / ε.
     description
         One line for listings.
+    regions
+        The regions the system names (:class:`NamedRegions`), or None.
     """
 
     name: str
@@ -107,6 +150,7 @@ class MolecularSystem:
     reduced_units: bool = False
     description: str = ""
     recipe: dict[str, Any] = field(default_factory=dict)
+    regions: NamedRegions | None = None
 
     def to_kelvin(self, temperature: float) -> float:
         """Convert a user-facing temperature (K, or k_B T / ε for reduced units) to K."""
@@ -174,19 +218,14 @@ def system_from_recipe(
     recipe: Mapping[str, Any], name: str, base_dir: Path = Path("."), **builder_args: object
 ) -> MolecularSystem:
     """Build a system from a recipe mapping (the parsed TOML)."""
-    unknown = set(recipe) - _RECIPE_KEYS
-    if unknown:
-        raise LatfError(f"recipe {name!r}: unknown keys {sorted(unknown)}; allowed: {sorted(_RECIPE_KEYS)}")
-    builder_name = recipe.get("builder")
-    if builder_name not in BUILDERS:
-        raise LatfError(f"recipe {name!r}: builder must be one of {sorted(BUILDERS)}, got {builder_name!r}")
-    builder = BUILDERS[builder_name]
-    args = {**recipe.get("args", {}), **builder_args}
+    spec = read_spec(Recipe, recipe, f"recipe {name!r}")
+    builder = BUILDERS[spec.builder]
+    args = {**spec.args, **builder_args}
     accepted = set(inspect.signature(builder).parameters) - {"base_dir"}
     unknown = set(args) - accepted
     if unknown:
         raise LatfError(
-            f"system {name!r}: unknown option(s) {sorted(unknown)} for builder {builder_name!r}; "
+            f"system {name!r}: unknown option(s) {sorted(unknown)} for builder {spec.builder!r}; "
             f"accepted: {sorted(accepted)}"
         )
     if "base_dir" in inspect.signature(builder).parameters:
@@ -198,19 +237,18 @@ def system_from_recipe(
         topology=built.topology,
         positions=np.asarray(built.positions, dtype=float),
         temperatures=(),
-        timestep=float(recipe.get("timestep", 0.002)),
-        friction=float(recipe.get("friction", 1.0)),
-        frame_interval=int(recipe.get("frame_interval", 500)),
-        minimize=bool(recipe.get("minimize", True)),
-        features=[dict(block) for block in recipe.get("features", [])],
-        platform=recipe.get("platform"),
-        reduced_units=bool(recipe.get("reduced_units", False)),
-        description=str(recipe.get("description", "")),
+        timestep=spec.timestep,
+        friction=spec.friction,
+        frame_interval=spec.frame_interval,
+        minimize=spec.minimize,
+        features=[dict(block) for block in spec.features],
+        platform=spec.platform,
+        reduced_units=spec.reduced_units,
+        description=spec.description,
         recipe=dict(recipe),
+        regions=REGIONS.get(spec.builder),
     )
-    mol.temperatures = tuple(mol.to_kelvin(t) for t in recipe.get("temperatures", [300.0]))
-    if mol.timestep <= 0 or mol.friction < 0 or mol.frame_interval < 1:
-        raise LatfError(f"recipe {name!r}: timestep > 0, friction >= 0 and frame_interval >= 1 required")
+    mol.temperatures = tuple(mol.to_kelvin(t) for t in spec.temperatures)
     return mol
 
 
@@ -221,4 +259,14 @@ def _read_recipe(path: Path) -> dict[str, Any]:
         raise LatfError(f"cannot read recipe {path}: {exc}") from exc
 
 
-__all__ = ["BUILDERS", "MolecularSystem", "available_systems", "find_recipe", "load_system", "system_from_recipe"]
+__all__ = [
+    "BUILDERS",
+    "REGIONS",
+    "MolecularSystem",
+    "NamedRegions",
+    "Recipe",
+    "available_systems",
+    "find_recipe",
+    "load_system",
+    "system_from_recipe",
+]

@@ -316,7 +316,7 @@ def _resolve(path: str | Path, base_dir: Path) -> Path:
 
 def from_pdb(
     pdb: str,
-    forcefield: list[str],
+    forcefield: list[str] | str,
     nonbonded_method: str = "NoCutoff",
     nonbonded_cutoff: float = 1.0,
     constraints: str | None = "HBonds",
@@ -329,7 +329,8 @@ def from_pdb(
     pdb
         Structure file, with all atoms the force field needs (hydrogens included).
     forcefield
-        Force-field XML names (e.g. ``["amber14-all.xml", "implicit/obc2.xml"]``) or paths.
+        Force-field XML names (e.g. ``["amber14-all.xml", "implicit/obc2.xml"]``) or paths;
+        one may be given as a string.
     nonbonded_method
         An OpenMM nonbonded method name (``NoCutoff``, ``CutoffNonPeriodic``, ``PME``, ...).
     nonbonded_cutoff
@@ -343,7 +344,8 @@ def from_pdb(
         structure = reader(str(path))
     except Exception as exc:  # the readers raise assorted types on malformed input
         raise LatfError(f"cannot read structure {path}: {exc}") from exc
-    files = [str(base_dir / f) if (base_dir / f).is_file() else f for f in forcefield]
+    names = [forcefield] if isinstance(forcefield, str) else list(forcefield)
+    files = [str(base_dir / f) if (base_dir / f).is_file() else f for f in names]
     system = _forcefield_system(structure.topology, files, nonbonded_method, nonbonded_cutoff, constraints)
     return Built(system, structure.topology, _nm(structure.positions))
 
