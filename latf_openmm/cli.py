@@ -348,7 +348,7 @@ def _train(args: argparse.Namespace) -> int:
     from latf_openmm.reweighting import load_training_data
 
     torch.set_num_threads(args.threads or TRAIN_THREADS)
-    logging.basicConfig(level=logging.INFO, format="latf train: %(message)s", stream=sys.stderr)
+    _log_progress("train")
     estimator = (LaTF if args.model == "latf" else SPIB)(_spec_from_args(TrainingConfig, args, "latf train"))
     data = load_training_data(args.data)
     model = estimator.fit(data)
@@ -497,7 +497,7 @@ def _loop(args: argparse.Namespace) -> int:
     config = LoopConfig.from_toml(args.workflow)
     if args.scheduler:
         config = dataclasses.replace(config, scheduler=args.scheduler)
-    logging.basicConfig(level=logging.INFO, format="latf loop: %(message)s", stream=sys.stderr)
+    _log_progress("loop")
     summary = run_loop(config, args.out)
     print(population_table(summary))
     print(f"wrote {Path(args.out) / 'summary.json'}, summary.png, fes.png and final/ (model, CV for OpenMM and PLUMED)")
@@ -553,6 +553,15 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpa
         config["system_args"] = list(dict(config["system_args"]).items())
     subparser.set_defaults(**config)
     return parser.parse_args(argv)
+
+
+def _log_progress(command: str) -> None:
+    """Show the package's progress messages (not its dependencies') on stderr, as ``latf COMMAND: …``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"latf {command}: %(message)s"))
+    package = logging.getLogger("latf_openmm")
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

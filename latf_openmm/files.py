@@ -86,12 +86,13 @@ def array_digest(arrays: Iterable[np.ndarray]) -> str:
     return sha.hexdigest()
 
 
-def save_figure(fig: Figure, out_png: str | Path) -> None:
-    """Lay out, save atomically (120 dpi; the format from the suffix) and close a matplotlib figure."""
+def save_figure(fig: Figure, out_png: str | Path, layout: bool = True) -> None:
+    """Lay out (unless ``layout`` is False), save atomically (120 dpi, format by suffix) and close a figure."""
     import matplotlib.pyplot as plt  # matplotlib is slow to import: only where a figure is saved
 
     check_output(out_png, "figure")
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -6,9 +6,10 @@ from latf_openmm.generation.metrics import (
     js_divergence_2d,
     kl_divergence_2d,
 )
-from latf_openmm.generation.sampling import generate, reweighted_populations
+from latf_openmm.generation.sampling import FES_CAP_KT, generate, reweighted_populations
 
 __all__ = [
+    "FES_CAP_KT",
     "free_energy_profile_change",
     "free_energy_profile_rmse",
     "generate",

@@ -11,6 +11,9 @@ from latf_openmm.errors import LatfError
 from latf_openmm.files import save_figure, write_npz
 from latf_openmm.models import LaTFModel
 from latf_openmm.reweighting import effective_sample_size
+from latf_openmm.units import KB_KJ_PER_MOL_K
+
+FES_CAP_KT = 10.0  # free-energy plots show F − F_min up to this many k_BT
 
 
 def reweighted_populations(model: LaTFModel, latent: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
@@ -75,23 +78,27 @@ def generate(
     if plot is not None:
         if model.latent_dim != 2:
             raise LatfError("free-energy plots need a 2-D latent space")
-        _plot(result, plot)
+        _plot(result, plot, sorted(set(model.info.get("temperatures") or ())))
     return result
 
 
-def _plot(result: dict[str, np.ndarray], path: str | Path) -> None:
+def _plot(result: dict[str, np.ndarray], path: str | Path, trained: Sequence[float] = ()) -> None:
+    """Plot F(s0, s1) − F_min in k_BT at each temperature, on one scale, marking temperatures not trained on."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    temps = result["temperatures"]
-    fig, axes = plt.subplots(1, len(temps), figsize=(4.2 * len(temps), 3.6), squeeze=False)
+    temps, unit = result["temperatures"], str(result["temperature_unit"])
+    kb = 1.0 if unit == "kT/eps" else KB_KJ_PER_MOL_K  # model.free_energy is in ε, or kJ/mol
+    fig, axes = plt.subplots(1, len(temps), figsize=(3.6 * len(temps) + 1.0, 3.6), squeeze=False, layout="constrained")
     x, y = result["grid"]
     for ax, t, free in zip(axes[0], temps, result["free_energy"], strict=True):
-        shown = free - free.min()
-        cap = np.percentile(shown, 60)
-        mesh = ax.pcolormesh(x, y, np.minimum(shown, cap).T, cmap="viridis", shading="nearest")
-        fig.colorbar(mesh, ax=ax, label="F − F_min")
-        ax.set(xlabel="s1", ylabel="s2", title=f"T = {t:g} {result['temperature_unit']}")
-    save_figure(fig, path)
+        shown = np.minimum((free - free.min()) / (kb * t), FES_CAP_KT)
+        mesh = ax.pcolormesh(x, y, shown.T, cmap="viridis", shading="nearest", vmin=0, vmax=FES_CAP_KT)
+        untrained = len(trained) and not any(np.isclose(t, trained_t) for trained_t in trained)
+        ax.set(xlabel="s0", ylabel="s1")
+        ax.set_title(f"T = {t:g} {unit}" + (" (not trained on)" if untrained else ""),
+                     color="firebrick" if untrained else "black", fontsize=10)  # fmt: skip
+    fig.colorbar(mesh, ax=axes[0].tolist(), label=f"F − F_min (k_BT; capped at {FES_CAP_KT:g})")
+    save_figure(fig, path, layout=False)

@@ -213,6 +213,8 @@ def summarize(
         "rounds": [{k: r.get(k) for k in ROUND_SUMMARY_KEYS} for r in (relative_record(r, out) for r in history)],
         "final_model": stored_path(model_path, out),  # relative to the run folder, as every path it keeps
         "converged": bool(history) and converged(config, history[-1]),
+        "tolerance": config.tolerance,
+        "fes_tolerance": config.fes_tolerance,
         "wall_seconds_last_session": round(seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),
     }

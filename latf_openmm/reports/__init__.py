@@ -11,6 +11,7 @@ import numpy as np
 
 from latf_openmm.errors import LatfError
 from latf_openmm.files import save_figure, write_npz
+from latf_openmm.generation import FES_CAP_KT
 from latf_openmm.simulation.run import MANIFEST, TIMESERIES, find_runs
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
@@ -90,14 +91,15 @@ def plot_run_free_energies(
     stacked = np.concatenate([samples for _, samples, _ in loaded])
     ranges = [[stacked[:, k].min(), stacked[:, k].max()] for k in range(2)]
     surfaces = [free_energy_surface(s, settings["temperature_K"], bins, ranges=ranges) for settings, s, _ in loaded]
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs) + 1.0, 3.6), squeeze=False, layout="constrained")
     for ax, surface, (settings, _, labels) in zip(axes[0], surfaces, loaded, strict=True):
-        unit = "ε" if settings["temperature_unit"] == "kT/eps" else "kJ/mol"
-        shown = f"{settings['temperature']:g} {'k_BT/ε' if unit == 'ε' else 'K'}"
-        mesh = ax.pcolormesh(surface.x_edges, surface.y_edges, surface.free_energy.T, cmap="viridis", shading="flat")
-        fig.colorbar(mesh, ax=ax, label=f"F ({unit})")
-        ax.set(xlabel=labels[0], ylabel=labels[1], title=f"{settings['system']}  T = {shown}")
-    save_figure(fig, out_png)
+        shown = np.minimum(surface.free_energy / (KB_KJ_PER_MOL_K * surface.temperature_K), FES_CAP_KT)
+        mesh = ax.pcolormesh(surface.x_edges, surface.y_edges, shown.T, cmap="viridis", shading="flat", vmin=0,
+                             vmax=FES_CAP_KT)  # fmt: skip
+        title = f"{settings['system']}  T = {settings['temperature']:g} {settings['temperature_unit']}"
+        ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
+    fig.colorbar(mesh, ax=axes[0].tolist(), label=f"F − F_min (k_BT; capped at {FES_CAP_KT:g})")
+    save_figure(fig, out_png, layout=False)
     write_npz(
         Path(out_png).with_suffix(".npz"),
         free_energy=np.stack([s.free_energy for s in surfaces]),
@@ -112,31 +114,46 @@ def plot_run_free_energies(
 def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
     """Plot three panels of a ``latf loop`` run.
 
-    Generated state populations against temperature, how much each round's data changed
-    populations and free-energy profiles, and the CV time series of the last round's walkers.
+    Generated state populations against temperature (each state labelled with the named
+    region it lies in, where the system names regions), how much each round's data changed
+    populations and free-energy profiles against the workflow's tolerances, and every CV
+    component of the last round's walkers.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (pops, change, walkers) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, (pops, change, walkers) = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     temperatures = sorted(summary["targets"], key=float)
     table = np.array([summary["targets"][t]["state_populations"] for t in temperatures])
+    regions = summary["targets"][temperatures[0]].get("regions")
     for state in range(table.shape[1]):
-        pops.plot([float(t) for t in temperatures], table[:, state], "o-", label=f"state {state}")
+        where = f" ({regions['state_region'][state]})" if regions else ""
+        pops.plot([float(t) for t in temperatures], table[:, state], "o-", label=f"state {state}{where}")
     pops.set(xlabel=f"T ({summary['temperature_unit']})", ylabel="population", title="generated populations")
     pops.legend(fontsize=8)
     numbers = [r["round"] for r in rounds]
-    change.semilogy(numbers, [r["population_change"] for r in rounds], "o-", label="max |Δ population|")
-    change.semilogy(numbers, [r["fes_change_kT"] for r in rounds], "s-", label="RMS ΔF (k_BT)")
+    lines = change.semilogy(numbers, [r["population_change"] for r in rounds], "o-", label="max |Δ population|")
+    change.axhline(summary["tolerance"], color=lines[0].get_color(), ls=":", label="its tolerance")
+    lines = change.semilogy(numbers, [r["fes_change_kT"] for r in rounds], "s-", label="RMS ΔF (k_BT)")
+    change.axhline(summary["fes_tolerance"], color=lines[0].get_color(), ls=":", label="its tolerance")
     change.set(xlabel="round", ylabel="change from the round's data", title="convergence")
+    change.xaxis.get_major_locator().set_params(integer=True)
     change.legend(fontsize=8)
-    for walker in rounds[-1]["walkers"]:
+    for k, walker in enumerate(rounds[-1]["walkers"]):
         with np.load(Path(walker) / TIMESERIES) as data:
-            walkers.plot(data["time"], data["colvar"][:, 0], lw=0.5)
-    walkers.set(xlabel="time (ps)", ylabel="s0", title=f"walkers, round {rounds[-1]['round']}")
-    save_figure(fig, out_png)
+            components = [i for i, name in enumerate(data["colvar_fields"]) if str(name)[1:].isdigit()]  # s0, s1, …
+            time, cv = data["time"], data["colvar"][:, components]
+        if cv.shape[1] >= 2:  # where each walker went in the CV plane
+            walkers.plot(cv[:, 0], cv[:, 1], ".", ms=1, alpha=0.3, color=f"C{k}", label=f"walker {k}")
+        else:
+            walkers.plot(time, cv[:, 0], lw=0.5, color=f"C{k}", label=f"walker {k}")
+    two_d = cv.shape[1] >= 2
+    walkers.set(xlabel="s0" if two_d else "time (ps)", ylabel="s1" if two_d else "s0",
+                title=f"walkers' CV, round {rounds[-1]['round']}")  # fmt: skip
+    walkers.legend(fontsize=8, markerscale=8)
+    save_figure(fig, out_png, layout=False)
 
 
 def _feature_column(feature: str | int, names: list[str], run: Path) -> int:

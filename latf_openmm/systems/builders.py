@@ -180,7 +180,7 @@ def _forcefield_system(
             topology,
             nonbondedMethod=_app_constant(nonbonded_method, "nonbonded method"),
             nonbondedCutoff=nonbonded_cutoff * u.nanometer,
-            constraints=_app_constant(constraints, "constraints") if constraints else None,
+            constraints=_constraints(constraints),
         )
     except ValueError as exc:
         first_line = str(exc).splitlines()[0]
@@ -192,6 +192,11 @@ def _app_constant(name: str, what: str) -> object:
     if not isinstance(name, str) or not hasattr(app, name):
         raise LatfError(f"unknown {what} {name!r}")
     return getattr(app, name)
+
+
+def _constraints(name: str | None) -> object:
+    """Return the ``openmm.app`` constraints constant called ``name``; None (or ``"none"``) for none."""
+    return None if name in (None, "none") else _app_constant(name, "constraints")
 
 
 def alanine_dipeptide(solvent: str = "obc2") -> Built:
@@ -336,7 +341,7 @@ def from_pdb(
     nonbonded_cutoff
         Cutoff, nm (ignored for ``NoCutoff``).
     constraints
-        ``None``, ``"HBonds"``, ``"AllBonds"`` or ``"HAngles"``.
+        ``"HBonds"``, ``"AllBonds"``, ``"HAngles"``, or ``"none"`` (or None) for no constraints.
     """
     path = _resolve(pdb, base_dir)
     reader = app.PDBxFile if path.suffix.lower() in (".cif", ".pdbx") else app.PDBFile
@@ -370,7 +375,7 @@ def from_amber(
     system = top.createSystem(
         nonbondedMethod=_app_constant(nonbonded_method, "nonbonded method"),
         nonbondedCutoff=nonbonded_cutoff * u.nanometer,
-        constraints=_app_constant(constraints, "constraints") if constraints else None,
+        constraints=_constraints(constraints),
         implicitSolvent=_app_constant(implicit_solvent, "implicit solvent") if implicit_solvent else None,
     )
     if crd.boxVectors is not None:
