@@ -334,3 +334,30 @@ def test_a_round_made_by_an_earlier_version_is_refused_not_resumed(tmp_path):
     bad.write_text('system = "threehole"\nframe_interval = 30\n')
     with pytest.raises(LatfError, match=r"frame_interval: MD options go in the \[md\] table"):
         LoopConfig.from_toml(bad)
+
+
+TASK_FAILURE = """
+from latf_openmm.errors import LatfError
+from latf_openmm.loop import LoopConfig
+from latf_openmm.loop.rounds import dask_client
+
+
+def fail():
+    raise LatfError("simulation blew up by step 300")
+
+
+if __name__ == "__main__":
+    client = dask_client(LoopConfig(system="threehole", production_steps=300))
+    try:
+        client.submit(fail, pure=False).result()
+    finally:
+        client.close()
+"""
+
+
+def test_a_task_that_fails_on_a_worker_reaches_the_caller_as_its_error_without_a_log_dump(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text(TASK_FAILURE)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert result.returncode == 1 and "LatfError: simulation blew up by step 300" in result.stderr
+    assert "Compute Failed" not in result.stderr and "distributed.worker" not in result.stderr, result.stderr

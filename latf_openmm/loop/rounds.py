@@ -60,7 +60,7 @@ def dask_client(config: LoopConfig) -> Client:
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
-        silence_logs=40,
+        silence_logs=logging.CRITICAL,  # a failed task reaches the caller as its exception, not a log dump
     )
     return Client(cluster)
 
