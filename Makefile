@@ -27,4 +27,5 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/md_speed.py
 	$(BIN)/python bench/bias_overhead.py
+	$(BIN)/python bench/walker_sharing.py
 	$(BIN)/python bench/ala2_metad.py
