@@ -59,7 +59,7 @@ def dask_client(config: LoopConfig) -> Client:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: two loops on one machine do not clash (no warning)
         silence_logs=logging.CRITICAL,  # a failed task reaches the caller as its exception, not a log dump
     )
     return Client(cluster)
