@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from latf_openmm.errors import LatfError
 from latf_openmm.models.data import LABEL_DESCRIPTORS, LABEL_METHODS, TrainingData, initial_labels
@@ -354,7 +355,9 @@ class _Trainer:
         optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate, fused=True)
         previous, calm = None, 0
         n = len(self.train_past)
-        for epoch in range(max_epochs):
+        # a bar of the epochs, on a terminal only (tqdm's disable=None), as the MD's progress bar
+        epochs = tqdm(range(max_epochs), desc=f"{stage} round {refinement}", unit="epoch", leave=False, disable=None)
+        for epoch in epochs:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.learning_rate * cfg.lr_decay**epoch
             order = self.train_past[torch.randperm(n, generator=self.generator).to(self.device)]
@@ -384,8 +387,10 @@ class _Trainer:
             watched = terms if joint else np.array([current])
             calm = calm + 1 if previous is not None and np.all(np.abs(watched - previous) < cfg.tolerance) else 0
             previous = watched
+            epochs.set_postfix(val_loss=f"{current:.4f}", states=self.network.n_states, refresh=False)
             if calm >= cfg.patience:
                 break
+        epochs.close()
         log.info(
             "%s round %d: %d epochs, validation loss %.4f, %d states, %.1f s",
             stage,
