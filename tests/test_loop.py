@@ -157,6 +157,9 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     result = subprocess.run([*LATF, "loop", str(edited), "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "seed: 2 → 4; walkers: 2 → 3" in result.stderr and "choose a new output directory" in result.stderr
+    edited.write_text(WORKFLOW.replace("pace = 100", "pace = 200"))
+    result = subprocess.run([*LATF, "loop", str(edited), "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 2 and "(bias.pace: 100 → 200)" in result.stderr, result.stderr
     assert {name: _sha(out / name) for name in kept} == kept
     moved, elsewhere = tmp_path / "moved", tmp_path / "elsewhere"
     out.rename(moved)

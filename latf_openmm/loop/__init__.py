@@ -110,7 +110,7 @@ def _prepared(config: LoopConfig, out_dir: str | Path) -> tuple[LoopConfig, Path
     elif out.is_dir() and any(out.iterdir()):
         raise LatfError(f"{out_dir} is not empty and holds no loop run ({CONFIG}); choose a new output directory")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, dataclasses.asdict(config))
+    write_json(out / CONFIG, config.stored())
     return config, out
 
 

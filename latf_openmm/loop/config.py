@@ -42,6 +42,7 @@ PRODUCTION_SEED_INDEX = VALIDATION_SEED_INDEX = 500
 FINAL = "final"  # RUN_DIR/final/: the final model and its CV for OpenMM and PLUMED, with metadata.json
 PROFILE_BINS = 40  # bins of the per-component free-energy profiles compared between rounds
 CONFIG = "config.json"  # RUN_DIR/config.json: the workflow the run was made with, its defaults filled in
+CONFIG_FORMAT = 2  # of config.json; 2: paths in the run folder's files are relative to it
 RESUMABLE_KEYS = ("rounds", "scheduler")  # what may change when a run is resumed: more rounds, another cluster
 
 
@@ -151,9 +152,14 @@ class LoopConfig:
     def check_resume(self, stored: dict[str, Any], out: Path) -> None:
         """Raise unless this workflow may continue the run in ``out``, made with ``stored`` (its ``config.json``).
 
-        Only :data:`RESUMABLE_KEYS` may differ: the rest defines the data already there.
+        Only :data:`RESUMABLE_KEYS` may differ: the rest defines the data already there. A
+        run folder from an earlier version of the loop (another :data:`CONFIG_FORMAT`) is refused.
         """
-        current = json.loads(json.dumps(dataclasses.asdict(self)))
+        if stored.get("format") != CONFIG_FORMAT:
+            raise LatfError(
+                f"{out} was made by an earlier version of the loop; run this workflow in a new output folder"
+            )
+        current, stored = _flat(self.stored()), _flat(stored)
         differ = sorted(key for key in {*current, *stored} if key not in RESUMABLE_KEYS
                         and current.get(key) != stored.get(key))  # fmt: skip
         if differ:
@@ -162,6 +168,21 @@ class LoopConfig:
                 f"{out} holds a loop run made with other settings ({changes}); only "
                 f"{' and '.join(RESUMABLE_KEYS)} may change on resume: choose a new output directory"
             )
+
+    def stored(self) -> dict[str, Any]:
+        """Return the workflow as ``config.json`` keeps it (JSON types, with its format)."""
+        return {"format": CONFIG_FORMAT, **json.loads(json.dumps(dataclasses.asdict(self)))}
+
+
+def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Return a nested table as one level, its keys joined by dots (``bias.pace``)."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def stored_path(path: str | Path, out: Path) -> str:
