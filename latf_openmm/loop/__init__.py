@@ -2,6 +2,8 @@
 
 ``latf loop WORKFLOW.toml --out RUN_DIR`` (or :func:`run_loop`). The run directory holds::
 
+    config.json                 the workflow, its defaults filled in; a rerun may change only its
+                                rounds and scheduler (``RESUMABLE_KEYS``)
     round_000/md/T…/            round 0: unbiased MD (independent runs, or replica exchange with
                                 ``replica_exchange = true``), unless ``initial_data`` names the user's runs
     round_001/model.pt          LaTF trained on all data so far (biased frames reweighted)
@@ -32,6 +34,7 @@ training and convergence test, and to the final fit and the summary. The adaptiv
 walkers find new regions and teach SPIB the dynamics (their frames reweighted by
 exp((V − c(t))/k_BT)), but their bias changes as they run, so they stay out of the estimate.
 
+Every path the folder's files keep is relative to it, so it can be moved or copied.
 A round is complete when its ``round.json`` exists; running the same command again skips
 complete rounds and resumes the first incomplete one (its walkers resume from their
 checkpoints). Walkers and training are tasks on Dask distributed: a local cluster by
