@@ -536,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _converted(convert: Callable[[Any], Any], value: object) -> object:
+    """Return a config file's value as the option's type converts it; a fractional number is no integer."""
+    if convert is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError("not an integer")
+    return convert(value)
+
+
 def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config is None:
@@ -545,10 +552,20 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argpa
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise LatfError(f"cannot read config {args.config}: {exc}") from exc
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
-    known = {a.dest for a in subparser._actions} - {"help", "config", "handler", "required"}
+    actions = {a.dest: a for a in subparser._actions}
+    known = set(actions) - {"help", "config", "handler", "required", "outputs", "positive"}
     unknown = set(config) - known
     if unknown:
         raise LatfError(f"{args.config}: unknown option(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    for key, value in config.items():  # as the command line would convert them
+        convert = actions[key].type
+        if convert is not None and key != "system_args":
+            try:
+                config[key] = (
+                    [_converted(convert, v) for v in value] if isinstance(value, list) else _converted(convert, value)
+                )
+            except (TypeError, ValueError) as exc:
+                raise LatfError(f"{args.config}: {key} = {value!r}: {exc}") from None
     if "system_args" in config:
         config["system_args"] = list(dict(config["system_args"]).items())
     subparser.set_defaults(**config)

@@ -37,7 +37,7 @@ def check_output(path: str | os.PathLike, kind: str = "file") -> Path:
         raise LatfError(f"{path} is a folder; give a file name")
     if kind == "figure" and path.suffix.lower() not in FIGURE_SUFFIXES:
         raise LatfError(f"{path}: give a figure file name ending in {', '.join(FIGURE_SUFFIXES)}")
-    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    existing = path if path.is_dir() else next(parent for parent in path.absolute().parents if parent.exists())
     if not existing.is_dir():
         raise LatfError(f"cannot write {path}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK):

@@ -248,6 +248,37 @@ def test_walkers_share_at_their_interval(threehole_cv, tmp_path):
         read_spec(BiasSpec, {"pace": 100, "share_interval": 150}, "workflow [bias]")
 
 
+def _opes_expected(bias, kernels):
+    """OPES's bias on its grid from all kernels (centres, weights), by brute force."""
+    centres, weights = kernels
+    pairs = np.exp(-0.5 * ((centres[:, None] - centres[None]) / 0.15) ** 2) @ weights
+    density = sum(w * bias.kernel([c]) for c, w in zip(centres, weights, strict=True)) / weights.sum()
+    return (1 - 1 / bias.bias_factor) * bias.kt * np.log(density / (pairs.mean() / weights.sum()) + bias.epsilon)
+
+
+def test_opes_normalization_follows_a_walker_that_restarted(threehole_cv, tmp_path):
+    molsys, cv = threehole_cv
+    temperature = molsys.to_kelvin(KT)
+    walkers = [_adaptive("opes", cv, temperature, walkers_dir=tmp_path, walker=i) for i in range(2)]
+    rng = np.random.default_rng(0)
+    mine, theirs, restarted = (rng.uniform(-1.5, 1.5, n) for n in (30, 1, 25))
+
+    def deposits(bias, centres):  # kernels as a run makes them; the first weighs exp(0) = 1
+        for centre in centres:
+            bias._deposit(np.array([centre]))
+        return bias
+
+    deposits(walkers[0], mine)._share()
+    deposits(walkers[1], theirs)._share()
+    walkers[0]._share()  # reads walker 1's first kernel (weight exp(0) = 1)
+    walkers[1] = deposits(_adaptive("opes", cv, temperature, walkers_dir=tmp_path, walker=1), restarted)
+    walkers[1]._share()  # walker 1 began again: same first weight, other centres
+    walkers[0]._share()
+    kernels = [np.concatenate([w._own[key] for w in walkers]) for key in ("centres", "weights")]
+    kernels[0] = kernels[0][:, 0]
+    np.testing.assert_allclose(walkers[0].bias_grid(), _opes_expected(walkers[0], kernels), rtol=1e-10, atol=1e-10)
+
+
 def test_a_run_that_blows_up_between_frames_says_so(threehole_cv, tmp_path, monkeypatch):
     molsys, cv = threehole_cv
     grid = dict(components=[0], lower=[-2.0], upper=[2.0], sigma=[0.15])

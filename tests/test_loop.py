@@ -364,3 +364,25 @@ def test_a_task_that_fails_on_a_worker_reaches_the_caller_as_its_error_without_a
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert result.returncode == 1 and "LatfError: simulation blew up by step 300" in result.stderr
     assert "Compute Failed" not in result.stderr and "distributed.worker" not in result.stderr, result.stderr
+
+
+def test_a_resume_may_move_the_recipe_and_data_but_not_change_them(tmp_path):
+    recipe = Path(__file__).parents[1] / "systems" / "threehole.toml"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "mine.toml").write_text(recipe.read_text())
+        (tmp_path / folder / "w.toml").write_text(
+            'system = "mine.toml"\nproduction_steps = 300\ninitial_data = "runs"\n'
+        )
+    first, moved = (LoopConfig.from_toml(tmp_path / folder / "w.toml") for folder in ("a", "b"))
+    assert first.system == str(tmp_path / "a" / "mine.toml") and first.initial_data == [str(tmp_path / "a" / "runs")]
+    moved.check_resume(first.stored(), tmp_path)  # the same recipe and data, elsewhere
+    (tmp_path / "b" / "mine.toml").write_text(recipe.read_text().replace("frame_interval = 3", "frame_interval = 6"))
+    with pytest.raises(LatfError, match="system_recipe_sha256"):
+        moved.check_resume(first.stored(), tmp_path)
+    trained = LoopConfig.from_toml(tmp_path / "a" / "w.toml")
+    trained.train = {"lag": 3}
+    with pytest.raises(LatfError, match=r"\(train.lag: None → 3\)"):
+        trained.check_resume(first.stored(), tmp_path)
+    with pytest.raises(LatfError, match="earlier version of the loop"):
+        first.check_resume({k: v for k, v in first.stored().items() if k != "format"}, tmp_path)

@@ -38,7 +38,8 @@ from latf_openmm.specs import bias_region
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 SHARE_EVERY_DEPOSITIONS = 10  # default share_interval, in units of pace
-KERNEL_BLOCK = 512  # kernels per block in the OPES normalization's pair sums (memory ∝ block × kernels)
+KERNEL_KEYS = ("centres", "weights")  # what OPES's pair sums need of each walker's kernels
+KERNEL_BLOCK = 256  # kernels per block in the OPES normalization's pair sums (memory ∝ block × kernels)
 
 
 @dataclass(frozen=True)
@@ -270,8 +271,8 @@ class GridBias(CVBias):
         return np.append(super().observe(context, step), self.reweighting_constant())
 
     def state(self) -> dict[str, np.ndarray]:
-        """Return this walker's depositions (saved with each checkpoint, when they are also shared)."""
-        self._share()
+        """Return this walker's depositions (saved with each checkpoint, when the other walkers get them too)."""
+        self._publish()
         return dict(self._own)
 
     def _acting_state(self) -> list[np.ndarray]:
@@ -342,12 +343,17 @@ class GridBias(CVBias):
         return {**super().settings(), **self._settings}
 
     # -- walkers --------------------------------------------------------------------
+    def _publish(self) -> None:
+        """Write this walker's depositions for the other walkers (an atomic file, no locks)."""
+        if self.walkers_dir is not None:
+            self.walkers_dir.mkdir(parents=True, exist_ok=True)
+            write_npz(self.walkers_dir / f"walker_{self.walker}.npz", **self._own)
+
     def _share(self) -> None:
-        """Write this walker's depositions and read the others' (atomic files, no locks)."""
+        """Publish this walker's depositions and read the others' (the caller then updates the force)."""
         if self.walkers_dir is None:
             return
-        self.walkers_dir.mkdir(parents=True, exist_ok=True)
-        write_npz(self.walkers_dir / f"walker_{self.walker}.npz", **self._own)
+        self._publish()
         previous = self._others
         self._others = {}
         for path in sorted(self.walkers_dir.glob("walker_*.npz")):
@@ -458,9 +464,10 @@ class OPES(GridBias):
         new_centre, new_weight = centre[None, :], np.array([weight])
         self._own_pairs += self._pair_sum(self._own["centres"], self._own["weights"], new_centre, new_weight)
         if self._others_total:
-            self._cross_pairs += self._pair_sum(
-                self._others_total["centres"], self._others_total["weights"], new_centre, new_weight
-            ) - self._pair_sum(np.zeros((0, len(self.bins))), np.zeros(0), new_centre, new_weight)
+            self._cross_pairs += (
+                self._pair_sum(self._others_total["centres"], self._others_total["weights"], new_centre, new_weight)
+                - weight
+            )  # the pair of the new kernel with itself is this walker's own
         self._own["density"] = self._own["density"] + weight * self.kernel(centre)
         self._own["weights"] = np.append(self._own["weights"], weight)
         self._own["centres"] = np.vstack([self._own["centres"], new_centre])
@@ -479,7 +486,10 @@ class OPES(GridBias):
             block_weights = new_weights[start : start + KERNEL_BLOCK]
             centres = np.concatenate([centres, block_centres])
             weights = np.concatenate([weights, block_weights])
-            kernels = np.exp(-0.5 * (((centres[:, None, :] - block_centres[None]) / self.sigma) ** 2).sum(-1))
+            exponent = np.zeros((len(centres), len(block_centres)))
+            for axis in range(centres.shape[1]):  # one component at a time: memory ∝ kernels × block
+                exponent += ((centres[:, axis, None] - block_centres[None, :, axis]) / self.sigma[axis]) ** 2
+            kernels = np.exp(-0.5 * exponent)
             old = len(weights) - len(block_weights)
             # pairs (any i, j new) + pairs (i new, j old): the (new, new) pairs only once
             total += float(kernels.sum(0) @ block_weights + kernels[:old].sum(1) @ weights[:old])
@@ -503,7 +513,7 @@ class OPES(GridBias):
         """Add the pairs with the others' new kernels; start over if a walker's earlier ones changed (it restarted)."""
         appended = all(
             name in self._others
-            and np.array_equal(self._others[name]["weights"][: len(old["weights"])], old["weights"])
+            and all(np.array_equal(self._others[name][key][: len(old[key])], old[key]) for key in KERNEL_KEYS)
             for name, old in previous.items()
         )
         if not appended or not self._others:
@@ -511,12 +521,12 @@ class OPES(GridBias):
         if not self._others:
             return
         seen = {name: len(previous[name]["weights"]) if name in previous else 0 for name in self._others}
-        known, new = [self._own], [{key: other[key][seen[name] :] for key in ("centres", "weights")}
+        known, new = [self._own], [{key: other[key][seen[name] :] for key in KERNEL_KEYS}
                                    for name, other in self._others.items()]  # fmt: skip
         known += [previous[name] for name in previous]
         self._cross_pairs += self._pair_sum(
-            *(np.concatenate([part[key] for part in known]) for key in ("centres", "weights")),
-            *(np.concatenate([part[key] for part in new]) for key in ("centres", "weights")),
+            *(np.concatenate([part[key] for part in known]) for key in KERNEL_KEYS),
+            *(np.concatenate([part[key] for part in new]) for key in KERNEL_KEYS),
         )
 
 

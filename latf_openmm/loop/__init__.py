@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latf_openmm.errors import LatfError
-from latf_openmm.files import write_json
+from latf_openmm.files import check_output, write_json
 from latf_openmm.loop.config import CONFIG, ESTIMATE, FINAL, RESUMABLE_KEYS, ROUND_FILE, LoopConfig
 from latf_openmm.loop.estimate import (
     converged,
@@ -89,9 +89,8 @@ def _prepared(config: LoopConfig, out_dir: str | Path) -> tuple[LoopConfig, Path
     A run folder already there must hold a run of the same workflow (up to
     :data:`RESUMABLE_KEYS`); ``config.json`` is written only then.
     """
-    out = Path(out_dir).resolve()
-    if out.exists() and not out.is_dir():
-        raise LatfError(f"--out {out_dir} is a file; give a directory for the run")
+    out = check_output(out_dir, "folder").resolve()
+    config = config.located(Path.cwd())  # a LoopConfig made in Python: paths from here
     molsys = load_workflow_system(config)
     config.check_steps(config.md.frame_interval or molsys.frame_interval)
     md_temperatures = config.md_temperatures or [

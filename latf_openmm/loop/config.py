@@ -6,6 +6,7 @@ A workflow (:class:`LoopConfig`) is read from TOML and validated before anything
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import tomllib
 from pathlib import Path
@@ -101,14 +102,16 @@ class LoopConfig:
             raise LatfError(f"{path}: unknown key(s) {sorted(unknown)}{hint}; allowed: {sorted(names)}")
         if "system" not in raw:
             raise LatfError(f"{path}: 'system' is required")
-        here = Path(path).parent  # a recipe path and initial_data are relative to the workflow file
-        if str(raw["system"]).endswith(".toml"):
-            raw["system"] = str((here / raw["system"]).resolve())
-        if isinstance(raw.get("initial_data"), list):
-            raw["initial_data"] = [str((here / str(folder)).resolve()) for folder in raw["initial_data"]]
-        config = read_spec(cls, raw, str(path))
+        config = read_spec(cls, raw, str(path)).located(Path(path).parent)
         config.validate(str(path))
         return config
+
+    def located(self, base: Path) -> LoopConfig:
+        """Return the workflow with a recipe path and ``initial_data`` made absolute, from ``base`` if relative."""
+        system = str((base / self.system).resolve()) if self.system.endswith(".toml") else self.system
+        return dataclasses.replace(
+            self, system=system, initial_data=[str((base / folder).resolve()) for folder in self.initial_data]
+        )
 
     def validate(self, source: str = "workflow") -> None:
         """Raise :class:`LatfError` for out-of-range settings, naming ``source`` (the workflow file)."""
@@ -134,7 +137,11 @@ class LoopConfig:
         for ok, message in checks:
             if not ok:
                 raise LatfError(f"{source}: {message}")
-        read_spec(TrainingConfig, self.train, f"{source} [train]")
+        training = read_spec(TrainingConfig, self.train, f"{source} [train]")
+        try:
+            training.validate()
+        except LatfError as error:
+            raise LatfError(f"{source} [train]: {str(error).removeprefix('training config: ')}") from None
         if not (self.production_steps > 0 or self.replicas_along_cv):
             raise LatfError(
                 f"{source}: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "
@@ -152,15 +159,19 @@ class LoopConfig:
     def check_resume(self, stored: dict[str, Any], out: Path) -> None:
         """Raise unless this workflow may continue the run in ``out``, made with ``stored`` (its ``config.json``).
 
-        Only :data:`RESUMABLE_KEYS` may differ: the rest defines the data already there. A
-        run folder from an earlier version of the loop (another :data:`CONFIG_FORMAT`) is refused.
+        Only :data:`RESUMABLE_KEYS` may differ: the rest defines the data already there. Paths
+        may move with the run (``initial_data``; a recipe file, compared by its content). A run
+        folder from an earlier version of the loop (another :data:`CONFIG_FORMAT`) is refused.
         """
         if stored.get("format") != CONFIG_FORMAT:
             raise LatfError(
                 f"{out} was made by an earlier version of the loop; run this workflow in a new output folder"
             )
         current, stored = _flat(self.stored()), _flat(stored)
-        differ = sorted(key for key in {*current, *stored} if key not in RESUMABLE_KEYS
+        ignored = {*RESUMABLE_KEYS, "initial_data"}  # round 0's record keeps the runs it read
+        if "system_recipe_sha256" in current and "system_recipe_sha256" in stored:
+            ignored.add("system")  # a recipe that moved with the run: compared by its content
+        differ = sorted(key for key in {*current, *stored} if key not in ignored
                         and current.get(key) != stored.get(key))  # fmt: skip
         if differ:
             changes = "; ".join(f"{key}: {stored.get(key)!r} → {current.get(key)!r}" for key in differ)
@@ -170,15 +181,18 @@ class LoopConfig:
             )
 
     def stored(self) -> dict[str, Any]:
-        """Return the workflow as ``config.json`` keeps it (JSON types, with its format)."""
-        return {"format": CONFIG_FORMAT, **json.loads(json.dumps(dataclasses.asdict(self)))}
+        """Return the workflow as ``config.json`` keeps it (JSON types, its format, a recipe file's SHA-256)."""
+        table = {"format": CONFIG_FORMAT, **json.loads(json.dumps(dataclasses.asdict(self)))}
+        if self.system.endswith(".toml"):
+            table["system_recipe_sha256"] = hashlib.sha256(Path(self.system).read_bytes()).hexdigest()
+        return table
 
 
 def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Return a nested table as one level, its keys joined by dots (``bias.pace``)."""
     flat: dict[str, Any] = {}
     for key, value in table.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty table adds no key
             flat.update(_flat(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

@@ -268,8 +268,8 @@ def simulate_temperatures(
     """
     if not temperatures:
         raise LatfError("give at least one temperature")
-    if int(seed) < 0:
-        raise LatfError(f"seed must be a non-negative integer, got {seed}")
+    if int(seed) < 1:
+        raise LatfError(f"seed must be a positive integer, got {seed}")
     labels = [run_label(molsys, t) for t in temperatures]
     if len(set(labels)) != len(labels):
         raise LatfError(f"temperatures must be distinct, got {labels}")
