@@ -483,7 +483,7 @@ def _add_loop(sub: argparse._SubParsersAction) -> None:
         "runs, until a round's data changes the reweighted state populations and free-energy profiles by "
         "less than the tolerances; then "
         "populations and free-energy profiles at the target temperatures. Run the same command again to "
-        "resume a killed loop, or to extend a finished one with more rounds (only rounds and scheduler may "
+        "resume a killed loop, or with more rounds to go on with an unconverged one (only rounds and scheduler may "
         "change); the run folder may be moved or copied first.",
     )
     p.add_argument("workflow", nargs="?", help="workflow .toml")
