@@ -169,9 +169,15 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     assert result.returncode == 0, result.stderr
     resumed = json.loads((moved / "summary.json").read_text())
     assert resumed["rounds"] == summary["rounds"] and resumed["final_model"] == "final/model.pt"
-    assert (
-        json.loads((moved / "final" / "metadata.json").read_text())["final_cpu_seconds"] == shipped["final_cpu_seconds"]
-    )
+    metadata = json.loads((moved / "final" / "metadata.json").read_text())
+    assert metadata["final_cpu_seconds"] == shipped["final_cpu_seconds"]  # the final fit was kept
+    workflow.write_text(WORKFLOW.replace("rounds = 2", "rounds = 3"))  # more rounds: the loop goes on
+    result = subprocess.run([*LATF, "loop", str(workflow), "--out", "../moved"], cwd=elsewhere, capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [r["round"] for r in json.loads((moved / "summary.json").read_text())["rounds"]] == [1, 2, 3]
+    assert json.loads((moved / "config.json").read_text())["rounds"] == 3
+    assert json.loads((moved / "final" / "metadata.json").read_text())["round"] == 3
 
 
 def test_final_flow_fit_is_kept_only_when_complete_for_the_last_round(tmp_path):
