@@ -14,6 +14,7 @@ from typing import Any
 import mdtraj
 import numpy as np
 
+from latf_openmm._quiet import quiet_stdout
 from latf_openmm.errors import LatfError
 
 MANIFEST = "manifest.json"  # written last: a run folder with it is finished
@@ -70,8 +71,9 @@ class Run:
             return {key: data[key] for key in data.files}
 
     def load_trajectory(self) -> mdtraj.Trajectory:
-        """Load the run's frames as an mdtraj trajectory."""
-        return mdtraj.load(str(self.trajectory), top=str(self.directory / TOPOLOGY))
+        """Load the run's frames as an mdtraj trajectory (quietly: mdtraj's DCD reader prints its format)."""
+        with quiet_stdout():
+            return mdtraj.load(str(self.trajectory), top=str(self.directory / TOPOLOGY))
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
