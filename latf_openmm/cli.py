@@ -24,7 +24,7 @@ from latf_openmm.files import check_output
 from latf_openmm.specs import BiasSpec, MDOptions, read_spec
 from latf_openmm.units import temperature_to_kelvin
 
-TRAIN_THREADS = 1  # latf train's torch threads; README, "Speed": 1 thread against 2 on 2 cores
+TRAIN_THREADS = 1  # latf train's torch threads; README, `latf train`, "Threads": 1 against 2 on 2 cores, measured
 
 if TYPE_CHECKING:
     from latf_openmm.bias import CVBias

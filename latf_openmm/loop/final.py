@@ -33,7 +33,7 @@ from latf_openmm.simulation import Run
 
 if TYPE_CHECKING:
     from latf_openmm.models import SPIBModel
-    from latf_openmm.systems import NamedRegions
+    from latf_openmm.systems import MolecularSystem, NamedRegions
 
 
 def final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
@@ -55,9 +55,9 @@ def final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
     return None
 
 
-def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary: dict[str, Any],
-                 final_cpu: float) -> None:  # fmt: skip
-    """Write the exports of the final model next to it in ``folder``, ready to use elsewhere.
+def _write_final(config: LoopConfig, molsys: MolecularSystem, model: SPIBModel, folder: Path, last: dict[str, Any],
+                 summary: dict[str, Any], final_cpu: float) -> None:  # fmt: skip
+    """Write the exports of the final ``model`` (of the workflow's ``molsys``) next to it in ``folder``.
 
     The final model is ``folder/model.pt`` (:func:`final_task`; ``latf bias``, ``latf
     generate``); its exports are ``cv.pt`` (positions → CV, TorchScript),
@@ -67,8 +67,6 @@ def _write_final(config: LoopConfig, folder: Path, last: dict[str, Any], summary
     CPU time, and the CV of the system's starting structure, which a copy of the files must
     reproduce).
     """
-    molsys = load_workflow_system(config)
-    model = load_model(folder / "model.pt")
     featurizer = build_featurizer(molsys.features, molsys.topology)
     exports = {"cv.pt": None} | {f"cv_s{k}.pt": k for k in range(model.latent_dim)}
     for name, component in exports.items():
@@ -177,7 +175,8 @@ def summarize(
     """
     model = load_model(model_path)
     baseline = reweighted(estimate, latent_by_run(model, estimate.runs), config.targets)
-    regions = load_workflow_system(config).regions
+    molsys = load_workflow_system(config)  # built once: the regions here, the exports in _write_final
+    regions = molsys.regions
     if regions is not None:  # the region of every frame of the estimate's runs, from its positions
         frame_regions = np.concatenate([regions.of_frames(Run.open(run).load_trajectory()) for run in estimate.runs])
     targets: dict[str, Any] = {}
@@ -220,7 +219,7 @@ def summarize(
     }
     write_json(out / SUMMARY, summary)
     plot_loop(summary, history, out / "summary.png")
-    _write_final(config, out / FINAL, history[-1], summary, final_cpu)
+    _write_final(config, molsys, model, out / FINAL, history[-1], summary, final_cpu)
     if model.latent_dim == 2:
         generate(model, config.targets, min(config.samples, 50_000), out / "generated.npz", plot=out / "fes.png")
     return summary
