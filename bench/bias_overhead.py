@@ -33,7 +33,7 @@ import torch
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm import build_featurizer
 from latf_openmm.bias import LearnedCV, Metadynamics
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
@@ -51,7 +51,7 @@ def _model(molsys, features, layers, hidden):
     values = featurizer.transform(frames)
     network.feature_mean.copy_(torch.from_numpy(values.mean(0)))
     network.feature_scale.copy_(torch.from_numpy(values.std(0) + 1e-3))
-    return SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "bench"}), featurizer
+    return LatentModel(network, {"feature_names": featurizer.names, "data_digest": "bench"}), featurizer
 
 
 def _metadynamics(cv):

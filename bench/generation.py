@@ -1,13 +1,16 @@
 """Generation benchmarks: three-hole at one temperature, LJ7 at temperatures it never saw.
 
-Usage: python bench/generation.py threehole DATA.npz [DATA.npz ...] [--seeds 0 1 2 3 4] [--priors flow grid]
-       python bench/generation.py lj7 DATA.npz [DATA.npz ...] [--lags 1 2] [--seeds 0 1 2] [--priors flow grid]
+Usage: python bench/generation.py threehole DATA.npz [DATA.npz ...] [--seeds 0 1 2 3 4] [--models flow grid dspib]
+       python bench/generation.py lj7 DATA.npz [DATA.npz ...] [--lags 1 2] [--seeds 0 1 2] [--models flow dspib]
        (both: [--threads 1])
+
+Models: ``flow`` (LaTF, the published prior), ``grid`` (LaTF with the latent free energy),
+``dspib`` (D-SPIB: the same SPIB settings, the diffusion prior; no flow settings apply).
 
 Every case is encoded MD against as many generated samples: KL (100 × 100 histogram), JS
 (50 × 50 for three-hole, as the issue measures it; 100 × 100 for LJ7), the largest
 state-population error, the 1-D free-energy-profile RMSE (k_BT, worse of the two CVs) and
-the training time. The generation check is off, so that a failing model still shows its
+the training and sampling times. The generation check is off, so that a failing model still shows its
 figures. Prints one JSON line per case and temperature, then a Markdown table.
 
 - **threehole**: DATA.npz from bench/threehole_data.py (10 × 20 000 frames, one k_BT),
@@ -41,18 +44,25 @@ from latf_openmm.generation import (
     kl_divergence_2d,
     reweighted_populations,
 )
-from latf_openmm.models import LaTF, TrainingData
+from latf_openmm.models import TrainingConfig, TrainingData, estimator
 from latf_openmm.reweighting import multistate_estimate
 from latf_openmm.units import reduced_to_kelvin
 
 LJ7_TRAIN = (0.2, 0.5)
 
 
+MODELS = {"flow": {"model": "latf", "prior": "flow"}, "grid": {"model": "latf", "prior": "grid"},
+          "dspib": {"model": "dspib"}}  # fmt: skip
+
+
 def compare(model, encoded: np.ndarray, temperature: float, seed: int, js_bins: int) -> dict:
     """Encoded MD against as many generated samples at ``temperature``."""
+    start = time.perf_counter()
     generated = model.sample(temperature, len(encoded), seed=seed + 1)
+    sample_s = round(time.perf_counter() - start, 1)
     md = model.latent_populations(encoded)
     return {
+        "sample_s": sample_s,
         "temperature": temperature,
         "n_states": model.n_states,
         "kl": round(kl_divergence_2d(encoded, generated), 4),
@@ -63,9 +73,10 @@ def compare(model, encoded: np.ndarray, temperature: float, seed: int, js_bins: 
 
 
 def train(data: TrainingData, settings: dict, seed: int, prior: str):
-    """LaTF fitted to ``data`` with the generation check off; the model and the seconds it took."""
+    """The model ``prior`` (a key of MODELS) fitted to ``data``, generation check off; the model and its seconds."""
     start = time.perf_counter()
-    model = LaTF(**settings, seed=seed, prior=prior, generation_tolerance=None).fit(data)
+    config = TrainingConfig(**{**settings, **MODELS[prior], "seed": seed, "generation_tolerance": None})
+    model = estimator(config).fit(data)
     return model, round(time.perf_counter() - start, 1)
 
 
@@ -112,15 +123,16 @@ def lj7_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """One Markdown row per case (system, data, lag, seed, prior); JS per temperature, the worst errors."""
     lines = [
-        "| system | data | lag | seed | prior | states | train s | temperatures | KL | JS | "
+        "| system | data | lag | seed | model | states | train s | sample s | temperatures | KL | JS | "
         "largest population error | MBAR's | F-profile RMSE (k_BT) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in dict.fromkeys((r["system"], r["data"], r["lag"], r["seed"], r["prior"]) for r in rows):
         case = [r for r in rows if (r["system"], r["data"], r["lag"], r["seed"], r["prior"]) == key]
         mbar = [r["mbar_population_error"] for r in case if r["mbar_population_error"] is not None]
         lines.append(
             "| " + " | ".join(map(str, key)) + f" | {case[0]['n_states']} | {case[0]['train_s']} | "
+            + f"{max(r['sample_s'] for r in case)} | "
             + " / ".join(f"{r['temperature']:g}" for r in case) + " | "
             + " / ".join(f"{r['kl']:.3f}" for r in case) + " | "
             + " / ".join(f"{r['js']:.4f}" for r in case)
@@ -137,7 +149,7 @@ def main() -> None:
     parser.add_argument("data", nargs="+", type=Path)
     parser.add_argument("--lags", type=int, nargs="+", default=[1, 2], help="LJ7 only (three-hole: the paper's 30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0–4 (three-hole), 0–2 (LJ7)")
-    parser.add_argument("--priors", nargs="+", default=["flow", "grid"])
+    parser.add_argument("--models", dest="priors", nargs="+", choices=list(MODELS), default=["flow", "dspib"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ import torch
 
 from latf_openmm import build_featurizer
 from latf_openmm.bias import OPES, LearnedCV
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.simulation import simulate
 from latf_openmm.specs import MDOptions
@@ -39,7 +39,7 @@ def identity_cv() -> tuple:
     with torch.no_grad():
         network.encoder.weight.copy_(torch.eye(2))
         network.encoder.bias.zero_()
-    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "identity"})
+    model = LatentModel(network, {"feature_names": featurizer.names, "data_digest": "identity"})
     return molsys, LearnedCV(model, featurizer)
 
 

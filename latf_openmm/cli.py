@@ -29,7 +29,7 @@ TRAIN_THREADS = 1  # latf train's torch threads; README, `latf train`, "Threads"
 if TYPE_CHECKING:
     from latf_openmm.bias import CVBias
     from latf_openmm.features import Featurizer
-    from latf_openmm.models import SPIBModel
+    from latf_openmm.models import LatentModel
     from latf_openmm.simulation import Run
     from latf_openmm.specs import Spec
     from latf_openmm.systems import MolecularSystem
@@ -91,7 +91,7 @@ def _load_system(args: argparse.Namespace) -> MolecularSystem:
     return load_system(args.system, **dict(args.system_args))
 
 
-def _load_model_on_system(args: argparse.Namespace) -> tuple[SPIBModel, MolecularSystem, Featurizer]:
+def _load_model_on_system(args: argparse.Namespace) -> tuple[LatentModel, MolecularSystem, Featurizer]:
     """Load the trained model, the system and its featurizer; raise if the features differ from the model's."""
     from latf_openmm.features import build_featurizer
     from latf_openmm.models import load_model
@@ -319,18 +319,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a SPIB or LaTF model on trajectories of features",
-        description="Train SPIB (encoder → latent CV, decoder → future state, iterative label refinement) "
-        "or LaTF (SPIB, then a generative prior on the latent: --prior flow, joint training with a RealNVP flow "
+        help="train a SPIB, LaTF or D-SPIB model on trajectories of features",
+        description="Train SPIB (encoder → latent CV, decoder → future state, iterative label refinement), "
+        "LaTF (SPIB, then a generative prior on the latent: --prior flow, joint training with a RealNVP flow "
         "onto a temperature-steered tilted Gaussian, or --prior grid, a latent free energy H(s) − T·S(s) fitted "
-        "to all training temperatures; either must then generate every training temperature's state populations "
-        "within --generation-tolerance). "
+        "to all training temperatures) or D-SPIB (SPIB, then joint training with a temperature-conditioned "
+        "diffusion model); LaTF and D-SPIB must then generate every training temperature's state populations "
+        "within --generation-tolerance. "
         "DATA are 'latf simulate' run folders (or folders of runs) or .npz files with 'features' "
         "(n_traj, n_frames, n_features) or per-trajectory arrays, and optional 'labels', 'weights', 'temperatures'.",
     )
     p.add_argument("data", nargs="*", help="run folders or .npz files")
     p.add_argument("--out", help="output model file (.pt)")
-    p.add_argument("--model", choices=["latf", "spib"], default="latf", help="what to train (default latf)")
     p.add_argument(
         "--threads",
         type=int,
@@ -344,14 +344,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from latf_openmm.models import SPIB, LaTF, TrainingConfig
+    from latf_openmm.models import TrainingConfig, estimator
     from latf_openmm.reweighting import load_training_data
 
     torch.set_num_threads(args.threads or TRAIN_THREADS)
     _log_progress("train")
-    estimator = (LaTF if args.model == "latf" else SPIB)(_spec_from_args(TrainingConfig, args, "latf train"))
+    trainer = estimator(_spec_from_args(TrainingConfig, args, "latf train"))
     data = load_training_data(args.data)
-    model = estimator.fit(data)
+    model = trainer.fit(data)
     model.save(args.out)
     info = model.info
     populations = ", ".join(f"{p:.3f}" for p in info["state_populations"])
@@ -365,8 +365,9 @@ def _train(args: argparse.Namespace) -> int:
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate latent samples, free energies and state populations at any temperature (LaTF)",
-        description="From a trained LaTF model, draw latent samples at each temperature, and write them with "
+        help="generate latent samples, free energies and state populations at any temperature (LaTF, D-SPIB)",
+        description="From a trained LaTF or D-SPIB model (a SPIB model at its training temperature only), draw "
+        "latent samples at each temperature, and write them with "
         "the state populations and (for 2-D latents) the free-energy surface F(s; T) on a grid to an .npz; "
         "optionally plot the surfaces.",
     )
@@ -399,11 +400,9 @@ def _generate(args: argparse.Namespace) -> int:
     import json
 
     from latf_openmm.generation import generate
-    from latf_openmm.models import LaTFModel, load_model
+    from latf_openmm.models import load_model
 
     model = load_model(args.model)
-    if not isinstance(model, LaTFModel):
-        raise LatfError(f"{args.model} is a SPIB model; generation needs a LaTF model ('latf train --model latf')")
     reweighted = _mbar_reweighted(model, args.data, args.temperatures) if args.data else None
     result = generate(model, args.temperatures, args.n, args.out, bins=args.bins, seed=args.seed, plot=args.plot,
                       reweighted=reweighted)  # fmt: skip
@@ -416,7 +415,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _mbar_reweighted(
-    model: SPIBModel, data: list[str], temperatures: list[float]
+    model: LatentModel, data: list[str], temperatures: list[float]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per temperature, the latent CV of every frame of the runs in ``data`` and its MBAR weight there."""
     from latf_openmm.reweighting import load_training_data, temperature_estimate

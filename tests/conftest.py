@@ -20,7 +20,7 @@ def ala2_vacuum():
 def cv_setup(ala2_vacuum):
     """An (untrained) encoder on alanine dipeptide's default features, and 100 frames."""
     from latf_openmm import build_featurizer
-    from latf_openmm.models import SPIBModel
+    from latf_openmm.models import LatentModel
     from latf_openmm.models.network import LatentNetwork
 
     featurizer = build_featurizer(ala2_vacuum.features, ala2_vacuum.topology)
@@ -31,7 +31,7 @@ def cv_setup(ala2_vacuum):
     features = featurizer.transform(frames)
     network.feature_mean.copy_(torch.from_numpy(features.mean(0)))
     network.feature_scale.copy_(torch.from_numpy(features.std(0) + 1e-3))
-    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"})
+    model = LatentModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"})
     return featurizer, model, frames
 
 
@@ -39,7 +39,7 @@ def cv_setup(ala2_vacuum):
 def small_cv_setup(ala2_vacuum):
     """A small encoder (φ/ψ sin/cos → 8 ReLU → 2-D CV) that the native OpenMM-expression backend takes."""
     from latf_openmm import build_featurizer
-    from latf_openmm.models import SPIBModel
+    from latf_openmm.models import LatentModel
     from latf_openmm.models.network import LatentNetwork
 
     featurizer = build_featurizer([{"kind": "dihedrals", "angles": ["phi", "psi"]}], ala2_vacuum.topology)
@@ -49,7 +49,7 @@ def small_cv_setup(ala2_vacuum):
     features = featurizer.transform(frames)
     network.feature_mean.copy_(torch.from_numpy(features.mean(0)))
     network.feature_scale.copy_(torch.from_numpy(features.std(0) + 1e-3))
-    return featurizer, SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"}), frames
+    return featurizer, LatentModel(network, {"feature_names": featurizer.names, "data_digest": "test-digest"}), frames
 
 
 def linear_cv(system, weight, features=None):
@@ -57,7 +57,7 @@ def linear_cv(system, weight, features=None):
     (the recipe's, or ``features``), W given."""
     from latf_openmm import build_featurizer
     from latf_openmm.bias import LearnedCV
-    from latf_openmm.models import SPIBModel
+    from latf_openmm.models import LatentModel
     from latf_openmm.models.network import LatentNetwork
     from latf_openmm.systems import load_system
 
@@ -68,7 +68,7 @@ def linear_cv(system, weight, features=None):
     with torch.no_grad():
         network.encoder.weight.copy_(weight)
         network.encoder.bias.zero_()
-    model = SPIBModel(network, {"feature_names": featurizer.names, "data_digest": "linear"})
+    model = LatentModel(network, {"feature_names": featurizer.names, "data_digest": "linear"})
     return molsys, LearnedCV(model, featurizer)
 
 

@@ -10,7 +10,7 @@ from conftest import linear_cv
 
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 from latf_openmm.simulation import md, read_colvar, simulate
 from latf_openmm.specs import BiasSpec, MDOptions, read_spec
 from latf_openmm.systems import load_system
@@ -32,7 +32,7 @@ def _context(force, platform):
 def biased_context(request, cv_setup, small_cv_setup):
     """A context whose only force is a window on the 2-D CV (float64 encoders, for finite differences)."""
     featurizer, model, frames = cv_setup if request.param == "torch" else small_cv_setup
-    model_64 = SPIBModel(copy.deepcopy(model.network).double(), model.info)
+    model_64 = LatentModel(copy.deepcopy(model.network).double(), model.info)
     cv = LearnedCV(model_64, featurizer, backend=request.param)
     assert cv.backend == request.param
     bias = HarmonicBias(cv, centre=[0.1, -0.2], force_constant=80.0, upper=[None, 0.0], wall_constant=500.0)

@@ -8,7 +8,7 @@ import pytest
 
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import LearnedCV
-from latf_openmm.models import SPIBModel, load_model
+from latf_openmm.models import LatentModel, load_model
 from latf_openmm.simulation import read_colvar
 from latf_openmm.systems import load_system
 
@@ -88,7 +88,7 @@ def test_the_model_keeps_its_featurizer_and_refuses_another(model):
     swapped = build_featurizer([{"kind": "positions", "atoms": [0], "components": "yx"}], molsys.topology)
     with pytest.raises(LatfError, match="not the one the model was trained with"):
         LearnedCV(spib, swapped)  # as many features, other ones
-    unkept = SPIBModel(spib.network, {**spib.info, "featurizer": None})  # a model saved before models kept it
+    unkept = LatentModel(spib.network, {**spib.info, "featurizer": None})  # a model saved before models kept it
     with pytest.raises(LatfError, match="does not keep its featurizer"):
         LearnedCV(unkept)
     assert LearnedCV(unkept, swapped).dim == 2  # without a kept featurizer only the count is checked

@@ -14,7 +14,7 @@ from latf_openmm.generation import (
     js_divergence_2d,
     kl_divergence_2d,
 )
-from latf_openmm.models import SPIB, LaTF, TrainingData, initial_labels, prior
+from latf_openmm.models import SPIB, LaTF, TrainingData, initial_labels, tilted
 from latf_openmm.models.flow import RealNVP
 
 
@@ -59,7 +59,7 @@ def test_tilted_gaussian_is_normalized(dim, tau, t_scaled):
     sphere = 2 * math.pi ** (dim / 2) / math.gamma(dim / 2)
     radial = integrate.quad(
         lambda r: (
-            r ** (dim - 1) * math.exp(tau * r - r * r / (2 * t_scaled) - prior.log_normalizer(tau, dim, t_scaled))
+            r ** (dim - 1) * math.exp(tau * r - r * r / (2 * t_scaled) - tilted.log_normalizer(tau, dim, t_scaled))
         ),
         0,
         np.inf,
@@ -70,18 +70,18 @@ def test_tilted_gaussian_is_normalized(dim, tau, t_scaled):
 def test_tilted_gaussian_normalized_on_a_grid_in_2d():
     axis = np.linspace(-9, 9, 601)
     grid = torch.from_numpy(np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2))
-    density = torch.exp(prior.log_prob(grid, 3.0, 1.3)).numpy()
+    density = torch.exp(tilted.log_prob(grid, 3.0, 1.3)).numpy()
     assert density.sum() * (axis[1] - axis[0]) ** 2 == pytest.approx(1.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_tilted_gaussian_sampler_matches_density(dim):
     tau, t_scaled = 3.0, 0.8
-    z = prior.sample(40_000, dim, tau, t_scaled, torch.Generator().manual_seed(dim)).numpy()
+    z = tilted.sample(40_000, dim, tau, t_scaled, torch.Generator().manual_seed(dim)).numpy()
     radius = np.linalg.norm(z, axis=1)
 
     def cdf(r):
-        log_z = prior.log_normalizer(tau, dim, t_scaled)
+        log_z = tilted.log_normalizer(tau, dim, t_scaled)
         sphere = 2 * math.pi ** (dim / 2) / math.gamma(dim / 2)
         return (
             sphere
@@ -94,7 +94,7 @@ def test_tilted_gaussian_sampler_matches_density(dim):
     # directions are uniform: the mean direction vanishes
     assert np.abs((z / radius[:, None]).mean(0)).max() < 0.02
     # the wrong temperature is detected by the same test
-    hotter = np.linalg.norm(prior.sample(40_000, dim, tau, 1.2 * t_scaled).numpy(), axis=1)
+    hotter = np.linalg.norm(tilted.sample(40_000, dim, tau, 1.2 * t_scaled).numpy(), axis=1)
     assert stats.kstest(hotter, lambda r: np.interp(r, grid, table)).pvalue < 1e-6
 
 

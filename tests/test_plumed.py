@@ -7,7 +7,7 @@ import torch
 
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.export.plumed import plumed_input, write_plumed_model
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.simulation import read_colvar
 from latf_openmm.specs import BiasSpec
@@ -19,7 +19,7 @@ def ala2_model(ala2_vacuum):
     torch.manual_seed(1)
     network = LatentNetwork(featurizer.n_features, 2, 2)
     network.feature_scale.uniform_(0.5, 2.0)
-    return featurizer, SPIBModel(network, {"feature_names": featurizer.names})
+    return featurizer, LatentModel(network, {"feature_names": featurizer.names})
 
 
 def test_pytorch_model_file_gives_the_python_cv(ala2_vacuum, ala2_model, tmp_path):

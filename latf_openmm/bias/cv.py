@@ -30,7 +30,7 @@ from latf_openmm.export import CollectiveVariable, paired_featurizer
 from latf_openmm.export.expressions import cv_expression
 from latf_openmm.features import Featurizer
 from latf_openmm.files import array_digest
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 
 BACKENDS = ("auto", "native", "torch")
 
@@ -49,7 +49,7 @@ class LearnedCV:
         ``"auto"``, ``"native"`` or ``"torch"`` (see the module documentation).
     """
 
-    def __init__(self, model: SPIBModel, featurizer: Featurizer | None = None, backend: str = "auto") -> None:
+    def __init__(self, model: LatentModel, featurizer: Featurizer | None = None, backend: str = "auto") -> None:
         if backend not in BACKENDS:
             raise LatfError(f"unknown CV backend {backend!r}; use one of {BACKENDS}")
         featurizer = paired_featurizer(model, featurizer)

@@ -20,7 +20,7 @@ import torch
 from latf_openmm.errors import LatfError
 from latf_openmm.features import Featurizer
 from latf_openmm.files import atomic_path
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 from latf_openmm.versions import versions
 
 METADATA_FILE = "latf_metadata.json"
@@ -32,7 +32,7 @@ class LatentMean(torch.nn.Module):
     Normalization runs in float64, the encoder in its own dtype, and the result is float64.
     """
 
-    def __init__(self, model: SPIBModel) -> None:
+    def __init__(self, model: LatentModel) -> None:
         super().__init__()
         network = model.network
         self.register_buffer("feature_mean", network.feature_mean.clone())
@@ -46,7 +46,7 @@ class LatentMean(torch.nn.Module):
         return self.encoder(normalized.to(self.feature_mean.dtype)).to(torch.float64)
 
 
-def paired_featurizer(model: SPIBModel, featurizer: Featurizer | None = None) -> Featurizer:
+def paired_featurizer(model: LatentModel, featurizer: Featurizer | None = None) -> Featurizer:
     """Return the featurizer to pair with ``model``: the one given, or the one the model keeps.
 
     Raise if the given one does not make the model's features: another count, or (for a model
@@ -77,7 +77,7 @@ class CollectiveVariable(torch.nn.Module):
     result is float64.
     """
 
-    def __init__(self, featurizer: Featurizer | None, model: SPIBModel, component: int | None = None) -> None:
+    def __init__(self, featurizer: Featurizer | None, model: LatentModel, component: int | None = None) -> None:
         super().__init__()
         featurizer = paired_featurizer(model, featurizer)
         if component is not None and not 0 <= component < model.latent_dim:
@@ -98,7 +98,7 @@ class CollectiveVariable(torch.nn.Module):
 
 
 def export_cv(
-    model: SPIBModel,
+    model: LatentModel,
     featurizer: Featurizer | None,
     path: str | Path,
     component: int | None = None,

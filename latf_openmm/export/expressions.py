@@ -23,7 +23,7 @@ import torch
 from latf_openmm.errors import LatfError
 from latf_openmm.export import paired_featurizer
 from latf_openmm.features import Dihedrals, Distances, Featurizer, Positions
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 
 MAX_EXPRESSION_SIZE = 200  # a few s of Context creation on one core (measured in bench/bias_overhead.py)
 
@@ -55,12 +55,12 @@ def _number(value: float) -> str:
     return f"({float(value)!r})"
 
 
-def _layers(model: SPIBModel) -> list[torch.nn.Module]:
+def _layers(model: LatentModel) -> list[torch.nn.Module]:
     encoder = model.network.encoder
     return list(encoder) if isinstance(encoder, torch.nn.Sequential) else [encoder]
 
 
-def expression_size(model: SPIBModel) -> int:
+def expression_size(model: LatentModel) -> int:
     """Input features times the widths of the encoder's hidden layers (1 for a linear encoder)."""
     widths = [layer.out_features for layer in _layers(model) if isinstance(layer, torch.nn.Linear)]
     return model.network.feature_mean.numel() * math.prod(widths[:-1])
@@ -99,7 +99,7 @@ def _feature_definitions(featurizer: Featurizer, slot: dict[int, int]) -> list[s
     return [f"latf_f{i} = {expr}" for i, expr in enumerate(features)]
 
 
-def cv_expression(model: SPIBModel, featurizer: Featurizer, max_size: int = MAX_EXPRESSION_SIZE) -> CVExpression:
+def cv_expression(model: LatentModel, featurizer: Featurizer, max_size: int = MAX_EXPRESSION_SIZE) -> CVExpression:
     """Return the CV of ``model`` on ``featurizer``'s features as OpenMM expressions.
 
     Raises

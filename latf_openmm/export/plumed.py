@@ -23,14 +23,14 @@ from latf_openmm.errors import LatfError
 from latf_openmm.export import LatentMean
 from latf_openmm.features import Contacts, CoordinationNumbers, Dihedrals, Distances, Featurizer, Positions
 from latf_openmm.files import atomic_path
-from latf_openmm.models import SPIBModel
+from latf_openmm.models import LatentModel
 from latf_openmm.specs import BiasSpec
 
 
 class _PlumedCV(torch.nn.Module):
     """PYTORCH_MODEL's contract: float32 features (1, n_features) in, float32 CV (1, n_cv) out."""
 
-    def __init__(self, model: SPIBModel) -> None:
+    def __init__(self, model: LatentModel) -> None:
         super().__init__()
         self.latent = LatentMean(model)
 
@@ -38,7 +38,7 @@ class _PlumedCV(torch.nn.Module):
         return self.latent(features).to(torch.float32)
 
 
-def write_plumed_model(model: SPIBModel, path: str | Path) -> Path:
+def write_plumed_model(model: LatentModel, path: str | Path) -> Path:
     """Write features (1, n_features) → CV (1, n_cv) as TorchScript for PLUMED's PYTORCH_MODEL."""
     module = torch.jit.script(_PlumedCV(model).eval())
     with atomic_path(path) as tmp:
@@ -47,7 +47,7 @@ def write_plumed_model(model: SPIBModel, path: str | Path) -> Path:
 
 
 def write_plumed(
-    model: SPIBModel, featurizer: Featurizer, folder: str | Path, temperature: float, bias: BiasSpec
+    model: LatentModel, featurizer: Featurizer, folder: str | Path, temperature: float, bias: BiasSpec
 ) -> tuple[Path, Path]:
     """Write ``folder/model.ptc`` and ``folder/plumed.dat``, each atomically; return both paths.
 

@@ -9,14 +9,14 @@ import numpy as np
 
 from latf_openmm.errors import LatfError
 from latf_openmm.files import save_figure, write_npz
-from latf_openmm.models import LaTFModel
+from latf_openmm.models import LatentModel
 from latf_openmm.reweighting import effective_sample_size
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 FES_CAP_KT = 10.0  # free-energy plots show F − F_min up to this many k_BT
 
 
-def reweighted_populations(model: LaTFModel, latent: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+def reweighted_populations(model: LatentModel, latent: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
     """Return the state populations of frames under equilibrium ``weights``, and their ESS.
 
     ``latent`` (n, d) are simulated frames' latent CV, ``weights`` their equilibrium weights
@@ -27,7 +27,7 @@ def reweighted_populations(model: LaTFModel, latent: np.ndarray, weights: np.nda
 
 
 def generate(
-    model: LaTFModel,
+    model: LatentModel,
     temperatures: Sequence[float],
     n: int,
     out: str | Path,
@@ -40,7 +40,7 @@ def generate(
 
     Writes an ``.npz`` with ``temperatures``, ``samples`` (n_T, n, d), ``state_populations``
     (n_T, n_states) and, for d ≤ 2, ``grid`` (one axis per latent dimension) and
-    ``free_energy`` (n_T, bins[, bins]; see :meth:`LaTFModel.free_energy` for units).
+    ``free_energy`` (n_T, bins[, bins]; see :meth:`LatentModel.free_energy` for units).
     With ``reweighted`` (per temperature, simulated frames' latent CV and their MBAR weights
     there), also the physics baseline beside the generated figures:
     ``mbar_state_populations`` (n_T, n_states) and ``mbar_effective_sample_size`` (n_T,).

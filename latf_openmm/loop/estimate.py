@@ -31,10 +31,12 @@ from latf_openmm.reweighting import (
 from latf_openmm.simulation import Run
 
 if TYPE_CHECKING:
-    from latf_openmm.models import SPIBModel
+    from latf_openmm.models import LatentModel
 
 
-def equilibrium_estimate(model: SPIBModel | None, runs: list[str], rounds: Sequence[Path] = ()) -> EquilibriumEstimate:
+def equilibrium_estimate(
+    model: LatentModel | None, runs: list[str], rounds: Sequence[Path] = ()
+) -> EquilibriumEstimate:
     """Return the loop's estimate of equilibrium from ``runs``: one MBAR, solved once (weights at any temperature).
 
     Its members are every run whose bias is known at every frame: the unbiased runs and the
@@ -79,7 +81,7 @@ def _features(runs: Sequence[str]) -> list[np.ndarray]:
     return [Run.open(run).load_timeseries()["features"].astype(np.float64) for run in runs]
 
 
-def latent_by_run(model: SPIBModel, runs: Sequence[str]) -> dict[str, np.ndarray]:
+def latent_by_run(model: LatentModel, runs: Sequence[str]) -> dict[str, np.ndarray]:
     """Return ``model``'s latent CV of every frame of each of ``runs``, keyed by run."""
     return {run: model.transform(f) for run, f in zip(runs, _features(runs), strict=True)}
 
@@ -96,7 +98,7 @@ def reweighted(
     return {f"{t:g}": (frames, np.concatenate(list(estimate.weights(t).values()))) for t in temperatures}
 
 
-def round_record(model: SPIBModel, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
+def round_record(model: LatentModel, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
     """Return the round's record of its estimate ``after`` (all data).
 
     It holds the reweighted state populations per simulated temperature and the Kish effective

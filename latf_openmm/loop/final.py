@@ -32,7 +32,7 @@ from latf_openmm.reweighting import (
 from latf_openmm.simulation import Run
 
 if TYPE_CHECKING:
-    from latf_openmm.models import SPIBModel
+    from latf_openmm.models import LatentModel
     from latf_openmm.systems import MolecularSystem, NamedRegions
 
 
@@ -55,7 +55,7 @@ def final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
     return None
 
 
-def _write_final(config: LoopConfig, molsys: MolecularSystem, model: SPIBModel, folder: Path, last: dict[str, Any],
+def _write_final(config: LoopConfig, molsys: MolecularSystem, model: LatentModel, folder: Path, last: dict[str, Any],
                  summary: dict[str, Any], final_cpu: float) -> None:  # fmt: skip
     """Write the exports of the final ``model`` (of the workflow's ``molsys``) next to it in ``folder``.
 
@@ -96,7 +96,7 @@ def _write_final(config: LoopConfig, molsys: MolecularSystem, model: SPIBModel, 
     write_json(folder / "metadata.json", metadata)
 
 
-def _compare_with_md(model: SPIBModel, samples: np.ndarray, run: str) -> dict[str, Any]:
+def _compare_with_md(model: LatentModel, samples: np.ndarray, run: str) -> dict[str, Any]:
     """Compare generated with encoded MD at one temperature: KL (2-D), free-energy-profile RMSE per component."""
     with np.load(Path(run) / "timeseries.npz") as series:
         encoded = model.transform(series["features"].astype(np.float64))
@@ -111,7 +111,7 @@ def _compare_with_md(model: SPIBModel, samples: np.ndarray, run: str) -> dict[st
 
 
 def named_regions(
-    regions: NamedRegions, model: SPIBModel, latent: np.ndarray, weights: np.ndarray, frame_regions: np.ndarray,
+    regions: NamedRegions, model: LatentModel, latent: np.ndarray, weights: np.ndarray, frame_regions: np.ndarray,
     temperature: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Return the system's named regions at one temperature: MBAR's populations, the exact ones, each state's region.

@@ -37,7 +37,7 @@ from latf_openmm.loop.tasks import (
     train_task,
     walker_task,
 )
-from latf_openmm.models import LaTFModel, load_model
+from latf_openmm.models import LatentModel, load_model
 from latf_openmm.versions import versions
 
 log = logging.getLogger(__name__)
@@ -224,14 +224,14 @@ def describe_round(config: LoopConfig, record: dict[str, Any]) -> str:
     )
 
 
-def _report_round(config: LoopConfig, model: LaTFModel, folder: Path) -> str:
+def _report_round(config: LoopConfig, model: LatentModel, folder: Path) -> str:
     """Write a round's generated distributions and (2-D) free-energy surfaces at the targets; return the data digest."""
     plot = folder / "fes.png" if model.latent_dim == 2 else None
     generate(model, config.targets, min(config.samples, 50_000), folder / "generated.npz", plot=plot)
     return model.info["data_digest"]
 
 
-def _export(config: LoopConfig, model: LaTFModel, out: Path) -> None:
+def _export(config: LoopConfig, model: LatentModel, out: Path) -> None:
     """Export the model's CV with the system's featurizer (TorchScript, positions → CV) to ``out``."""
     molsys = load_workflow_system(config)
     featurizer = build_featurizer(molsys.features, molsys.topology)

@@ -21,7 +21,7 @@ from latf_openmm.bias import LearnedCV, build_bias
 from latf_openmm.features import build_featurizer
 from latf_openmm.loop.config import PRODUCTION_SEED_INDEX, REPLICA_SEED_INDEX, VALIDATION_SEED_INDEX, LoopConfig
 from latf_openmm.loop.estimate import load_estimate
-from latf_openmm.models import LaTF, TrainingConfig, TrainingData, initial_labels, load_model
+from latf_openmm.models import TrainingConfig, TrainingData, estimator, initial_labels, load_model
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
     load_training_data,
@@ -31,7 +31,7 @@ from latf_openmm.systems import load_system
 
 if TYPE_CHECKING:
     from latf_openmm.bias import GridBias
-    from latf_openmm.models import LaTFModel
+    from latf_openmm.models import LatentModel
     from latf_openmm.systems import MolecularSystem
 
 TaskResult = TypeVar("TaskResult")
@@ -53,24 +53,26 @@ def _md_options(config: LoopConfig) -> dict[str, Any]:
 
 # -- tasks (run on Dask workers; arguments are plain data) -------------------------------
 def train_task(config: LoopConfig, data: list[str], labels_from: str | None, estimate: str, out: str) -> str:
-    """Train LaTF on the runs ``data`` (biased ones reweighted), write the model to ``out``.
+    """Train the workflow's model (``[train] model``, LaTF by default) on the runs ``data``; write it to ``out``.
+
+    Biased runs are reweighted.
 
     With a previous model (``labels_from``), the initial states are a grid over its CV. The
     prior is fitted (and checked) to the previous round's estimate (the file ``estimate``)
     along the new CV after training (:func:`_prior_fitted_to_estimate`); training skips the
-    flow's own polishing and check.
+    prior's own polishing and check.
     """
     torch.set_num_threads(config.md.threads or 1)
     training = load_training_data(data)
-    estimator = LaTF(
+    trainer = estimator(
         TrainingConfig(**{"seed": config.seed, **config.train, "polish_steps": 0, "generation_tolerance": None})
     )
     if labels_from is not None:
         previous = load_model(labels_from)
         latent = np.concatenate([previous.transform(f.astype(np.float64)) for f in training.features])
-        labels = initial_labels(latent, estimator.config.n_initial_states, estimator.config.seed, method="grid")
+        labels = initial_labels(latent, trainer.config.n_initial_states, trainer.config.seed, method="grid")
         training = dataclasses.replace(training, labels=np.split(labels, np.cumsum(training.lengths)[:-1]))
-    model = estimator.fit(training)
+    model = trainer.fit(training)
     _prior_fitted_to_estimate(config, model, training, data, load_estimate(estimate)).save(out)
     return out
 
@@ -88,9 +90,9 @@ def final_task(config: LoopConfig, model_path: str, data: list[str], estimate: s
 
 
 def _prior_fitted_to_estimate(
-    config: LoopConfig, model: LaTFModel, training: TrainingData, data: list[str], estimate: EquilibriumEstimate
-) -> LaTFModel:
-    """Return ``model`` with its prior fitted (flow polishing or the latent free energy) to ``estimate``.
+    config: LoopConfig, model: LatentModel, training: TrainingData, data: list[str], estimate: EquilibriumEstimate
+) -> LatentModel:
+    """Return ``model`` with its prior fitted (its own weighted fit: polishing, the latent free energy) to ``estimate``.
 
     The fit is along the model's CV, to the estimate at every simulated temperature: each of the
     estimate's runs counts at each temperature with its frames' MBAR weights there, as MBAR
@@ -110,7 +112,7 @@ def _prior_fitted_to_estimate(
         featurizer=training.featurizer,
     )
     overrides = {"seed": config.seed, **config.train, "reference_temperature": model.reference_temperature}
-    return LaTF(TrainingConfig(**overrides)).refit_prior(model, at_every_temperature)
+    return estimator(TrainingConfig(**overrides)).refit_prior(model, at_every_temperature)
 
 
 def _learned_bias(

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from scipy.special import logsumexp
 
 from latf_openmm.errors import LatfError
+from latf_openmm.models.priors import GenerativePrior, checked_count, checked_temperature, generator_for
 
 NODES_PER_AXIS = {1: 1024, 2: 128, 3: 40}
 SMOOTHING_LADDER = tuple(10.0**k for k in range(-11, 0))  # roughest first, each rung warm-starting the next
@@ -67,7 +68,7 @@ def _roughness(table: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 @dataclass
-class LatentFreeEnergyModel:
+class LatentFreeEnergyModel(GenerativePrior):
     """Fitted tables: ``entropy`` S and ``enthalpy`` H (k_B T_ref units) at the grid nodes.
 
     Attributes
@@ -97,6 +98,7 @@ class LatentFreeEnergyModel:
     reference_temperature: float
     temperatures: list[float]
     smoothing: float
+    kind: ClassVar[str] = "grid"
 
     @property
     def dim(self) -> int:
@@ -109,9 +111,7 @@ class LatentFreeEnergyModel:
         return self.entropy.shape[0]
 
     def _check_temperature(self, temperature: float) -> float:
-        temperature = float(temperature)
-        if not np.isfinite(temperature) or temperature <= 0:
-            raise LatfError(f"temperature must be positive, got {temperature}")
+        temperature = checked_temperature(temperature)
         if len(self.temperatures) == 1 and not math.isclose(temperature, self.temperatures[0], rel_tol=1e-9):
             raise LatfError(
                 f"this latent free energy was fitted at one temperature ({self.temperatures[0]:g}) and "
@@ -137,12 +137,13 @@ class LatentFreeEnergyModel:
         inside = ((latent >= self.lower) & (latent <= self.upper)).all(1)
         return np.where(inside, values, -np.inf)
 
-    def sample(self, temperature: float, n: int, generator: torch.Generator | None = None) -> np.ndarray:
+    def sample(self, temperature: float, n: int, seed: int | None = None) -> np.ndarray:
         """Draw ``n`` exact samples (float64, (n, d)) of p(s | T).
 
         Each is a node's cell with probability p·volume, then a point uniformly in that cell
         (cells at the box's faces are halves).
         """
+        generator, n = generator_for(seed), checked_count(n)
         spacing = self._spacing()
         log_mass = self._log_density_table(temperature) + _node_log_volumes(self.dim, self.nodes, spacing)
         mass = torch.from_numpy(np.exp(log_mass - log_mass.max()))
@@ -153,7 +154,18 @@ class LatentFreeEnergyModel:
         offset = torch.rand(n, self.dim, dtype=torch.float64, generator=generator).numpy()
         return (low + offset * (high - low)) @ self.axes.T + self.centre
 
-    def state_dict(self) -> dict[str, Any]:
+    def fit(
+        self,
+        latent: np.ndarray,
+        weights: np.ndarray,
+        temperatures: np.ndarray,
+        held_out: np.ndarray | None = None,
+    ) -> LatentFreeEnergyModel:
+        """Return the latent free energy fitted anew (:class:`LatentFreeEnergy`, the same nodes and T_ref)."""
+        estimator = LatentFreeEnergy(nodes=self.nodes, reference_temperature=self.reference_temperature)
+        return estimator.fit(latent, temperatures, weights, held_out)
+
+    def state(self) -> dict[str, Any]:
         """Plain tensors and numbers, for ``torch.save(weights_only=True)``."""
         return {
             "centre": torch.from_numpy(self.centre),
@@ -168,8 +180,8 @@ class LatentFreeEnergyModel:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> LatentFreeEnergyModel:
-        """Rebuild the model that :meth:`state_dict` describes."""
+    def from_state(cls, state: dict[str, Any]) -> LatentFreeEnergyModel:
+        """Rebuild the model that :meth:`state` describes."""
         arrays = {
             k: state[k].numpy().astype(np.float64) for k in ("centre", "axes", "lower", "upper", "entropy", "enthalpy")
         }

@@ -1,8 +1,11 @@
-"""Trained models: latent CVs, states, and (LaTF) generation at any temperature."""
+"""Trained models: the latent CV and metastable states (SPIB), and a generative prior at any temperature.
+
+One class for every model: what differs between SPIB, LaTF and D-SPIB is the prior on the
+latent (:mod:`latf_openmm.models.priors`), a part of the model.
+"""
 
 from __future__ import annotations
 
-import copy
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,33 +16,48 @@ import torch
 from latf_openmm.errors import LatfError
 from latf_openmm.features import Featurizer, resolved_featurizer
 from latf_openmm.files import atomic_path
-from latf_openmm.models import prior
+from latf_openmm.models.diffusion import DiffusionPrior
 from latf_openmm.models.free_energy import LatentFreeEnergyModel
 from latf_openmm.models.network import LatentNetwork
+from latf_openmm.models.priors import FlowPrior, GenerativePrior, VampPrior, checked_latent, checked_temperature
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 FORMAT = "latf_openmm.latent_model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the prior saved as a part ("prior"); 1: LaTF's flow inside the network, or "grid_prior"
+PRIOR_TYPES: dict[str, type[GenerativePrior]] = {
+    p.kind: p for p in (VampPrior, FlowPrior, LatentFreeEnergyModel, DiffusionPrior)
+}
+MODEL_OF_PRIOR = {"vamp": "spib", "flow": "latf", "grid": "latf", "diffusion": "dspib"}
 
 
-class SPIBModel:
-    """A trained SPIB model: features → latent CV and metastable state.
+class LatentModel:
+    """A trained model: features → latent CV and metastable state, and its prior p(s | T) on the latent.
 
     Parameters
     ----------
     network
-        The trained network (moved to CPU, evaluation mode).
+        The trained encoder and decoder (moved to CPU, evaluation mode).
     info
         Everything else saved with it: ``architecture``, ``config``, ``feature_names``,
         ``data_digest``, ``state_populations``, ``history``, temperature information.
+    prior
+        The generative prior: SPIB's VampPrior (the default: the network's own), LaTF's flow or
+        latent free energy, or D-SPIB's diffusion model. Temperatures are in the training data's
+        unit (``info["temperature_unit"]``).
     """
 
-    kind = "spib"
-    grid_prior: LatentFreeEnergyModel | None = None
-
-    def __init__(self, network: LatentNetwork, info: dict[str, Any]) -> None:
+    def __init__(self, network: LatentNetwork, info: dict[str, Any], prior: GenerativePrior | None = None) -> None:
         self.network = network.cpu().eval()
         self.info = info
+        prior = network.vamp_prior(info.get("temperatures")) if prior is None else prior
+        self.prior = prior.cpu().eval() if isinstance(prior, torch.nn.Module) else prior
+        if prior.dim != network.latent_dim:
+            raise LatfError(f"the prior is {prior.dim}-dimensional, the latent {network.latent_dim}-dimensional")
+
+    @property
+    def kind(self) -> str:
+        """The model: 'spib', 'latf' or 'dspib' (from its prior)."""
+        return MODEL_OF_PRIOR[self.prior.kind]
 
     @property
     def latent_dim(self) -> int:
@@ -50,6 +68,11 @@ class SPIBModel:
     def n_states(self) -> int:
         """Number of metastable states."""
         return self.network.n_states
+
+    @property
+    def reference_temperature(self) -> float:
+        """T_ref: the temperature at which T′ = T / T_ref = 1."""
+        return float(self.prior.reference_temperature)
 
     @property
     def feature_names(self) -> list[str]:
@@ -99,84 +122,24 @@ class SPIBModel:
     def save(self, path: str | Path) -> None:
         """Save atomically; :func:`load_model` restores an identical model."""
         payload = {
-            "grid_prior": None if self.grid_prior is None else self.grid_prior.state_dict(),
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "kind": self.kind,
             "info": self.info,
             "n_states": self.n_states,
             "state_dict": self.network.state_dict(),
+            "prior": {"kind": self.prior.kind, "state": self.prior.state()},
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
-
-class LaTFModel(SPIBModel):
-    """A trained LaTF model: SPIB plus a generative prior on its latent at any temperature.
-
-    The prior (``info["config"]["prior"]``) is either the published one, a flow onto the
-    temperature-steered tilted Gaussian (``network.flow``), or a latent free energy
-    H(s) − T·S(s) on a grid (``grid_prior``, :mod:`latf_openmm.models.free_energy`).
-    Temperatures are in the training data's unit (``info["temperature_unit"]``);
-    ``T′ = T / reference_temperature``.
-    """
-
-    kind = "latf"
-
-    def __init__(
-        self, network: LatentNetwork, info: dict[str, Any], grid_prior: LatentFreeEnergyModel | None = None
-    ) -> None:
-        super().__init__(network, info)
-        if (grid_prior is None) == (network.flow is None):
-            raise LatfError("a LaTF model needs exactly one generative prior: a flow or a latent free energy")
-        self.grid_prior = grid_prior
-
-    @property
-    def tau(self) -> float:
-        """Tilting factor τ of the prior."""
-        return float(self.info["config"]["tau"])
-
-    @property
-    def reference_temperature(self) -> float:
-        """T_ref: the temperature at which T′ = 1."""
-        return float(self.info["reference_temperature"])
-
-    def _scaled(self, temperature: float) -> float:
-        temperature = float(temperature)
-        if not np.isfinite(temperature) or temperature <= 0:
-            raise LatfError(f"temperature must be positive, got {temperature}")
-        return temperature / self.reference_temperature
-
-    @torch.no_grad()
     def sample(self, temperature: float, n: int, seed: int | None = None) -> np.ndarray:
-        """``n`` latent samples of the equilibrium distribution at ``temperature``.
+        """``n`` latent samples (float32) of the prior's equilibrium distribution at ``temperature``."""
+        return self.prior.sample(checked_temperature(temperature), n, seed).astype(np.float32)
 
-        Exact samples of the prior: the tilted Gaussian at T′ mapped through the inverse
-        flow, or the latent free energy's p(s | T) cell by cell.
-        """
-        if n < 0:
-            raise LatfError(f"number of samples must be non-negative, got {n}")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        if self.grid_prior is not None:
-            return self.grid_prior.sample(temperature, n, generator).astype(np.float32)
-        z = prior.sample(n, self.latent_dim, self.tau, self._scaled(temperature), generator)
-        u, _ = self.network.flow.inverse(z.to(self.network.log_var.dtype))
-        return u.numpy()
-
-    @torch.no_grad()
     def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
-        """Return log p(s | T) of latent points (float64).
-
-        It is the flow's by change of variables, or the latent free energy's (−inf outside its box).
-        """
-        latent = np.asarray(latent, dtype=np.float64)
-        if latent.ndim != 2 or latent.shape[1] != self.latent_dim:
-            raise LatfError(f"latent points must have shape (n, {self.latent_dim}), got {latent.shape}")
-        if self.grid_prior is not None:
-            return self.grid_prior.log_prob(latent, temperature)
-        flow = copy.deepcopy(self.network.flow).double()  # float64 density; the model keeps its dtype
-        z, log_det = flow(torch.from_numpy(latent))
-        return (prior.log_prob(z, self.tau, self._scaled(temperature)) + log_det).numpy()
+        """Return log p(s | T) of latent points (n, d), float64."""
+        return self.prior.log_prob(checked_latent(latent, self.latent_dim), checked_temperature(temperature))
 
     def free_energy(self, grid: np.ndarray, temperature: float) -> np.ndarray:
         """F(s; T) = −k_B T log p(s | T) at latent points ``grid`` (n, d).
@@ -192,8 +155,8 @@ class LaTFModel(SPIBModel):
         return self.latent_populations(self.sample(temperature, n, seed))
 
 
-def load_model(path: str | Path) -> SPIBModel:
-    """Load a model saved by :meth:`SPIBModel.save`."""
+def load_model(path: str | Path) -> LatentModel:
+    """Load a model saved by :meth:`LatentModel.save` (this format or the previous one)."""
     path = Path(path)
     if not path.is_file():
         raise LatfError(f"model file not found: {path}")
@@ -211,9 +174,29 @@ def load_model(path: str | Path) -> SPIBModel:
     if payload["version"] > FORMAT_VERSION:
         raise LatfError(f"{path} was written by a newer latf_openmm (format {payload['version']})")
     info = payload["info"]
-    network = LatentNetwork(n_states=payload["n_states"], **info["architecture"])
-    network.load_state_dict(payload["state_dict"])
+    weights = dict(payload["state_dict"])
+    flow_weights = {k.removeprefix("flow."): weights.pop(k) for k in list(weights) if k.startswith("flow.")}  # format 1
+    architecture = {k: v for k, v in info["architecture"].items() if k not in ("flow_layers", "flow_hidden")}
+    network = LatentNetwork(n_states=payload["n_states"], **architecture)
+    network.load_state_dict(weights)
+    if payload["version"] == 1:
+        prior = _format_1_prior(payload, network, flow_weights)
+    else:
+        prior = PRIOR_TYPES[payload["prior"]["kind"]].from_state(payload["prior"]["state"])
+    return LatentModel(network, info, prior)
+
+
+def _format_1_prior(
+    payload: dict[str, Any], network: LatentNetwork, flow_weights: dict[str, torch.Tensor]
+) -> GenerativePrior:
+    """Return the prior of a format-1 file: SPIB's VampPrior, the grid prior, or the flow taken out of the network."""
+    info = payload["info"]
     if payload["kind"] != "latf":
-        return SPIBModel(network, info)
-    grid_prior = payload.get("grid_prior")
-    return LaTFModel(network, info, None if grid_prior is None else LatentFreeEnergyModel.from_state_dict(grid_prior))
+        return network.vamp_prior(info.get("temperatures"))
+    if payload.get("grid_prior") is not None:
+        return LatentFreeEnergyModel.from_state(payload["grid_prior"])
+    architecture = info["architecture"]
+    flow = FlowPrior(architecture["latent_dim"], architecture["flow_layers"], architecture["flow_hidden"],
+                     info["config"]["tau"], info["reference_temperature"])  # fmt: skip
+    flow.flow.load_state_dict(flow_weights)
+    return flow.eval()

@@ -1,11 +1,12 @@
-"""The network shared by SPIB and LaTF: encoder, decoder, VampPrior and (for LaTF) flow."""
+"""The network shared by every model: encoder, decoder and SPIB's VampPrior."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from latf_openmm.models.flow import RealNVP, mlp
+from latf_openmm.models.flow import mlp
+from latf_openmm.models.priors import VampPrior
 
 
 class LatentNetwork(nn.Module):
@@ -20,8 +21,6 @@ class LatentNetwork(nn.Module):
         linear encoder.
     encoder_hidden, decoder_hidden
         Hidden widths.
-    flow_layers, flow_hidden
-        RealNVP size; ``flow_layers = 0`` builds no flow (SPIB).
     """
 
     def __init__(
@@ -32,8 +31,6 @@ class LatentNetwork(nn.Module):
         encoder_layers: int = 2,
         encoder_hidden: int = 16,
         decoder_hidden: int = 16,
-        flow_layers: int = 0,
-        flow_hidden: int = 16,
     ) -> None:
         super().__init__()
         self.register_buffer("feature_mean", torch.zeros(n_features))
@@ -47,7 +44,6 @@ class LatentNetwork(nn.Module):
         self.decoder = mlp(latent_dim, decoder_hidden, n_states)
         self.register_buffer("representative_inputs", torch.zeros(n_states, n_features))
         self.prior_logits = nn.Parameter(torch.zeros(n_states))
-        self.flow = RealNVP(latent_dim, flow_layers, flow_hidden) if flow_layers else None
         self.latent_dim = latent_dim
 
     @property
@@ -69,6 +65,16 @@ class LatentNetwork(nn.Module):
         squared = (latent.unsqueeze(1) - centres.unsqueeze(0)).pow(2).sum(-1)
         log_normal = -0.5 * (self.latent_dim * self.log_var + squared * torch.exp(-self.log_var))
         return torch.logsumexp(log_normal + torch.log_softmax(self.prior_logits, 0), dim=1)
+
+    @torch.no_grad()
+    def vamp_prior(self, temperatures: list[float] | None) -> VampPrior:
+        """Return the VampPrior as a :class:`VampPrior`, of training data at ``temperatures`` (None: no temperature)."""
+        return VampPrior(
+            self(self.representative_inputs).double().cpu().numpy(),
+            float(self.log_var),
+            torch.log_softmax(self.prior_logits.double(), 0).cpu().numpy(),
+            None if temperatures is None else sorted(set(temperatures)),
+        )
 
     def keep_states(self, keep: torch.Tensor, representative_inputs: torch.Tensor) -> None:
         """Drop decoder outputs of states not in ``keep`` (bool mask), keeping the others' weights.

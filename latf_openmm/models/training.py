@@ -1,4 +1,7 @@
-"""Estimators: ``SPIB(...).fit(data)`` → :class:`SPIBModel`, ``LaTF(...).fit(data)`` → :class:`LaTFModel`.
+"""Estimators: ``SPIB(...)``, ``LaTF(...)``, ``DSPIB(...)``; each ``fit(data)`` returns a :class:`LatentModel`.
+
+The three differ only in the model's prior on the latent (:mod:`latf_openmm.models.priors`):
+SPIB's VampPrior, LaTF's flow (or latent free energy), D-SPIB's diffusion model.
 
 Training keeps the whole data set as tensors on the device and draws minibatches by
 indexing a random permutation, so a step costs one forward/backward pass and nothing
@@ -11,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,32 +25,43 @@ from tqdm.auto import tqdm
 
 from latf_openmm.errors import LatfError
 from latf_openmm.models.data import LABEL_DESCRIPTORS, LABEL_METHODS, TrainingData, initial_labels
-from latf_openmm.models.free_energy import LatentFreeEnergy, LatentFreeEnergyModel
-from latf_openmm.models.model import LaTFModel, SPIBModel
+from latf_openmm.models.diffusion import DiffusionPrior
+from latf_openmm.models.free_energy import LatentFreeEnergy
+from latf_openmm.models.model import LatentModel
 from latf_openmm.models.network import LatentNetwork
+from latf_openmm.models.priors import FitSettings, FlowPrior, GenerativePrior, NeuralPrior
 from latf_openmm.specs import option
 from latf_openmm.versions import versions
 
 log = logging.getLogger(__name__)
 
 
+MODELS = ("spib", "latf", "dspib")
 PRIORS = ("flow", "grid")
 GENERATION_CHECK_SAMPLES = 100_000
 GENERATION_ADVICE = {
     "flow": "use prior = 'grid', another lag or more data",
     "grid": "try another lag, or more data (and overlap between neighbouring temperatures) where it fails",
+    "diffusion": "try more polish_steps, another lag or more data",
 }
 MIN_STEPS_PER_EPOCH = 32
-POLISH_CHECK = 1000  # flow-polishing steps between validation checks
+POLISH_CHECK = 1000  # prior-fitting steps between validation checks
+HELD_OUT_BLOCKS = 10  # the prior's fit holds out one of this many contiguous blocks of each trajectory
 
 
 @dataclass
 class TrainingConfig:
-    """Hyperparameters of SPIB and LaTF training.
+    """Hyperparameters of SPIB, LaTF and D-SPIB training.
 
     Each field's ``help`` metadata describes it (``latf train --help`` shows the same text).
     """
 
+    model: str = option(
+        "latf",
+        "what to train: 'spib' (the CV and its states), 'latf' (SPIB + a flow onto a temperature-steered "
+        "tilted Gaussian, or a latent free energy: see prior) or 'dspib' (SPIB + a temperature-conditioned "
+        "diffusion model)",
+    )
     latent_dim: int = option(2, "dimension d of the latent CV")
     lag: int = option(1, "lag time in frames; pairs (t, t+lag) never cross trajectories or replica exchanges")
     beta: float = option(1e-3, "weight of the prior (information-bottleneck) term")
@@ -83,20 +96,20 @@ class TrainingConfig:
     reference_temperature: float | None = option(
         None, "LaTF: T_ref, where T' = T/T_ref = 1 (default: lowest training temperature, else 1)"
     )
-    joint_refinements: int = option(0, "LaTF: label refinements in the joint stage (0 or 1)")
-    joint_max_epochs: int = option(50, "LaTF: epoch cap per joint training round")
+    joint_refinements: int = option(0, "LaTF, D-SPIB: label refinements in the joint stage (0 or 1)")
+    joint_max_epochs: int = option(50, "LaTF, D-SPIB: epoch cap per joint training round")
     polish_steps: int = option(
         9000,
-        "LaTF: after the joint stage, optimizer steps that fit the flow alone by maximum likelihood "
-        "(equilibrium and temperature weights) to the frozen encoder's latent points, encoded once (0: none)",
+        "LaTF's flow, D-SPIB: after the joint stage, optimizer steps that fit the prior alone (its joint loss, "
+        "equilibrium- and temperature-weighted) to the frozen encoder's latent points, encoded once (0: none)",
     )
     polish_learning_rate: float = option(
-        5e-3, "LaTF: flow-polishing Adam learning rate, decayed to zero over the steps (cosine)"
+        5e-3, "LaTF's flow, D-SPIB: the prior fit's Adam learning rate, decayed to zero over the steps (cosine)"
     )
-    polish_batch_size: int = option(512, "LaTF: flow-polishing minibatch size (latent points)")
+    polish_batch_size: int = option(512, "LaTF's flow, D-SPIB: the prior fit's minibatch size (latent points)")
     polish_noise: float = option(
         0.0,
-        "LaTF: flow polishing adds this times the encoder's noise σ to the latent means "
+        "LaTF's flow, D-SPIB: the prior fit adds this times the encoder's noise σ to the latent means "
         "(1: the joint loss's sampled latent; 0: the means, i.e. the CV values themselves)",
     )
     prior: str = option(
@@ -139,6 +152,7 @@ class TrainingConfig:
             (self.polish_learning_rate > 0 and self.polish_noise >= 0, "polish_learning_rate > 0, polish_noise ≥ 0"),
             (self.tau >= 0, "tau must be ≥ 0"),
             (self.reference_temperature is None or self.reference_temperature > 0, "reference_temperature must be > 0"),
+            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
             (self.prior in PRIORS, f"prior must be one of {', '.join(PRIORS)}"),
             (self.prior != "grid" or self.latent_dim <= 3, "prior = 'grid' needs latent_dim ≤ 3"),
             (
@@ -155,26 +169,57 @@ class TrainingConfig:
 class SPIB:
     """State Predictive Information Bottleneck estimator (deeptime style: ``fit`` → model).
 
+    Its model's prior is the VampPrior, which describes the training data only.
+
     Parameters
     ----------
     config
-        A :class:`TrainingConfig`; keyword arguments override its fields.
+        A :class:`TrainingConfig`; keyword arguments override its fields. ``config.model``
+        must name this estimator (``'spib'``; see :func:`estimator`).
     """
+
+    model = "spib"
 
     def __init__(self, config: TrainingConfig | None = None, **overrides: float | str | None) -> None:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainingConfig)}
         if unknown:
             raise LatfError(f"unknown training option(s): {sorted(unknown)}")
-        self.config = dataclasses.replace(config or TrainingConfig(), **overrides)
+        config = dataclasses.replace(config or TrainingConfig(), **overrides)
+        if config.model != self.model and (config.model != TrainingConfig.model or "model" in overrides):
+            raise LatfError(f"{type(self).__name__} trains model '{self.model}', not '{config.model}'; see estimator()")
+        self.config = dataclasses.replace(config, model=self.model)
         self.config.validate()
         if str(self.config.device).startswith("cuda") and not torch.cuda.is_available():  # here, where it trains
             raise LatfError(f"device {self.config.device!r}: torch finds no CUDA device here; use 'cpu' or none")
 
-    def fit(self, data: TrainingData) -> SPIBModel:
+    def fit(self, data: TrainingData) -> LatentModel:
         """Train on ``data``; returns the model."""
-        trainer = _Trainer(data, self.config, flow=False)
+        trainer = _Trainer(data, self.config)
         trainer.spib_stage()
-        return SPIBModel(trainer.network, trainer.info())
+        return trainer.model()
+
+    def refit_prior(self, model: LatentModel, data: TrainingData) -> LatentModel:
+        """Return the trained ``model`` with its prior fitted again to ``data`` (encoder, decoder, states kept).
+
+        The prior's own weighted fit (:meth:`GenerativePrior.fit`) on the model's latent of the
+        data, by their equilibrium weights at their temperatures: SPIB's VampPrior weights, LaTF's
+        flow polishing or latent free energy, D-SPIB's diffusion polishing (``polish_*``). For a
+        density estimate that depends on the model's own CV (the loop pools runs along it).
+        """
+        labels = [model.predict_state(f) for f in data.features]  # the model's states; no initial clustering
+        trainer = _Trainer(dataclasses.replace(data, labels=labels), self.config)
+        if not np.isclose(trainer.reference_temperature, model.reference_temperature):
+            raise LatfError(
+                f"the data's reference temperature {trainer.reference_temperature:g} is not the model's "
+                f"{model.reference_temperature:g}; set reference_temperature"
+            )
+        trainer.network = copy.deepcopy(model.network).to(trainer.device)
+        trainer.prior = copy.deepcopy(model.prior)
+        if isinstance(trainer.prior, NeuralPrior):
+            trainer.prior.to(trainer.device)
+        trainer.history = list(model.info["history"])
+        trainer.fit_prior()
+        return trainer.model()
 
 
 class LaTF(SPIB):
@@ -186,49 +231,42 @@ class LaTF(SPIB):
     (``generation_tolerance``) at every training temperature.
     """
 
-    def fit(self, data: TrainingData) -> LaTFModel:
+    model = "latf"
+
+    def fit(self, data: TrainingData) -> LatentModel:
         """Train on ``data``; returns the model."""
-        trainer = _Trainer(data, self.config, flow=self.config.prior == "flow")
+        trainer = _Trainer(data, self.config)
         trainer.spib_stage()
-        if self.config.prior == "flow":
+        if trainer.prior is not None:
             trainer.joint_stage()
-            trainer.polish_stage()
-        else:
-            trainer.free_energy_stage()
-        return trainer.latf_model()
+        trainer.fit_prior()
+        return trainer.model()
 
-    def refit_prior(self, model: LaTFModel, data: TrainingData) -> LaTFModel:
-        """Return the trained ``model`` with its prior fitted again to ``data``.
 
-        The prior is refitted by flow polishing alone, or as the latent free energy, by the
-        data's equilibrium weights; encoder, decoder and states are kept. For a density
-        estimate that depends on the model's own CV (the loop pools runs along it).
-        """
-        flow = model.network.flow
-        if self.config.prior == "flow" and (flow is None or len(flow.layers) != self.config.flow_layers + 1):
-            raise LatfError("refitting the flow needs a LaTF model trained with the same flow settings")
-        if self.config.prior == "grid" and model.grid_prior is None:
-            raise LatfError("refitting the latent free energy needs a LaTF model trained with prior = 'grid'")
-        labels = [model.predict_state(f) for f in data.features]  # the model's states; no initial clustering
-        trainer = _Trainer(dataclasses.replace(data, labels=labels), self.config, flow=self.config.prior == "flow")
-        if trainer.reference_temperature != model.reference_temperature:
-            raise LatfError(
-                f"the data's reference temperature {trainer.reference_temperature:g} is not the model's "
-                f"{model.reference_temperature:g}; set reference_temperature"
-            )
-        trainer.network = copy.deepcopy(model.network).to(trainer.device)
-        trainer.history = list(model.info["history"])
-        if self.config.prior == "flow":
-            trainer.polish_stage()
-        else:
-            trainer.free_energy_stage()
-        return trainer.latf_model()
+class DSPIB(LaTF):
+    """Diffusive SPIB (D-SPIB): SPIB pre-training, then joint training with a temperature-conditioned diffusion prior.
+
+    The prior (:class:`~latf_openmm.models.diffusion.DiffusionPrior`) is then polished alone
+    (``polish_*``), and the model must pass the generation check as LaTF's.
+    """
+
+    model = "dspib"
+
+
+ESTIMATORS: dict[str, type[SPIB]] = {e.model: e for e in (SPIB, LaTF, DSPIB)}
+
+
+def estimator(config: TrainingConfig) -> SPIB:
+    """Return the estimator that ``config.model`` names ('spib', 'latf' or 'dspib')."""
+    if config.model not in ESTIMATORS:
+        raise LatfError(f"training config: model must be one of {', '.join(MODELS)}, got {config.model!r}")
+    return ESTIMATORS[config.model](config)
 
 
 class _Trainer:
     """Holds the data as tensors and runs the training stages."""
 
-    def __init__(self, data: TrainingData, config: TrainingConfig, flow: bool) -> None:
+    def __init__(self, data: TrainingData, config: TrainingConfig) -> None:
         self.config = config
         self.data = data
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -267,12 +305,11 @@ class _Trainer:
             per_frame_t = np.full(len(features), t_ref)
         self.reference_temperature = t_ref
         self.frame_temperatures = per_frame_t
-        self.grid_prior: LatentFreeEnergyModel | None = None
         to = dict(device=self.device)
         self.x = torch.as_tensor(features, dtype=torch.float32, **to)
         self.weights = torch.as_tensor(weights / weights[past].mean(), dtype=torch.float32, **to)
         self.equilibrium_weights = torch.as_tensor(equilibrium / equilibrium[past].mean(), dtype=torch.float32, **to)
-        self.temperature_weights = torch.as_tensor(t_ref / per_frame_t, dtype=torch.float32, **to)
+        self.scaled_temperatures = torch.as_tensor(per_frame_t / t_ref, dtype=torch.float32, **to)
         self.labels = torch.as_tensor(np.unique(labels, return_inverse=True)[1], dtype=torch.long, **to)
         past_t = torch.as_tensor(past, dtype=torch.long, **to)
         self.train_past = past_t[torch.as_tensor(order[n_val:], **to)]
@@ -289,9 +326,8 @@ class _Trainer:
                 config.encoder_layers,
                 config.encoder_hidden,
                 config.decoder_hidden,
-                config.flow_layers if flow else 0,
-                config.flow_hidden,
             ).to(self.device)
+            self.prior: GenerativePrior | None = self._new_prior()
         w = self.weights[:, None]
         mean = (w * self.x).sum(0) / w.sum()
         scale = torch.sqrt((w * (self.x - mean) ** 2).sum(0) / w.sum())
@@ -309,17 +345,22 @@ class _Trainer:
         noise = torch.randn(mean.shape, generator=generator or self.generator).to(self.device)
         latent = mean + torch.exp(0.5 * net.log_var) * noise
         cross_entropy = F.nll_loss(net.state_log_probs(latent), self.labels[past + lag], reduction="none")
-        if joint:
-            return cross_entropy, self._flow_nll(latent, self.temperature_weights[past])
         log_q = -0.5 * (net.latent_dim * net.log_var + noise.pow(2).sum(-1))
-        return cross_entropy, log_q - net.vamp_log_prior(latent)
+        if not joint:
+            return cross_entropy, log_q - net.vamp_log_prior(latent)
+        prior_term = self.prior.loss(latent, self.scaled_temperatures[past], generator or self.generator)
+        return cross_entropy, prior_term + log_q if self.prior.entropy_term else prior_term
 
-    def _flow_nll(self, latent: torch.Tensor, temperature_weights: torch.Tensor) -> torch.Tensor:
-        """−log p(f(u) | T) − log|det ∂f/∂u| per point, up to log Z (constant at each T)."""
-        z, log_det = self.network.flow(latent)
-        squared = z.pow(2).sum(-1)
-        log_prior = self.config.tau * torch.sqrt(squared + 1e-12) - 0.5 * squared * temperature_weights
-        return -log_prior - log_det
+    def _new_prior(self) -> NeuralPrior | None:
+        """Return the model's untrained neural prior: LaTF's flow, D-SPIB's diffusion; None for SPIB and the grid."""
+        cfg = self.config
+        if cfg.model == "dspib":
+            return DiffusionPrior(cfg.latent_dim, self.reference_temperature).to(self.device)
+        if cfg.model == "latf" and cfg.prior == "flow":
+            return FlowPrior(cfg.latent_dim, cfg.flow_layers, cfg.flow_hidden, cfg.tau, self.reference_temperature).to(
+                self.device
+            )
+        return None
 
     def _prior_weights(self, joint: bool) -> torch.Tensor:
         """Return the per-frame weights of the prior term.
@@ -350,7 +391,8 @@ class _Trainer:
     def _train_round(self, joint: bool, max_epochs: int, stage: str, refinement: int) -> None:
         cfg = self.config
         # fused Adam: one kernel for all of these many small tensors instead of a loop over them
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate, fused=True)
+        parameters = [*self.network.parameters(), *(self.prior.parameters() if joint else ())]
+        optimizer = torch.optim.Adam(parameters, lr=cfg.learning_rate, fused=True)
         previous, calm = None, 0
         n = len(self.train_past)
         # a bar of the epochs, on a terminal only (tqdm's disable=None), as the MD's progress bar
@@ -449,140 +491,89 @@ class _Trainer:
                 break
 
     def joint_stage(self) -> None:
-        """Joint encoder + decoder + flow training on the tilted prior.
+        """Joint encoder + decoder + neural prior training (the prior's loss as SPIB's prior term).
 
-        The flow's first (ActNorm) layer is first set so that the states' mean latent
-        points lie on the prior's most probable shell at T′ = 1, so the flow starts with
-        every state where the prior has its mass.
+        The prior is first placed at the states' mean latent points
+        (:meth:`NeuralPrior.start_at`: LaTF's flow puts them on its most probable shell).
         """
         latent = self._encoded(self.x)
         members = [self.labels == k for k in range(self.network.n_states)]
         centres = torch.stack([(self.weights[m, None] * latent[m]).sum(0) / self.weights[m].sum() for m in members])
-        dim, tau = self.config.latent_dim, self.config.tau
-        shell = 0.5 * (tau + math.sqrt(tau * tau + 4 * (dim - 1)))  # mode of r^(d-1) exp(τr − r²/2)
-        self.network.flow.initialize(centres.cpu(), shell)
+        self.prior.start_at(centres)
         for refinement in range(self.config.joint_refinements + 1):
             self._train_round(True, self.config.joint_max_epochs, "joint", refinement)
             if refinement == self.config.joint_refinements:
                 break
             self._refine()
 
-    def polish_stage(self) -> None:
-        """Fit the flow alone, encoder frozen, to the encoded training frames ("flow polishing").
+    def _held_out(self) -> np.ndarray:
+        """Frames held out of the prior's fit: block (3i + 5) mod 10 of the 10 contiguous blocks of trajectory i."""
+        blocks = HELD_OUT_BLOCKS
+        return np.concatenate(
+            [(np.arange(n) * blocks // n) == (3 * i + 5) % blocks for i, n in enumerate(self.data.lengths)]
+        )
 
-        The joint stage stops long before the flow has converged, and it fits the density of
-        the noisy latent mean + σ·ε, broader than that of the CV values μ(X) it is compared
-        with. With the encoder fixed, the latent points are encoded once and a step costs only
-        the flow's forward/backward pass, so many more steps fit in the same time. The loss is
-        the joint loss's prior term (equilibrium- and temperature-weighted); the learning rate decays
-        to zero (cosine); the flow with the best validation loss among checks every
-        ``POLISH_CHECK`` steps is kept, so that small data sets cannot be overfitted.
+    def fit_prior(self) -> None:
+        """Fit the prior alone to every frame's latent mean, encoder frozen, by the equilibrium weights.
+
+        Its own weighted fit (:meth:`GenerativePrior.fit`): for the neural priors the joint loss
+        ("polishing", ``polish_*``), which the joint stage stops long before it has converged;
+        LaTF's latent free energy (``prior = 'grid'``) is fitted here from scratch. Contiguous
+        blocks of the trajectories are held out (:meth:`_held_out`): they choose the grid's
+        smoothing and the neural priors' best checkpoint, so that correlated neighbours do not
+        reward overfitting.
         """
-        cfg, net = self.config, self.network
-        if cfg.polish_steps == 0:
+        cfg = self.config
+        if cfg.model == "spib" and self.prior is None:
+            temperatures = self.data.temperatures
+            self.prior = self.network.vamp_prior(None if temperatures is None else temperatures.tolist())
             return
-        latent = self._encoded(self.x[self.train_past])
-        val_pairs = self.val_past if len(self.val_past) else self.train_past
-        val_latent = self._encoded(self.x[val_pairs])
-        sigma = cfg.polish_noise * float(torch.exp(0.5 * net.log_var.detach()))
-        weights = self.equilibrium_weights[self.train_past]
-        temperature_weights = self.temperature_weights[self.train_past]
-
-        @torch.no_grad()
-        def validation_nll() -> float:
-            w = self.equilibrium_weights[val_pairs]
-            return float((w * self._flow_nll(val_latent, self.temperature_weights[val_pairs])).sum() / w.sum())
-
-        best = (validation_nll(), copy.deepcopy(net.flow.state_dict()))
-        optimizer = torch.optim.Adam(net.flow.parameters(), lr=cfg.polish_learning_rate, fused=True)
-        batch = min(cfg.polish_batch_size, len(latent))
-        per_pass = len(latent) - len(latent) % batch
-        noise = torch.Generator().manual_seed(cfg.seed + 2)
-        net.requires_grad_(False)
-        net.flow.requires_grad_(True)
-        try:
-            for step in range(cfg.polish_steps):
-                for group in optimizer.param_groups:
-                    group["lr"] = 0.5 * cfg.polish_learning_rate * (1 + math.cos(math.pi * step / cfg.polish_steps))
-                start = (step * batch) % per_pass
-                if start == 0:  # a new pass: shuffle once, then take contiguous slices (views)
-                    order = torch.randperm(len(latent), generator=self.generator).to(self.device)
-                    latent, weights, temperature_weights = latent[order], weights[order], temperature_weights[order]
-                window = slice(start, start + batch)
-                u = latent[window]
-                if sigma > 0:
-                    u = u + sigma * torch.randn(u.shape, generator=noise).to(self.device)
-                loss = (weights[window] * self._flow_nll(u, temperature_weights[window])).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if (step + 1) % POLISH_CHECK == 0 or step + 1 == cfg.polish_steps:
-                    current = validation_nll()
-                    if not math.isfinite(current):
-                        raise LatfError("flow polishing diverged; lower polish_learning_rate")
-                    self.history.append(
-                        {
-                            "stage": "polish",
-                            "refinement": 0,
-                            "epoch": step + 1,  # optimizer steps, not epochs
-                            "val_prior_term": current,
-                            "n_states": net.n_states,
-                            "seconds": round(time.perf_counter() - self.started, 3),
-                        }
-                    )
-                    if current < best[0]:
-                        best = (current, copy.deepcopy(net.flow.state_dict()))
-        finally:
-            net.requires_grad_(True)
-        net.flow.load_state_dict(best[1])
-        log.info(
-            "flow polishing: %d steps, validation prior term %.4f, %.1f s",
-            cfg.polish_steps,
-            best[0],
-            time.perf_counter() - self.started,
-        )
-
-    def free_energy_stage(self) -> None:
-        """Fit the latent free energy H(s) − T·S(s) to every frame's latent mean (encoder frozen).
-
-        The fit uses the equilibrium weights at each frame's temperature.
-
-        The roughness weight is chosen on held-out contiguous blocks: each trajectory's frames
-        are cut into 10 blocks, and trajectory i lends block (3i + 5) mod 10.
-        """
         latent = self._encoded(self.x).double().cpu().numpy()
-        held_out = np.concatenate(
-            [(np.arange(n) * 10 // n) == (3 * i + 5) % 10 for i, n in enumerate(self.data.lengths)]
-        )
         weights = self.equilibrium_weights.double().cpu().numpy()
-        self.grid_prior = LatentFreeEnergy(reference_temperature=self.reference_temperature).fit(
-            latent, self.frame_temperatures, weights, held_out
-        )
-        self.history.append(
-            {
-                "stage": "free_energy",
-                "refinement": 0,
-                "epoch": 0,
-                "smoothing": self.grid_prior.smoothing,
-                "n_states": self.network.n_states,
-                "seconds": round(time.perf_counter() - self.started, 3),
-            }
-        )
-        log.info(
-            "latent free energy: smoothing %.0e, %.1f s", self.grid_prior.smoothing, time.perf_counter() - self.started
-        )
+        if self.prior is None:  # LaTF's grid, fitted from scratch
+            estimator = LatentFreeEnergy(reference_temperature=self.reference_temperature)
+            self.prior = estimator.fit(latent, self.frame_temperatures, weights, self._held_out())
+            records = [{"stage": "free_energy", "epoch": 0, "smoothing": self.prior.smoothing}]
+        elif isinstance(self.prior, NeuralPrior):
+            if cfg.polish_steps == 0:
+                return
+            self.prior.fit_settings = FitSettings(
+                steps=cfg.polish_steps,
+                learning_rate=cfg.polish_learning_rate,
+                batch_size=cfg.polish_batch_size,
+                noise=cfg.polish_noise * float(torch.exp(0.5 * self.network.log_var.detach())),
+                seed=cfg.seed + 2,
+                check_every=POLISH_CHECK,
+            )
+            self.prior = self.prior.fit(latent, weights, self.frame_temperatures, self._held_out())
+            records = [  # epoch: optimizer steps, not epochs
+                {"stage": "polish", "epoch": r["step"], "val_prior_term": r["validation_loss"]}
+                for r in self.prior.fit_history
+            ]
+        else:
+            self.prior = self.prior.fit(latent, weights, self.frame_temperatures, self._held_out())
+            records = [{"stage": f"{self.prior.kind}_fit", "epoch": 0}]
+        seconds = round(time.perf_counter() - self.started, 3)
+        self.history += [
+            {**r, "refinement": 0, "n_states": self.network.n_states, "seconds": seconds} for r in records
+        ]
+        log.info("%s prior fitted, %.1f s", self.prior.kind, time.perf_counter() - self.started)
 
-    def latf_model(self) -> LaTFModel:
-        """Return the trained LaTF model, after the generation check at every training temperature.
+    def model(self) -> LatentModel:
+        """Return the trained model; a generative one after the generation check at every training temperature.
 
         At each temperature with equilibrium weight, the populations of the model's states in
         ``GENERATION_CHECK_SAMPLES`` generated samples are compared with the training frames'
         (equilibrium-weighted); the figures go to ``info["generation_check"]``. A state off by
         more than ``generation_tolerance`` is an error: the model would generate a wrong
-        ensemble with confidence.
+        ensemble with confidence. SPIB's VampPrior is not checked: it claims no temperature.
         """
+        if self.prior is None:
+            self.fit_prior()
         info = self.info()
-        model = LaTFModel(self.network, info, self.grid_prior)
+        model = LatentModel(self.network, info, self.prior)
+        if model.kind == "spib":
+            return model
         labels = self._predicted_labels().cpu().numpy()
         weights = self.equilibrium_weights.double().cpu().numpy()
         checks = []
@@ -606,10 +597,10 @@ class _Trainer:
         if tolerance is not None and worst is not None and worst["max_error"] > tolerance:
             state = int(np.argmax(np.abs(np.subtract(worst["generated"], worst["data"]))))
             raise LatfError(
-                f"generation check failed: at T = {worst['temperature']:g} the {self.config.prior} prior generates "
+                f"generation check failed: at T = {worst['temperature']:g} the {self.prior.kind} prior generates "
                 f"state {state} at {worst['generated'][state]:.3f} where the training data have "
                 f"{worst['data'][state]:.3f} (generation_tolerance {tolerance:g}); the data do not support this "
-                f"model: {GENERATION_ADVICE[self.config.prior]}"
+                f"model: {GENERATION_ADVICE[self.prior.kind]}"
             )
         return model
 
@@ -627,8 +618,6 @@ class _Trainer:
                 "encoder_layers": self.config.encoder_layers,
                 "encoder_hidden": self.config.encoder_hidden,
                 "decoder_hidden": self.config.decoder_hidden,
-                "flow_layers": self.config.flow_layers if self.network.flow is not None else 0,
-                "flow_hidden": self.config.flow_hidden,
             },
             "config": config,
             "feature_names": list(self.data.feature_names),
