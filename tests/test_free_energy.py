@@ -100,7 +100,7 @@ def test_one_temperature_generates_there_only_and_saving_round_trips(two_tempera
     assert not model.enthalpy.any()
     with pytest.raises(LatfError, match="one temperature"):
         model.sample(0.7, 10)
-    restored = LatentFreeEnergyModel.from_state_dict(two_temperatures.state_dict())
+    restored = LatentFreeEnergyModel.from_state(two_temperatures.state())
     np.testing.assert_array_equal(restored.log_prob(latent, 0.8), two_temperatures.log_prob(latent, 0.8))
 
 

@@ -66,9 +66,10 @@ def test_diffusion_sampler_and_ode_density_agree_with_each_other_and_the_truth(d
     # 0.02): the probability-flow ODE accumulates the network's errors, the reverse SDE damps them
     np.testing.assert_allclose(from_samples, from_density, atol=0.03)
     np.testing.assert_allclose(from_samples, _boltzmann(temperature), atol=0.015)
-    # at T′ = 2 the sampler must start from N(0, T′²I): started from N(0, I) its spread is 10 % low
+    # the reverse steps' noise is × T′ too: without that factor the spread at T′ = 2 is 25–38 % low and the
+    # populations 0.06 off (measured); the start, N(0, T′²I), is all but forgotten (ᾱ at t = 1 is 4e-5)
     assert samples.std(0) == pytest.approx(_basin_samples(temperature, 100_000, np.random.default_rng(1)).std(0),
-                                           rel=0.05)  # fmt: skip
+                                           rel=0.1)  # fmt: skip
 
 
 def test_diffusion_saved_and_loaded_gives_identical_samples_and_densities(diffusion):

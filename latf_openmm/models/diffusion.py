@@ -14,7 +14,10 @@ that differ from the public D-SPIB code (rickyjohnwhu/diff-spib), and why:
   probability-flow ODE, which evaluates the network between the grid points, then meets
   trained times only. The step enters the network as t ∈ (0, 1], not as a raw integer.
 - **The sampler starts where training ends:** s_1 ~ N(0, T′² I), the same temperature factor
-  as the forward noise (the public code starts without it).
+  as the forward noise (the public code starts without it). With ᾱ(1) = 4e-5 the reverse
+  process all but forgets its start, so this mismatch changes little (measured: no change
+  in the spread or the populations at T′ = 2); the reverse steps' own noise must carry the
+  factor (without it the spread at T′ = 2 is 25–38 % low).
 - **Smooth embeddings.** Gaussian-Fourier features of t (frequency scale 4) and of log T′
   (scale 1), so that the network interpolates between training temperatures instead of
   seeing a new random code at each one (scale 100 on raw values, in the public code).
