@@ -554,9 +554,7 @@ class _Trainer:
             self.prior = self.prior.fit(latent, weights, self.frame_temperatures, self._held_out())
             records = [{"stage": f"{self.prior.kind}_fit", "epoch": 0}]
         seconds = round(time.perf_counter() - self.started, 3)
-        self.history += [
-            {**r, "refinement": 0, "n_states": self.network.n_states, "seconds": seconds} for r in records
-        ]
+        self.history += [{**r, "refinement": 0, "n_states": self.network.n_states, "seconds": seconds} for r in records]
         log.info("%s prior fitted, %.1f s", self.prior.kind, time.perf_counter() - self.started)
 
     def model(self) -> LatentModel:
