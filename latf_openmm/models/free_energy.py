@@ -34,7 +34,14 @@ import torch
 from scipy.special import logsumexp
 
 from latf_openmm.errors import LatfError
-from latf_openmm.models.priors import GenerativePrior, checked_count, checked_temperature, generator_for
+from latf_openmm.models.priors import (
+    GenerativePrior,
+    checked_count,
+    checked_fit_data,
+    checked_latent,
+    checked_temperature,
+    generator_for,
+)
 
 NODES_PER_AXIS = {1: 1024, 2: 128, 3: 40}
 SMOOTHING_LADDER = tuple(10.0**k for k in range(-11, 0))  # roughest first, each rung warm-starting the next
@@ -132,7 +139,7 @@ class LatentFreeEnergyModel(GenerativePrior):
 
     def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
         """Return log p(s | T) of latent points (n, d); −inf outside the box."""
-        latent = (np.asarray(latent, dtype=np.float64) - self.centre) @ self.axes
+        latent = (checked_latent(latent, self.dim) - self.centre) @ self.axes
         values = self._log_density_table(temperature)[_cells(latent, self.lower, self._spacing(), self.nodes)]
         inside = ((latent >= self.lower) & (latent <= self.upper)).all(1)
         return np.where(inside, values, -np.inf)
@@ -242,12 +249,10 @@ class LatentFreeEnergy:
         n = len(latent)
         if latent.ndim != 2 or not 1 <= latent.shape[1] <= 3:
             raise LatfError(f"the latent free energy needs latent points (n, d) with d ≤ 3, got {latent.shape}")
-        temperatures = np.broadcast_to(np.asarray(temperatures, dtype=np.float64), (n,))
-        weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-        if weights.shape != (n,) or not (np.isfinite(weights).all() and (weights >= 0).all()) or weights.sum() <= 0:
-            raise LatfError("latent free energy: weights must be finite, ≥ 0, one per point, not all zero")
-        if not (np.isfinite(latent).all() and np.isfinite(temperatures).all() and (temperatures > 0).all()):
-            raise LatfError("latent free energy: latent points and temperatures must be finite, temperatures > 0")
+        weights = np.ones(n) if weights is None else weights
+        latent, weights, temperatures = checked_fit_data(
+            latent, weights, temperatures, latent.shape[1], "latent free energy"
+        )
         dim = latent.shape[1]
         nodes = self.nodes or NODES_PER_AXIS[dim]
         used = weights > 0

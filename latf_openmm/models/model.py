@@ -19,7 +19,7 @@ from latf_openmm.files import atomic_path
 from latf_openmm.models.diffusion import DiffusionPrior
 from latf_openmm.models.free_energy import LatentFreeEnergyModel
 from latf_openmm.models.network import LatentNetwork
-from latf_openmm.models.priors import FlowPrior, GenerativePrior, VampPrior, checked_latent, checked_temperature
+from latf_openmm.models.priors import FlowPrior, GenerativePrior, VampPrior
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 FORMAT = "latf_openmm.latent_model"
@@ -135,11 +135,11 @@ class LatentModel:
 
     def sample(self, temperature: float, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` latent samples (float32) of the prior's equilibrium distribution at ``temperature``."""
-        return self.prior.sample(checked_temperature(temperature), n, seed).astype(np.float32)
+        return self.prior.sample(temperature, n, seed).astype(np.float32)
 
     def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
         """Return log p(s | T) of latent points (n, d), float64."""
-        return self.prior.log_prob(checked_latent(latent, self.latent_dim), checked_temperature(temperature))
+        return self.prior.log_prob(latent, temperature)
 
     def free_energy(self, grid: np.ndarray, temperature: float) -> np.ndarray:
         """F(s; T) = −k_B T log p(s | T) at latent points ``grid`` (n, d).

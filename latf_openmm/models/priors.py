@@ -49,7 +49,7 @@ def checked_latent(latent: np.ndarray, dim: int) -> np.ndarray:
     if latent.ndim != 2 or latent.shape[1] != dim:
         raise LatfError(f"latent points must have shape (n, {dim}), got {latent.shape}")
     if not np.isfinite(latent).all():
-        raise LatfError("latent points contain NaN or inf")
+        raise LatfError("latent points must be finite (they contain NaN or inf)")
     return latent
 
 
@@ -107,17 +107,22 @@ class GenerativePrior(abc.ABC):
         """Rebuild the prior that :meth:`state` describes."""
 
 
-def _checked_fit_data(
-    latent: np.ndarray, weights: np.ndarray, temperatures: np.ndarray, dim: int
+def checked_fit_data(
+    latent: np.ndarray, weights: np.ndarray, temperatures: np.ndarray, dim: int, source: str = "prior fit"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return a prior fit's latent (n, ``dim``), weights (n,) and temperatures (n,) as float64, checked.
+
+    Raise :class:`LatfError`, naming ``source``, for another shape, NaN, negative or all-zero
+    weights, or temperatures ≤ 0.
+    """
     latent = checked_latent(latent, dim)
     n = len(latent)
     weights = np.asarray(weights, dtype=np.float64)
     temperatures = np.broadcast_to(np.asarray(temperatures, dtype=np.float64), (n,))
     if weights.shape != (n,) or not (np.isfinite(weights).all() and (weights >= 0).all()) or weights.sum() <= 0:
-        raise LatfError("prior fit: weights must be finite, ≥ 0, one per point, not all zero")
+        raise LatfError(f"{source}: weights must be finite, ≥ 0, one per point, not all zero")
     if not (np.isfinite(temperatures).all() and (temperatures > 0).all()):
-        raise LatfError("prior fit: temperatures must be finite and > 0")
+        raise LatfError(f"{source}: temperatures must be finite and > 0")
     return latent, weights, temperatures
 
 
@@ -188,7 +193,7 @@ class VampPrior(GenerativePrior):
 
         Every point counts (``held_out`` is not needed: the weights are a convex fit).
         """
-        latent, weights, temperatures = _checked_fit_data(latent, weights, temperatures, self.dim)
+        latent, weights, temperatures = checked_fit_data(latent, weights, temperatures, self.dim)
         log_weights = self.log_weights.copy()
         for _ in range(500):
             joint = self._component_log_probs(latent) - self.log_weights + log_weights
@@ -289,7 +294,7 @@ class NeuralPrior(GenerativePrior, nn.Module):
         so that a small data set is not overfitted (without held-out points, the training
         points decide). Temperature weights enter as in joint training: through T′.
         """
-        latent, weights, temperatures = _checked_fit_data(latent, weights, temperatures, self.dim)
+        latent, weights, temperatures = checked_fit_data(latent, weights, temperatures, self.dim)
         held_out = np.zeros(len(latent), bool) if held_out is None else np.asarray(held_out, bool)
         if held_out.shape != (len(latent),) or held_out.all():
             raise LatfError("prior fit: held_out must mark some, not all, of the points")

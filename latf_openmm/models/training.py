@@ -196,6 +196,8 @@ class SPIB:
         """Train on ``data``; returns the model."""
         trainer = _Trainer(data, self.config)
         trainer.spib_stage()
+        temperatures = data.temperatures
+        trainer.prior = trainer.network.vamp_prior(None if temperatures is None else temperatures.tolist())
         return trainer.model()
 
     def refit_prior(self, model: LatentModel, data: TrainingData) -> LatentModel:
@@ -524,19 +526,16 @@ class _Trainer:
         reward overfitting.
         """
         cfg = self.config
-        if cfg.model == "spib" and self.prior is None:
-            temperatures = self.data.temperatures
-            self.prior = self.network.vamp_prior(None if temperatures is None else temperatures.tolist())
+        if isinstance(self.prior, NeuralPrior) and cfg.polish_steps == 0:
             return
         latent = self._encoded(self.x).double().cpu().numpy()
         weights = self.equilibrium_weights.double().cpu().numpy()
+        held_out = self._held_out()
         if self.prior is None:  # LaTF's grid, fitted from scratch
             estimator = LatentFreeEnergy(reference_temperature=self.reference_temperature)
-            self.prior = estimator.fit(latent, self.frame_temperatures, weights, self._held_out())
+            self.prior = estimator.fit(latent, self.frame_temperatures, weights, held_out)
             records = [{"stage": "free_energy", "epoch": 0, "smoothing": self.prior.smoothing}]
         elif isinstance(self.prior, NeuralPrior):
-            if cfg.polish_steps == 0:
-                return
             self.prior.fit_settings = FitSettings(
                 steps=cfg.polish_steps,
                 learning_rate=cfg.polish_learning_rate,
@@ -545,13 +544,13 @@ class _Trainer:
                 seed=cfg.seed + 2,
                 check_every=POLISH_CHECK,
             )
-            self.prior = self.prior.fit(latent, weights, self.frame_temperatures, self._held_out())
+            self.prior = self.prior.fit(latent, weights, self.frame_temperatures, held_out)
             records = [  # epoch: optimizer steps, not epochs
                 {"stage": "polish", "epoch": r["step"], "val_prior_term": r["validation_loss"]}
                 for r in self.prior.fit_history
             ]
         else:
-            self.prior = self.prior.fit(latent, weights, self.frame_temperatures, self._held_out())
+            self.prior = self.prior.fit(latent, weights, self.frame_temperatures, held_out)
             records = [{"stage": f"{self.prior.kind}_fit", "epoch": 0}]
         seconds = round(time.perf_counter() - self.started, 3)
         self.history += [{**r, "refinement": 0, "n_states": self.network.n_states, "seconds": seconds} for r in records]
@@ -566,8 +565,6 @@ class _Trainer:
         more than ``generation_tolerance`` is an error: the model would generate a wrong
         ensemble with confidence. SPIB's VampPrior is not checked: it claims no temperature.
         """
-        if self.prior is None:
-            self.fit_prior()
         info = self.info()
         model = LatentModel(self.network, info, self.prior)
         if model.kind == "spib":
