@@ -2,7 +2,7 @@
 
 Usage: python bench/generation.py threehole DATA.npz [DATA.npz ...] [--seeds 0 1 2 3 4] [--models flow grid dspib]
        python bench/generation.py lj7 DATA.npz [DATA.npz ...] [--lags 1 2] [--seeds 0 1 2] [--models flow dspib]
-       (both: [--threads 1])
+       (both: [--threads 1] [--save DIR]: each trained model to DIR/<case>.pt)
 
 Models: ``flow`` (LaTF, the published prior), ``grid`` (LaTF with the latent free energy),
 ``dspib`` (D-SPIB: the same SPIB settings, the diffusion prior; no flow settings apply).
@@ -72,12 +72,18 @@ def compare(model, encoded: np.ndarray, temperature: float, seed: int, js_bins: 
     }
 
 
-def train(data: TrainingData, settings: dict, seed: int, prior: str):
+SAVE_DIR: Path | None = None  # --save
+
+
+def train(data: TrainingData, settings: dict, seed: int, prior: str, case: str):
     """The model ``prior`` (a key of MODELS) fitted to ``data``, generation check off; the model and its seconds."""
     start = time.perf_counter()
     config = TrainingConfig(**{**settings, **MODELS[prior], "seed": seed, "generation_tolerance": None})
     model = estimator(config).fit(data)
-    return model, round(time.perf_counter() - start, 1)
+    seconds = round(time.perf_counter() - start, 1)
+    if SAVE_DIR is not None:
+        model.save(SAVE_DIR / f"{case}_lag{settings['lag']}_seed{seed}_{prior}.pt")
+    return model, seconds
 
 
 def threehole_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
@@ -85,7 +91,7 @@ def threehole_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
         traj, labels = raw["traj"], raw["labels"]
         kt = float(raw["kt"]) if "kt" in raw.files else 0.75
     data = TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt))
-    model, train_s = train(data, {**THREEHOLE_SETTINGS, "lag": lag}, seed, prior)
+    model, train_s = train(data, {**THREEHOLE_SETTINGS, "lag": lag}, seed, prior, f"threehole_{path.stem}")
     row = compare(model, model.transform(traj.reshape(-1, 2)), kt, seed, js_bins=50)
     case = {"system": "threehole", "data": path.stem, "lag": lag, "seed": seed, "prior": prior}
     return [case | row | {"mbar_population_error": None, "mbar_ess": None, "train_s": train_s}]
@@ -98,7 +104,7 @@ def lj7_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
     train_at = [temperatures.index(t) for t in LJ7_TRAIN]
     trajectories = [traj for k in train_at for traj in features[k]]
     data = TrainingData(trajectories, temperatures=np.repeat(LJ7_TRAIN, features.shape[1]))
-    model, train_s = train(data, {**LJ7_SETTINGS, "lag": lag}, seed, prior)
+    model, train_s = train(data, {**LJ7_SETTINGS, "lag": lag}, seed, prior, f"lj7_{path.stem}")
     frames = np.concatenate([features[k].reshape(-1, features.shape[-1]) for k in train_at])
     mbar = multistate_estimate(  # the physics baseline: the training temperatures' frames and energies
         [energies[k].ravel() for k in train_at],
@@ -151,8 +157,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0–4 (three-hole), 0–2 (LJ7)")
     parser.add_argument("--models", dest="priors", nargs="+", choices=list(MODELS), default=["flow", "dspib"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", type=Path, default=None, help="a folder for the trained models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global SAVE_DIR
+    SAVE_DIR = args.save
+    if SAVE_DIR is not None:
+        SAVE_DIR.mkdir(parents=True, exist_ok=True)
     case, lags = (threehole_case, [THREEHOLE_SETTINGS["lag"]]) if args.system == "threehole" else (lj7_case, args.lags)
     seeds = args.seeds or (list(range(5)) if args.system == "threehole" else [0, 1, 2])
     rows = []

@@ -244,10 +244,16 @@ def test_dspib_generates_three_states_at_quadrature_populations(dspib_model, unb
     np.testing.assert_array_equal(loaded.sample(KT, 2000, seed=7), dspib_model.sample(KT, 2000, seed=7))
 
 
-@pytest.mark.xfail(strict=True, reason="D-SPIB trained at one temperature extrapolates the top well the wrong way")
-def test_dspib_populations_move_with_temperature_as_quadrature_says(dspib_model, unbiased):
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_dspib_populations_move_with_temperature_as_quadrature_says(dspib_model, unbiased, factor):
+    """Trained at one k_BT: outside its range the network sees k_BT and only the start widens (or narrows)."""
     frames = np.concatenate(unbiased)
-    hotter = 1.25 * KT
-    exact_change = threehole_populations(hotter) - threehole_populations(KT)  # −0.017, +0.035, −0.017
-    generated_change = _dspib_by_well(dspib_model, frames, hotter) - _dspib_by_well(dspib_model, frames, KT)
-    np.testing.assert_array_equal(np.sign(generated_change), np.sign(exact_change))
+    other = factor * KT
+    exact_change = threehole_populations(other) - threehole_populations(KT)  # 1.25: −0.017, +0.035, −0.017
+    generated_change = _dspib_by_well(dspib_model, frames, other) - _dspib_by_well(dspib_model, frames, KT)
+    # training seeds 1–4 (measured): the top well always the right way, 0.7–1.1 × quadrature's change;
+    # the two bottom wells' split between them is the map's, up to 0.018 off
+    assert np.sign(generated_change[1]) == np.sign(exact_change[1])
+    np.testing.assert_allclose(generated_change, exact_change, atol=0.025)
+    if factor > 1:  # hotter: every well moves the way quadrature says
+        np.testing.assert_array_equal(np.sign(generated_change), np.sign(exact_change))

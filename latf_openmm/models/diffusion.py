@@ -13,11 +13,19 @@ that differ from the public D-SPIB code (rickyjohnwhu/diff-spib), and why:
   grid points, and training draws t uniformly in (0, 1] rather than the 100 integers: the
   probability-flow ODE, which evaluates the network between the grid points, then meets
   trained times only. The step enters the network as t ∈ (0, 1], not as a raw integer.
-- **The sampler starts where training ends:** s_1 ~ N(0, T′² I), the same temperature factor
-  as the forward noise (the public code starts without it). With ᾱ(1) = 4e-5 the reverse
-  process all but forgets its start, so this mismatch changes little (measured: no change
-  in the spread or the populations at T′ = 2); the reverse steps' own noise must carry the
-  factor (without it the spread at T′ = 2 is 25–38 % low).
+- **One map from noise to latent, for sampling and density alike.** Samples come from the
+  deterministic reverse process (DDIM: the probability-flow ODE's 100-step discretization,
+  as many network calls as the ancestral DDPM), started where training ends, s_1 ~ N(0, T′² I)
+  (the public code starts without the temperature factor). The density is the same ODE's, so
+  samples and free energies describe one distribution.
+- **Temperatures outside the trained range.** The network is conditioned on T clamped to the
+  range of temperatures it was trained at; the start's width stays T′. Inside the range this
+  is the paper's conditional model. Outside it, the ODE acts as LaTF's flow does: a fixed map
+  from a base whose width grows with T. Measured on three-hole trained at one k_BT (0.75),
+  at 1.25 × and 0.8 × k_BT the three wells' populations move by −0.018 / +0.025 / −0.006 and
+  +0.017 / −0.022 / +0.005 (quadrature: −0.017 / +0.035 / −0.017 and +0.015 / −0.031 /
+  +0.015). Conditioning on the new T instead moves them by up to 0.12, the wrong way for the
+  top well, and the ancestral sampler with the noise × T′ moves them by < 0.005.
 - **Smooth embeddings.** Gaussian-Fourier features of t (frequency scale 4) and of log T′
   (scale 1), so that the network interpolates between training temperatures instead of
   seeing a new random code at each one (scale 100 on raw values, in the public code).
@@ -26,7 +34,8 @@ that differ from the public D-SPIB code (rickyjohnwhu/diff-spib), and why:
 - **Weighted loss:** each point's ½ MSE is weighted by its equilibrium weight, as the flow's
   likelihood is.
 
-The density is the probability-flow ODE's, ds/dt = −½β(t)[s − T′ ε̂/√(1 − ᾱ(t))], integrated
+The density is the probability-flow ODE's, ds/dt = −½β(t)[s − T_c′ ε̂(s, t, T_c′)/√(1 − ᾱ(t))]
+(T_c′ the clamped T′), integrated
 from t = 1e-3 to 1 by RK4 (each of the 100 grid cells one step, the first cell five), with
 log p(s_0) = log N(s_1; 0, T′²I) + ∫ ∇·f dt: the exact divergence for d ≤ 3 (d backward
 passes), Hutchinson's estimator (one Rademacher probe, fixed seed) above.
@@ -43,7 +52,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from latf_openmm.models.priors import NeuralPrior, checked_count, checked_latent, generator_for
+from latf_openmm.models.priors import (
+    NeuralPrior,
+    checked_count,
+    checked_latent,
+    checked_temperature,
+    generator_for,
+)
 
 STEPS = 100
 BETA_FIRST, BETA_LAST = 1e-4, 0.2
@@ -122,13 +137,18 @@ class DiffusionPrior(NeuralPrior):
         Latent dimension d.
     reference_temperature
         T_ref, where T′ = 1 and the noise has unit standard deviation.
+    trained_temperatures
+        The lowest and highest temperature of the training data (the network's conditioning
+        range; :meth:`fit` widens it to its data's).
     """
 
     kind = "diffusion"
     entropy_term = True  # the published D-SPIB loss: cross-entropy + β E[log q] + β ½ MSE
 
-    def __init__(self, dim: int, reference_temperature: float) -> None:
+    def __init__(self, dim: int, reference_temperature: float, trained_temperatures: tuple[float, float]) -> None:
         super().__init__(reference_temperature)
+        low, high = sorted(checked_temperature(t) for t in trained_temperatures)
+        self.trained_temperatures = (low, high)
         self.network = NoisePredictor(dim)
         betas = torch.linspace(BETA_FIRST, BETA_LAST, STEPS, dtype=torch.float64)
         log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log1p(-betas), 0)])
@@ -166,28 +186,45 @@ class DiffusionPrior(NeuralPrior):
         error = self.network(noised, time, scaled) - noise
         return 0.5 * error.pow(2).mean(-1).reshape(n, NOISE_DRAWS).mean(-1)
 
+    def _conditioning(self, temperature: float) -> tuple[float, float]:
+        """Return (T′, T_c′): the start's width and the network's temperature, T clamped to the trained range."""
+        low, high = self.trained_temperatures
+        return self._scaled(temperature), min(max(temperature, low), high) / self.reference_temperature
+
+    def fit(
+        self,
+        latent: np.ndarray,
+        weights: np.ndarray,
+        temperatures: np.ndarray,
+        held_out: np.ndarray | None = None,
+    ) -> DiffusionPrior:
+        """:meth:`NeuralPrior.fit`, the trained range widened to ``temperatures``."""
+        prior = super().fit(latent, weights, temperatures, held_out)
+        prior.trained_temperatures = (
+            min(self.trained_temperatures[0], float(np.min(temperatures))),
+            max(self.trained_temperatures[1], float(np.max(temperatures))),
+        )
+        return prior
+
     @torch.no_grad()
     def sample(self, temperature: float, n: int, seed: int | None = None) -> np.ndarray:
-        """``n`` samples by the DDPM's 100 ancestral steps, all samples at once (chunks of 8192)."""
-        scaled = self._scaled(temperature)
+        """``n`` samples by the 100 deterministic reverse (DDIM) steps, all at once (chunks of 8192)."""
+        scaled, conditioning = self._conditioning(temperature)
         generator = generator_for(seed)
         n = checked_count(n)
         parameter = next(self.parameters())
-        alpha_bar = torch.exp(self.log_alpha_bar).to(parameter.dtype)
-        temperature_tensor = torch.full((1,), scaled, dtype=parameter.dtype, device=parameter.device)
+        root_alpha_bar = torch.exp(0.5 * self.log_alpha_bar).to(parameter.dtype)
+        root_one_minus = torch.sqrt(-torch.expm1(self.log_alpha_bar)).to(parameter.dtype) * conditioning
+        temperature_tensor = torch.full((1,), conditioning, dtype=parameter.dtype, device=parameter.device)
         chunks = []
         for size in [SAMPLE_CHUNK] * (n // SAMPLE_CHUNK) + ([n % SAMPLE_CHUNK] if n % SAMPLE_CHUNK else []):
             s = scaled * torch.randn(size, self.dim, generator=generator, dtype=parameter.dtype)
             s = s.to(parameter.device)
             for i in range(STEPS, 0, -1):
-                beta = 1 - alpha_bar[i] / alpha_bar[i - 1]
                 time = torch.full((1,), i / STEPS, dtype=parameter.dtype, device=parameter.device)
                 predicted = self.network(s, time, temperature_tensor)
-                s = (s - beta / torch.sqrt(1 - alpha_bar[i]) * scaled * predicted) / torch.sqrt(1 - beta)
-                if i > 1:
-                    posterior_std = torch.sqrt(beta * (1 - alpha_bar[i - 1]) / (1 - alpha_bar[i]))
-                    noise = torch.randn(size, self.dim, generator=generator, dtype=parameter.dtype)
-                    s = s + posterior_std * scaled * noise.to(parameter.device)
+                denoised = (s - root_one_minus[i] * predicted) / root_alpha_bar[i]
+                s = root_alpha_bar[i - 1] * denoised + root_one_minus[i - 1] * predicted
             chunks.append(s.cpu())
         return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.dim), np.float32)
 
@@ -197,15 +234,15 @@ class DiffusionPrior(NeuralPrior):
         s: torch.Tensor,
         time: float,
         beta: float,
-        scaled: float,
+        conditioning: float,
         probe: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the probability-flow ODE's f(s, t) and ∇·f (exact, or Hutchinson's with ``probe``)."""
+        """Return the probability-flow ODE's f(s, t) at T_c′ and ∇·f (exact, or Hutchinson's with ``probe``)."""
         log_alpha_bar = float(self._log_alpha_bar(torch.tensor(time, dtype=torch.float64)))
-        factor = scaled / math.sqrt(-math.expm1(log_alpha_bar))
+        factor = conditioning / math.sqrt(-math.expm1(log_alpha_bar))
         with torch.enable_grad():
             s = s.detach().requires_grad_(True)
-            predicted = network(s, torch.full((1,), time, dtype=s.dtype), torch.full((1,), scaled, dtype=s.dtype))
+            predicted = network(s, torch.full((1,), time, dtype=s.dtype), torch.full((1,), conditioning, dtype=s.dtype))
             if probe is None:
                 divergence = sum(
                     torch.autograd.grad(predicted[:, k].sum(), s, retain_graph=k < self.dim - 1)[0][:, k]
@@ -219,12 +256,16 @@ class DiffusionPrior(NeuralPrior):
     @torch.no_grad()
     def log_prob(self, latent: np.ndarray, temperature: float) -> np.ndarray:
         """Return log p(s | T) by the probability-flow ODE (float64; module docstring)."""
-        scaled = self._scaled(temperature)
+        scaled, conditioning = self._conditioning(temperature)
         latent = torch.from_numpy(checked_latent(latent, self.dim))
         network = copy.deepcopy(self.network).double().cpu()  # float64 density; the prior keeps its dtype
-        return torch.cat([self._log_prob_chunk(network, c, scaled) for c in latent.split(DENSITY_CHUNK)]).numpy()
+        return torch.cat(
+            [self._log_prob_chunk(network, c, scaled, conditioning) for c in latent.split(DENSITY_CHUNK)]
+        ).numpy()
 
-    def _log_prob_chunk(self, network: NoisePredictor, s: torch.Tensor, scaled: float) -> torch.Tensor:
+    def _log_prob_chunk(
+        self, network: NoisePredictor, s: torch.Tensor, scaled: float, conditioning: float
+    ) -> torch.Tensor:
         """RK4 from ``ODE_START`` to 1; within each step β is its DDPM cell's (piecewise constant)."""
         probe = None
         if self.dim > EXACT_DIVERGENCE_MAX_DIM:
@@ -236,10 +277,10 @@ class DiffusionPrior(NeuralPrior):
         for start, end in itertools.pairwise(times):
             h, middle = end - start, 0.5 * (start + end)
             beta = self._beta(middle)
-            k1, d1 = self._drift_and_divergence(network, s, start, beta, scaled, probe)
-            k2, d2 = self._drift_and_divergence(network, s + 0.5 * h * k1, middle, beta, scaled, probe)
-            k3, d3 = self._drift_and_divergence(network, s + 0.5 * h * k2, middle, beta, scaled, probe)
-            k4, d4 = self._drift_and_divergence(network, s + h * k3, end, beta, scaled, probe)
+            k1, d1 = self._drift_and_divergence(network, s, start, beta, conditioning, probe)
+            k2, d2 = self._drift_and_divergence(network, s + 0.5 * h * k1, middle, beta, conditioning, probe)
+            k3, d3 = self._drift_and_divergence(network, s + 0.5 * h * k2, middle, beta, conditioning, probe)
+            k4, d4 = self._drift_and_divergence(network, s + h * k3, end, beta, conditioning, probe)
             s = s + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             integral = integral + h / 6 * (d1 + 2 * d2 + 2 * d3 + d4)
         log_end = -0.5 * (s.pow(2).sum(-1) / scaled**2 + self.dim * math.log(2 * math.pi * scaled**2))
@@ -250,12 +291,13 @@ class DiffusionPrior(NeuralPrior):
         return {
             "dim": self.dim,
             "reference_temperature": self.reference_temperature,
+            "trained_temperatures": list(self.trained_temperatures),
             "weights": {k: v.cpu() for k, v in self.state_dict().items()},
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> DiffusionPrior:
         """Rebuild the prior that :meth:`state` describes."""
-        prior = cls(state["dim"], state["reference_temperature"])
+        prior = cls(state["dim"], state["reference_temperature"], state["trained_temperatures"])
         prior.load_state_dict(state["weights"])
         return prior.eval()

@@ -357,7 +357,8 @@ class _Trainer:
         """Return the model's untrained neural prior: LaTF's flow, D-SPIB's diffusion; None for SPIB and the grid."""
         cfg = self.config
         if cfg.model == "dspib":
-            return DiffusionPrior(cfg.latent_dim, self.reference_temperature).to(self.device)
+            trained = (float(self.frame_temperatures.min()), float(self.frame_temperatures.max()))
+            return DiffusionPrior(cfg.latent_dim, self.reference_temperature, trained).to(self.device)
         if cfg.model == "latf" and cfg.prior == "flow":
             return FlowPrior(cfg.latent_dim, cfg.flow_layers, cfg.flow_hidden, cfg.tau, self.reference_temperature).to(
                 self.device
