@@ -1,5 +1,6 @@
-"""Generation: latent samples, free-energy surfaces and populations at any temperature, and metrics."""
+"""Generation: latent samples, free-energy surfaces and populations at any temperature, metrics, latent dynamics."""
 
+from latf_openmm.generation.langevin import LatentLandscape, LatentLangevin, metric_at_frames
 from latf_openmm.generation.metrics import (
     free_energy_profile_change,
     free_energy_profile_rmse,
@@ -10,10 +11,13 @@ from latf_openmm.generation.sampling import FES_CAP_KT, generate, reweighted_pop
 
 __all__ = [
     "FES_CAP_KT",
+    "LatentLandscape",
+    "LatentLangevin",
     "free_energy_profile_change",
     "free_energy_profile_rmse",
     "generate",
     "js_divergence_2d",
     "kl_divergence_2d",
+    "metric_at_frames",
     "reweighted_populations",
 ]

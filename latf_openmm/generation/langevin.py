@@ -1,0 +1,393 @@
+"""Langevin dynamics in a learned latent space (Bruce, Aghili, Marinescu, Sabo: "Latent Spaces for Langevin Dynamics").
+
+For a CV s = f(x) of the positions x (masses M), the coarse Hamiltonian is
+
+    H(s, p) = ½ pᵀ G(s) p + V(s),    G(s) = ⟨J M⁻¹ Jᵀ | s⟩,  J = ∂f/∂x,
+
+with G the mass-weighted metric of the map, averaged over the equilibrium microstates
+that share s (it varies among them unless f is linear; :func:`metric_at_frames` gives it per
+frame, :meth:`LatentLandscape.from_frames` its conditional mean and spread).
+
+**The potential.** Integrating the momenta out of exp(−H/k_BT),
+
+    ∫ exp(−pᵀG p / 2k_BT) dp = (2π k_BT)^{d/2} det G(s)^{−1/2},
+
+leaves the marginal p(s) ∝ exp(−V(s)/k_BT) det G(s)^{−1/2}. For the marginal to be the
+model's p(s | T) = exp(−F(s; T)/k_BT), the potential must be
+
+    V(s) = F(s; T) − ½ k_BT log det G(s),
+
+and then every latent trajectory at equilibrium samples the model's distribution at T.
+
+**Underdamped dynamics.** ds = G p dt, dp = −∂H/∂s dt − γ p dt + √(2γ k_BT) G^{−1/2} dW, with
+
+    ∂H/∂s_k = ½ pᵀ (∂_k G) p + ∂_k F − ½ k_BT ∂_k log det G.
+
+The friction acts on G p = ds/dt, as an atomic friction γ does on a linear CV's velocity, and
+the noise is its fluctuation–dissipation partner: at fixed s the momenta relax to
+N(0, k_BT G⁻¹), the conditional of exp(−H/k_BT). The integrator is the half-step
+Ornstein–Uhlenbeck solution at fixed s, the generalized leapfrog (Störmer–Verlet for a
+non-separable H: implicit half-kick and drift, solved by fixed-point iteration), and the
+other half-step OU; time-reversible and symplectic in its Hamiltonian part.
+
+**Overdamped dynamics** (Brownian, Itô, Euler–Maruyama) with D(s) = k_BT G(s)/γ:
+
+    ds = [−G ∇F / γ + k_BT (∇·G) / γ] dt + √(2 k_BT / γ) G^{1/2} dW,   (∇·G)_i = Σ_j ∂_j G_ij,
+
+whose stationary density is exp(−F/k_BT): here F enters without the log det term, and the
+divergence drift carries the metric's variation.
+
+F, ∇F, G, ∂G and ∇ log det G live on a regular latent grid (d = 1 or 2), interpolated
+multilinearly (which keeps G positive-definite: a convex combination of positive-definite
+matrices); the derivatives are central differences on the grid. Walkers are torch tensors,
+all stepped at once, on the CPU or CUDA. A walker that leaves the grid cells where F and G
+are supported by data stops the run with an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from latf_openmm.errors import LatfError
+
+FIXED_POINT_ITERATIONS = 4
+DEFAULT_BINS = 100
+SUPPORT_CAP_KT = 25.0  # F more than this above its minimum is not supported
+MIN_FRAMES = 1.0  # smoothed number of frames per cell below which G is not supported
+
+
+def metric_at_frames(
+    cv: Callable[[torch.Tensor], torch.Tensor], positions: np.ndarray, masses: np.ndarray, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the CV s (n, d) and the metric J M⁻¹ Jᵀ (n, d, d) at frames ``positions`` (n, atoms, 3).
+
+    ``cv`` maps positions (..., atoms, 3) to the CV (..., d) (e.g. the exported featurizer and
+    encoder); J by autograd, d backward passes per batch of frames.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    masses = np.asarray(masses, dtype=np.float64)
+    if positions.ndim != 3 or positions.shape[2] != 3 or masses.shape != (positions.shape[1],):
+        raise LatfError(f"positions must be (n, atoms, 3), one mass per atom; got {positions.shape}, {masses.shape}")
+    if not np.isfinite(positions).all() or (masses <= 0).any():
+        raise LatfError("positions must be finite and masses positive")
+    inverse_mass = torch.from_numpy(1.0 / masses)[None, :, None]
+    latents, metrics = [], []
+    for chunk in torch.from_numpy(positions).split(batch_size):
+        x = chunk.clone().requires_grad_(True)
+        s = cv(x)
+        rows = [torch.autograd.grad(s[:, k].sum(), x, retain_graph=k < s.shape[1] - 1)[0] for k in range(s.shape[1])]
+        jacobian = torch.stack(rows, 1).flatten(2)  # (n, d, atoms·3)
+        weighted = (torch.stack(rows, 1) * inverse_mass[:, None]).flatten(2)
+        metrics.append(torch.einsum("nka,nla->nkl", jacobian, weighted).detach())
+        latents.append(s.detach())
+    return torch.cat(latents).numpy(), torch.cat(metrics).numpy()
+
+
+@dataclass(frozen=True)
+class LatentLandscape:
+    """F(s; T) and the metric G(s) on a regular latent grid: everything the latent dynamics needs.
+
+    Attributes
+    ----------
+    axes
+        The grid's coordinates along each latent dimension (d arrays, ascending, equally spaced).
+    free_energy
+        F on the grid (shape of the axes), in the energy unit of ``kt``.
+    metric
+        G on the grid (..., d, d), symmetric positive-definite where ``supported``.
+    kt
+        k_BT at the landscape's temperature.
+    supported
+        Where F and G are known (data nearby, F within ``SUPPORT_CAP_KT`` of its minimum).
+    metric_spread
+        The weighted mean of ‖G(x) − G(s)‖ / ‖G(s)‖ over the frames: how far one microstate's
+        metric is from its s's average (0 for a linear CV); None when G was given directly.
+    """
+
+    axes: tuple[np.ndarray, ...]
+    free_energy: np.ndarray
+    metric: np.ndarray
+    kt: float
+    supported: np.ndarray
+    metric_spread: float | None = None
+
+    def __post_init__(self) -> None:
+        """Check the grid, the shapes, k_BT and that G is positive-definite where supported."""
+        d = len(self.axes)
+        shape = tuple(len(a) for a in self.axes)
+        if d not in (1, 2):
+            raise LatfError(f"latent Langevin dynamics supports d = 1 or 2, got d = {d}")
+        if any(len(a) < 3 or not np.allclose(np.diff(a), a[1] - a[0]) or a[1] <= a[0] for a in self.axes):
+            raise LatfError("the latent grid's axes must be ascending, equally spaced, with at least 3 points")
+        if self.free_energy.shape != shape or self.metric.shape != (*shape, d, d) or self.supported.shape != shape:
+            raise LatfError(f"free energy, metric and support must match the grid {shape} (metric: {(*shape, d, d)})")
+        if not self.kt > 0:
+            raise LatfError(f"k_BT must be positive, got {self.kt}")
+        if not self.supported.any():
+            raise LatfError("the latent landscape has no supported cell")
+        eigenvalues = np.linalg.eigvalsh(self.metric[self.supported])
+        if not np.isfinite(self.free_energy[self.supported]).all() or not (eigenvalues > 0).all():
+            raise LatfError(
+                "the latent metric J M⁻¹ Jᵀ is singular or not finite where the free energy is supported: "
+                "the CV does not vary with the positions there"
+            )
+
+    @classmethod
+    def from_frames(
+        cls,
+        free_energy: Callable[[np.ndarray], np.ndarray],
+        kt: float,
+        latent: np.ndarray,
+        metric: np.ndarray,
+        weights: np.ndarray | None = None,
+        bins: int = DEFAULT_BINS,
+        smoothing: float = 1.5,
+    ) -> LatentLandscape:
+        """Build the landscape from frames' CV values and metrics (:func:`metric_at_frames`).
+
+        Parameters
+        ----------
+        free_energy
+            F(s) at latent points (n, d), e.g. ``lambda s: model.free_energy(s, T)``.
+        kt
+            k_BT in F's unit.
+        latent, metric, weights
+            The frames' s (n, d), J M⁻¹ Jᵀ (n, d, d) and equilibrium weights (uniform if None).
+        bins
+            Grid points per latent dimension, spanning the frames' range plus 5 %.
+        smoothing
+            Width (grid cells) of the Gaussian that smooths the binned average of G.
+        """
+        latent = np.asarray(latent, dtype=np.float64)
+        metric = np.asarray(metric, dtype=np.float64)
+        n, d = latent.shape if latent.ndim == 2 else (0, 0)
+        if n == 0 or metric.shape != (n, d, d):
+            raise LatfError(f"latent (n, d) and metric (n, d, d) must match, got {latent.shape} and {metric.shape}")
+        weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+        if weights.shape != (n,) or (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
+            raise LatfError("weights must be (n,), finite, non-negative and not all zero")
+        if d not in (1, 2):
+            raise LatfError(f"latent Langevin dynamics supports d = 1 or 2, got d = {d}")
+        low, high = latent.min(0), latent.max(0)
+        pad = 0.05 * np.maximum(high - low, 1e-12)
+        axes = tuple(np.linspace(low[k] - pad[k], high[k] + pad[k], bins) for k in range(d))
+        edges = [np.concatenate([a - 0.5 * (a[1] - a[0]), [a[-1] + 0.5 * (a[1] - a[0])]]) for a in axes]
+        mass, _ = np.histogramdd(latent, bins=edges, weights=weights)
+        mass = ndimage.gaussian_filter(mass, smoothing, mode="constant")
+        sums = np.stack(
+            [
+                ndimage.gaussian_filter(np.histogramdd(latent, bins=edges, weights=weights * metric[:, i, j])[0],
+                                        smoothing, mode="constant")
+                for i in range(d) for j in range(d)
+            ],
+            -1,
+        )  # fmt: skip
+        grid_metric = (sums / np.maximum(mass, 1e-300)[..., None]).reshape(*mass.shape, d, d)
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
+        f = np.asarray(free_energy(grid), dtype=np.float64).reshape(mass.shape)
+        frames = ndimage.gaussian_filter(np.histogramdd(latent, bins=edges)[0], smoothing, mode="constant")
+        supported = (frames >= MIN_FRAMES) & (mass > 0) & np.isfinite(f)
+        supported &= f - f[supported].min() < SUPPORT_CAP_KT * kt
+        at_frames = _interpolate(_as_tensor(grid_metric.reshape(*mass.shape, d * d)), axes, torch.from_numpy(latent))
+        deviation = np.linalg.norm(metric.reshape(n, -1) - at_frames.numpy(), axis=1)
+        spread = float(np.average(deviation / np.linalg.norm(at_frames.numpy(), axis=1).clip(1e-300), weights=weights))
+        return cls(axes, f, grid_metric, float(kt), supported, spread)
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+
+
+def _interpolate(values: torch.Tensor, axes: tuple[np.ndarray, ...], points: torch.Tensor) -> torch.Tensor:
+    """Multilinear interpolation of grid ``values`` (n_1[, n_2], C) at ``points`` (w, d), clamped to the grid."""
+    shape = values.shape[:-1]
+    flat = values.reshape(-1, values.shape[-1])
+    index = torch.zeros(len(points), dtype=torch.long, device=points.device)
+    corners = [(index, torch.ones(len(points), dtype=values.dtype, device=points.device))]
+    for k, axis in enumerate(axes):
+        position = ((points[:, k] - float(axis[0])) / float(axis[1] - axis[0])).clamp(0, shape[k] - 1)
+        cell = position.floor().clamp(max=shape[k] - 2).long()
+        fraction = position - cell
+        stride = int(np.prod(shape[k + 1 :]))
+        corners = [
+            (i + (cell + offset) * stride, w * (fraction if offset else 1 - fraction))
+            for i, w in corners
+            for offset in (0, 1)
+        ]
+    return sum(w[:, None] * flat[i] for i, w in corners)
+
+
+class LatentLangevin:
+    """Walkers in a :class:`LatentLandscape`: underdamped (default) or overdamped Langevin dynamics.
+
+    Parameters
+    ----------
+    landscape
+        F, G and k_BT.
+    friction
+        γ (1/time), the one free parameter of the kinetics.
+    timestep
+        The integration step (time).
+    overdamped
+        Brownian dynamics with D = k_BT G / γ instead.
+    device
+        Where the walkers live ("cpu", "cuda").
+    """
+
+    def __init__(
+        self,
+        landscape: LatentLandscape,
+        friction: float,
+        timestep: float,
+        overdamped: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not (math.isfinite(friction) and friction > 0):
+            raise LatfError(f"friction must be positive, got {friction}")
+        if not (math.isfinite(timestep) and timestep > 0):
+            raise LatfError(f"timestep must be positive, got {timestep}")
+        self.landscape, self.friction, self.timestep, self.overdamped = landscape, friction, timestep, overdamped
+        self.device = torch.device(device)
+        self.dim = len(landscape.axes)
+        fields, usable = _fields(landscape)
+        if not usable.any():
+            raise LatfError("the latent landscape's support is too thin for derivatives: use a finer grid")
+        self._fields = _as_tensor(fields).to(self.device)
+        self._usable = _as_tensor(usable.astype(np.float64)[..., None]).to(self.device)
+
+    def _at(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """∇F (w, d), ∇ log det G (w, d), G (w, d, d), ∂_k G (w, d, d, d: k first) at ``s``."""
+        d = self.dim
+        fields = _interpolate(self._fields, self.landscape.axes, s)
+        gradient, log_det_gradient = fields[:, :d], fields[:, d : 2 * d]
+        metric = fields[:, 2 * d : 2 * d + d * d].reshape(-1, d, d)
+        return gradient, log_det_gradient, metric, fields[:, 2 * d + d * d :].reshape(-1, d, d, d)
+
+    def _check_support(self, s: torch.Tensor, step: int) -> None:
+        inside = _interpolate(self._usable, self.landscape.axes, s)[:, 0] > 1 - 1e-9
+        for k, axis in enumerate(self.landscape.axes):
+            inside &= (s[:, k] >= float(axis[0])) & (s[:, k] <= float(axis[-1]))
+        inside &= torch.isfinite(s).all(-1)
+        if not bool(inside.all()):
+            walker = int((~inside).nonzero()[0])
+            raise LatfError(
+                f"walker {walker} left the region where the free energy is supported at step {step} "
+                f"(s = {s[walker].tolist()}): lower the timestep, or start the walkers inside the data"
+            )
+
+    def _force(self, s: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return −∂H/∂s and G(s) at (s, p)."""
+        gradient, log_det_gradient, metric, metric_gradient = self._at(s)
+        kinetic = 0.5 * torch.einsum("wi,wkij,wj->wk", p, metric_gradient, p)
+        return -(kinetic + gradient - 0.5 * self.landscape.kt * log_det_gradient), metric
+
+    def _ou(self, s: torch.Tensor, p: torch.Tensor, duration: float, generator: torch.Generator) -> torch.Tensor:
+        """Exact OU relaxation of p at fixed s towards N(0, k_BT G⁻¹) over ``duration``."""
+        _, _, metric, _ = self._at(s)
+        decay = math.exp(-self.friction * duration)
+        noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(self.device)
+        # G = L Lᵀ: L⁻ᵀ ξ has covariance G⁻¹
+        factor = torch.linalg.cholesky(metric)
+        kicked = torch.linalg.solve_triangular(factor.transpose(-1, -2), noise[..., None], upper=True)[..., 0]
+        return decay * p + math.sqrt((1 - decay**2) * self.landscape.kt) * kicked
+
+    def _leapfrog(self, s: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One generalized-leapfrog step of H (fixed-point iterations for the implicit parts)."""
+        h = self.timestep
+        half = p
+        for _ in range(FIXED_POINT_ITERATIONS):
+            half = p + 0.5 * h * self._force(s, half)[0]
+        _, metric = self._force(s, half)
+        velocity = torch.einsum("wij,wj->wi", metric, half)
+        moved = s + h * velocity
+        for _ in range(FIXED_POINT_ITERATIONS):
+            _, _, metric_end, _ = self._at(moved)
+            moved = s + 0.5 * h * (velocity + torch.einsum("wij,wj->wi", metric_end, half))
+        return moved, half + 0.5 * h * self._force(moved, half)[0]
+
+    def _brownian(self, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        gradient, _, metric, metric_gradient = self._at(s)
+        divergence = torch.einsum("wjij->wi", metric_gradient)  # Σ_j ∂_j G_ij
+        drift = (-torch.einsum("wij,wj->wi", metric, gradient) + self.landscape.kt * divergence) / self.friction
+        noise = torch.randn(s.shape, generator=generator, dtype=s.dtype).to(self.device)
+        root = torch.linalg.cholesky(metric)
+        scale = math.sqrt(2 * self.landscape.kt * self.timestep / self.friction)
+        return s + self.timestep * drift + scale * torch.einsum("wij,wj->wi", root, noise)
+
+    def run(
+        self,
+        start: np.ndarray,
+        steps: int,
+        seed: int,
+        report_interval: int = 1,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Integrate all walkers from ``start`` (w, d) for ``steps``; return s every ``report_interval`` steps.
+
+        Returns
+        -------
+        numpy.ndarray
+            (steps // report_interval, w, d). Momenta start from their equilibrium at ``start``.
+            ``progress(steps_done)`` is called at each report.
+        """
+        start = np.asarray(start, dtype=np.float64)
+        if start.ndim != 2 or start.shape[1] != self.dim or len(start) == 0:
+            raise LatfError(f"start must have shape (walkers, {self.dim}), got {start.shape}")
+        if steps < 1 or report_interval < 1:
+            raise LatfError("steps and report_interval must be positive")
+        generator = torch.Generator().manual_seed(int(seed))
+        s = torch.from_numpy(start).to(self.device)
+        self._check_support(s, 0)
+        p = self._ou(s, torch.zeros_like(s), math.inf, generator)
+        frames = []
+        for step in range(1, steps + 1):
+            if self.overdamped:
+                s = self._brownian(s, generator)
+            else:
+                p = self._ou(s, p, 0.5 * self.timestep, generator)
+                s, p = self._leapfrog(s, p)
+                p = self._ou(s, p, 0.5 * self.timestep, generator)
+            self._check_support(s, step)
+            if step % report_interval == 0:
+                frames.append(s.cpu().numpy())
+                if progress is not None:
+                    progress(step)
+        return np.stack(frames)
+
+
+def _grid_gradient(values: np.ndarray, spacing: list[float]) -> np.ndarray:
+    """Central differences of grid ``values`` (n_1[, n_2], …) along the grid axes, stacked at axis d."""
+    d = len(spacing)
+    parts = np.gradient(values, *spacing, axis=tuple(range(d)))
+    return np.stack(parts if d > 1 else [parts], axis=d)
+
+
+def _fields(landscape: LatentLandscape) -> tuple[np.ndarray, np.ndarray]:
+    """Return the grid channels ∇F, ∇ log det G, G, ∂_k G (…, d + d + d² + d³) and where all are known.
+
+    Unsupported cells are NaN before differencing, so a cell whose stencil reaches one is not
+    usable either: walkers must stay where every channel is known.
+    """
+    d = len(landscape.axes)
+    shape = landscape.free_energy.shape
+    spacing = [float(a[1] - a[0]) for a in landscape.axes]
+    supported = landscape.supported
+    metric = np.where(supported[..., None, None], landscape.metric, np.nan)
+    log_det = np.where(supported, np.linalg.slogdet(np.where(np.isnan(metric), np.eye(d), metric))[1], np.nan)
+    channels = np.concatenate(
+        [
+            _grid_gradient(np.where(supported, landscape.free_energy, np.nan), spacing),
+            _grid_gradient(log_det, spacing),
+            metric.reshape(*shape, d * d),
+            _grid_gradient(metric, spacing).reshape(*shape, d**3),
+        ],
+        -1,
+    )
+    usable = np.isfinite(channels).all(-1)
+    return np.nan_to_num(channels, nan=0.0), usable
