@@ -431,6 +431,81 @@ def _mbar_reweighted(
     return [(latent, np.concatenate(estimate.weights(temperature_to_kelvin(t, unit)))) for t in temperatures]
 
 
+def _add_langevin(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "langevin",
+        help="Langevin dynamics in a trained model's latent space, at any temperature the model knows",
+        description="Run walkers in the latent space of a trained LaTF or D-SPIB model: the potential is the "
+        "model's free energy F(s; T) with the position-dependent mass term of the metric J M⁻¹ Jᵀ, which is "
+        "averaged over the frames of --runs. Writes COLVAR (time, walker, s, state), timeseries.npz and "
+        "summary.json to --out. Time step, friction and report interval default to the runs' MD settings.",
+    )
+    p.add_argument("model", nargs="?", help="model file written by 'latf train' (it keeps its featurizer)")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="run folders whose frames give the metric")
+    p.add_argument("--temperature", type=float, help="in the model's unit (see its temperature_unit)")
+    p.add_argument("--steps", type=int, help="integration steps")
+    p.add_argument("--walkers", type=int, default=100, help="walkers, started at frames of --runs (default 100)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--friction", type=float, help="γ in 1/ps (default: the runs' friction)")
+    p.add_argument("--timestep", type=float, help="in ps (default: the runs' MD time step)")
+    p.add_argument("--report-interval", type=int, help="steps between frames (default: the runs' frame interval)")
+    p.add_argument("--overdamped", action="store_true", help="Brownian dynamics with D = k_BT G / γ")
+    p.add_argument("--bins", type=int, default=100, help="latent grid points per dimension (default 100)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(handler=_langevin, required=("model", "runs", "temperature", "steps", "out"),
+                   outputs={"out": "folder"}, positive=("steps", "walkers", "bins", "report_interval"))  # fmt: skip
+
+
+def _langevin(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from tqdm.auto import tqdm
+
+    from latf_openmm.features import resolved_featurizer
+    from latf_openmm.generation import LatentLangevin, model_landscape, write_latent_run
+    from latf_openmm.models import load_model
+    from latf_openmm.reweighting import run_weights
+    from latf_openmm.simulation import Run, find_runs
+    from latf_openmm.systems import system_from_recipe
+
+    for name in ("temperature", "friction", "timestep"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise LatfError(f"langevin: --{name} must be positive, got {value}")
+    model = load_model(args.model)
+    runs = [Run.open(path) for path in find_runs(args.runs)]
+    settings = runs[0].settings
+    masses = system_from_recipe(runs[0].manifest["recipe"], settings["system"]).masses
+    positions = np.concatenate([run.load_trajectory().xyz for run in runs]).astype(np.float64)
+    weights = np.concatenate([run_weights(run.directory) for run in runs])
+    featurizer = resolved_featurizer(runs[0].manifest["featurizer"])  # the model's own, if it keeps one (checked)
+    landscape = model_landscape(model, args.temperature, positions, masses, weights, featurizer, args.bins)
+    friction = args.friction if args.friction is not None else settings["friction_per_ps"]
+    timestep = args.timestep if args.timestep is not None else settings["timestep_ps"]
+    interval = args.report_interval or settings["frame_interval"]
+    dynamics = LatentLangevin(landscape, friction, timestep, overdamped=args.overdamped, device=args.device)
+    latent = model.transform(featurizer.transform(positions))
+    usable = weights * dynamics.inside(latent)  # walkers start at frames where F and G are known
+    start = latent[np.random.default_rng(args.seed).choice(len(latent), args.walkers, p=usable / usable.sum())]
+    with tqdm(total=args.steps, unit="step", desc="latent Langevin", disable=None) as bar:
+        began = time.perf_counter()
+        trajectory = dynamics.run(
+            start, args.steps, args.seed, interval, progress=lambda done: bar.update(done - bar.n)
+        )
+        seconds = time.perf_counter() - began
+    summary = {
+        "model": str(args.model), "temperature": args.temperature, "friction_per_ps": friction,
+        "timestep_ps": timestep, "steps": args.steps, "walkers": args.walkers, "overdamped": args.overdamped,
+        "seed": args.seed, "metric_spread": landscape.metric_spread,
+        "walker_steps_per_second": args.walkers * args.steps / seconds,
+    }  # fmt: skip
+    write_latent_run(args.out, trajectory, interval * timestep, model, summary)
+    print(json.dumps({k: summary[k] for k in ("temperature", "metric_spread", "walker_steps_per_second")}))
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -525,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and drive OpenMM simulations with them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate, _add_export, _add_bias, _add_loop):
+    adders = (_add_systems, _add_simulate, _add_fes, _add_train, _add_generate, _add_langevin, _add_export, _add_bias,
+              _add_loop)  # fmt: skip
+    for add in adders:
         add(sub)
     for subparser in sub.choices.values():
         subparser.add_argument(

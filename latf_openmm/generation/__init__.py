@@ -1,6 +1,12 @@
 """Generation: latent samples, free-energy surfaces and populations at any temperature, metrics, latent dynamics."""
 
-from latf_openmm.generation.langevin import LatentLandscape, LatentLangevin, metric_at_frames
+from latf_openmm.generation.langevin import (
+    LatentLandscape,
+    LatentLangevin,
+    metric_at_frames,
+    model_landscape,
+    write_latent_run,
+)
 from latf_openmm.generation.metrics import (
     free_energy_profile_change,
     free_energy_profile_rmse,
@@ -19,5 +25,7 @@ __all__ = [
     "js_divergence_2d",
     "kl_divergence_2d",
     "metric_at_frames",
+    "model_landscape",
     "reweighted_populations",
+    "write_latent_run",
 ]

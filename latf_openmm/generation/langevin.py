@@ -40,8 +40,10 @@ divergence drift carries the metric's variation.
 F, ∇F, G, ∂G and ∇ log det G live on a regular latent grid (d = 1 or 2), interpolated
 multilinearly (which keeps G positive-definite: a convex combination of positive-definite
 matrices); the derivatives are central differences on the grid. Walkers are torch tensors,
-all stepped at once, on the CPU or CUDA. A walker that leaves the grid cells where F and G
-are supported by data stops the run with an error.
+all stepped at once, on the CPU or CUDA. G is the frames' binned, smoothed mean, shrunk to
+its global mean where frames are few; F bounds the region: a walker that leaves the grid,
+or reaches F more than ``SUPPORT_CAP_KT`` k_BT above its minimum, stops the run with an
+error (a blow-up, or a model whose F does not confine), rather than drifting into noise.
 """
 
 from __future__ import annotations
@@ -49,17 +51,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from latf_openmm.errors import LatfError
+from latf_openmm.export import LatentMean, paired_featurizer
+from latf_openmm.features import Featurizer
+from latf_openmm.files import write_json, write_npz
+from latf_openmm.models import LatentModel
+from latf_openmm.simulation.colvar import write_colvar
 
 FIXED_POINT_ITERATIONS = 4
 DEFAULT_BINS = 100
 SUPPORT_CAP_KT = 25.0  # F more than this above its minimum is not supported
-MIN_FRAMES = 1.0  # smoothed number of frames per cell below which G is not supported
+PRIOR_FRAMES = 1.0  # G's binned mean is shrunk to its global mean with the weight of this many frames
 
 
 def metric_at_frames(
@@ -160,9 +168,12 @@ class LatentLandscape:
         latent, metric, weights
             The frames' s (n, d), J M⁻¹ Jᵀ (n, d, d) and equilibrium weights (uniform if None).
         bins
-            Grid points per latent dimension, spanning the frames' range plus 5 %.
+            Grid points per latent dimension, spanning the frames' range plus 25 % on each side.
         smoothing
-            Width (grid cells) of the Gaussian that smooths the binned average of G.
+            Width (grid cells) of the Gaussian that smooths the binned average of G. Where few
+            frames are, the average is shrunk to G's global mean (the weight of
+            ``PRIOR_FRAMES`` frames), so that G is positive-definite everywhere; F alone
+            bounds where the dynamics may go.
         """
         latent = np.asarray(latent, dtype=np.float64)
         metric = np.asarray(metric, dtype=np.float64)
@@ -175,7 +186,7 @@ class LatentLandscape:
         if d not in (1, 2):
             raise LatfError(f"latent Langevin dynamics supports d = 1 or 2, got d = {d}")
         low, high = latent.min(0), latent.max(0)
-        pad = 0.05 * np.maximum(high - low, 1e-12)
+        pad = 0.25 * np.maximum(high - low, 1e-12)
         axes = tuple(np.linspace(low[k] - pad[k], high[k] + pad[k], bins) for k in range(d))
         edges = [np.concatenate([a - 0.5 * (a[1] - a[0]), [a[-1] + 0.5 * (a[1] - a[0])]]) for a in axes]
         mass, _ = np.histogramdd(latent, bins=edges, weights=weights)
@@ -188,16 +199,77 @@ class LatentLandscape:
             ],
             -1,
         )  # fmt: skip
-        grid_metric = (sums / np.maximum(mass, 1e-300)[..., None]).reshape(*mass.shape, d, d)
+        prior = PRIOR_FRAMES * weights.sum() / n
+        mean_metric = np.average(metric, axis=0, weights=weights).reshape(d * d)
+        grid_metric = ((sums + prior * mean_metric) / (mass + prior)[..., None]).reshape(*mass.shape, d, d)
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
         f = np.asarray(free_energy(grid), dtype=np.float64).reshape(mass.shape)
-        frames = ndimage.gaussian_filter(np.histogramdd(latent, bins=edges)[0], smoothing, mode="constant")
-        supported = (frames >= MIN_FRAMES) & (mass > 0) & np.isfinite(f)
-        supported &= f - f[supported].min() < SUPPORT_CAP_KT * kt
+        supported = np.isfinite(f) & (f - np.nanmin(np.where(np.isfinite(f), f, np.nan)) < SUPPORT_CAP_KT * kt)
         at_frames = _interpolate(_as_tensor(grid_metric.reshape(*mass.shape, d * d)), axes, torch.from_numpy(latent))
         deviation = np.linalg.norm(metric.reshape(n, -1) - at_frames.numpy(), axis=1)
         spread = float(np.average(deviation / np.linalg.norm(at_frames.numpy(), axis=1).clip(1e-300), weights=weights))
         return cls(axes, f, grid_metric, float(kt), supported, spread)
+
+
+def model_landscape(
+    model: LatentModel,
+    temperature: float,
+    positions: np.ndarray,
+    masses: np.ndarray,
+    weights: np.ndarray | None = None,
+    featurizer: Featurizer | None = None,
+    bins: int = DEFAULT_BINS,
+) -> LatentLandscape:
+    """Return the landscape of ``model`` at ``temperature``: its F(s; T), and G from MD frames.
+
+    Parameters
+    ----------
+    model
+        A model with a temperature-dependent prior (LaTF or D-SPIB; SPIB only at its own T).
+    temperature
+        In the model's unit; k_BT follows :attr:`LatentModel.boltzmann_constant`.
+    positions, masses, weights
+        Frames (n, atoms, 3) in nm, the atoms' masses (amu) and the frames' equilibrium
+        weights; G's conditional mean is taken over them at their own temperature(s).
+    featurizer
+        The model's featurizer, if the model does not keep it.
+    """
+    featurizer = paired_featurizer(model, featurizer)
+    encoder = LatentMean(model)
+
+    def cv(x: torch.Tensor) -> torch.Tensor:
+        return encoder(featurizer(x))
+
+    latent, metric = metric_at_frames(cv, positions, masses)
+    kt = model.boltzmann_constant * float(temperature)
+    return LatentLandscape.from_frames(lambda s: model.free_energy(s, temperature), kt, latent, metric, weights, bins)
+
+
+def write_latent_run(
+    out: str | Path, trajectory: np.ndarray, interval: float, model: LatentModel, summary: dict
+) -> None:
+    """Write a latent run to folder ``out``: ``COLVAR`` (time, walker, s, state), ``timeseries.npz``, ``summary.json``.
+
+    ``trajectory`` is (frames, walkers, d), a frame every ``interval`` time units; every file
+    is written atomically.
+    """
+    frames, walkers, d = trajectory.shape
+    states = model.latent_state(trajectory.reshape(-1, d)).reshape(frames, walkers)
+    time = interval * np.arange(1, frames + 1)
+    out = Path(out)
+    write_npz(out / "timeseries.npz", time=time, latent=trajectory, state=states)
+    table = np.concatenate(
+        [
+            np.repeat(time, walkers)[:, None],
+            np.tile(np.arange(walkers), frames)[:, None],
+            trajectory.reshape(-1, d),
+            states.reshape(-1, 1),
+        ],
+        1,
+    )
+    write_colvar(out / "COLVAR", ["time", "walker", *(f"s{k}" for k in range(d)), "state"], table)
+    populations = np.bincount(states.ravel(), minlength=model.n_states) / states.size
+    write_json(out / "summary.json", {**summary, "state_populations": populations.round(4).tolist()})
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -269,13 +341,18 @@ class LatentLangevin:
         metric = fields[:, 2 * d : 2 * d + d * d].reshape(-1, d, d)
         return gradient, log_det_gradient, metric, fields[:, 2 * d + d * d :].reshape(-1, d, d, d)
 
-    def _check_support(self, s: torch.Tensor, step: int) -> None:
+    def inside(self, latent: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Whether each point (n, d) lies where F, G and their derivatives are all known."""
+        s = torch.as_tensor(latent, dtype=torch.float64).to(self.device)
         inside = _interpolate(self._usable, self.landscape.axes, s)[:, 0] > 1 - 1e-9
         for k, axis in enumerate(self.landscape.axes):
             inside &= (s[:, k] >= float(axis[0])) & (s[:, k] <= float(axis[-1]))
-        inside &= torch.isfinite(s).all(-1)
-        if not bool(inside.all()):
-            walker = int((~inside).nonzero()[0])
+        return (inside & torch.isfinite(s).all(-1)).cpu().numpy()
+
+    def _check_support(self, s: torch.Tensor, step: int) -> None:
+        inside = self.inside(s)
+        if not inside.all():
+            walker = int(np.flatnonzero(~inside)[0])
             raise LatfError(
                 f"walker {walker} left the region where the free energy is supported at step {step} "
                 f"(s = {s[walker].tolist()}): lower the timestep, or start the walkers inside the data"

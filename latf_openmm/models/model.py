@@ -147,8 +147,12 @@ class LatentModel:
         In kJ/mol when temperatures are in K; otherwise in the temperature's unit
         (ε for reduced units, k_B = 1).
         """
-        k_b = KB_KJ_PER_MOL_K if self.info.get("temperature_unit") == "K" else 1.0
-        return -k_b * float(temperature) * self.log_prob(grid, temperature)
+        return -self.boltzmann_constant * float(temperature) * self.log_prob(grid, temperature)
+
+    @property
+    def boltzmann_constant(self) -> float:
+        """k_B in the model's units: kJ/(mol K) for temperatures in K, 1 for reduced units (k_BT in ε)."""
+        return KB_KJ_PER_MOL_K if self.info.get("temperature_unit") == "K" else 1.0
 
     def state_populations(self, temperature: float, n: int = 200_000, seed: int = 0) -> np.ndarray:
         """Estimate the populations of the metastable states at ``temperature``, from ``n`` generated samples."""

@@ -152,6 +152,16 @@ class MolecularSystem:
     recipe: dict[str, Any] = field(default_factory=dict)
     regions: NamedRegions | None = None
 
+    @property
+    def masses(self) -> np.ndarray:
+        """The particles' masses in amu (n_atoms,), as the OpenMM system has them."""
+        return np.array(
+            [
+                self.system.getParticleMass(i).value_in_unit(openmm.unit.dalton)
+                for i in range(self.system.getNumParticles())
+            ]
+        )
+
     def to_kelvin(self, temperature: float) -> float:
         """Convert a user-facing temperature (K, or k_B T / ε for reduced units) to K."""
         temperature = float(temperature)
