@@ -66,7 +66,7 @@ from latf_openmm.simulation.colvar import write_colvar
 
 FIXED_POINT_ITERATIONS = 4
 DEFAULT_BINS = 100
-SUPPORT_CAP_KT = 25.0  # F more than this above its minimum is not supported
+SUPPORT_CAP_KT = 50.0  # F more than this above its minimum (k_BT): not supported (e^-50: a blow-up)
 PRIOR_FRAMES = 1.0  # G's binned mean is shrunk to its global mean with the weight of this many frames
 
 
