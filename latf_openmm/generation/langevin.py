@@ -370,7 +370,7 @@ class LatentLangevin:
         decay = math.exp(-self.friction * duration)
         noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(self.device)
         # G = L Lᵀ: L⁻ᵀ ξ has covariance G⁻¹
-        factor = torch.linalg.cholesky(metric)
+        factor = torch.linalg.cholesky_ex(metric).L  # a blown-up walker (NaN) is caught by the support check
         kicked = torch.linalg.solve_triangular(factor.transpose(-1, -2), noise[..., None], upper=True)[..., 0]
         return decay * p + math.sqrt((1 - decay**2) * self.landscape.kt) * kicked
 
@@ -393,7 +393,7 @@ class LatentLangevin:
         divergence = torch.einsum("wjij->wi", metric_gradient)  # Σ_j ∂_j G_ij
         drift = (-torch.einsum("wij,wj->wi", metric, gradient) + self.landscape.kt * divergence) / self.friction
         noise = torch.randn(s.shape, generator=generator, dtype=s.dtype).to(self.device)
-        root = torch.linalg.cholesky(metric)
+        root = torch.linalg.cholesky_ex(metric).L
         scale = math.sqrt(2 * self.landscape.kt * self.timestep / self.friction)
         return s + self.timestep * drift + scale * torch.einsum("wij,wj->wi", root, noise)
 
