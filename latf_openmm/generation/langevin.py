@@ -331,6 +331,7 @@ class LatentLangevin:
         if not usable.any():
             raise LatfError("the latent landscape's support is too thin for derivatives: use a finer grid")
         self._fields = _as_tensor(fields).to(self.device)
+        self._metric = self._fields[..., 2 * self.dim : 2 * self.dim + self.dim**2].contiguous()
         self._usable = _as_tensor(usable.astype(np.float64)[..., None]).to(self.device)
 
     def _at(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -358,15 +359,18 @@ class LatentLangevin:
                 f"(s = {s[walker].tolist()}): lower the timestep, or start the walkers inside the data"
             )
 
-    def _force(self, s: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return −∂H/∂s and G(s) at (s, p)."""
-        gradient, log_det_gradient, metric, metric_gradient = self._at(s)
-        kinetic = 0.5 * torch.einsum("wi,wkij,wj->wk", p, metric_gradient, p)
-        return -(kinetic + gradient - 0.5 * self.landscape.kt * log_det_gradient), metric
+    def _metric_at(self, s: torch.Tensor) -> torch.Tensor:
+        """G (w, d, d) at ``s`` alone (the drift's fixed-point iteration needs nothing else)."""
+        return _interpolate(self._metric, self.landscape.axes, s).reshape(-1, self.dim, self.dim)
 
-    def _ou(self, s: torch.Tensor, p: torch.Tensor, duration: float, generator: torch.Generator) -> torch.Tensor:
-        """Exact OU relaxation of p at fixed s towards N(0, k_BT G⁻¹) over ``duration``."""
-        _, _, metric, _ = self._at(s)
+    def _force(self, fields: tuple[torch.Tensor, ...], p: torch.Tensor) -> torch.Tensor:
+        """Return −∂H/∂s at momenta ``p``, with ``fields`` (:meth:`_at`) at the walkers' s."""
+        gradient, log_det_gradient, _, metric_gradient = fields
+        kinetic = 0.5 * torch.einsum("wi,wkij,wj->wk", p, metric_gradient, p)
+        return -(kinetic + gradient - 0.5 * self.landscape.kt * log_det_gradient)
+
+    def _ou(self, metric: torch.Tensor, p: torch.Tensor, duration: float, generator: torch.Generator) -> torch.Tensor:
+        """Exact OU relaxation of p at fixed s (metric G there) towards N(0, k_BT G⁻¹) over ``duration``."""
         decay = math.exp(-self.friction * duration)
         noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(self.device)
         # G = L Lᵀ: L⁻ᵀ ξ has covariance G⁻¹
@@ -374,19 +378,22 @@ class LatentLangevin:
         kicked = torch.linalg.solve_triangular(factor.transpose(-1, -2), noise[..., None], upper=True)[..., 0]
         return decay * p + math.sqrt((1 - decay**2) * self.landscape.kt) * kicked
 
-    def _leapfrog(self, s: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One generalized-leapfrog step of H (fixed-point iterations for the implicit parts)."""
+    def _underdamped(
+        self, s: torch.Tensor, p: torch.Tensor, fields: tuple[torch.Tensor, ...], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """OU(h/2), the generalized leapfrog, OU(h/2); ``fields`` are at s, and the new ones are returned."""
         h = self.timestep
+        p = self._ou(fields[2], p, 0.5 * h, generator)
         half = p
-        for _ in range(FIXED_POINT_ITERATIONS):
-            half = p + 0.5 * h * self._force(s, half)[0]
-        _, metric = self._force(s, half)
-        velocity = torch.einsum("wij,wj->wi", metric, half)
+        for _ in range(FIXED_POINT_ITERATIONS):  # implicit half-kick, at fixed s
+            half = p + 0.5 * h * self._force(fields, half)
+        velocity = torch.einsum("wij,wj->wi", fields[2], half)
         moved = s + h * velocity
-        for _ in range(FIXED_POINT_ITERATIONS):
-            _, _, metric_end, _ = self._at(moved)
-            moved = s + 0.5 * h * (velocity + torch.einsum("wij,wj->wi", metric_end, half))
-        return moved, half + 0.5 * h * self._force(moved, half)[0]
+        for _ in range(FIXED_POINT_ITERATIONS):  # implicit drift: ½[G(s) + G(s′)] p
+            moved = s + 0.5 * h * (velocity + torch.einsum("wij,wj->wi", self._metric_at(moved), half))
+        fields = self._at(moved)
+        p = self._ou(fields[2], half + 0.5 * h * self._force(fields, half), 0.5 * h, generator)
+        return moved, p, fields
 
     def _brownian(self, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         gradient, _, metric, metric_gradient = self._at(s)
@@ -411,7 +418,8 @@ class LatentLangevin:
         -------
         numpy.ndarray
             (steps // report_interval, w, d). Momenta start from their equilibrium at ``start``.
-            ``progress(steps_done)`` is called at each report.
+            ``progress(steps_done)`` is called at each report; the walkers' support is checked
+            there too (a walker that left it raises, naming the step of that report).
         """
         start = np.asarray(start, dtype=np.float64)
         if start.ndim != 2 or start.shape[1] != self.dim or len(start) == 0:
@@ -421,17 +429,16 @@ class LatentLangevin:
         generator = torch.Generator().manual_seed(int(seed))
         s = torch.from_numpy(start).to(self.device)
         self._check_support(s, 0)
-        p = self._ou(s, torch.zeros_like(s), math.inf, generator)
+        fields = self._at(s)
+        p = self._ou(fields[2], torch.zeros_like(s), math.inf, generator)
         frames = []
         for step in range(1, steps + 1):
             if self.overdamped:
                 s = self._brownian(s, generator)
             else:
-                p = self._ou(s, p, 0.5 * self.timestep, generator)
-                s, p = self._leapfrog(s, p)
-                p = self._ou(s, p, 0.5 * self.timestep, generator)
-            self._check_support(s, step)
+                s, p, fields = self._underdamped(s, p, fields, generator)
             if step % report_interval == 0:
+                self._check_support(s, step)
                 frames.append(s.cpu().numpy())
                 if progress is not None:
                     progress(step)
