@@ -440,7 +440,7 @@ def _add_langevin(sub: argparse._SubParsersAction) -> None:
         "averaged over the frames of --runs. Writes COLVAR (time, walker, s, state), timeseries.npz and "
         "summary.json to --out. Time step, friction and report interval default to the runs' MD settings.",
     )
-    p.add_argument("model", nargs="?", help="model file written by 'latf train' (it keeps its featurizer)")
+    p.add_argument("model", nargs="?", help="model file written by 'latf train' (the runs' featurizer must match it)")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="run folders whose frames give the metric")
     p.add_argument("--temperature", type=float, help="in the model's unit (see its temperature_unit)")
     p.add_argument("--steps", type=int, help="integration steps")

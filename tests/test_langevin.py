@@ -117,6 +117,7 @@ def test_latent_dynamics_bad_input_is_one_line(quadrature_frames):
         (lambda: LatentLangevin(landscape, 1.0, 0.01).run(np.zeros((2, 3)), 10, seed=0), r"shape \(walkers, 2\)"),
         (lambda: LatentLangevin(landscape, 1.0, 0.01).run(start + 100.0, 10, seed=0), "left the region"),
         (lambda: LatentLangevin(landscape, 1.0, 50.0).run(start, 50, seed=0), "left the region"),
+        (lambda: LatentLangevin(landscape, 1.0, 50.0).run(start, 50, seed=0, report_interval=25), "left the region"),
         (
             lambda: LatentLandscape.from_frames(
                 lambda s: s[:, 0], KT, *metric_at_frames(lambda x: x[..., 0, [0, 0]], quadrature_frames[0], [1.0])

@@ -277,13 +277,17 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _interpolate(values: torch.Tensor, axes: tuple[np.ndarray, ...], points: torch.Tensor) -> torch.Tensor:
-    """Multilinear interpolation of grid ``values`` (n_1[, n_2], C) at ``points`` (w, d), clamped to the grid."""
+    """Multilinear interpolation of grid ``values`` (n_1[, n_2], C) at ``points`` (w, d), clamped to the grid.
+
+    Non-finite points get some cell's values: the walkers' support check reports them.
+    """
     shape = values.shape[:-1]
     flat = values.reshape(-1, values.shape[-1])
     index = torch.zeros(len(points), dtype=torch.long, device=points.device)
     corners = [(index, torch.ones(len(points), dtype=values.dtype, device=points.device))]
     for k, axis in enumerate(axes):
-        position = ((points[:, k] - float(axis[0])) / float(axis[1] - axis[0])).clamp(0, shape[k] - 1)
+        position = (points[:, k] - float(axis[0])) / float(axis[1] - axis[0])
+        position = torch.nan_to_num(position, nan=0.0).clamp(0, shape[k] - 1)  # a blown-up walker: any cell
         cell = position.floor().clamp(max=shape[k] - 2).long()
         fraction = position - cell
         stride = int(np.prod(shape[k + 1 :]))
