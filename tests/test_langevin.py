@@ -129,6 +129,10 @@ def test_latent_dynamics_bad_input_is_one_line(quadrature_frames):
             "d = 1 or 2",
         ),
         (lambda: metric_at_frames(_linear_cv, np.zeros((4, 2)), np.ones(1)), "positions must be"),
+        (
+            lambda: LatentLandscape.from_frames(lambda s: s[:, 0], KT, np.full((5, 2), np.nan), np.ones((5, 2, 2))),
+            "NaN",
+        ),
     ]:
         with pytest.raises(LatfError, match=match):
             call()

@@ -180,6 +180,8 @@ class LatentLandscape:
         n, d = latent.shape if latent.ndim == 2 else (0, 0)
         if n == 0 or metric.shape != (n, d, d):
             raise LatfError(f"latent (n, d) and metric (n, d, d) must match, got {latent.shape} and {metric.shape}")
+        if not (np.isfinite(latent).all() and np.isfinite(metric).all()):
+            raise LatfError("the frames' latent points or metrics contain NaN or inf")
         weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
         if weights.shape != (n,) or (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
             raise LatfError("weights must be (n,), finite, non-negative and not all zero")
