@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench
+.PHONY: setup plumed demo test bench
 
 setup: $(STAMP)
 
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --progress-bar off -e ".[test]"
 	touch $(STAMP)
 
+# PLUMED 2.10.1 with PYTORCH and OPES from vendor/, built once into a cache folder
+# (scripts/install_plumed.sh; nothing is built where PLUMED_KERNEL is set).
+plumed: $(STAMP)
+	scripts/install_plumed.sh $(VENV)
+
 demo: $(STAMP)
 	$(BIN)/latf loop workflows/threehole.toml --out runs/threehole
 
-test: $(STAMP)
+test: $(STAMP) plumed
 	$(BIN)/ruff check latf_openmm tests bench
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=10
 

@@ -144,6 +144,25 @@ class MDOptions:
                 raise LatfError(f"MD option {message}")
 
 
+def bias_grid(
+    lower: Sequence[float], upper: Sequence[float], sigma: Sequence[float], bins: Sequence[int] | int | None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Return the bias grid's ends and points per biased component.
+
+    The grid runs 4 σ beyond the walls (``lower``/``upper``) on each side, so that kernels
+    deposited at a wall are whole; ``bins`` defaults to 4 points per σ. The package's
+    metadynamics and OPES and the ``plumed.dat`` they are exported as use this one grid.
+    """
+    lower, upper, sigma = (np.asarray(v, dtype=float).reshape(-1) for v in (lower, upper, sigma))
+    grid_lower, grid_upper = lower - 4 * sigma, upper + 4 * sigma
+    if bins is None:
+        bins = np.ceil(4 * (grid_upper - grid_lower) / sigma).astype(int) + 1
+    points = [int(b) for b in np.broadcast_to(bins, grid_lower.shape)]
+    if min(points) < 4:
+        raise LatfError("the bias grid needs at least 4 points per component")
+    return grid_lower, grid_upper, points
+
+
 def bias_region(
     cv_dim: int,
     components: Sequence[int] | None,
@@ -250,6 +269,7 @@ class BiasSpec:
             lower=tuple(lower.tolist()),
             upper=tuple(upper.tolist()),
             sigma=tuple(sigma.tolist()),
+            bins=tuple(bias_grid(lower, upper, sigma, self.bins)[2]),
             bias_factor=float(bias_factor),
         )
 
@@ -261,6 +281,7 @@ __all__ = [
     "TRAJECTORY_FORMATS",
     "BiasSpec",
     "MDOptions",
+    "bias_grid",
     "bias_region",
     "option",
     "read_spec",

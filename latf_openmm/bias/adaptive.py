@@ -34,7 +34,7 @@ from latf_openmm.bias.cv import LearnedCV
 from latf_openmm.bias.harmonic import wall_energies, wall_energy
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_npz
-from latf_openmm.specs import bias_region
+from latf_openmm.specs import bias_grid, bias_region
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 SHARE_EVERY_DEPOSITIONS = 10  # default share_interval, in units of pace
@@ -159,12 +159,7 @@ class GridBias(CVBias):
         self.kt = KB_KJ_PER_MOL_K * float(temperature)
         self.components, self.bias_factor, self.interval = components, float(bias_factor), int(pace)
         self.lower, self.upper, self.sigma = lower, upper, sigma
-        self.grid_lower, self.grid_upper = lower - 4 * sigma, upper + 4 * sigma
-        if bins is None:
-            bins = np.ceil(4 * (self.grid_upper - self.grid_lower) / sigma).astype(int) + 1
-        self.bins = [int(b) for b in np.broadcast_to(bins, (n,))]
-        if min(self.bins) < 4:
-            raise LatfError("the bias grid needs at least 4 points per component")
+        self.grid_lower, self.grid_upper, self.bins = bias_grid(lower, upper, sigma, bins)
         self.axes = [
             np.linspace(lo, hi, b) for lo, hi, b in zip(self.grid_lower, self.grid_upper, self.bins, strict=True)
         ]

@@ -24,7 +24,7 @@ from latf_openmm.export import LatentMean
 from latf_openmm.features import Contacts, CoordinationNumbers, Dihedrals, Distances, Featurizer, Positions
 from latf_openmm.files import atomic_path
 from latf_openmm.models import LatentModel
-from latf_openmm.specs import BiasSpec
+from latf_openmm.specs import BiasSpec, bias_grid
 
 
 class _PlumedCV(torch.nn.Module):
@@ -211,7 +211,10 @@ def plumed_input(
             out.append(f"bias: OPES_METAD {common} BARRIER={spec.barrier:g} TEMP={temperature:.6g} "
                        "FIXED_SIGMA COMPRESSION_THRESHOLD=0")  # fmt: skip
         else:
-            out.append(f"bias: METAD {common} HEIGHT={spec.height:g} TEMP={temperature:.6g} CALC_RCT FILE=HILLS")
+            grid_lower, grid_upper, points = bias_grid(spec.lower, spec.upper, spec.sigma, spec.bins)
+            bins = ",".join(str(p - 1) for p in points)  # the package's own grid: PLUMED counts bins, not points
+            grid = f"GRID_MIN={_numbers(grid_lower)} GRID_MAX={_numbers(grid_upper)} GRID_BIN={bins}"
+            out.append(f"bias: METAD {common} HEIGHT={spec.height:g} TEMP={temperature:.6g} {grid} CALC_RCT FILE=HILLS")
         kappa = _numbers([spec.wall_constant / 2] * len(spec.components))
         out.append(f"lwall: LOWER_WALLS ARG={biased} AT={_numbers(spec.lower)} KAPPA={kappa}")
         out.append(f"uwall: UPPER_WALLS ARG={biased} AT={_numbers(spec.upper)} KAPPA={kappa}")

@@ -1,0 +1,123 @@
+"""The exported plumed.dat and model.ptc in the real PLUMED (``plumed driver``): the shipped
+models' CVs against their TorchScript CVs, and every bias the package writes accepted and
+evaluated as the package means it.
+
+PLUMED is found as ``scripts/install_plumed.sh`` installs it (``$LATF_PLUMED_HOME`` or the
+cache folder for this torch), else on ``PATH``; without it these tests skip, saying so.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latf_openmm import build_featurizer
+from latf_openmm.bias import LearnedCV, build_bias
+from latf_openmm.export.plumed import plumed_input
+from latf_openmm.models import load_model
+from latf_openmm.simulation import read_colvar
+from latf_openmm.specs import BiasSpec
+from latf_openmm.systems import MolecularSystem, load_system
+
+MODELS = Path(__file__).parents[1] / "models"
+
+
+def _plumed() -> str | None:
+    torch_folder = os.path.dirname(torch.__file__)
+    key = hashlib.sha256(torch_folder.encode()).hexdigest()[:12]
+    home = os.environ.get("LATF_PLUMED_HOME") or Path.home() / ".cache" / "latf_openmm" / f"plumed-2.10.1-{key}"
+    built = Path(home) / "bin" / "plumed"
+    return str(built) if built.is_file() else shutil.which("plumed")
+
+
+PLUMED = _plumed()
+pytestmark = pytest.mark.skipif(PLUMED is None, reason="no PLUMED: run scripts/install_plumed.sh (CI does)")
+
+
+def _drive(folder: Path, text: str, positions: np.ndarray, box_nm: float = 0.0) -> dict[str, np.ndarray]:
+    """Run ``plumed driver`` with ``text`` as plumed.dat on ``positions`` (frames, atoms, 3; nm)."""
+    (folder / "plumed.dat").write_text(text)
+    with open(folder / "traj.xyz", "w") as out:
+        for frame in positions:
+            out.write(f"{len(frame)}\n{box_nm:.8f} {box_nm:.8f} {box_nm:.8f}\n")
+            out.writelines(f"X {x:.10f} {y:.10f} {z:.10f}\n" for x, y, z in frame)
+    library = str(Path(PLUMED).parents[1] / "lib")  # PLUMED's binary has no rpath to its kernel
+    environment = os.environ | {"LD_LIBRARY_PATH": os.pathsep.join([library, os.environ.get("LD_LIBRARY_PATH", "")])}
+    result = subprocess.run([PLUMED, "driver", "--plumed", "plumed.dat", "--ixyz", "traj.xyz", "--timestep", "1"],
+                            cwd=folder, capture_output=True, text=True, env=environment)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return read_colvar(folder / "COLVAR")
+
+
+def _shipped(name: str, tmp_path: Path, frames: int = 20):
+    """A shipped model's plumed folder copied to tmp_path, and noisy frames (nm) of its system."""
+    folder = tmp_path / name
+    shutil.copytree(MODELS / name / "plumed", folder)
+    molsys = _shipped_system(name)
+    rng = np.random.default_rng(5)
+    positions = molsys.positions[None] + rng.normal(scale=0.01, size=(frames, *molsys.positions.shape))
+    return folder, positions
+
+
+def _shipped_system(name: str) -> MolecularSystem:
+    metadata = json.loads((MODELS / name / "metadata.json").read_text())
+    return load_system(metadata["system"], **metadata["system_args"])
+
+
+@pytest.mark.parametrize("name", ["ala2", "lj7", "threehole"])  # dihedrals and distances; coordination; positions
+def test_plumed_computes_the_shipped_cv_as_torchscript_does(name, tmp_path):
+    folder, positions = _shipped(name, tmp_path)
+    text = (folder / "plumed.dat").read_text().replace("STRIDE=500", "STRIDE=1")
+    colvar = _drive(folder, text, positions)
+    cv = torch.jit.load(str(MODELS / name / "cv.pt"))
+    expected = np.stack([cv(torch.as_tensor(frame)).detach().numpy() for frame in positions])
+    got = np.stack([colvar[f"cv.node-{k}"] for k in range(expected.shape[1])], axis=1)
+    assert got.shape == expected.shape
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)  # float32 features and network
+
+
+@pytest.mark.parametrize("method", ["metad", "opes", "restraint"])
+def test_every_bias_the_package_writes_runs_in_plumed(method, tmp_path):
+    model = load_model(MODELS / "ala2" / "model.pt")
+    molsys = _shipped_system("ala2")
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    shutil.copy(MODELS / "ala2" / "plumed" / "model.ptc", tmp_path)
+    options = {"restraint": dict(centre=(0.0, 1.0), force_constant=3.0), "metad": dict(pace=2, height=1.5)}.get(
+        method, dict(pace=2, barrier=30.0)
+    )
+    spec = BiasSpec(method=method, **options)
+    text = plumed_input(featurizer, "model.ptc", 2, 300.0, spec, model.info["latent_range"], stride=1)
+    rng = np.random.default_rng(6)
+    positions = molsys.positions[None] + rng.normal(scale=0.01, size=(10, *molsys.positions.shape))
+    colvar = _drive(tmp_path, text, positions)
+    s = np.stack([colvar["cv.node-0"], colvar["cv.node-1"]], axis=1)
+    if method == "restraint":  # PLUMED's RESTRAINT is ½ κ (s − c)², as the package's
+        np.testing.assert_allclose(colvar["bias.bias"], 1.5 * ((s - [0.0, 1.0]) ** 2).sum(axis=1), rtol=1e-5)
+        return
+    before = -spec.barrier if method == "opes" else 0.0  # OPES: (1 − 1/γ) k_B T ln ε = −ΔE before any kernel
+    np.testing.assert_array_equal(colvar["bias.bias"][:3], before)  # the first kernel or hill: at step 2
+    assert np.isfinite(colvar["bias.bias"]).all() and colvar["bias.bias"][-1] > before + 0.1  # they act
+    if method == "metad":
+        # PLUMED deposits every 2 steps from step 2 on, at the CV, tempered as the package does
+        # (HILLS stores h·γ/(γ − 1)). Replayed at the same centres, the package's Metadynamics
+        # (same grid, walls and widths) gives PLUMED's bias and c(t) at every frame: measured
+        # within 0.026 kJ/mol, the package's linear reading of its grid (PLUMED's splines are
+        # within 0.006 of the exact sum of hills).
+        hills = read_colvar(tmp_path / "HILLS")
+        np.testing.assert_array_equal(hills["time"], [2, 4, 6, 8])
+        np.testing.assert_allclose(np.stack([hills["cv.node-0"], hills["cv.node-1"]], axis=1), s[2::2], atol=1e-6)
+        assert hills["height"][0] == pytest.approx(1.5 * 10 / 9)
+        metad = build_bias(spec, LearnedCV(model, featurizer), 300.0, periodic=False)
+        for step, centre in enumerate(s):
+            bias = metad.interpolate(metad.bias_grid(), centre)[0]
+            assert bias == pytest.approx(colvar["bias.bias"][step], abs=0.05), step
+            if step and step % 2 == 0:
+                metad._deposit(centre)
+            assert metad.reweighting_constant() == pytest.approx(colvar["bias.rct"][step], abs=0.05), step
