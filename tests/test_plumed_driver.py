@@ -1,6 +1,7 @@
-"""The exported plumed.dat and model.ptc in the real PLUMED (``plumed driver``): the shipped
-models' CVs against their TorchScript CVs, and every bias the package writes accepted and
-evaluated as the package means it.
+"""The exported plumed.dat and model.ptc in the real PLUMED (``plumed driver``, and inside
+OpenMM through openmm-plumed's ``PlumedForce``): the shipped models' CVs against their
+TorchScript CVs, every bias the package writes accepted and evaluated as the package means
+it, and an OPES run along the learned CV reweighted to exact populations.
 
 PLUMED is found as ``scripts/install_plumed.sh`` installs it (``$LATF_PLUMED_HOME`` or the
 cache folder for this torch), else on ``PATH``; without it these tests skip, saying so.
@@ -24,6 +25,8 @@ from latf_openmm.models import load_model
 from latf_openmm.simulation import read_colvar
 from latf_openmm.specs import BiasSpec
 from latf_openmm.systems import MolecularSystem, load_system
+from latf_openmm.systems.builders import threehole_populations, threehole_well
+from latf_openmm.units import KB_KJ_PER_MOL_K
 
 MODELS = Path(__file__).parents[1] / "models"
 
@@ -83,6 +86,22 @@ def test_plumed_computes_the_shipped_cv_as_torchscript_does(name, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)  # float32 features and network
 
 
+def test_plumed_and_torchscript_agree_on_a_molecule_split_across_the_box(tmp_path):
+    folder, positions = _shipped("ala2", tmp_path)
+    box = 2.5  # nm, a cube: above twice the molecule's largest distance, as the minimum image needs
+    split = np.mod(positions - positions[0].mean(axis=0), box)  # centred on a corner: atoms wrapped apart
+    assert np.ptp(split[0], axis=0).min() > box / 2
+    text = (folder / "plumed.dat").read_text().replace("STRIDE=500", "STRIDE=1")
+    colvar = _drive(folder, text, split, box_nm=box)
+    cv = torch.jit.load(str(MODELS / "ala2" / "cv.pt"))
+    cell = torch.eye(3, dtype=torch.float64) * box
+    expected = np.stack([cv(torch.as_tensor(frame), cell).detach().numpy() for frame in split])
+    whole = np.stack([cv(torch.as_tensor(frame)).detach().numpy() for frame in positions])
+    np.testing.assert_allclose(expected, whole, rtol=0, atol=1e-9 * np.abs(whole).max())  # the minimum image
+    got = np.stack([colvar["cv.node-0"], colvar["cv.node-1"]], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("method", ["metad", "opes", "restraint"])
 def test_every_bias_the_package_writes_runs_in_plumed(method, tmp_path):
     model = load_model(MODELS / "ala2" / "model.pt")
@@ -121,3 +140,31 @@ def test_every_bias_the_package_writes_runs_in_plumed(method, tmp_path):
             if step and step % 2 == 0:
                 metad._deposit(centre)
             assert metad.reweighting_constant() == pytest.approx(colvar["bias.rct"][step], abs=0.05), step
+
+
+def test_opes_through_openmm_plumed_reweights_to_exact_populations(tmp_path):
+    openmmplumed = pytest.importorskip("openmmplumed", reason="no openmm-plumed: run scripts/install_plumed.sh")
+    import openmm
+
+    molsys = _shipped_system("threehole")
+    shutil.copy(MODELS / "threehole" / "plumed" / "model.ptc", tmp_path)
+    text = (MODELS / "threehole" / "plumed" / "plumed.dat").read_text()  # the loop's final OPES input, as shipped
+    text = text.replace("PRINT ARG=", "PRINT ARG=p0_0.x,p0_0.y,").replace("STRIDE=500", "STRIDE=30")
+    text = text.replace("FILE=COLVAR", f"FILE={tmp_path / 'COLVAR'}").replace("FILE=model.ptc", f"FILE={tmp_path}/model.ptc")
+    system = openmm.XmlSerializer.clone(molsys.system)
+    system.addForce(openmmplumed.PlumedForce(text))
+    temperature = molsys.to_kelvin(0.75)
+    integrator = openmm.LangevinMiddleIntegrator(temperature, 1.0, 0.01)
+    integrator.setRandomNumberSeed(3)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(molsys.positions)
+    context.setVelocitiesToTemperature(temperature, 4)
+    integrator.step(300_000)
+    del context  # PLUMED flushes COLVAR when the force goes
+    colvar = read_colvar(tmp_path / "COLVAR")
+    kt = KB_KJ_PER_MOL_K * temperature
+    keep = colvar["time"] > 0.2 * colvar["time"][-1]  # the bias's first fifth: not yet quasi-static
+    weights = np.exp((colvar["bias.bias"] - colvar["bias.rct"])[keep] / kt)
+    wells = threehole_well(np.stack([colvar["p0_0.x"], colvar["p0_0.y"]], axis=1)[keep])
+    populations = np.bincount(wells, weights=weights, minlength=3) / weights.sum()
+    np.testing.assert_allclose(populations, threehole_populations(0.75), atol=0.04)
