@@ -153,6 +153,13 @@ def test_opes_through_openmm_plumed_reweights_to_exact_populations(tmp_path):
     text = text.replace("FILE=COLVAR", f"FILE={tmp_path / 'COLVAR'}").replace("FILE=model.ptc", f"FILE={tmp_path}/model.ptc")
     system = openmm.XmlSerializer.clone(molsys.system)
     system.addForce(openmmplumed.PlumedForce(text))
+    # openmm-plumed gives PLUMED a box only for a periodic system, and PLUMED 2.10 warns at
+    # every step without one: a force that uses a (100 nm) box, acting on nothing, makes it one.
+    periodic = openmm.NonbondedForce()
+    periodic.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
+    periodic.addParticle(0.0, 0.1, 0.0)
+    system.addForce(periodic)
+    system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in 100 * np.eye(3)))
     temperature = molsys.to_kelvin(0.75)
     integrator = openmm.LangevinMiddleIntegrator(temperature, 1.0, 0.01)
     integrator.setRandomNumberSeed(3)
