@@ -10,7 +10,7 @@
 # set, that PLUMED is used and nothing is built. Prints the folder's bin/plumed path last.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-VENV="${1:-$ROOT/.venv}"
+VENV="$(cd "${1:-$ROOT/.venv}" && pwd)"  # absolute: the builds below change directory
 if [[ -n "${PLUMED_KERNEL:-}" ]]; then
     echo "install_plumed: PLUMED_KERNEL is set ($PLUMED_KERNEL): using that PLUMED, building nothing" >&2
     exit 0
