@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine (see README.md):
 #   make demo   set up .venv and run the main job on its built-in default
-#   make test   set up .venv and run the linters and the test suite
+#   make test   set up .venv and PLUMED (built once, cached), run the linters and the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
