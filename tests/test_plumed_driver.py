@@ -150,7 +150,8 @@ def test_opes_through_openmm_plumed_reweights_to_exact_populations(tmp_path):
     shutil.copy(MODELS / "threehole" / "plumed" / "model.ptc", tmp_path)
     text = (MODELS / "threehole" / "plumed" / "plumed.dat").read_text()  # the loop's final OPES input, as shipped
     text = text.replace("PRINT ARG=", "PRINT ARG=p0_0.x,p0_0.y,").replace("STRIDE=500", "STRIDE=30")
-    text = text.replace("FILE=COLVAR", f"FILE={tmp_path / 'COLVAR'}").replace("FILE=model.ptc", f"FILE={tmp_path}/model.ptc")
+    for name in ("COLVAR", "model.ptc"):  # PLUMED inside OpenMM reads and writes from this process's folder
+        text = text.replace(f"FILE={name}", f"FILE={tmp_path / name}")
     system = openmm.XmlSerializer.clone(molsys.system)
     system.addForce(openmmplumed.PlumedForce(text))
     # openmm-plumed gives PLUMED a box only for a periodic system, and PLUMED 2.10 warns at
