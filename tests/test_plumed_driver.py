@@ -142,16 +142,15 @@ def test_every_bias_the_package_writes_runs_in_plumed(method, tmp_path):
             assert metad.reweighting_constant() == pytest.approx(colvar["bias.rct"][step], abs=0.05), step
 
 
-def test_opes_through_openmm_plumed_reweights_to_exact_populations(tmp_path):
+def test_opes_through_openmm_plumed_reweights_to_exact_populations(tmp_path, monkeypatch):
     openmmplumed = pytest.importorskip("openmmplumed", reason="no openmm-plumed: run scripts/install_plumed.sh")
     import openmm
 
     molsys = _shipped_system("threehole")
     shutil.copy(MODELS / "threehole" / "plumed" / "model.ptc", tmp_path)
+    monkeypatch.chdir(tmp_path)  # PLUMED in this process reads and writes (COLVAR, KERNELS) in its folder
     text = (MODELS / "threehole" / "plumed" / "plumed.dat").read_text()  # the loop's final OPES input, as shipped
     text = text.replace("PRINT ARG=", "PRINT ARG=p0_0.x,p0_0.y,").replace("STRIDE=500", "STRIDE=30")
-    for name in ("COLVAR", "model.ptc"):  # PLUMED inside OpenMM reads and writes from this process's folder
-        text = text.replace(f"FILE={name}", f"FILE={tmp_path / name}")
     system = openmm.XmlSerializer.clone(molsys.system)
     system.addForce(openmmplumed.PlumedForce(text))
     # openmm-plumed gives PLUMED a box only for a periodic system, and PLUMED 2.10 warns at
