@@ -6,8 +6,8 @@
 #
 # The folder is $LATF_PLUMED_HOME, or ~/.cache/latf_openmm/plumed-2.10.1-<key>, the key naming
 # the venv's torch folder (PLUMED's kernel links that libtorch); a rerun with the same venv
-# finds it built and costs seconds. Run the binary with DIR/lib on LD_LIBRARY_PATH. With PLUMED_KERNEL already
-# set, that PLUMED is used and nothing is built. Prints the folder's bin/plumed path last.
+# finds it built and costs seconds. Run the binary with DIR/lib on LD_LIBRARY_PATH. With
+# PLUMED_KERNEL already set, that PLUMED is used and nothing is built. Prints the folder's bin/plumed path last.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$(cd "${1:-$ROOT/.venv}" && pwd)"  # absolute: the builds below change directory

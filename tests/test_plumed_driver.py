@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import openmm
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from latf_openmm import build_featurizer
 from latf_openmm.bias import LearnedCV, build_bias
 from latf_openmm.export.plumed import plumed_input
 from latf_openmm.models import load_model
+from latf_openmm.reweighting import bias_weights
 from latf_openmm.simulation import read_colvar
 from latf_openmm.specs import BiasSpec
 from latf_openmm.systems import MolecularSystem, load_system
@@ -58,14 +60,17 @@ def _drive(folder: Path, text: str, positions: np.ndarray, box_nm: float = 0.0) 
     return read_colvar(folder / "COLVAR")
 
 
-def _shipped(name: str, tmp_path: Path, frames: int = 20):
+def _shipped(name: str, tmp_path: Path, frames: int = 20) -> tuple[Path, np.ndarray]:
     """A shipped model's plumed folder copied to tmp_path, and noisy frames (nm) of its system."""
     folder = tmp_path / name
     shutil.copytree(MODELS / name / "plumed", folder)
-    molsys = _shipped_system(name)
-    rng = np.random.default_rng(5)
-    positions = molsys.positions[None] + rng.normal(scale=0.01, size=(frames, *molsys.positions.shape))
-    return folder, positions
+    return folder, _noisy_frames(_shipped_system(name), frames, seed=5)
+
+
+def _noisy_frames(molsys: MolecularSystem, frames: int, seed: int) -> np.ndarray:
+    """Frames (nm) of the system's structure with 0.01 nm of Gaussian noise on every coordinate."""
+    rng = np.random.default_rng(seed)
+    return molsys.positions[None] + rng.normal(scale=0.01, size=(frames, *molsys.positions.shape))
 
 
 def _shipped_system(name: str) -> MolecularSystem:
@@ -113,9 +118,7 @@ def test_every_bias_the_package_writes_runs_in_plumed(method, tmp_path):
     )
     spec = BiasSpec(method=method, **options)
     text = plumed_input(featurizer, "model.ptc", 2, 300.0, spec, model.info["latent_range"], stride=1)
-    rng = np.random.default_rng(6)
-    positions = molsys.positions[None] + rng.normal(scale=0.01, size=(10, *molsys.positions.shape))
-    colvar = _drive(tmp_path, text, positions)
+    colvar = _drive(tmp_path, text, _noisy_frames(molsys, 10, seed=6))
     s = np.stack([colvar["cv.node-0"], colvar["cv.node-1"]], axis=1)
     if method == "restraint":  # PLUMED's RESTRAINT is ½ κ (s − c)², as the package's
         np.testing.assert_allclose(colvar["bias.bias"], 1.5 * ((s - [0.0, 1.0]) ** 2).sum(axis=1), rtol=1e-5)
@@ -144,8 +147,6 @@ def test_every_bias_the_package_writes_runs_in_plumed(method, tmp_path):
 
 def test_opes_through_openmm_plumed_reweights_to_exact_populations(tmp_path, monkeypatch):
     openmmplumed = pytest.importorskip("openmmplumed", reason="no openmm-plumed: run scripts/install_plumed.sh")
-    import openmm
-
     molsys = _shipped_system("threehole")
     shutil.copy(MODELS / "threehole" / "plumed" / "model.ptc", tmp_path)
     monkeypatch.chdir(tmp_path)  # PLUMED in this process reads and writes (COLVAR, KERNELS) in its folder
@@ -171,7 +172,7 @@ def test_opes_through_openmm_plumed_reweights_to_exact_populations(tmp_path, mon
     colvar = read_colvar(tmp_path / "COLVAR")
     kt = KB_KJ_PER_MOL_K * temperature
     keep = colvar["time"] > 0.2 * colvar["time"][-1]  # the bias's first fifth: not yet quasi-static
-    weights = np.exp((colvar["bias.bias"] - colvar["bias.rct"])[keep] / kt)
+    weights = bias_weights(colvar["bias.bias"][keep], colvar["bias.rct"][keep], kt)
     wells = threehole_well(np.stack([colvar["p0_0.x"], colvar["p0_0.y"]], axis=1)[keep])
     populations = np.bincount(wells, weights=weights, minlength=3) / weights.sum()
     np.testing.assert_allclose(populations, threehole_populations(0.75), atol=0.04)

@@ -2,6 +2,7 @@
 
 - One biased run (:func:`run_weights`): well-tempered metadynamics and OPES frames weigh
   exp((V − c(t))/k_BT), with c(t) from the run's COLVAR; a restraint's frames exp(V/k_BT).
+  :func:`bias_weights` is the same for the rows of any COLVAR (PLUMED's too).
 - Umbrella windows (:func:`umbrella_weights`): MBAR (pymbar) over the windows' restraint
   energies, evaluated from each frame's CV in COLVAR.
 - Several temperatures (:func:`temperature_estimate`): MBAR over the reduced potentials
@@ -18,6 +19,7 @@ from latf_openmm.reweighting.data import load_training_data
 from latf_openmm.reweighting.weights import (
     EquilibriumEstimate,
     MultistateEstimate,
+    bias_weights,
     effective_sample_size,
     multistate_estimate,
     restraint_energy,
@@ -31,6 +33,7 @@ from latf_openmm.reweighting.weights import (
 __all__ = [
     "EquilibriumEstimate",
     "MultistateEstimate",
+    "bias_weights",
     "effective_sample_size",
     "load_training_data",
     "multistate_estimate",

@@ -46,6 +46,14 @@ def _bias_energy(series: dict[str, np.ndarray], bias: dict) -> np.ndarray:
     return _bias_columns(series)[f"{bias['kind']}.bias"]
 
 
+def bias_weights(energy: np.ndarray, constant: np.ndarray, kt: float) -> np.ndarray:
+    """Unbiasing weights exp((V − c(t))/k_BT), mean 1, of frames with bias ``energy`` and c(t) ``constant``.
+
+    Both in kJ/mol: the bias and ``rct`` columns of any COLVAR, this package's or PLUMED's.
+    """
+    return _normalized([(np.asarray(energy, dtype=float) - np.asarray(constant, dtype=float)) / kt])[0]
+
+
 def run_weights(path: str | Path) -> np.ndarray:
     """Unbiasing weights of one run's frames (all 1 for an unbiased run), mean 1."""
     manifest, series = _run(path)
@@ -54,8 +62,7 @@ def run_weights(path: str | Path) -> np.ndarray:
         return np.ones(len(series["time"]))
     kt = KB_KJ_PER_MOL_K * manifest["settings"]["temperature_K"]
     energy = _bias_energy(series, bias)
-    constant = _bias_columns(series).get(f"{bias['kind']}.rct", np.zeros_like(energy))
-    return _normalized([(energy - constant) / kt])[0]
+    return bias_weights(energy, _bias_columns(series).get(f"{bias['kind']}.rct", np.zeros_like(energy)), kt)
 
 
 def restraint_energy(settings: dict, cv: np.ndarray) -> np.ndarray:
