@@ -12,8 +12,14 @@ so load on the shared machine affects all alike. Methods:
 ``app_native``   openmm.app.Metadynamics over the same expression forces as ``native``
 ``torch``        latf Metadynamics over one TorchForce per component,
                  45 distances + φ/ψ → MLP 64-64 → 2-D (the issue's baseline network)
+``plumed_metad`` the same network and bias as ``torch`` in PLUMED (the exported ``plumed.dat``:
+                 DISTANCE/TORSION actions → PYTORCH_MODEL → METAD on its grid) through
+                 openmm-plumed's ``PlumedForce``
+``plumed_opes``  the same with OPES_METAD (barrier 30 kJ/mol)
 
-Prints one JSON line per method (``plain_steps_per_s``, ``biased_steps_per_s``, ``ratio``,
+The PLUMED routes need ``make plumed`` (openmm-plumed in the venv); without it they are
+skipped, saying so. Prints one JSON line per method (``plain_steps_per_s``,
+``biased_steps_per_s``, ``ratio``, ``bias_us_per_step``: the bias's added time per step,
 ``method``, ``setup_s``: Context creation, incl. OpenMM's expression compilation), then
 the default method's line again last.
 """
@@ -22,6 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -33,10 +42,17 @@ import torch
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm import build_featurizer
 from latf_openmm.bias import LearnedCV, Metadynamics
+from latf_openmm.export.plumed import plumed_input, write_plumed_model
 from latf_openmm.models import LatentModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.simulation import select_platform
+from latf_openmm.specs import BiasSpec
 from latf_openmm.systems import load_system
+
+try:
+    import openmmplumed
+except ImportError:  # built by `make plumed`
+    openmmplumed = None
 
 DEFAULT = "native"
 PACE = 500
@@ -61,6 +77,21 @@ def _metadynamics(cv):
     )  # fmt: skip
 
 
+def _plumed_force(method, molsys, all_heavy_distances):
+    """A PlumedForce running the exported plumed.dat and model.ptc of the ``torch`` route's network.
+
+    Each in a folder of its own, made the working folder: PLUMED reads model.ptc and opens
+    COLVAR and HILLS/KERNELS there when the Context is created.
+    """
+    os.chdir(tempfile.mkdtemp(prefix=f"bias_overhead_{method}_"))
+    model, featurizer = _model(molsys, all_heavy_distances, 2, 64)
+    write_plumed_model(model, "model.ptc")
+    options = dict(components=(0, 1), lower=(-5.0, -5.0), upper=(5.0, 5.0), sigma=(0.2, 0.2), pace=PACE)
+    kind = {"plumed_metad": dict(method="metad", height=1.0, bias_factor=6.0), "plumed_opes": dict(method="opes")}
+    spec = BiasSpec(**options, **kind[method])
+    return openmmplumed.PlumedForce(plumed_input(featurizer, "model.ptc", 2, TEMPERATURE, spec, stride=PACE))
+
+
 def build(method, molsys, threads):
     dihedrals = [molsys.features[0]]
     all_heavy_distances = [*dihedrals, {"kind": "distances", "atoms": "not element H"}]  # 45, as in the issue
@@ -80,6 +111,9 @@ def build(method, molsys, threads):
         system = openmm.XmlSerializer.clone(system)
         variables = [app.BiasVariable(cv.energy_force(f"s{k}"), -5.0, 5.0, 0.2, False, 201) for k in range(2)]
         meta = app.Metadynamics(system, variables, TEMPERATURE * u.kelvin, 6.0, 1.0 * u.kilojoule_per_mole, PACE)
+    elif method.startswith("plumed"):
+        system = openmm.XmlSerializer.clone(system)
+        system.addForce(_plumed_force(method, molsys, all_heavy_distances))
     platform, properties = select_platform("CPU", threads=threads)
     integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
     start = time.perf_counter()
@@ -110,11 +144,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=2000, help="steps per method per round (multiple of 500)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", default="native,native_dist,app_native,torch")
+    parser.add_argument("--methods", default="native,native_dist,app_native,torch,plumed_metad,plumed_opes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     molsys = load_system("ala2_obc2")
     methods = ["plain", *args.methods.split(",")]
+    if openmmplumed is None and any(m.startswith("plumed") for m in methods):
+        print("no openmm-plumed (run `make plumed`): the PLUMED routes are skipped", file=sys.stderr)
+        methods = [m for m in methods if not m.startswith("plumed")]
     runs = {m: build(m, molsys, args.threads) for m in methods}
     rates: dict[str, list[float]] = {m: [] for m in methods}
     for advance, _, _ in runs.values():
@@ -133,6 +170,7 @@ def main() -> None:
             "plain_steps_per_s": round(plain, 1),
             "biased_steps_per_s": round(biased, 1),
             "ratio": round(biased / plain, 3),
+            "bias_us_per_step": round(1e6 * (1 / biased - 1 / plain), 1),
             "method": method,
             "setup_s": round(runs[method][1], 2),
             "threads": args.threads,

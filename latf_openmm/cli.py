@@ -265,6 +265,8 @@ def _bias(args: argparse.Namespace) -> int:
     temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
     cv = LearnedCV(model, featurizer, backend=args.backend)
     periodic = molsys.system.usesPeriodicBoundaryConditions()
+    if spec.engine == "plumed" and args.walkers_dir:
+        raise LatfError("--engine plumed runs one walker (PLUMED's OPES_METAD shares walkers only over MPI)")
     bias = build_bias(spec, cv, temperature, periodic, walkers_dir=args.walkers_dir, walker=args.walker)
     if args.restart_bias:
         if spec.method == "restraint":
@@ -277,7 +279,8 @@ def _bias(args: argparse.Namespace) -> int:
             raise LatfError("--replica-exchange needs --temperatures (the ladder)")
         print(f"fixed {spec.method} bias along the {cv.dim}-D CV on every replica ({cv.backend} backend)", flush=True)
         return _replica_exchange(args, molsys, [molsys.to_kelvin(t) for t in args.temperatures], bias)
-    print(f"{spec.method} along the {cv.dim}-D CV ({cv.backend} backend)", flush=True)
+    engine = "in PLUMED" if spec.engine == "plumed" else f"({cv.backend} backend)"
+    print(f"{spec.method} along the {cv.dim}-D CV {engine}", flush=True)
     result = simulate(molsys, temperature, args.steps, args.out, seed=args.seed, bias=bias, **_md_options(args))
     _report_run(result)
     return 0

@@ -33,6 +33,7 @@ PLATFORM_NAMES = ("CUDA", "OpenCL", "CPU", "Reference")
 PRECISIONS = ("single", "mixed", "double")
 TRAJECTORY_FORMATS = ("dcd", "xtc")
 BIAS_METHODS = ("metad", "opes", "restraint")
+BIAS_ENGINES = ("openmm", "plumed")
 ADAPTIVE_METHODS = ("metad", "opes")
 METAD_BIAS_FACTOR = 10.0
 
@@ -211,6 +212,9 @@ class BiasSpec:
     """
 
     method: str = option("opes", "bias: 'metad' (well-tempered), 'opes' or 'restraint'")
+    engine: str = option(
+        "openmm", "'openmm' (the package's own forces) or 'plumed' (the exported plumed.dat in openmm-plumed)"
+    )
     components: tuple[int, ...] | None = option(None, "biased CV components (metad/opes; default: all, ≤ 2)")
     lower: tuple[float, ...] | None = option(None, "lower wall per component (default: training range − margin)")
     upper: tuple[float, ...] | None = option(None, "upper wall per component (default: training range + margin)")
@@ -232,6 +236,7 @@ class BiasSpec:
         """Reject an unknown method and out-of-range settings."""
         checks = [
             (self.method in BIAS_METHODS, f"method must be one of {', '.join(BIAS_METHODS)}, got {self.method!r}"),
+            (self.engine in BIAS_ENGINES, f"engine must be one of {', '.join(BIAS_ENGINES)}, got {self.engine!r}"),
             (self.pace >= 1, f"pace must be ≥ 1, got {self.pace}"),
             (
                 self.share_interval is None or (self.share_interval >= 1 and self.share_interval % self.pace == 0),
@@ -275,6 +280,7 @@ class BiasSpec:
 
 
 __all__ = [
+    "BIAS_ENGINES",
     "BIAS_METHODS",
     "PLATFORM_NAMES",
     "PRECISIONS",

@@ -1,18 +1,20 @@
 """Shared fixtures."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import latf_openmm  # noqa: F401  (imports torch before openmm; see latf_openmm/__init__.py)
+from latf_openmm.systems import MolecularSystem, load_system
 
 torch.set_num_threads(1)  # pytest runs two workers on two cores: one thread each
 
 
 @pytest.fixture(scope="session")
 def ala2_vacuum():
-    from latf_openmm.systems import load_system
-
     return load_system("ala2_vacuum")
 
 
@@ -59,7 +61,6 @@ def linear_cv(system, weight, features=None):
     from latf_openmm.bias import LearnedCV
     from latf_openmm.models import LatentModel
     from latf_openmm.models.network import LatentNetwork
-    from latf_openmm.systems import load_system
 
     molsys = load_system(system)
     featurizer = build_featurizer(features or molsys.features, molsys.topology)
@@ -77,14 +78,12 @@ def check_final(folder):
     model, the TorchScript CV, each scalar component as an OpenMM TorchForce inside a
     CustomCVForce, and the PLUMED model all give the recorded CV of the starting structure."""
     import hashlib
-    import json
 
     import openmm
     from openmmtorch import TorchForce
 
     from latf_openmm import build_featurizer
     from latf_openmm.models import load_model
-    from latf_openmm.systems import load_system
 
     metadata = json.loads((folder / "metadata.json").read_text())
     for name, digest in metadata["sha256"].items():
@@ -116,3 +115,29 @@ def check_final(folder):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)
+
+
+class Killed(Exception):
+    """What a bias made by :func:`dying_at` raises: the run is killed there."""
+
+
+def dying_at(bias, step):
+    """Return ``bias`` made to raise :class:`Killed` when it would update at ``step`` (before depositing)."""
+    update = bias.update
+
+    def update_or_die(context, now):
+        if now == step:
+            raise Killed
+        update(context, now)
+
+    bias.update = update_or_die
+    return bias
+
+
+MODELS = Path(__file__).parents[1] / "models"
+
+
+def shipped_system(name: str) -> MolecularSystem:
+    """The system a shipped model (``models/<name>``) was trained on."""
+    metadata = json.loads((MODELS / name / "metadata.json").read_text())
+    return load_system(metadata["system"], **metadata["system_args"])

@@ -6,7 +6,7 @@ import numpy as np
 import openmm
 import openmm.unit as u
 import pytest
-from conftest import linear_cv
+from conftest import Killed, dying_at, linear_cv
 
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
@@ -152,10 +152,6 @@ def test_reweighted_adaptive_bias_recovers_exact_populations(kind, threehole_cv,
     np.testing.assert_allclose(reweighted, threehole_populations(KT), atol=0.04)
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("kind", ["metad", "opes"])
 def test_killed_biased_run_resumes_to_the_uninterrupted_bias(kind, threehole_cv, tmp_path):
     molsys, cv = threehole_cv
@@ -165,16 +161,8 @@ def test_killed_biased_run_resumes_to_the_uninterrupted_bias(kind, threehole_cv,
         molsys, temperature, 20_000, tmp_path / "straight", bias=_adaptive(kind, cv, temperature), **options
     )
 
-    dying = _adaptive(kind, cv, temperature)
-    deposit = dying.update
-
-    def update_then_die(context, step):
-        if step == 12_300:
-            raise _Killed
-        deposit(context, step)
-
-    dying.update = update_then_die
-    with pytest.raises(_Killed):
+    dying = dying_at(_adaptive(kind, cv, temperature), 12_300)
+    with pytest.raises(Killed):
         simulate(molsys, temperature, 20_000, tmp_path / "resumed", bias=dying, **options)
     assert not (tmp_path / "resumed" / "colvar.dat").exists()
     resumed = simulate(
@@ -207,14 +195,9 @@ def test_walkers_share_one_bias_and_a_run_continues_a_saved_bias(kind, threehole
     if kind == "opes":  # the running normalization is the exact one over both walkers' kernels
         centres = np.concatenate([o["centres"] for o in own])[:, 0]
         weights = np.concatenate([o["weights"] for o in own])
-        pairs = np.exp(-0.5 * ((centres[:, None] - centres[None]) / 0.15) ** 2) @ weights
-        density = (own[0]["density"] + own[1]["density"]) / weights.sum()
-        expected = (
-            (1 - 1 / walkers[1].bias_factor)
-            * walkers[1].kt
-            * np.log(density / (pairs.mean() / weights.sum()) + walkers[1].epsilon)
+        np.testing.assert_allclose(
+            walkers[1].bias_grid(), _opes_expected(walkers[1], (centres, weights)), rtol=1e-10, atol=1e-10
         )
-        np.testing.assert_allclose(walkers[1].bias_grid(), expected, rtol=1e-10, atol=1e-10)
 
     later = _adaptive(kind, cv, temperature)
     later.load(tmp_path / "w0" / "bias_state.npz")
@@ -251,7 +234,8 @@ def test_walkers_share_at_their_interval(threehole_cv, tmp_path):
 def _opes_expected(bias, kernels):
     """OPES's bias on its grid from all kernels (centres, weights), by brute force."""
     centres, weights = kernels
-    pairs = np.exp(-0.5 * ((centres[:, None] - centres[None]) / 0.15) ** 2) @ weights
+    squared = ((centres[:, None] - centres[None]) / 0.15) ** 2  # PLUMED's kernels: cut where they reach ε
+    pairs = np.where(squared < -2 * np.log(bias.epsilon), np.exp(-0.5 * squared) - bias.epsilon, 0) @ weights
     density = sum(w * bias.kernel([c]) for c, w in zip(centres, weights, strict=True)) / weights.sum()
     return (1 - 1 / bias.bias_factor) * bias.kt * np.log(density / (pairs.mean() / weights.sum()) + bias.epsilon)
 
@@ -263,14 +247,14 @@ def test_opes_normalization_follows_a_walker_that_restarted(threehole_cv, tmp_pa
     rng = np.random.default_rng(0)
     mine, theirs, restarted = (rng.uniform(-1.5, 1.5, n) for n in (30, 1, 25))
 
-    def deposits(bias, centres):  # kernels as a run makes them; the first weighs exp(0) = 1
+    def deposits(bias, centres):  # kernels as a run makes them; the first weighs e^{−βΔE}
         for centre in centres:
             bias._deposit(np.array([centre]))
         return bias
 
     deposits(walkers[0], mine)._share()
     deposits(walkers[1], theirs)._share()
-    walkers[0]._share()  # reads walker 1's first kernel (weight exp(0) = 1)
+    walkers[0]._share()  # reads walker 1's first kernel (weight e^{−βΔE})
     walkers[1] = deposits(_adaptive("opes", cv, temperature, walkers_dir=tmp_path, walker=1), restarted)
     walkers[1]._share()  # walker 1 began again: same first weight, other centres
     walkers[0]._share()

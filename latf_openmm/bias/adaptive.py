@@ -39,6 +39,7 @@ from latf_openmm.units import KB_KJ_PER_MOL_K
 
 SHARE_EVERY_DEPOSITIONS = 10  # default share_interval, in units of pace
 KERNEL_KEYS = ("centres", "weights")  # what OPES's pair sums need of each walker's kernels
+HILL_CUTOFF = 6.25  # r²/2 beyond which a metadynamics hill is zero, PLUMED's DP2CUTOFF
 KERNEL_BLOCK = 256  # kernels per block in the OPES normalization's pair sums (memory ∝ block × kernels)
 
 
@@ -213,9 +214,13 @@ class GridBias(CVBias):
         self.force.updateParametersInContext(context)
 
     def kernel(self, centre: np.ndarray) -> np.ndarray:
-        """Return a unit-height Gaussian of width σ at ``centre``, on the grid."""
-        parts = [np.exp(-0.5 * ((axis - c) / s) ** 2) for axis, c, s in zip(self.axes, centre, self.sigma, strict=True)]
-        return parts[0] if len(parts) == 1 else np.multiply.outer(parts[0], parts[1])
+        """Return a unit-height kernel (:meth:`kernel_shape`) of width σ at ``centre``, on the grid."""
+        parts = [((axis - c) / s) ** 2 for axis, c, s in zip(self.axes, centre, self.sigma, strict=True)]
+        return self.kernel_shape(parts[0] if len(parts) == 1 else np.add.outer(parts[0], parts[1]))
+
+    def kernel_shape(self, squared_distance: np.ndarray) -> np.ndarray:
+        """Return a unit-height kernel at squared distances r² from its centre (σ units)."""
+        raise NotImplementedError
 
     def interpolate(self, grid: np.ndarray, points: np.ndarray) -> np.ndarray:
         """Interpolate a grid array linearly at points (m, n_biased)."""
@@ -252,7 +257,11 @@ class GridBias(CVBias):
         raise NotImplementedError
 
     def _deposit(self, centre: np.ndarray) -> None:
-        """Add a kernel at ``centre`` (the biased components) to this walker's depositions."""
+        """Add a kernel at ``centre`` (the biased components), sized by the bias there (:meth:`add_deposition`)."""
+        raise NotImplementedError
+
+    def add_deposition(self, centre: np.ndarray, size: float) -> None:
+        """Add a deposition made elsewhere (by PLUMED) to this walker's: a hill's height or a kernel's weight."""
         raise NotImplementedError
 
     # -- CVBias interface ---------------------------------------------------------------
@@ -375,6 +384,9 @@ class GridBias(CVBias):
 class Metadynamics(GridBias):
     """Well-tempered metadynamics: hills of height h·exp(−V(s)/(k_B ΔT)), ΔT = (γ − 1) T.
 
+    Hills are PLUMED's stretched Gaussians (:meth:`kernel_shape`), so that the package and
+    PLUMED's ``METAD`` give the same bias from the same hills.
+
     ``height`` is the initial hill height (kJ/mol); the other parameters are those of
     :class:`GridBias`. c(t) = k_B T ln[∫ e^{γV/(k_B ΔT)} ds / ∫ e^{V/(k_B ΔT)} ds]
     (Tiwary and Parrinello, 2015).
@@ -391,6 +403,15 @@ class Metadynamics(GridBias):
         self._settings["height"] = self.height
         self._own = {"bias": np.zeros(self.bins), "hills": np.zeros((0, len(self.bins) + 1))}
 
+    def kernel_shape(self, squared_distance: np.ndarray) -> np.ndarray:
+        """Return PLUMED's stretched Gaussian at r² (σ units): (e^{−r²/2} − e^{−c})/(1 − e^{−c}) for r²/2 < c, else 0.
+
+        c = 6.25 (PLUMED's ``DP2CUTOFF``): the hill is 1 at its centre and goes smoothly to 0 at r = 3.54.
+        """
+        floor = np.exp(-HILL_CUTOFF)
+        inside = 0.5 * squared_distance < HILL_CUTOFF
+        return np.where(inside, (np.exp(-0.5 * squared_distance) - floor) / (1 - floor), 0.0)
+
     def bias_grid(self) -> np.ndarray:
         """Return the sum of all walkers' hills on the grid, kJ/mol."""
         return np.sum(self._all("bias"), axis=0)
@@ -403,18 +424,29 @@ class Metadynamics(GridBias):
     def _deposit(self, centre: np.ndarray) -> None:
         """Add a hill at ``centre``, its height tempered by the bias already there."""
         current = self.interpolate(self.bias_grid(), centre)[0]
-        height = self.height * np.exp(-current / (self.kt * (self.bias_factor - 1)))
-        self._own["bias"] = self._own["bias"] + height * self.kernel(centre)
-        self._own["hills"] = np.vstack([self._own["hills"], [*centre, height]])
+        self.add_deposition(centre, self.height * np.exp(-current / (self.kt * (self.bias_factor - 1))))
+
+    def add_deposition(self, centre: np.ndarray, size: float) -> None:
+        """Add a hill of height ``size`` (kJ/mol) at ``centre``."""
+        self._own["bias"] = self._own["bias"] + size * self.kernel(centre)
+        self._own["hills"] = np.vstack([self._own["hills"], [*centre, size]])
 
 
 class OPES(GridBias):
-    """OPES (Invernizzi and Parrinello, 2020) with fixed kernel widths.
+    """OPES (Invernizzi and Parrinello, 2020) with fixed kernel widths, as PLUMED's ``OPES_METAD``.
 
     V(s) = (1 − 1/γ) k_B T ln(P(s)/Z + ε), with P the kernel density estimate of the
     reweighted CV distribution (kernels weighted by e^{V/k_B T} at deposition), Z its
     mean over the kernel centres, ε = e^{−βΔE/(1 − 1/γ)}; ``barrier`` is ΔE (kJ/mol)
-    and ``bias_factor`` defaults to βΔE. c(t) = k_B T ln(Σ w / N) as PLUMED's ``rct``.
+    and ``bias_factor`` defaults to βΔE. Defined as PLUMED 2.10 defines it with
+    ``FIXED_SIGMA`` and no compression, so that the two give the same bias from the same
+    kernels (``tests/test_plumed_driver.py``):
+
+    - before the first kernel V = (1 − 1/γ) k_B T ln ε = −ΔE, so the first kernel weighs e^{−βΔE};
+    - kernels are truncated Gaussians, e^{−r²/2} − e^{−r_c²/2} for r < r_c (r in units of σ),
+      with PLUMED's cutoff r_c² = 2βΔE/(1 − 1/γ), at which the kernel's value is ε;
+    - c(t) = k_B T ln[(w₀ + Σ w)/(1 + N)], PLUMED's ``rct``, which counts a first weight
+      w₀ = e^{−βΔE} that no kernel carries.
 
     P lives on the grid as a running sum of kernels; Z is a running sum of exact kernel
     values over pairs of centres, Σ_ij w_j K(c_i − c_j), brought up to date with each new
@@ -435,34 +467,43 @@ class OPES(GridBias):
         self.barrier = float(barrier)
         self._settings["barrier"] = self.barrier
         self.epsilon = np.exp(-self.barrier / (self.kt * (1 - 1 / self.bias_factor)))
+        self.cutoff_squared = -2 * np.log(self.epsilon)  # PLUMED's default KERNEL_CUTOFF, squared
         self._own = {"density": np.zeros(self.bins), "weights": np.zeros(0), "centres": np.zeros((0, len(self.bins)))}
         self._own_pairs = 0.0  # Σ_ij w_j K(c_i − c_j) over this walker's kernels (checkpointed)
         self._cross_pairs = 0.0  # the same over pairs with at least one of the others' kernels
 
+    def kernel_shape(self, squared_distance: np.ndarray) -> np.ndarray:
+        """Return PLUMED's truncated Gaussian, e^{−r²/2} − ε within the cutoff and 0 beyond, at r² (σ units)."""
+        return np.where(squared_distance < self.cutoff_squared, np.exp(-0.5 * squared_distance) - self.epsilon, 0.0)
+
     def bias_grid(self) -> np.ndarray:
-        """Return V(s) on the grid from all walkers' kernels (zero before the first), kJ/mol."""
+        """Return V(s) on the grid from all walkers' kernels (−ΔE before the first), kJ/mol."""
         weights = np.concatenate(self._all("weights"))
         if not len(weights):
-            return np.zeros(self.bins)
+            return np.full(self.bins, -self.barrier)
         density = np.sum(self._all("density"), axis=0) / weights.sum()
         normalization = (self._own_pairs + self._cross_pairs) / (len(weights) * weights.sum())
         return (1 - 1 / self.bias_factor) * self.kt * np.log(density / normalization + self.epsilon)
 
     def reweighting_constant(self) -> float:
-        """Return c(t) = k_B T ln(Σ w / N), kJ/mol (zero before the first kernel)."""
+        """Return c(t) = k_B T ln[(w₀ + Σ w)/(1 + N)], kJ/mol, w₀ = e^{−βΔE} (−ΔE before the first kernel)."""
         weights = np.concatenate(self._all("weights"))
-        return float(self.kt * np.log(weights.mean())) if len(weights) else 0.0
+        return float(self.kt * np.log((np.exp(-self.barrier / self.kt) + weights.sum()) / (1 + len(weights))))
 
     def _deposit(self, centre: np.ndarray) -> None:
         """Add a kernel at ``centre``, weighted by e^{V/k_B T} there."""
-        weight = np.exp(self.interpolate(self.bias_grid(), centre)[0] / self.kt)
+        self.add_deposition(centre, np.exp(self.interpolate(self.bias_grid(), centre)[0] / self.kt))
+
+    def add_deposition(self, centre: np.ndarray, size: float) -> None:
+        """Add a kernel of weight ``size`` at ``centre``."""
+        weight = float(size)
         new_centre, new_weight = centre[None, :], np.array([weight])
         self._own_pairs += self._pair_sum(self._own["centres"], self._own["weights"], new_centre, new_weight)
         if self._others_total:
-            self._cross_pairs += (
-                self._pair_sum(self._others_total["centres"], self._others_total["weights"], new_centre, new_weight)
-                - weight
-            )  # the pair of the new kernel with itself is this walker's own
+            with_itself = weight * float(self.kernel_shape(np.array(0.0)))  # a pair of this walker's own
+            others = self._others_total
+            self._cross_pairs += self._pair_sum(others["centres"], others["weights"], new_centre, new_weight)
+            self._cross_pairs -= with_itself
         self._own["density"] = self._own["density"] + weight * self.kernel(centre)
         self._own["weights"] = np.append(self._own["weights"], weight)
         self._own["centres"] = np.vstack([self._own["centres"], new_centre])
@@ -484,7 +525,7 @@ class OPES(GridBias):
             exponent = np.zeros((len(centres), len(block_centres)))
             for axis in range(centres.shape[1]):  # one component at a time: memory ∝ kernels × block
                 exponent += ((centres[:, axis, None] - block_centres[None, :, axis]) / self.sigma[axis]) ** 2
-            kernels = np.exp(-0.5 * exponent)
+            kernels = self.kernel_shape(exponent)
             old = len(weights) - len(block_weights)
             # pairs (any i, j new) + pairs (i new, j old): the (new, new) pairs only once
             total += float(kernels.sum(0) @ block_weights + kernels[:old].sum(1) @ weights[:old])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,25 @@ import openmm.unit as u
 from latf_openmm.bias.cv import LearnedCV
 from latf_openmm.errors import LatfError, blew_up
 from latf_openmm.files import array_digest
+
+
+def with_force_in_own_group(system: openmm.System, force: openmm.Force, n_atoms: int) -> tuple[openmm.System, int]:
+    """Return a copy of ``system`` with ``force`` added in a free force group, and the group.
+
+    ``n_atoms`` is what the CV was built for; another system is refused.
+    """
+    if system.getNumParticles() != n_atoms:
+        raise LatfError(
+            f"the CV was built for {n_atoms} atoms but the system has {system.getNumParticles()}; "
+            "use the system the model was trained on"
+        )
+    system = openmm.XmlSerializer.clone(system)
+    free = set(range(32)) - {other.getForceGroup() for other in system.getForces()}
+    if not free:
+        raise LatfError("all 32 force groups are in use; the bias needs one of its own")
+    force.setForceGroup(max(free))
+    system.addForce(force)
+    return system, max(free)
 
 
 class CVBias:
@@ -43,24 +63,13 @@ class CVBias:
         """COLVAR columns after ``time``."""
         return [f"s{k}" for k in range(self.cv.dim)] + [f"{self.kind}.bias"]
 
-    def add_to(self, system: openmm.System) -> openmm.System:
-        """Return a copy of ``system`` with the bias force in a force group of its own."""
-        if system.getNumParticles() != self.cv.featurizer.n_atoms:
-            raise LatfError(
-                f"the CV was built for {self.cv.featurizer.n_atoms} atoms but the system has "
-                f"{system.getNumParticles()}; use the system the model was trained on"
-            )
+    def add_to(self, system: openmm.System, folder: Path | None = None) -> openmm.System:
+        """Return a copy of ``system`` with the bias force in a force group of its own (``folder`` is unused)."""
         if not self.force.thisown:
             raise LatfError(
                 "this bias already drives a simulation; build a new one for the next (load() continues a saved bias)"
             )
-        system = openmm.XmlSerializer.clone(system)
-        free = set(range(32)) - {force.getForceGroup() for force in system.getForces()}
-        if not free:
-            raise LatfError("all 32 force groups are in use; the bias needs one of its own")
-        self.group = max(free)
-        self.force.setForceGroup(self.group)
-        system.addForce(self.force)
+        system, self.group = with_force_in_own_group(system, self.force, self.cv.featurizer.n_atoms)
         return system
 
     def energy(self, context: openmm.Context) -> float:
@@ -118,4 +127,4 @@ class CVBias:
                 **frozen}  # fmt: skip
 
 
-__all__ = ["CVBias"]
+__all__ = ["CVBias", "with_force_in_own_group"]

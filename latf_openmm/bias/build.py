@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from latf_openmm.bias.adaptive import OPES, Metadynamics
 from latf_openmm.bias.base import CVBias
 from latf_openmm.bias.cv import LearnedCV
 from latf_openmm.bias.harmonic import HarmonicBias
+from latf_openmm.bias.plumed import PlumedBias
 from latf_openmm.specs import BiasSpec
 
 
@@ -18,14 +20,18 @@ def build_bias(
     periodic: bool,
     walkers_dir: str | Path | None = None,
     walker: int = 0,
-) -> CVBias:
+) -> CVBias | PlumedBias:
     """Build the bias of ``spec`` along ``cv`` at ``temperature`` (K).
 
     Its defaults are resolved against the model (:meth:`BiasSpec.resolved`, as the PLUMED
     writer resolves them); ``periodic`` comes from the system; ``walkers_dir``/``walker``
-    share an adaptive bias with other walkers.
+    share an adaptive bias with other walkers. The ``plumed`` engine gives a
+    :class:`PlumedBias` whose mirror is this bias on the openmm engine.
     """
     spec = spec.resolved(cv.dim, cv.model.info.get("latent_range"), temperature)
+    if spec.engine == "plumed":
+        mirror = build_bias(dataclasses.replace(spec, engine="openmm"), cv, temperature, periodic, walkers_dir, walker)
+        return PlumedBias(mirror, spec, temperature)
     if spec.method == "restraint":
         return HarmonicBias(
             cv, spec.centre, spec.force_constant, spec.lower, spec.upper, spec.wall_constant, periodic=periodic

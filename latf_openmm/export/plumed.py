@@ -160,6 +160,7 @@ def plumed_input(
     bias: BiasSpec,
     latent_range: Sequence[Sequence[float]] | None = None,
     stride: int = 500,
+    folder: str | Path | None = None,
 ) -> str:
     """Text of a ``plumed.dat`` biasing the learned CV as ``bias`` says (kJ/mol, nm, K).
 
@@ -180,16 +181,22 @@ def plumed_input(
     bias
         ``opes`` (``OPES_METAD`` with fixed kernels and no compression, as latf_openmm's
         OPES), ``metad`` (well-tempered ``METAD``) or ``restraint`` (``RESTRAINT``); the
-        walls of metad/opes are ``LOWER_WALLS``/``UPPER_WALLS`` (KAPPA = wall_constant/2:
-        PLUMED's walls have no ½).
+        walls (of metad/opes, and of a restraint given lower and upper) are
+        ``LOWER_WALLS``/``UPPER_WALLS`` (KAPPA = wall_constant/2: PLUMED's walls have no ½).
     latent_range
         The model's training range per component (``info["latent_range"]``), for default walls.
     stride
         Printing stride in steps.
+    folder
+        Where PLUMED writes ``COLVAR`` and ``HILLS``/``KERNELS`` (default: its working folder).
     """
     if cv_dimension < 1 or temperature <= 0 or stride < 1:
         raise LatfError("cv_dimension ≥ 1, temperature > 0 and stride ≥ 1 are required")
     spec = bias.resolved(cv_dimension, latent_range, temperature)
+
+    def output(name: str) -> str:
+        return name if folder is None else str(Path(folder) / name)
+
     lines, labels = _feature_lines(featurizer)
     cvs = [f"cv.node-{k}" for k in range(cv_dimension)]
     out = [
@@ -204,22 +211,28 @@ def plumed_input(
         out.append(f"bias: RESTRAINT ARG={','.join(cvs)} AT={_numbers(spec.centre)} "
                    f"KAPPA={_numbers([spec.force_constant] * cv_dimension)}")  # fmt: skip
         printed = ["bias.bias"]
+        walled = list(range(cv_dimension))
     else:
+        walled = list(spec.components)
         biased = ",".join(cvs[c] for c in spec.components)
         common = f"ARG={biased} PACE={spec.pace} SIGMA={_numbers(spec.sigma)} BIASFACTOR={spec.bias_factor:.6g}"
         if spec.method == "opes":
+            kernels = "" if folder is None else f" FILE={output('KERNELS')}"  # PLUMED's default name otherwise
             out.append(f"bias: OPES_METAD {common} BARRIER={spec.barrier:g} TEMP={temperature:.6g} "
-                       "FIXED_SIGMA COMPRESSION_THRESHOLD=0")  # fmt: skip
+                       f"FIXED_SIGMA COMPRESSION_THRESHOLD=0{kernels}")  # fmt: skip
         else:
             grid_lower, grid_upper, points = bias_grid(spec.lower, spec.upper, spec.sigma, spec.bins)
             bins = ",".join(str(p - 1) for p in points)  # the package's own grid: PLUMED counts bins, not points
             grid = f"GRID_MIN={_numbers(grid_lower)} GRID_MAX={_numbers(grid_upper)} GRID_BIN={bins}"
-            out.append(f"bias: METAD {common} HEIGHT={spec.height:g} TEMP={temperature:.6g} {grid} CALC_RCT FILE=HILLS")
-        kappa = _numbers([spec.wall_constant / 2] * len(spec.components))
-        out.append(f"lwall: LOWER_WALLS ARG={biased} AT={_numbers(spec.lower)} KAPPA={kappa}")
-        out.append(f"uwall: UPPER_WALLS ARG={biased} AT={_numbers(spec.upper)} KAPPA={kappa}")
-        printed = ["bias.bias", "bias.rct", "lwall.bias", "uwall.bias"]
-    out.append(f"PRINT ARG={','.join([*cvs, *printed])} STRIDE={stride} FILE=COLVAR")
+            out.append(f"bias: METAD {common} HEIGHT={spec.height:g} TEMP={temperature:.6g} {grid} CALC_RCT "
+                       f"FILE={output('HILLS')}")  # fmt: skip
+        printed = ["bias.bias", "bias.rct"]
+    on, kappa = ",".join(cvs[c] for c in walled), _numbers([spec.wall_constant / 2] * len(walled))
+    for label, action, at in (("lwall", "LOWER_WALLS", spec.lower), ("uwall", "UPPER_WALLS", spec.upper)):
+        if at is not None:
+            out.append(f"{label}: {action} ARG={on} AT={_numbers(at)} KAPPA={kappa}")
+            printed.append(f"{label}.bias")
+    out.append(f"PRINT ARG={','.join([*cvs, *printed])} STRIDE={stride} FILE={output('COLVAR')}")
     return "\n".join(out) + "\n"
 
 

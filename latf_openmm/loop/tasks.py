@@ -30,7 +30,7 @@ from latf_openmm.simulation import find_runs, replica_exchange, seed_for, simula
 from latf_openmm.systems import load_system
 
 if TYPE_CHECKING:
-    from latf_openmm.bias import GridBias
+    from latf_openmm.bias import GridBias, PlumedBias
     from latf_openmm.models import LatentModel
     from latf_openmm.systems import MolecularSystem
 
@@ -116,26 +116,28 @@ def _prior_fitted_to_estimate(
 
 
 def _learned_bias(
-    config: LoopConfig, model_path: str, **placement: str | Path | int
-) -> tuple[MolecularSystem, GridBias, float]:
+    config: LoopConfig, model_path: str, engine: str | None = None, **placement: str | Path | int
+) -> tuple[MolecularSystem, GridBias | PlumedBias, float]:
     """Return the system and the workflow's adaptive bias along the model's CV at the walker temperature (K).
 
-    ``placement``: ``walkers_dir`` and ``walker``, for a walker.
+    ``engine`` overrides ``[bias] engine``; ``placement``: ``walkers_dir`` and ``walker``, for a walker.
     """
     torch.set_num_threads(config.md.threads or 1)
     molsys = load_workflow_system(config)
     cv = LearnedCV(load_model(model_path), build_featurizer(molsys.features, molsys.topology))
     temperature = molsys.to_kelvin(config.walker_temperature or config.md_temperatures[0])
     periodic = molsys.system.usesPeriodicBoundaryConditions()
-    return molsys, build_bias(config.bias, cv, temperature, periodic, **placement), temperature
+    spec = config.bias if engine is None else dataclasses.replace(config.bias, engine=engine)
+    return molsys, build_bias(spec, cv, temperature, periodic, **placement), temperature
 
 
 def fixed_bias(config: LoopConfig, model_path: str, shared: str | Path) -> tuple[MolecularSystem, GridBias, float]:
     """Return :func:`_learned_bias` continued from the depositions of the walkers in ``shared``, held fixed.
 
-    This is the bias of production runs, replicas and the estimate.
+    This is the bias of production runs, replicas and the estimate, on the openmm engine whichever
+    engine the walkers ran (with ``plumed``, their saved states hold PLUMED's depositions).
     """
-    molsys, bias, temperature = _learned_bias(config, model_path)
+    molsys, bias, temperature = _learned_bias(config, model_path, engine="openmm")
     bias.load(shared)
     bias.freeze()
     return molsys, bias, temperature

@@ -12,7 +12,8 @@ A biased run (``bias=``, see :mod:`latf_openmm.bias`) also writes ``colvar.dat``
 PLUMED-style COLVAR file with one row per frame (time in ps, CV components, bias
 energy in kJ/mol and, for metadynamics/OPES, c(t) in kJ/mol), the same rows in
 ``timeseries.npz`` (``colvar``, ``colvar_fields``), and ``bias_state.npz``, from which
-another run can continue the bias (``GridBias.load``).
+another run can continue the bias (``GridBias.load``). A bias on the ``plumed`` engine
+keeps PLUMED's input and output files in ``plumed/``.
 
 While it runs, the frames live in ``partial/segment_NNNNNN.npz`` files. Each segment
 holds a block of frames *and* the OpenMM checkpoint taken right after its last frame,
@@ -134,9 +135,11 @@ def simulate(
         settings["timestep_ps"] * u.picoseconds,
     )
     integrator.setRandomNumberSeed(seed)
-    system = molsys.system if bias is None else bias.add_to(molsys.system)
-    context = openmm.Context(system, integrator, platform_obj, properties)
     segments = _Segments(out_dir / PARTIAL, settings)
+    if bias is not None and segments.frames_done():
+        bias.restore(segments.last_bias_state())  # before its force is made: PLUMED reads its state at creation
+    system = molsys.system if bias is None else bias.add_to(molsys.system, out_dir)
+    context = openmm.Context(system, integrator, platform_obj, properties)
     frames_done = _prepare_context(context, molsys, segments, bias, settings["temperature_K"], seed)
 
     n_frames = n_steps // settings["frame_interval"]
@@ -182,15 +185,13 @@ def _prepare_context(
 ) -> int:
     """Resume ``context`` from the last segment, or set up the start; attach the bias; return the frames done.
 
-    A resumed run loads the last checkpoint and bias state; a new one gets the system's
-    positions and box, is minimized if the system asks for it, and draws velocities at
-    ``temperature_k`` (K) with ``seed``.
+    A resumed run loads the last checkpoint (the bias's state was restored before its force
+    was made); a new one gets the system's positions and box, is minimized if the system
+    asks for it, and draws velocities at ``temperature_k`` (K) with ``seed``.
     """
     frames_done = segments.frames_done()
     if frames_done:
         context.loadCheckpoint(segments.last_checkpoint())
-        if bias is not None:
-            bias.restore(segments.last_bias_state())
     else:
         context.setPositions(molsys.positions * u.nanometer)
         if molsys.topology.getPeriodicBoxVectors() is not None:

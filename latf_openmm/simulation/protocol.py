@@ -7,6 +7,7 @@ biases' layer (``latf_openmm.bias.CVBias`` satisfies it).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,8 +23,12 @@ class SimulationBias(Protocol):
     def settings(self) -> dict[str, Any]:
         """Return everything that defines the bias (part of a run's identity)."""
 
-    def add_to(self, system: openmm.System) -> openmm.System:
-        """Return a copy of ``system`` with the bias's force added."""
+    def add_to(self, system: openmm.System, folder: Path | None = None) -> openmm.System:
+        """Return a copy of ``system`` with the bias's force added.
+
+        ``folder`` is the run's folder, for a bias that keeps files of its own there (PLUMED's).
+        A resumed run calls :meth:`restore` first.
+        """
 
     def attach(self, context: openmm.Context) -> None:
         """Bring the force in ``context`` up to date."""
