@@ -247,14 +247,14 @@ def test_opes_normalization_follows_a_walker_that_restarted(threehole_cv, tmp_pa
     rng = np.random.default_rng(0)
     mine, theirs, restarted = (rng.uniform(-1.5, 1.5, n) for n in (30, 1, 25))
 
-    def deposits(bias, centres):  # kernels as a run makes them; the first weighs e^{−βΔE}
+    def deposits(bias, centres):  # kernels as a run makes them; the first weighs exp(0) = 1
         for centre in centres:
             bias._deposit(np.array([centre]))
         return bias
 
     deposits(walkers[0], mine)._share()
     deposits(walkers[1], theirs)._share()
-    walkers[0]._share()  # reads walker 1's first kernel (weight e^{−βΔE})
+    walkers[0]._share()  # reads walker 1's first kernel (weight exp(0) = 1)
     walkers[1] = deposits(_adaptive("opes", cv, temperature, walkers_dir=tmp_path, walker=1), restarted)
     walkers[1]._share()  # walker 1 began again: same first weight, other centres
     walkers[0]._share()

@@ -139,3 +139,18 @@ def test_latf_bias_runs_the_plumed_engine_and_refuses_what_it_cannot(tmp_path):
     for extra, message in refused:
         result = subprocess.run([*command, "--out", str(tmp_path / "x"), *extra], capture_output=True, text=True)
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_opes_run_killed_before_its_first_kernel_resumes(tmp_path):
+    """Its checkpoint saved an empty KERNELS file, from which OPES_METAD refuses to restart: it starts afresh."""
+    molsys = shipped_system("threehole")
+    cv = LearnedCV(load_model(MODELS / "threehole" / "model.pt"), build_featurizer(molsys.features, molsys.topology))
+    temperature = molsys.to_kelvin(0.75)
+    spec = BiasSpec(method="opes", engine="plumed", components=(0, 1), pace=100, barrier=6.0)
+    options = dict(seed=5, md=MDOptions(frame_interval=50, platform="Reference"), progress=False, checkpoint_seconds=0)
+    with pytest.raises(Killed):  # after the checkpoint at step 50, before the first kernel at step 100
+        simulate(molsys, temperature, 1_000, tmp_path, bias=dying_at(build_bias(spec, cv, temperature, False), 100),
+                 **options)  # fmt: skip
+    gc.collect()
+    simulate(molsys, temperature, 1_000, tmp_path, bias=build_bias(spec, cv, temperature, False), **options)
+    np.testing.assert_array_equal(read_colvar(tmp_path / "plumed" / "KERNELS")["time"], np.arange(1, 11))

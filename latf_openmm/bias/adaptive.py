@@ -39,6 +39,7 @@ from latf_openmm.units import KB_KJ_PER_MOL_K
 
 SHARE_EVERY_DEPOSITIONS = 10  # default share_interval, in units of pace
 KERNEL_KEYS = ("centres", "weights")  # what OPES's pair sums need of each walker's kernels
+KERNELS = "plumed-2.10"  # the kernel shapes, as PLUMED 2.10's (Metadynamics' hills, OPES's kernels)
 HILL_CUTOFF = 6.25  # r²/2 beyond which a metadynamics hill is zero, PLUMED's DP2CUTOFF
 KERNEL_BLOCK = 256  # kernels per block in the OPES normalization's pair sums (memory ∝ block × kernels)
 
@@ -192,6 +193,7 @@ class GridBias(CVBias):
             "shared": walkers_dir is not None,  # not the folder: a run folder may move
             "walker": self.walker,
             "share_interval": self.share_interval,
+            "kernels": KERNELS,  # a run or saved state with other kernels is not resumed or loaded with these
         }
         self._others: dict[str, dict[str, np.ndarray]] = {}  # by file name, as last read
         self._others_total: dict[str, np.ndarray] = {}  # their grids summed, their deposition lists joined
@@ -438,15 +440,17 @@ class OPES(GridBias):
     V(s) = (1 − 1/γ) k_B T ln(P(s)/Z + ε), with P the kernel density estimate of the
     reweighted CV distribution (kernels weighted by e^{V/k_B T} at deposition), Z its
     mean over the kernel centres, ε = e^{−βΔE/(1 − 1/γ)}; ``barrier`` is ΔE (kJ/mol)
-    and ``bias_factor`` defaults to βΔE. Defined as PLUMED 2.10 defines it with
-    ``FIXED_SIGMA`` and no compression, so that the two give the same bias from the same
-    kernels (``tests/test_plumed_driver.py``):
+    and ``bias_factor`` defaults to βΔE; c(t) = k_B T ln(Σ w / N). With PLUMED 2.10's
+    kernels (``FIXED_SIGMA``, no compression: truncated Gaussians, e^{−r²/2} − e^{−r_c²/2}
+    for r < r_c in units of σ, r_c² = 2βΔE/(1 − 1/γ), where a kernel's value is ε), so that
+    the two give the same bias from the same kernels (``tests/test_plumed_driver.py``).
 
-    - before the first kernel V = (1 − 1/γ) k_B T ln ε = −ΔE, so the first kernel weighs e^{−βΔE};
-    - kernels are truncated Gaussians, e^{−r²/2} − e^{−r_c²/2} for r < r_c (r in units of σ),
-      with PLUMED's cutoff r_c² = 2βΔE/(1 − 1/γ), at which the kernel's value is ε;
-    - c(t) = k_B T ln[(w₀ + Σ w)/(1 + N)], PLUMED's ``rct``, which counts a first weight
-      w₀ = e^{−βΔE} that no kernel carries.
+    One difference by design: before its first kernel PLUMED's bias is −ΔE, so that kernel
+    weighs e^{−βΔE}, and its ``rct`` counts a first weight w₀ = e^{−βΔE} that no kernel
+    carries. Frames then weighed by e^{β(V − c(t))} from the start give the first kernels'
+    frames weights up to e^{βΔE} above the rest (a loop walker's Kish effective sample size
+    fell from > 500 to 9 of 5000 frames). Here the bias is 0 before the first kernel, which
+    weighs 1, and c(t) has no w₀.
 
     P lives on the grid as a running sum of kernels; Z is a running sum of exact kernel
     values over pairs of centres, Σ_ij w_j K(c_i − c_j), brought up to date with each new
@@ -477,18 +481,18 @@ class OPES(GridBias):
         return np.where(squared_distance < self.cutoff_squared, np.exp(-0.5 * squared_distance) - self.epsilon, 0.0)
 
     def bias_grid(self) -> np.ndarray:
-        """Return V(s) on the grid from all walkers' kernels (−ΔE before the first), kJ/mol."""
+        """Return V(s) on the grid from all walkers' kernels (zero before the first), kJ/mol."""
         weights = np.concatenate(self._all("weights"))
         if not len(weights):
-            return np.full(self.bins, -self.barrier)
+            return np.zeros(self.bins)
         density = np.sum(self._all("density"), axis=0) / weights.sum()
         normalization = (self._own_pairs + self._cross_pairs) / (len(weights) * weights.sum())
         return (1 - 1 / self.bias_factor) * self.kt * np.log(density / normalization + self.epsilon)
 
     def reweighting_constant(self) -> float:
-        """Return c(t) = k_B T ln[(w₀ + Σ w)/(1 + N)], kJ/mol, w₀ = e^{−βΔE} (−ΔE before the first kernel)."""
+        """Return c(t) = k_B T ln(Σ w / N), kJ/mol (zero before the first kernel)."""
         weights = np.concatenate(self._all("weights"))
-        return float(self.kt * np.log((np.exp(-self.barrier / self.kt) + weights.sum()) / (1 + len(weights))))
+        return float(self.kt * np.log(weights.mean())) if len(weights) else 0.0
 
     def _deposit(self, centre: np.ndarray) -> None:
         """Add a kernel at ``centre``, weighted by e^{V/k_B T} there."""

@@ -33,6 +33,12 @@ def with_force_in_own_group(system: openmm.System, force: openmm.Force, n_atoms:
     return system, max(free)
 
 
+def group_energy(context: openmm.Context, group: int) -> float:
+    """Return the energy of force group ``group`` in ``context``, kJ/mol."""
+    state = context.getState(getEnergy=True, groups={group})
+    return state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+
+
 class CVBias:
     """A bias along a :class:`LearnedCV`, run by :func:`latf_openmm.simulation.simulate`.
 
@@ -74,8 +80,7 @@ class CVBias:
 
     def energy(self, context: openmm.Context) -> float:
         """Return the bias energy in ``context``, kJ/mol."""
-        state = context.getState(getEnergy=True, groups={self.group})
-        return state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        return group_energy(context, self.group)
 
     def cv_values(self, context: openmm.Context, step: int) -> np.ndarray:
         """Return the CV of the context's current positions; raise if it is not finite."""
@@ -127,4 +132,4 @@ class CVBias:
                 **frozen}  # fmt: skip
 
 
-__all__ = ["CVBias", "with_force_in_own_group"]
+__all__ = ["CVBias", "group_energy", "with_force_in_own_group"]

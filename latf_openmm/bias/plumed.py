@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import openmm
-import openmm.unit as u
 
 from latf_openmm.bias.adaptive import GridBias
-from latf_openmm.bias.base import CVBias, with_force_in_own_group
+from latf_openmm.bias.base import CVBias, group_energy, with_force_in_own_group
 from latf_openmm.errors import LatfError
 from latf_openmm.export.plumed import plumed_input, write_plumed_model
+from latf_openmm.simulation import parse_colvar
 from latf_openmm.specs import BiasSpec
 
 try:
@@ -61,16 +61,8 @@ class _FollowedFile:
             text = handle.read()
         complete = text[: text.rfind(b"\n") + 1]
         self.offset += len(complete)
-        rows = []
-        for line in complete.decode().splitlines():
-            if line.startswith("#! FIELDS"):
-                self.fields = line.split()[2:]
-            elif line.strip() and not line.startswith("#"):
-                rows.append([float(value) for value in line.split()])
-        if not rows or self.fields is None:
-            return {}
-        table = np.array(rows, dtype=float).reshape(-1, len(self.fields))
-        return {name: table[:, k] for k, name in enumerate(self.fields)}
+        self.fields, rows = parse_colvar(complete.decode(), str(self.path), self.fields)
+        return rows if rows and len(next(iter(rows.values()))) else {}
 
 
 class PlumedBias:
@@ -115,10 +107,13 @@ class PlumedBias:
         if self.group is not None:
             raise LatfError("this bias already drives a simulation; build a new one for the next")
         self.folder = Path(folder).resolve() / FOLDER
+        if any(character.isspace() for character in str(self.folder)):
+            raise LatfError(f"PLUMED cannot read file names with spaces: run in a folder without them ({self.folder})")
         self.folder.mkdir(parents=True, exist_ok=True)
         for name in (*DEPOSITIONS.values(), "COLVAR"):
             (self.folder / name).unlink(missing_ok=True)  # what a killed run wrote after its checkpoint
-        for name, content in self._saved.items():
+        saved = {name: content for name, content in self._saved.items() if content}  # PLUMED writes a header first
+        for name, content in saved.items():
             (self.folder / name).write_bytes(content)
         cv = self.mirror.cv
         write_plumed_model(cv.model, self.folder / "model.ptc")
@@ -128,7 +123,7 @@ class PlumedBias:
         text += f"FLUSH STRIDE={stride}\n"  # PLUMED's files on disk at every deposition, for the mirror
         (self.folder / "plumed.dat").write_text(text)
         force = openmmplumed.PlumedForce(text)
-        force.setRestart(bool(self._saved))
+        force.setRestart(bool(saved))  # OPES_METAD refuses to restart from an empty KERNELS file
         system, self.group = with_force_in_own_group(system, force, cv.featurizer.n_atoms)
         if not system.usesPeriodicBoundaryConditions():
             box = openmm.CustomBondForce("0")
@@ -144,14 +139,9 @@ class PlumedBias:
     def attach(self, context: openmm.Context) -> None:
         """Nothing to do: PLUMED holds its own state."""
 
-    def energy(self, context: openmm.Context) -> float:
-        """Return PLUMED's bias energy (walls included) in ``context``, kJ/mol."""
-        state = context.getState(getEnergy=True, groups={self.group})
-        return state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-
     def update(self, context: openmm.Context, step: int) -> None:
         """Let PLUMED deposit at this step, and pass its deposition and c(t) to the mirror."""
-        self.energy(context)  # PLUMED runs its update (deposits, prints, flushes) at the first evaluation of a step
+        group_energy(context, self.group)  # PLUMED updates (deposits, prints, flushes) at a step's first evaluation
         self._read()
 
     def _read(self) -> None:
@@ -169,7 +159,7 @@ class PlumedBias:
         mirror: GridBias = self.mirror  # type: ignore[assignment]
         centres = np.stack([rows[f"cv.node-{c}"] for c in mirror.components], axis=1)
         if self.kind == "metad":
-            sizes = rows["height"] * (mirror.bias_factor - 1) / mirror.bias_factor
+            sizes = rows["height"] * (rows["biasf"] - 1) / rows["biasf"]  # γ as PLUMED read it
         else:
             sizes = np.exp(rows["logweight"])
         for centre, size in zip(centres, sizes, strict=True):
@@ -179,7 +169,7 @@ class PlumedBias:
         """Return the COLVAR row (without time): the CV, PLUMED's bias energy and, if adaptive, its c(t)."""
         values = self.mirror.cv_values(context, step)
         constant = [self._constant] if self.interval else []
-        return np.array([*values, self.energy(context), *constant])
+        return np.array([*values, group_energy(context, self.group), *constant])  # PLUMED's, walls included
 
     def state(self) -> dict[str, np.ndarray]:
         """Return the mirror's state, PLUMED's deposition file as it is now and c(t)."""

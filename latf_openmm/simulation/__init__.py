@@ -1,6 +1,6 @@
 """Simulation: multi-temperature Langevin MD with checkpoints, and temperature replica exchange (``latf simulate``)."""
 
-from latf_openmm.simulation.colvar import read_colvar, write_colvar
+from latf_openmm.simulation.colvar import parse_colvar, read_colvar, write_colvar
 from latf_openmm.simulation.md import (
     degrees_of_freedom,
     run_label,
@@ -18,6 +18,7 @@ __all__ = [
     "available_platforms",
     "degrees_of_freedom",
     "find_runs",
+    "parse_colvar",
     "read_colvar",
     "replica_exchange",
     "run_label",

@@ -30,30 +30,43 @@ def read_colvar(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise LatfError(f"PLUMED file not found: {path}")
-    fields: list[str] | None = None
+    fields, columns = parse_colvar(path.read_text(), str(path))
+    if fields is None:
+        raise LatfError(f"{path} has no '#! FIELDS' header; is it a PLUMED COLVAR or HILLS file?")
+    return columns
+
+
+def parse_colvar(
+    text: str, source: str, fields: list[str] | None = None
+) -> tuple[list[str] | None, dict[str, np.ndarray]]:
+    """Return the fields and the columns of COLVAR/HILLS ``text`` (named ``source`` in errors).
+
+    ``fields`` are those of a header before ``text`` (for a file read as it grows); the
+    returned fields are the last header's.
+    """
     rows: list[list[float]] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.startswith("#! FIELDS"):
             header = line.split()[2:]
             if fields is not None and header != fields:
-                raise LatfError(f"{path}:{number}: fields change from {fields} to {header}")
+                raise LatfError(f"{source}:{number}: fields change from {fields} to {header}")
             fields = header
         elif not line.strip() or line.startswith("#"):
             continue
         else:
             if fields is None:
-                raise LatfError(f"{path}:{number}: data before the '#! FIELDS' header")
+                raise LatfError(f"{source}:{number}: data before the '#! FIELDS' header")
             values = line.split()
             if len(values) != len(fields):
-                raise LatfError(f"{path}:{number}: {len(values)} values for {len(fields)} fields")
+                raise LatfError(f"{source}:{number}: {len(values)} values for {len(fields)} fields")
             try:
                 rows.append([float(v) for v in values])
             except ValueError as exc:
-                raise LatfError(f"{path}:{number}: {exc}") from exc
+                raise LatfError(f"{source}:{number}: {exc}") from exc
     if fields is None:
-        raise LatfError(f"{path} has no '#! FIELDS' header; is it a PLUMED COLVAR or HILLS file?")
+        return None, {}
     table = np.array(rows, dtype=float).reshape(-1, len(fields))
-    return {name: table[:, k] for k, name in enumerate(fields)}
+    return fields, {name: table[:, k] for k, name in enumerate(fields)}
 
 
-__all__ = ["read_colvar", "write_colvar"]
+__all__ = ["parse_colvar", "read_colvar", "write_colvar"]

@@ -139,7 +139,10 @@ def simulate(
     if bias is not None and segments.frames_done():
         bias.restore(segments.last_bias_state())  # before its force is made: PLUMED reads its state at creation
     system = molsys.system if bias is None else bias.add_to(molsys.system, out_dir)
-    context = openmm.Context(system, integrator, platform_obj, properties)
+    try:
+        context = openmm.Context(system, integrator, platform_obj, properties)
+    except openmm.OpenMMException as error:  # e.g. PLUMED refusing its input
+        raise LatfError(f"OpenMM could not set up the run: {_one_line(error)}") from None
     frames_done = _prepare_context(context, molsys, segments, bias, settings["temperature_K"], seed)
 
     n_frames = n_steps // settings["frame_interval"]
@@ -218,8 +221,8 @@ def _run_frame(
     try:
         _advance(integrator, context, bias, step - settings["frame_interval"], step)
     except openmm.OpenMMException as error:  # the CPU platform refuses NaN coordinates
-        if "NaN" not in str(error):
-            raise
+        if "NaN" not in str(error):  # e.g. PLUMED's CV leaving its METAD grid
+            raise LatfError(f"the run stopped before step {step}: {_one_line(error)}") from None
         raise blew_up(step, settings["timestep_ps"]) from None
     state = context.getState(getPositions=True, getEnergy=True)
     epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
@@ -235,6 +238,11 @@ def _run_frame(
         2 * kinetic / (dof * KB_KJ_PER_MOL_K) if dof else 0.0,
         None if bias is None else bias.observe(context, step),
     )
+
+
+def _one_line(error: Exception, limit: int = 400) -> str:
+    """Return an error's message as one line (PLUMED's span many), cut at ``limit`` characters."""
+    return " ".join(str(error).split())[:limit]
 
 
 def _advance(
