@@ -280,14 +280,16 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
 
 
 WORKFLOWS = Path(__file__).parents[1] / "workflows"
-LOOP_WORKFLOWS = ["ala2.toml", "ala2_tempering.toml", "lj7.toml", "threehole.toml"]  # and one `latf simulate` config
+LOOP_WORKFLOWS = ["ala2.toml", "ala2_tempering.toml", "lj7.toml", "threehole.toml", "threehole_plumed.toml"]
 
 
 @pytest.mark.parametrize("workflow", LOOP_WORKFLOWS)
 def test_shipped_workflows_are_valid(workflow):
     from latf_openmm.systems import available_systems
 
-    assert {p.name for p in WORKFLOWS.glob("*.toml")} == {*LOOP_WORKFLOWS, "threehole_md.toml"}
+    if "plumed" in workflow:
+        pytest.importorskip("openmmplumed", reason="no openmm-plumed: run scripts/install_plumed.sh (CI does)")
+    assert {p.name for p in WORKFLOWS.glob("*.toml")} == {*LOOP_WORKFLOWS, "threehole_md.toml"}  # a simulate config
     config = LoopConfig.from_toml(WORKFLOWS / workflow)
     assert config.system in available_systems()
     assert not config.replicas_along_cv or len(config.replica_temperatures or config.md_temperatures) >= 2

@@ -101,6 +101,66 @@ def test_a_killed_plumed_engine_run_resumes_to_the_uninterrupted_one(method, tmp
         assert len(np.load(run.directory / "bias_state.npz")["hills" if method == "metad" else "weights"]) == 200
 
 
+def test_metad_walkers_share_their_hills_through_plumeds_files_and_a_killed_one_keeps_its_own(tmp_path):
+    """Two METAD walkers on the plumed engine (PLUMED's ``WALKERS_N/ID/DIR``) build one bias.
+
+    Walker 0's hills (from a run made first) are in its ``HILLS.0`` in the shared folder, a third
+    of them when walker 1 starts, the rest appended while walker 1 runs: PLUMED reads them at
+    its start and every ``share_interval`` steps. Walker 1 is killed at step 2400, after its
+    checkpoint at step 2200 and its hill at 2300, and resumed: it keeps that hill (the other
+    walkers may have read it) and appends to its file. The fixed bias merged from the walkers'
+    ``walker_*.npz`` is then PLUMED's bias.
+    """
+    molsys = shipped_system("threehole")
+    cv = LearnedCV(load_model(MODELS / "threehole" / "model.pt"), build_featurizer(molsys.features, molsys.topology))
+    temperature = molsys.to_kelvin(0.75)
+    spec = BiasSpec(method="metad", engine="plumed", components=(0, 1), pace=100, height=1.0, share_interval=100)
+    options = dict(md=MDOptions(frame_interval=200, platform="Reference"), progress=False, checkpoint_seconds=0)
+    source, shared = tmp_path / "walker_0_alone", tmp_path / "shared"
+
+    def walker(index: int, folder):
+        return build_bias(spec, cv, temperature, False, walkers_dir=folder, walker=index, walkers=2)
+
+    simulate(molsys, temperature, 3_000, tmp_path / "w0", seed=4, bias=walker(0, source), **options)
+    lines = (source / "HILLS.0").read_text().splitlines(keepends=True)
+    header = [line for line in lines if line.startswith("#")]
+    hills = [line for line in lines if not line.startswith("#")]
+    assert len(hills) == 30
+    shared.mkdir()
+    (shared / "HILLS.0").write_text("".join(header + hills[:10]))
+    (shared / "walker_0.npz").write_bytes((source / "walker_0.npz").read_bytes())  # walker 0's mirror, at the end
+    appending = walker(1, shared)
+    update = appending.update
+
+    def appended_at_1500(context, step):
+        if step == 1_500:
+            with open(shared / "HILLS.0", "a") as handle:
+                handle.write("".join(hills[10:]))
+        update(context, step)
+
+    appending.update = appended_at_1500
+    with pytest.raises(Killed):
+        simulate(molsys, temperature, 3_000, tmp_path / "w1", seed=5, bias=dying_at(appending, 2_400), **options)
+    gc.collect()
+    resumed = simulate(molsys, temperature, 3_000, tmp_path / "w1", seed=5, bias=walker(1, shared), **options)
+    own = read_colvar(shared / "HILLS.1")["time"]
+    np.testing.assert_array_equal(np.unique(own), np.arange(1, 31))  # every 100 steps, once…
+    assert len(own) == 31 and np.sum(own == 23) == 2  # …but the killed run's hill at step 2300, kept
+    assert len(np.load(resumed.directory / "bias_state.npz")["hills"]) == 31  # the mirror holds the file
+    merged = build_bias(dataclasses.replace(spec, engine="openmm"), cv, temperature, False)
+    merged.load(shared)
+    last = resumed.load_timeseries()["colvar"][-1]  # CV, PLUMED's bias, c(t)
+    # measured: bias 2.586 against PLUMED's 2.594, c(t) 1.42761 against 1.42762; without the
+    # hills appended to HILLS.0 while walker 1 ran, 2.142 and 0.723
+    assert merged.interpolate(merged.bias_grid(), last[:2])[0] == pytest.approx(last[2], abs=0.1)
+    assert merged.reweighting_constant() == pytest.approx(last[3], abs=0.1)
+    unread = build_bias(dataclasses.replace(spec, engine="openmm"), cv, temperature, False)
+    unread.load(shared / "walker_1.npz")
+    for *centre, height in np.load(shared / "walker_0.npz")["hills"][:10]:
+        unread.add_deposition(np.array(centre), height)
+    assert abs(unread.reweighting_constant() - last[3]) > 0.3
+
+
 def test_the_loops_walker_runs_in_plumed_and_its_bias_is_fixed_on_the_openmm_engine(tmp_path):
     """``[bias] engine = "plumed"``: the walker runs in PLUMED; the fixed bias after it is its bias, on openmm."""
     bias = {"method": "opes", "engine": "plumed", "components": [0, 1], "barrier": 6.0, "pace": 100}
@@ -119,8 +179,9 @@ def test_the_loops_walker_runs_in_plumed_and_its_bias_is_fixed_on_the_openmm_eng
     production = Run.open(production_task(config, model, str(shared), 0, str(walker.directory),
                                           str(tmp_path / "round_001" / "production" / "walker_0")))  # fmt: skip
     assert production.bias["frozen"] and len(run_weights(production.directory)) == 100
-    with pytest.raises(LatfError, match="runs one walker"):
+    with pytest.raises(LatfError, match="shares opes walkers only over MPI"):
         LoopConfig(**{**workflow, "walkers": 2}).validate()
+    LoopConfig(**{**workflow, "walkers": 2, "bias": {**bias, "method": "metad"}}).validate()
 
 
 def test_latf_bias_runs_the_plumed_engine_and_refuses_what_it_cannot(tmp_path):
@@ -134,7 +195,9 @@ def test_latf_bias_runs_the_plumed_engine_and_refuses_what_it_cannot(tmp_path):
     assert list(colvar) == ["time", "s0", "s1", "metad.bias", "metad.rct"] and len(colvar["time"]) == 100
     assert len(read_colvar(tmp_path / "run" / "plumed" / "HILLS")["time"]) == 30  # PLUMED's own hills, kept
     saved = str(tmp_path / "run" / "bias_state.npz")
-    refused = [(["--walkers-dir", str(tmp_path / "w")], "runs one walker"),
+    refused = [(["--walkers-dir", str(tmp_path / "w")], "give --walkers"),
+               (["--walkers", "2", "--walker", "1"], "give --walkers-dir"),
+               (["--walkers-dir", str(tmp_path / "w"), "--walkers", "2", "--method", "opes"], "only over MPI"),
                (["--restart-bias", saved], "cannot continue")]  # fmt: skip
     for extra, message in refused:
         result = subprocess.run([*command, "--out", str(tmp_path / "x"), *extra], capture_output=True, text=True)

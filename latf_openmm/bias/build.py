@@ -20,18 +20,20 @@ def build_bias(
     periodic: bool,
     walkers_dir: str | Path | None = None,
     walker: int = 0,
+    walkers: int = 1,
 ) -> CVBias | PlumedBias:
     """Build the bias of ``spec`` along ``cv`` at ``temperature`` (K).
 
     Its defaults are resolved against the model (:meth:`BiasSpec.resolved`, as the PLUMED
     writer resolves them); ``periodic`` comes from the system; ``walkers_dir``/``walker``
-    share an adaptive bias with other walkers. The ``plumed`` engine gives a
-    :class:`PlumedBias` whose mirror is this bias on the openmm engine.
+    share an adaptive bias with other walkers, ``walkers`` of them (PLUMED needs the count).
+    The ``plumed`` engine gives a :class:`PlumedBias` whose mirror is this bias on the
+    openmm engine.
     """
     spec = spec.resolved(cv.dim, cv.model.info.get("latent_range"), temperature)
     if spec.engine == "plumed":
         mirror = build_bias(dataclasses.replace(spec, engine="openmm"), cv, temperature, periodic, walkers_dir, walker)
-        return PlumedBias(mirror, spec, temperature)
+        return PlumedBias(mirror, spec, temperature, walkers)
     if spec.method == "restraint":
         return HarmonicBias(
             cv, spec.centre, spec.force_constant, spec.lower, spec.upper, spec.wall_constant, periodic=periodic

@@ -11,7 +11,13 @@ energy and c(t). From the same depositions the package's bias is PLUMED's within
 
 PLUMED's files stay in the run's ``plumed/`` folder. A checkpoint saves its deposition file
 as it was then, so a killed run restarts PLUMED (``RESTART``) from the same depositions.
-One walker per bias: PLUMED's OPES_METAD shares walkers only over MPI.
+
+METAD walkers share their hills as PLUMED's multiple walkers do (``WALKERS_N/ID/DIR``): each
+writes ``HILLS.<walker>`` in the shared folder and reads the others' every ``share_interval``
+steps; the mirrors also publish their ``walker_*.npz`` there, which the fixed bias after the
+walkers merges. The other walkers read a walker's file as it grows, so a killed walker keeps
+it and appends (``RESTART``): what it deposited after its checkpoint stays in the bias, as in
+PLUMED. OPES_METAD shares walkers only over MPI, so OPES runs one walker per bias here.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import openmm
 from latf_openmm.bias.adaptive import GridBias
 from latf_openmm.bias.base import CVBias, group_energy, with_force_in_own_group
 from latf_openmm.errors import LatfError
-from latf_openmm.export.plumed import plumed_input, write_plumed_model
+from latf_openmm.export.plumed import PlumedWalkers, plumed_input, require_shared_walkers, write_plumed_model
 from latf_openmm.simulation import parse_colvar
 from latf_openmm.specs import BiasSpec
 
@@ -53,13 +59,13 @@ class _FollowedFile:
     def __init__(self, path: Path) -> None:
         self.path, self.offset, self.fields = path, 0, None
 
-    def new_rows(self) -> dict[str, np.ndarray]:
-        """Return the complete rows written since the last call, by field."""
+    def new_rows(self, limit: int = -1) -> dict[str, np.ndarray]:
+        """Return the complete rows written since the last call (in its next ``limit`` bytes), by field."""
         if not self.path.is_file():
             return {}
         with open(self.path, "rb") as handle:
             handle.seek(self.offset)
-            text = handle.read()
+            text = handle.read(limit)
         complete = text[: text.rfind(b"\n") + 1]
         self.offset += len(complete)
         self.fields, rows = parse_colvar(complete.decode(), str(self.path), self.fields)
@@ -77,11 +83,20 @@ class PlumedBias:
         The spec, resolved (:meth:`BiasSpec.resolved`).
     temperature
         Simulation temperature, K.
+    walkers
+        Number of METAD walkers sharing the mirror's ``walkers_dir`` (PLUMED needs the count).
     """
 
-    def __init__(self, mirror: CVBias, spec: BiasSpec, temperature: float) -> None:
+    def __init__(self, mirror: CVBias, spec: BiasSpec, temperature: float, walkers: int = 1) -> None:
         require_openmm_plumed()
         self.mirror, self.spec, self.temperature = mirror, spec, float(temperature)
+        shared = getattr(mirror, "walkers_dir", None)
+        if walkers > 1 and shared is None:
+            raise LatfError(f"{walkers} walkers on the plumed engine need a folder to share their hills (walkers_dir)")
+        self.walkers = None if walkers <= 1 else PlumedWalkers(walkers, mirror.walker, Path(shared).resolve(),
+                                                               mirror.share_interval)  # fmt: skip
+        if self.walkers is not None:
+            require_shared_walkers(spec.method)
         self.kind = mirror.kind
         self.interval = int(mirror.interval or 0)
         self.fields = mirror.fields
@@ -94,7 +109,8 @@ class PlumedBias:
 
     def settings(self) -> dict[str, Any]:
         """Return the mirror's settings, marked as run by PLUMED."""
-        return {**self.mirror.settings(), "engine": "plumed"}
+        walkers = {} if self.walkers is None else {"walkers": self.walkers.count}
+        return {**self.mirror.settings(), "engine": "plumed", **walkers}
 
     def add_to(self, system: openmm.System, folder: Path | None = None) -> openmm.System:
         """Return a copy of ``system`` with a PlumedForce running the exported files in ``folder/plumed``.
@@ -113,18 +129,17 @@ class PlumedBias:
         self.folder.mkdir(parents=True, exist_ok=True)
         for name in (*DEPOSITIONS.values(), "COLVAR"):
             (self.folder / name).unlink(missing_ok=True)  # what a killed run wrote after its checkpoint
-        saved = {name: content for name, content in self._saved.items() if content}  # PLUMED writes a header first
-        for name, content in saved.items():
-            (self.folder / name).write_bytes(content)
+        restart = self._place_depositions()
         cv = self.mirror.cv
         write_plumed_model(cv.model, self.folder / "model.ptc")
         stride = self.interval or _RESTRAINT_STRIDE
         text = plumed_input(cv.featurizer, str(self.folder / "model.ptc"), cv.dim, self.temperature, self.spec,
-                            cv.model.info.get("latent_range"), stride=stride, folder=self.folder)  # fmt: skip
+                            cv.model.info.get("latent_range"), stride=stride, folder=self.folder,
+                            walkers=self.walkers)  # fmt: skip
         text += f"FLUSH STRIDE={stride}\n"  # PLUMED's files on disk at every deposition, for the mirror
         (self.folder / "plumed.dat").write_text(text)
         force = openmmplumed.PlumedForce(text)
-        force.setRestart(bool(saved))  # OPES_METAD refuses to restart from an empty KERNELS file
+        force.setRestart(restart)
         system, self.group = with_force_in_own_group(system, force, cv.featurizer.n_atoms)
         if not system.usesPeriodicBoundaryConditions():
             box = openmm.CustomBondForce("0")
@@ -133,9 +148,33 @@ class PlumedBias:
             system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in _BOX_NM * np.eye(3)))
         self._colvar = _FollowedFile(self.folder / "COLVAR")
         if self.kind in DEPOSITIONS:
-            self._depositions = _FollowedFile(self.folder / DEPOSITIONS[self.kind])
-            self._depositions.new_rows()  # those restored are in the mirror already
+            self._depositions = _FollowedFile(self._deposition_file())
+            self._depositions.new_rows(len(self._saved.get(DEPOSITIONS[self.kind], b"")))  # in the mirror already
         return system
+
+    def _deposition_file(self) -> Path:
+        """Return the file PLUMED writes this bias's depositions to."""
+        if self.walkers is not None:
+            return self.walkers.hills(self.walkers.index)
+        return self.folder / DEPOSITIONS[self.kind]
+
+    def _place_depositions(self) -> bool:
+        """Put the restored depositions where PLUMED reads them; return whether PLUMED restarts from them.
+
+        One walker: its file as saved at the checkpoint (OPES_METAD refuses to restart from an
+        empty KERNELS file). Shared walkers: every walker's file exists (PLUMED's restart needs
+        them all, and appends to this walker's, so the others keep reading it), and PLUMED
+        always restarts from them; the rows after the checkpoint go to the mirror as it reads.
+        """
+        if self.walkers is not None:
+            self.walkers.folder.mkdir(parents=True, exist_ok=True)
+            for index in range(self.walkers.count):
+                self.walkers.hills(index).touch()  # creates a missing file, keeps an existing one
+            return True
+        saved = {name: content for name, content in self._saved.items() if content}  # PLUMED writes a header first
+        for name, content in saved.items():
+            (self.folder / name).write_bytes(content)
+        return bool(saved)
 
     def attach(self, context: openmm.Context) -> None:
         """Nothing to do: PLUMED holds its own state."""
@@ -178,7 +217,7 @@ class PlumedBias:
             return {}
         self._read()
         name = DEPOSITIONS[self.kind]
-        path = self.folder / name if self.folder is not None else None
+        path = self._deposition_file() if self.folder is not None else None
         saved = path.read_bytes() if path is not None and path.is_file() else self._saved.get(name, b"")
         return {**self.mirror.state(), _SAVED + name: np.frombuffer(saved, dtype=np.uint8),
                 _SAVED + "rct": np.array(self._constant)}  # fmt: skip

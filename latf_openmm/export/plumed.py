@@ -14,6 +14,7 @@ PLUMED's ``COLVAR`` and ``HILLS`` files are read and written by :mod:`latf_openm
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,45 @@ def _numbers(values: Sequence[float]) -> str:
     return ",".join(f"{float(v):.6g}" for v in values)
 
 
+@dataclass(frozen=True)
+class PlumedWalkers:
+    """METAD walkers that share their hills through files in one folder (PLUMED's ``WALKERS_*``).
+
+    Walker ``index`` of ``count`` writes ``folder/HILLS.<index>`` and reads the others'
+    every ``read_stride`` steps.
+    """
+
+    count: int
+    index: int
+    folder: Path
+    read_stride: int
+
+    def __post_init__(self) -> None:
+        """Reject an index out of range, a non-positive stride and a folder name PLUMED cannot read."""
+        if not (self.count >= 2 and 0 <= self.index < self.count and self.read_stride >= 1):
+            raise LatfError(f"walker {self.index} of {self.count}, reading every {self.read_stride} steps: invalid")
+        if any(character.isspace() for character in str(self.folder)):
+            raise LatfError(f"PLUMED cannot read file names with spaces: share walkers elsewhere ({self.folder})")
+
+    def hills(self, index: int) -> Path:
+        """Return walker ``index``'s hills file."""
+        return self.folder / f"HILLS.{index}"
+
+    def keywords(self) -> str:
+        """Return METAD's keywords for these walkers."""
+        return (f"FILE=HILLS WALKERS_N={self.count} WALKERS_ID={self.index} WALKERS_DIR={self.folder} "
+                f"WALKERS_RSTRIDE={self.read_stride}")  # fmt: skip
+
+
+def require_shared_walkers(method: str) -> None:
+    """Raise unless PLUMED shares walkers of ``method`` through files (METAD's ``WALKERS_*``)."""
+    if method != "metad":
+        raise LatfError(
+            f"PLUMED shares {method} walkers only over MPI: several walkers on the plumed engine run "
+            "method 'metad' (OPES walkers share on the openmm engine)"
+        )
+
+
 def plumed_input(
     featurizer: Featurizer,
     model_file: str,
@@ -161,6 +201,7 @@ def plumed_input(
     latent_range: Sequence[Sequence[float]] | None = None,
     stride: int = 500,
     folder: str | Path | None = None,
+    walkers: PlumedWalkers | None = None,
 ) -> str:
     """Text of a ``plumed.dat`` biasing the learned CV as ``bias`` says (kJ/mol, nm, K).
 
@@ -189,10 +230,15 @@ def plumed_input(
         Printing stride in steps.
     folder
         Where PLUMED writes ``COLVAR`` and ``HILLS``/``KERNELS`` (default: its working folder).
+    walkers
+        METAD walkers sharing their hills (PLUMED's ``WALKERS_*``): this walker's ``HILLS.<index>``
+        is then in ``walkers.folder``, beside the others'.
     """
     if cv_dimension < 1 or temperature <= 0 or stride < 1:
         raise LatfError("cv_dimension ≥ 1, temperature > 0 and stride ≥ 1 are required")
     spec = bias.resolved(cv_dimension, latent_range, temperature)
+    if walkers is not None:
+        require_shared_walkers(spec.method)
 
     def output(name: str) -> str:
         return name if folder is None else str(Path(folder) / name)
@@ -224,8 +270,8 @@ def plumed_input(
             grid_lower, grid_upper, points = bias_grid(spec.lower, spec.upper, spec.sigma, spec.bins)
             bins = ",".join(str(p - 1) for p in points)  # the package's own grid: PLUMED counts bins, not points
             grid = f"GRID_MIN={_numbers(grid_lower)} GRID_MAX={_numbers(grid_upper)} GRID_BIN={bins}"
-            out.append(f"bias: METAD {common} HEIGHT={spec.height:g} TEMP={temperature:.6g} {grid} CALC_RCT "
-                       f"FILE={output('HILLS')}")  # fmt: skip
+            hills = f"FILE={output('HILLS')}" if walkers is None else walkers.keywords()
+            out.append(f"bias: METAD {common} HEIGHT={spec.height:g} TEMP={temperature:.6g} {grid} CALC_RCT {hills}")
         printed = ["bias.bias", "bias.rct"]
     on, kappa = ",".join(cvs[c] for c in walled), _numbers([spec.wall_constant / 2] * len(walled))
     for label, action, at in (("lwall", "LOWER_WALLS", spec.lower), ("uwall", "UPPER_WALLS", spec.upper)):
@@ -236,4 +282,4 @@ def plumed_input(
     return "\n".join(out) + "\n"
 
 
-__all__ = ["plumed_input", "write_plumed", "write_plumed_model"]
+__all__ = ["PlumedWalkers", "plumed_input", "require_shared_walkers", "write_plumed", "write_plumed_model"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from latf_openmm.bias import require_openmm_plumed
 from latf_openmm.errors import LatfError
+from latf_openmm.export.plumed import require_shared_walkers
 from latf_openmm.models import TrainingConfig
 from latf_openmm.specs import ADAPTIVE_METHODS, BiasSpec, MDOptions, read_spec
 
@@ -131,10 +132,6 @@ class LoopConfig:
             (self.validation_steps >= 0, "validation_steps must be ≥ 0"),
             (self.bias.method in ADAPTIVE_METHODS, "the [bias] method must be 'opes' or 'metad'"),
             (
-                self.bias.engine != "plumed" or self.walkers == 1,
-                "[bias] engine = 'plumed' runs one walker (PLUMED's OPES_METAD shares walkers only over MPI)",
-            ),
-            (
                 all(t > 0 for t in [*self.md_temperatures, *self.replica_temperatures, *self.targets]),
                 "temperatures must be positive",
             ),
@@ -144,6 +141,11 @@ class LoopConfig:
                 raise LatfError(f"{source}: {message}")
         if self.bias.engine == "plumed":
             require_openmm_plumed()
+            if self.walkers > 1:
+                try:
+                    require_shared_walkers(self.bias.method)
+                except LatfError as error:
+                    raise LatfError(f"{source}: {error} (or walkers = 1)") from None
         training = read_spec(TrainingConfig, self.train, f"{source} [train]")
         try:
             training.validate()

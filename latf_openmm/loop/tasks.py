@@ -120,7 +120,7 @@ def _learned_bias(
 ) -> tuple[MolecularSystem, GridBias | PlumedBias, float]:
     """Return the system and the workflow's adaptive bias along the model's CV at the walker temperature (K).
 
-    ``engine`` overrides ``[bias] engine``; ``placement``: ``walkers_dir`` and ``walker``, for a walker.
+    ``engine`` overrides ``[bias] engine``; ``placement``: ``walkers_dir``, ``walker`` and ``walkers``, for a walker.
     """
     torch.set_num_threads(config.md.threads or 1)
     molsys = load_workflow_system(config)
@@ -149,7 +149,8 @@ def _round_number(folder: Path) -> int:
 
 def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, out: str) -> str:
     """One biased walker along the model's CV; returns its run folder."""
-    molsys, bias, temperature = _learned_bias(config, model_path, walkers_dir=shared, walker=walker)
+    molsys, bias, temperature = _learned_bias(config, model_path, walkers_dir=shared, walker=walker,
+                                              walkers=config.walkers)  # fmt: skip
     index = _round_number(Path(out).parent.parent) * 1000 + walker
     run = simulate(molsys, temperature, config.walker_steps, out, seed=seed_for(config.seed, index),
                    bias=bias, **_md_options(config))  # fmt: skip
