@@ -7,6 +7,7 @@ that writes to the process's stdout (mdtraj's DCD reader).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import io
 import os
@@ -21,15 +22,26 @@ def quiet_import(name: str) -> ModuleType:
         return importlib.import_module(name)
 
 
+_LIBC = ctypes.CDLL(None)
+
+
 @contextlib.contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """Send the process's file descriptor 1 (C ``printf`` included) to /dev/null meanwhile."""
+def stdout_to(path: str | os.PathLike) -> Iterator[None]:
+    """Send the process's file descriptor 1 (C ``printf`` included) to ``path`` (appended) meanwhile."""
     sys.stdout.flush()
+    _LIBC.fflush(None)  # what C code buffered before goes where it was meant to
     saved = os.dup(1)
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
+        with open(path, "ab") as target:
+            os.dup2(target.fileno(), 1)
             yield
     finally:
+        sys.stdout.flush()
+        _LIBC.fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def quiet_stdout() -> contextlib.AbstractContextManager[None]:
+    """Send the process's file descriptor 1 (C ``printf`` included) to /dev/null meanwhile."""
+    return stdout_to(os.devnull)

@@ -190,7 +190,9 @@ def test_latf_bias_runs_the_plumed_engine_and_refuses_what_it_cannot(tmp_path):
                "--frame-interval", "30", "--platform", "Reference", "--no-progress"]  # fmt: skip
     result = subprocess.run([*command, "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "metad along the 2-D CV in PLUMED" in result.stdout
+    assert "metad along the 2-D CV in PLUMED" in result.stdout and "PLUMED:" not in result.stdout
+    log = (tmp_path / "run" / "plumed" / "log").read_text()  # PLUMED's log, from its start to its timings
+    assert "PLUMED: PLUMED is starting" in log and log.splitlines()[-8].split()[1:3] == ["Cycles", "Total"]
     colvar = read_colvar(tmp_path / "run" / "colvar.dat")
     assert list(colvar) == ["time", "s0", "s1", "metad.bias", "metad.rct"] and len(colvar["time"]) == 100
     assert len(read_colvar(tmp_path / "run" / "plumed" / "HILLS")["time"]) == 30  # PLUMED's own hills, kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,10 @@ class CVBias:
             )
         system, self.group = with_force_in_own_group(system, self.force, self.cv.featurizer.n_atoms)
         return system
+
+    def session(self) -> AbstractContextManager[None]:
+        """Return a context that does nothing: the bias holds no resource for the run."""
+        return nullcontext()
 
     def energy(self, context: openmm.Context) -> float:
         """Return the bias energy in ``context``, kJ/mol."""

@@ -22,12 +22,14 @@ PLUMED. OPES_METAD shares walkers only over MPI, so OPES runs one walker per bia
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import openmm
 
+from latf_openmm._quiet import stdout_to
 from latf_openmm.bias.adaptive import GridBias
 from latf_openmm.bias.base import CVBias, group_energy, with_force_in_own_group
 from latf_openmm.errors import LatfError
@@ -175,6 +177,15 @@ class PlumedBias:
         for name, content in saved.items():
             (self.folder / name).write_bytes(content)
         return bool(saved)
+
+    def session(self) -> AbstractContextManager[None]:
+        """Send PLUMED's log to ``plumed/log`` in the run folder while the run lasts.
+
+        openmm-plumed logs to the process's standard output, and its Python API cannot pass
+        another stream, so file descriptor 1 is redirected: anything else printed there
+        meanwhile goes to the log too.
+        """
+        return stdout_to(self.folder / "log")
 
     def attach(self, context: openmm.Context) -> None:
         """Nothing to do: PLUMED holds its own state."""

@@ -32,7 +32,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -139,24 +139,26 @@ def simulate(
     if bias is not None and segments.frames_done():
         bias.restore(segments.last_bias_state())  # before its force is made: PLUMED reads its state at creation
     system = molsys.system if bias is None else bias.add_to(molsys.system, out_dir)
-    try:
-        context = openmm.Context(system, integrator, platform_obj, properties)
-    except openmm.OpenMMException as error:  # e.g. PLUMED refusing its input
-        raise LatfError(f"OpenMM could not set up the run: {_one_line(error)}") from None
-    frames_done = _prepare_context(context, molsys, segments, bias, settings["temperature_K"], seed)
+    with nullcontext() if bias is None else bias.session():
+        try:
+            context = openmm.Context(system, integrator, platform_obj, properties)
+        except openmm.OpenMMException as error:  # e.g. PLUMED refusing its input
+            raise LatfError(f"OpenMM could not set up the run: {_one_line(error)}") from None
+        frames_done = _prepare_context(context, molsys, segments, bias, settings["temperature_K"], seed)
 
-    n_frames = n_steps // settings["frame_interval"]
-    dof = degrees_of_freedom(molsys.system)
-    periodic = molsys.system.usesPeriodicBoundaryConditions()
-    progress_bar = _ProgressReporter(molsys, settings, n_steps, frames_done, progress)
-    checkpoints = _SegmentReporter(segments, checkpoint_seconds, bias)
-    with progress_bar:
-        for frame in range(frames_done, n_frames):
-            step = (frame + 1) * settings["frame_interval"]
-            _run_frame(checkpoints.frames, integrator, context, bias, step, settings, dof, periodic)
-            now = time.perf_counter()
-            for reporter in (progress_bar, checkpoints):
-                reporter.report(context, frame, now, frame + 1 == n_frames)
+        n_frames = n_steps // settings["frame_interval"]
+        dof = degrees_of_freedom(molsys.system)
+        periodic = molsys.system.usesPeriodicBoundaryConditions()
+        progress_bar = _ProgressReporter(molsys, settings, n_steps, frames_done, progress)
+        checkpoints = _SegmentReporter(segments, checkpoint_seconds, bias)
+        with progress_bar:
+            for frame in range(frames_done, n_frames):
+                step = (frame + 1) * settings["frame_interval"]
+                _run_frame(checkpoints.frames, integrator, context, bias, step, settings, dof, periodic)
+                now = time.perf_counter()
+                for reporter in (progress_bar, checkpoints):
+                    reporter.report(context, frame, now, frame + 1 == n_frames)
+        del context  # its forces end within the session (PLUMED writes its timings to its log)
     wall = time.perf_counter() - progress_bar.started
     steps_run = (n_frames - frames_done) * settings["frame_interval"]
     result = write_run(molsys, out_dir, settings, segments.chunks(), properties, wall, steps_run, bias)

@@ -7,6 +7,7 @@ biases' layer (``latf_openmm.bias.CVBias`` satisfies it).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +30,9 @@ class SimulationBias(Protocol):
         ``folder`` is the run's folder, for a bias that keeps files of its own there (PLUMED's).
         A resumed run calls :meth:`restore` first.
         """
+
+    def session(self) -> AbstractContextManager[None]:
+        """Return what holds while the run's Context exists (after :meth:`add_to`; PLUMED's log file)."""
 
     def attach(self, context: openmm.Context) -> None:
         """Bring the force in ``context`` up to date."""
