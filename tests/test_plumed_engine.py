@@ -18,7 +18,7 @@ from latf_openmm.export.plumed import plumed_input
 from latf_openmm.loop import LoopConfig
 from latf_openmm.loop.tasks import fixed_bias, production_task, walker_task
 from latf_openmm.models import load_model
-from latf_openmm.reweighting import run_weights
+from latf_openmm.reweighting import effective_sample_size, run_weights
 from latf_openmm.simulation import Run, read_colvar, simulate
 from latf_openmm.specs import BiasSpec, MDOptions
 from latf_openmm.systems.builders import threehole_populations, threehole_well
@@ -56,8 +56,11 @@ def test_the_plumed_engine_reweights_to_exact_populations(method, tmp_path):
     last = series["colvar"][-1]  # CV, PLUMED's bias after the last deposition, c(t)
     assert mirror.interpolate(mirror.bias_grid(), last[:2])[0] == pytest.approx(last[2], abs=0.1)
     assert mirror.reweighting_constant() == pytest.approx(last[3], abs=0.1)
+    weights = run_weights(run.directory)  # without the transient (PLUMED's OPES starts at −ΔE)
+    # measured, seed 3: Kish ESS OPES 3807 of 10 000 frames (22 with the first 363), METAD 3094 of 15 000 (2937)
+    assert effective_sample_size(weights) > 0.1 * len(weights)
     keep = series["time"] > 0.2 * series["time"][-1]  # the bias's first fifth: not yet quasi-static
-    weights = run_weights(run.directory)[keep]
+    weights = weights[keep]
     wells = threehole_well(series["features"][keep])  # the features are the particle's x, y
     populations = np.bincount(wells, weights=weights, minlength=3) / weights.sum()
     # measured, largest error over the three states, seeds 3 / 4 / 5 / 6: OPES 0.018 / 0.013 / 0.028 /

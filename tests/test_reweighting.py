@@ -22,6 +22,7 @@ from latf_openmm.reweighting import (
     statistical_inefficiency,
     temperature_estimate,
     umbrella_weights,
+    without_transient,
 )
 from latf_openmm.simulation import read_colvar, replica_exchange, simulate
 from latf_openmm.specs import MDOptions
@@ -104,6 +105,17 @@ def test_temperature_mbar_reweights_to_trained_and_unseen_temperatures(threehole
 def test_effective_sample_size():
     assert effective_sample_size(np.ones(10)) == pytest.approx(10)
     assert effective_sample_size(np.r_[1.0, np.zeros(9)]) == pytest.approx(1)
+
+
+def test_an_adaptive_runs_transient_weighs_nothing_and_a_stationary_run_keeps_every_frame():
+    """The first 200 frames weigh up to e^8 more than the rest, as an adaptive bias's can before it is quasi-static."""
+    stationary = np.random.default_rng(0).lognormal(0.0, 1.0, 5000)
+    heavy = stationary.copy()
+    heavy[:200] *= np.exp(np.linspace(8.0, 0.0, 200))
+    kept = without_transient(heavy)
+    assert 100 < np.argmax(kept > 0) < 250 and kept.mean() == pytest.approx(1.0)  # measured: from frame 171
+    assert effective_sample_size(kept) > 0.9 * effective_sample_size(stationary) > 20 * effective_sample_size(heavy)
+    np.testing.assert_allclose(without_transient(stationary), stationary / stationary.mean())  # nothing dropped
 
 
 def test_mbar_counts_each_run_by_its_uncorrelated_samples():

@@ -1,7 +1,8 @@
 """Reweighting: per-frame weights that turn biased or multi-temperature data into equilibrium averages.
 
 - One biased run (:func:`run_weights`): well-tempered metadynamics and OPES frames weigh
-  exp((V − c(t))/k_BT), with c(t) from the run's COLVAR; a restraint's frames exp(V/k_BT).
+  exp((V − c(t))/k_BT), with c(t) from the run's COLVAR, from the start that maximizes
+  their effective sample size (:func:`without_transient`); a restraint's frames exp(V/k_BT).
   :func:`bias_weights` is the same for the rows of any COLVAR (PLUMED's too).
 - Umbrella windows (:func:`umbrella_weights`): MBAR (pymbar) over the windows' restraint
   energies, evaluated from each frame's CV in COLVAR.
@@ -28,6 +29,7 @@ from latf_openmm.reweighting.weights import (
     statistical_inefficiency,
     temperature_estimate,
     umbrella_weights,
+    without_transient,
 )
 
 __all__ = [
@@ -43,4 +45,5 @@ __all__ = [
     "statistical_inefficiency",
     "temperature_estimate",
     "umbrella_weights",
+    "without_transient",
 ]
