@@ -1,7 +1,8 @@
-"""Silence libraries that print.
+"""Silence libraries that print, or send what they print to a file.
 
 These are banners at import time (pymbar's JAX notice and timeseries warning) and C code
-that writes to the process's stdout (mdtraj's DCD reader).
+that writes to the process's stdout (mdtraj's DCD reader; PLUMED's log, which goes to the
+run's file).
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ def quiet_import(name: str) -> ModuleType:
         return importlib.import_module(name)
 
 
-_LIBC = ctypes.CDLL(None)
-
-
 @contextlib.contextmanager
 def stdout_to(path: str | os.PathLike) -> Iterator[None]:
     """Send the process's file descriptor 1 (C ``printf`` included) to ``path`` (appended) meanwhile."""
+    c_streams = ctypes.CDLL(None)  # C's stdio buffers, flushed at both ends
     sys.stdout.flush()
-    _LIBC.fflush(None)  # what C code buffered before goes where it was meant to
+    c_streams.fflush(None)
     saved = os.dup(1)
     try:
         with open(path, "ab") as target:
@@ -37,7 +36,7 @@ def stdout_to(path: str | os.PathLike) -> Iterator[None]:
             yield
     finally:
         sys.stdout.flush()
-        _LIBC.fflush(None)
+        c_streams.fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
 

@@ -241,8 +241,7 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
     _add_spec_options(p, BiasSpec)
     p.add_argument("--walkers-dir", help="metad/opes: folder through which walkers share the bias")
     p.add_argument("--walker", type=int, default=0, help="this walker's index (default 0)")
-    p.add_argument("--walkers", type=int, default=1,
-                   help="walkers sharing --walkers-dir (the plumed engine needs the count; default 1)")  # fmt: skip
+    p.add_argument("--walkers", type=int, help="with --walkers-dir: how many share it (--engine plumed needs it)")
     p.add_argument("--restart-bias", help="metad/opes: continue the bias saved by an earlier run (bias_state.npz)")
     p.add_argument(
         "--temperatures",
@@ -267,14 +266,12 @@ def _bias(args: argparse.Namespace) -> int:
     temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
     cv = LearnedCV(model, featurizer, backend=args.backend)
     periodic = molsys.system.usesPeriodicBoundaryConditions()
-    if not 0 <= args.walker < args.walkers:
-        raise LatfError(f"--walker {args.walker} must be in [0, --walkers {args.walkers})")
-    if args.walkers > 1 and not args.walkers_dir:
-        raise LatfError(f"--walkers {args.walkers} share one bias through a folder: give --walkers-dir")
-    if spec.engine == "plumed" and args.walkers_dir and args.walkers == 1:
+    if args.walkers is not None and not (args.walkers_dir and 0 <= args.walker < args.walkers):
+        raise LatfError(f"--walkers {args.walkers} share one bias through --walkers-dir, with --walker in [0, N)")
+    if spec.engine == "plumed" and args.walkers_dir and args.walkers is None:
         raise LatfError("--engine plumed needs the number of walkers sharing --walkers-dir: give --walkers")
     bias = build_bias(spec, cv, temperature, periodic, walkers_dir=args.walkers_dir, walker=args.walker,
-                      walkers=args.walkers)  # fmt: skip
+                      walkers=args.walkers or 1)  # fmt: skip
     if args.restart_bias:
         if spec.method == "restraint":
             raise LatfError("--restart-bias continues a metad/opes bias; a restraint has nothing to continue")

@@ -200,9 +200,6 @@ def bias_region(
     return components, lower, upper, sigma
 
 
-SHARE_EVERY_DEPOSITIONS = 10  # default share_interval, in units of pace
-
-
 @dataclass(frozen=True)
 class BiasSpec:
     """A bias along the learned CV.
@@ -260,8 +257,8 @@ class BiasSpec:
     def resolved(self, cv_dim: int, latent_range: Sequence[Sequence[float]] | None, temperature: float) -> BiasSpec:
         """Return the spec with its model-dependent defaults filled in.
 
-        These are the components, walls and σ (:func:`bias_region`), the bias factor at
-        ``temperature`` (K) and the share interval.
+        These are the components, walls and σ (:func:`bias_region`) and the bias factor at
+        ``temperature`` (K).
         """
         if self.method == "restraint":
             return self
@@ -279,7 +276,6 @@ class BiasSpec:
             sigma=tuple(sigma.tolist()),
             bins=tuple(bias_grid(lower, upper, sigma, self.bins)[2]),
             bias_factor=float(bias_factor),
-            share_interval=self.share_interval or SHARE_EVERY_DEPOSITIONS * self.pace,
         )
 
 
@@ -288,7 +284,6 @@ __all__ = [
     "BIAS_METHODS",
     "PLATFORM_NAMES",
     "PRECISIONS",
-    "SHARE_EVERY_DEPOSITIONS",
     "TRAJECTORY_FORMATS",
     "BiasSpec",
     "MDOptions",

@@ -47,6 +47,12 @@ def test_bias_run_writes_colvar_and_resumes(model, tmp_path, method):
         assert len(state["centres" if method == "opes" else "hills"]) == 1000
     again = _cli(*args)
     assert again.returncode == 0 and "already complete" in again.stdout
+    if method == "metad":  # a walker sharing a folder, on the openmm engine: no count needed
+        result = _cli(*args[:-1], tmp_path / "walker", "--walkers-dir", tmp_path / "shared", "--walker", 3)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "shared" / "walker_3.npz").is_file()
+        result = _cli(*args[:-1], tmp_path / "x", "--walkers-dir", tmp_path / "shared", "--walkers", 2, "--walker", 3)
+        assert result.returncode != 0 and "with --walker in [0, N)" in result.stderr
 
 
 def test_restraint_and_bad_bias_input(model, tmp_path):

@@ -201,7 +201,7 @@ def test_latf_bias_runs_the_plumed_engine_and_refuses_what_it_cannot(tmp_path):
     assert len(read_colvar(tmp_path / "run" / "plumed" / "HILLS")["time"]) == 30  # PLUMED's own hills, kept
     saved = str(tmp_path / "run" / "bias_state.npz")
     refused = [(["--walkers-dir", str(tmp_path / "w")], "give --walkers"),
-               (["--walkers", "2", "--walker", "1"], "give --walkers-dir"),
+               (["--walkers", "2", "--walker", "1"], "share one bias through --walkers-dir"),
                (["--walkers-dir", str(tmp_path / "w"), "--walkers", "2", "--method", "opes"], "only over MPI"),
                (["--restart-bias", saved], "cannot continue")]  # fmt: skip
     for extra, message in refused:

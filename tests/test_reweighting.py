@@ -116,6 +116,12 @@ def test_an_adaptive_runs_transient_weighs_nothing_and_a_stationary_run_keeps_ev
     assert 100 < np.argmax(kept > 0) < 250 and kept.mean() == pytest.approx(1.0)  # measured: from frame 171
     assert effective_sample_size(kept) > 0.9 * effective_sample_size(stationary) > 20 * effective_sample_size(heavy)
     np.testing.assert_allclose(without_transient(stationary), stationary / stationary.mean())  # nothing dropped
+    late = np.ones(1000)
+    late[900] = 200.0
+    assert without_transient(late).min() > 0  # one heavy frame late in the run is no transient
+    np.testing.assert_allclose(without_transient(np.array([1.0, 1.0, 0.0])), [1.5, 1.5, 0.0])  # no 0/0
+    with pytest.raises(LatfError, match="finite, non-negative"):
+        without_transient(np.array([1.0, np.nan]))
 
 
 def test_mbar_counts_each_run_by_its_uncorrelated_samples():

@@ -172,6 +172,13 @@ class PlumedBias:
             self.walkers.folder.mkdir(parents=True, exist_ok=True)
             for index in range(self.walkers.count):
                 self.walkers.hills(index).touch()  # creates a missing file, keeps an existing one
+            own, saved = self._deposition_file(), self._saved.get(DEPOSITIONS[self.kind], b"")
+            with open(own, "rb+") as handle:
+                content = handle.read()
+                if not content.startswith(saved):
+                    raise LatfError(f"{own} no longer holds the hills this walker's checkpoint saved; "
+                                    "resume with the walkers' shared folder as it was")  # fmt: skip
+                handle.truncate(content.rfind(b"\n") + 1)  # a line cut short by the kill: PLUMED appends after it
             return True
         saved = {name: content for name, content in self._saved.items() if content}  # PLUMED writes a header first
         for name, content in saved.items():
@@ -182,8 +189,9 @@ class PlumedBias:
         """Send PLUMED's log to ``plumed/log`` in the run folder while the run lasts.
 
         openmm-plumed logs to the process's standard output, and its Python API cannot pass
-        another stream, so file descriptor 1 is redirected: anything else printed there
-        meanwhile goes to the log too.
+        another stream, so the process's file descriptor 1 is redirected: anything else
+        printed there meanwhile goes to the log too, and two such runs in threads of one
+        process would mix their logs (the loop's walkers are processes).
         """
         return stdout_to(self.folder / "log")
 

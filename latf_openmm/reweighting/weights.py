@@ -61,14 +61,17 @@ def without_transient(weights: np.ndarray) -> np.ndarray:
     the weight: with PLUMED's OPES_METAD, whose bias starts at −ΔE, one walker's Kish ESS
     was 13 of 5000 frames, one early frame holding 15 % of the weight (1789 without its
     first 5 % of frames). This is the rule of :func:`pymbar.timeseries.detect_equilibration`,
-    which maximizes the uncorrelated samples left, applied to the weights. The result keeps
-    the mean 1.
+    which maximizes the uncorrelated samples left, applied to the weights; the start is
+    sought in the first half, where a transient is. The result keeps the mean 1.
     """
     weights = np.asarray(weights, dtype=float)
-    if weights.size == 0:
-        return weights
-    tail_sum, tail_squares = (np.cumsum(a[::-1])[::-1] for a in (weights, weights**2))
-    start = int(np.argmax(tail_sum**2 / tail_squares))
+    if weights.size == 0 or not (np.isfinite(weights).all() and weights.min() >= 0 and weights.max() > 0):
+        raise LatfError("unbiasing weights must be finite, non-negative and not all zero")
+    scaled = weights / weights.max()  # no underflow of the squares below
+    tail_sum, tail_squares = (np.cumsum(a[::-1])[::-1] for a in (scaled, scaled**2))
+    candidates = (weights.size + 1) // 2
+    sizes = np.divide(tail_sum**2, tail_squares, out=np.zeros(weights.size), where=tail_squares > 0)
+    start = int(np.argmax(sizes[:candidates]))
     kept = np.where(np.arange(weights.size) >= start, weights, 0.0)
     return kept * (weights.size / kept.sum())
 

@@ -158,7 +158,7 @@ def simulate(
                 now = time.perf_counter()
                 for reporter in (progress_bar, checkpoints):
                     reporter.report(context, frame, now, frame + 1 == n_frames)
-        del context  # its forces end within the session (PLUMED writes its timings to its log)
+        del context  # a finished run's forces end within the session (PLUMED logs its timings there)
     wall = time.perf_counter() - progress_bar.started
     steps_run = (n_frames - frames_done) * settings["frame_interval"]
     result = write_run(molsys, out_dir, settings, segments.chunks(), properties, wall, steps_run, bias)
