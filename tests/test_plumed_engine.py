@@ -162,6 +162,13 @@ def test_metad_walkers_share_their_hills_through_plumeds_files_and_a_killed_one_
     for *centre, height in np.load(shared / "walker_0.npz")["hills"][:10]:
         unread.add_deposition(np.array(centre), height)
     assert abs(unread.reweighting_constant() - last[3]) > 0.3
+    restarted = walker(1, shared)  # from a checkpoint whose hills the shared file no longer holds
+    with np.load(resumed.directory / "bias_state.npz") as saved:
+        restarted.restore({key: saved[key] for key in saved.files})
+    hills_1 = (shared / "HILLS.1").read_bytes()
+    (shared / "HILLS.1").write_bytes(hills_1[: len(hills_1) // 2])
+    with pytest.raises(LatfError, match="no longer holds the hills this walker's checkpoint saved"):
+        restarted.add_to(molsys.system, tmp_path / "w1_again")
 
 
 def test_the_loops_walker_runs_in_plumed_and_its_bias_is_fixed_on_the_openmm_engine(tmp_path):
