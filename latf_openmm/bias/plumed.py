@@ -33,7 +33,13 @@ from latf_openmm._quiet import stdout_to
 from latf_openmm.bias.adaptive import GridBias
 from latf_openmm.bias.base import CVBias, group_energy, with_force_in_own_group
 from latf_openmm.errors import LatfError
-from latf_openmm.export.plumed import PlumedWalkers, plumed_input, require_shared_walkers, write_plumed_model
+from latf_openmm.export.plumed import (
+    PlumedWalkers,
+    plumed_input,
+    require_plumed_path,
+    require_shared_walkers,
+    write_plumed_model,
+)
 from latf_openmm.simulation import parse_colvar
 from latf_openmm.specs import BiasSpec
 
@@ -126,8 +132,7 @@ class PlumedBias:
         if self.group is not None:
             raise LatfError("this bias already drives a simulation; build a new one for the next")
         self.folder = Path(folder).resolve() / FOLDER
-        if any(character.isspace() for character in str(self.folder)):
-            raise LatfError(f"PLUMED cannot read file names with spaces: run in a folder without them ({self.folder})")
+        require_plumed_path(self.folder, "run in a folder without them")
         self.folder.mkdir(parents=True, exist_ok=True)
         for name in (*DEPOSITIONS.values(), "COLVAR"):
             (self.folder / name).unlink(missing_ok=True)  # what a killed run wrote after its checkpoint

@@ -153,6 +153,12 @@ def _numbers(values: Sequence[float]) -> str:
     return ",".join(f"{float(v):.6g}" for v in values)
 
 
+def require_plumed_path(path: Path, remedy: str) -> None:
+    """Raise unless PLUMED can read ``path`` in its input (PLUMED splits file names at spaces)."""
+    if any(character.isspace() for character in str(path)):
+        raise LatfError(f"PLUMED cannot read file names with spaces: {remedy} ({path})")
+
+
 @dataclass(frozen=True)
 class PlumedWalkers:
     """METAD walkers that share their hills through files in one folder (PLUMED's ``WALKERS_*``).
@@ -170,8 +176,7 @@ class PlumedWalkers:
         """Reject an index out of range, a non-positive stride and a folder name PLUMED cannot read."""
         if not (self.count >= 2 and 0 <= self.index < self.count and self.read_stride >= 1):
             raise LatfError(f"walker {self.index} of {self.count}, reading every {self.read_stride} steps: invalid")
-        if any(character.isspace() for character in str(self.folder)):
-            raise LatfError(f"PLUMED cannot read file names with spaces: share walkers elsewhere ({self.folder})")
+        require_plumed_path(self.folder, "share walkers elsewhere")
 
     def hills(self, index: int) -> Path:
         """Return walker ``index``'s hills file."""
@@ -282,4 +287,11 @@ def plumed_input(
     return "\n".join(out) + "\n"
 
 
-__all__ = ["PlumedWalkers", "plumed_input", "require_shared_walkers", "write_plumed", "write_plumed_model"]
+__all__ = [
+    "PlumedWalkers",
+    "plumed_input",
+    "require_plumed_path",
+    "require_shared_walkers",
+    "write_plumed",
+    "write_plumed_model",
+]
