@@ -142,3 +142,10 @@ def test_one_temperature_generates_there_only_and_saving_round_trips(two_tempera
 def test_bad_input(latent, weights, message):
     with pytest.raises(LatfError, match=message):
         LatentFreeEnergy(smoothing=1e-3).fit(latent, np.ones(len(latent)), weights)
+
+
+def test_holding_out_a_whole_temperature_is_refused():
+    rng = np.random.default_rng(6)
+    latent, temperatures = rng.normal(size=(3000, 2)), np.repeat([0.5, 1.0], 1500)
+    with pytest.raises(LatfError, match="every point at T = 1 is held out"):
+        LatentFreeEnergy(nodes=16).fit(latent, temperatures, None, temperatures == 1.0)
