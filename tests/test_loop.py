@@ -92,8 +92,9 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     shipped = check_final(out / "final")  # the final model and CV for OpenMM and PLUMED, as models/ ships them
     round_zero_cpu = json.loads((out / "round_000" / "round.json").read_text())["cpu_seconds"]
     assert summary["cpu_seconds"] == pytest.approx(
-        round_zero_cpu + sum(r["cpu_seconds"] for r in summary["rounds"]) + shipped["final_cpu_seconds"], abs=0.5
-    )
+        round_zero_cpu + sum(r["cpu_seconds"] for r in summary["rounds"]) + shipped["final_cpu_seconds"]
+        + summary["validation_cpu_seconds"], abs=0.3
+    )  # fmt: skip
     assert all(r["cpu_seconds"] > 0.3 * r["walker_seconds"] for r in summary["rounds"])  # busy walkers counted
     for ess in summary["rounds"][-1]["effective_sample_size"].values():
         assert 500 < ess <= 5000  # each walker and production run: 5000 frames, weighted

@@ -187,11 +187,11 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     finally:
         if client is not None:
             client.close()
-    cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history) + final_cpu
-    cpu += sum(seconds for _, seconds in validation.values())
+    validation_cpu = sum(seconds for _, seconds in validation.values())
+    cpu = round_zero_record["cpu_seconds"] + sum(r["cpu_seconds"] for r in history) + final_cpu + validation_cpu
     validation = {t: run for t, (run, _) in validation.items()}
     return summarize(config, out, history, final_model, load_estimate(estimate), final_cpu, validation,
-                      time.perf_counter() - started, cpu)  # fmt: skip
+                      time.perf_counter() - started, cpu, validation_cpu)  # fmt: skip
 
 
 __all__ = ["RESUMABLE_KEYS", "LoopConfig", "equilibrium_estimate", "population_table", "run_loop"]

@@ -165,13 +165,14 @@ def population_table(summary: dict[str, Any]) -> str:
 
 def summarize(
     config: LoopConfig, out: Path, history: list[dict[str, Any]], model_path: Path, estimate: EquilibriumEstimate,
-    final_cpu: float, validation: dict[float, str], seconds: float, cpu_seconds: float,
+    final_cpu: float, validation: dict[float, str], seconds: float, cpu_seconds: float, validation_cpu: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Write the loop's summary (``summary.json``, ``summary.png``) and the final model's exports; return the summary.
 
     The summary holds per target temperature the final model's generated populations and
     profiles beside MBAR's prediction from all runs whose bias is known at every frame (the
-    last round's ``estimate``, at the target); validation MD where asked; the rounds; the costs.
+    last round's ``estimate``, at the target); validation MD where asked; the rounds; the costs
+    (``cpu_seconds`` in all, ``validation_cpu_seconds`` of it for the validation MD).
     """
     model = load_model(model_path)
     baseline = reweighted(estimate, latent_by_run(model, estimate.runs), config.targets)
@@ -216,6 +217,7 @@ def summarize(
         "fes_tolerance": config.fes_tolerance,
         "wall_seconds_last_session": round(seconds, 1),
         "cpu_seconds": round(cpu_seconds, 1),
+        "validation_cpu_seconds": round(validation_cpu, 1),
     }
     write_json(out / SUMMARY, summary)
     plot_loop(summary, history, out / "summary.png")
