@@ -34,7 +34,7 @@ import openmm.unit as u
 
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm.files import atomic_path, write_json
-from latf_openmm.reweighting import EquilibriumEstimate
+from latf_openmm.loop.estimate import load_estimate
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -103,9 +103,9 @@ def from_loop(run_dir: Path) -> dict[str, float]:
     from latf_openmm.models import load_model
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    model = load_model(summary["final_model"])
+    model = load_model(run_dir / summary["final_model"])  # paths in a loop folder are relative to it
     last = sorted(run_dir.glob("round_*/round.json"))[-1].parent
-    by_run = EquilibriumEstimate.load(last / "estimate.npz").weights(300.0)  # the loop's own estimate of 300 K
+    by_run = load_estimate(last / "estimate.npz").weights(300.0)  # the loop's own estimate of 300 K
     series = [np.load(Path(run) / "timeseries.npz") for run in by_run]
     features = [s["features"].astype(np.float64) for s in series]
     names = [str(n) for n in series[0]["feature_names"]]

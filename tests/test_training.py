@@ -199,21 +199,6 @@ def test_generation_check_records_each_temperature_and_refuses_a_wrong_model(gri
         LaTF(**SETTINGS, prior="grid", generation_tolerance=1e-5).fit(data)
 
 
-def test_a_trajectory_given_at_two_temperatures_holds_out_the_same_frames_at_both(grid_model, unbiased):
-    """The loop counts each run at every temperature; frames held out at one must not be fitted at another.
-
-    The same trajectories at KT and 1.2 KT with the same weights: a temperature-independent
-    density, so the held-out likelihood should choose the smoothing it chooses at KT alone.
-    """
-    once = TrainingData(unbiased, temperatures=np.full(len(unbiased), KT))
-    twice = TrainingData(unbiased + unbiased, temperatures=np.repeat([KT, 1.2 * KT], len(unbiased)))
-    alone = LaTF(**SETTINGS, prior="grid").refit_prior(grid_model, once).prior
-    both = LaTF(**SETTINGS, prior="grid").refit_prior(grid_model, twice).prior
-    # twice the counts against the same roughness penalty: the same λ rung or the next (10×);
-    # when the frames held out at KT were fitted at 1.2 KT, the fit chose 10× rougher
-    assert alone.smoothing <= both.smoothing <= 10 * alone.smoothing
-
-
 def test_a_state_seen_only_in_validation_targets_is_kept():
     from latf_openmm.models.training import TrainingConfig, _Trainer
 
