@@ -15,7 +15,6 @@ from latf_openmm.bias import OPES, HarmonicBias, Metadynamics
 from latf_openmm.loop import equilibrium_estimate
 from latf_openmm.reweighting import (
     effective_sample_size,
-    load_training_data,
     multistate_estimate,
     restraint_energy,
     run_energies,
@@ -77,23 +76,6 @@ def test_umbrella_windows_by_mbar_recover_exact_populations(threehole, tmp_path)
     assert 0.05 < effective_sample_size(np.concatenate(weights)) / sum(map(len, weights)) < 1
     with pytest.raises(LatfError, match="restraints"):
         umbrella_weights([*paths, _unbiased(molsys, tmp_path, KT)])
-
-
-def test_biased_runs_train_with_their_weights_as_equilibrium_weights_and_spib_sees_them_as_sampled(threehole, tmp_path):
-    """A biased run's unbiasing weights go to the prior and the state populations, not SPIB's loss.
-
-    Weighted, SPIB's loss ignores what the bias paid for (alanine dipeptide's second loop
-    round: 5 of 5 seeds merged every state into one; reweighting/data.py)."""
-    molsys, cv = threehole
-    restraint = HarmonicBias(cv, centre=[0.0], force_constant=8.0)
-    biased = simulate(molsys, molsys.to_kelvin(KT), 30_000, tmp_path / "biased", seed=4,
-                      md=MDOptions(frame_interval=30), bias=restraint, progress=False).directory  # fmt: skip
-    unbiased = _unbiased(molsys, tmp_path, KT, steps=30_000)
-    data = load_training_data([biased, unbiased])
-    assert data.weights is None  # SPIB: every frame as sampled
-    np.testing.assert_array_equal(data.equilibrium_weights[0], run_weights(biased))
-    assert np.ptp(data.equilibrium_weights[0]) > 1.0  # the restraint's weights are not flat
-    np.testing.assert_array_equal(data.equilibrium_weights[1], np.ones(1000))
 
 
 def _unbiased(molsys, tmp_path, kt, steps=300_000, seed=3):

@@ -199,6 +199,27 @@ def test_generation_check_records_each_temperature_and_refuses_a_wrong_model(gri
         LaTF(**SETTINGS, prior="grid", generation_tolerance=1e-5).fit(data)
 
 
+@pytest.mark.parametrize("spib_weights", ["data", "sampled"])
+def test_spib_weighs_frames_by_their_data_weights_or_as_sampled_and_the_prior_keeps_them(spib_weights):
+    """With ``spib_weights = 'sampled'`` SPIB's loss counts every frame once; the prior keeps the weights.
+
+    Weighted, SPIB is blind to what a bias paid for: alanine dipeptide's second loop round
+    merged every state into one on 6 of 6 training seeds (README, `latf loop`)."""
+    from latf_openmm.models.training import TrainingConfig, _Trainer
+
+    rng = np.random.default_rng(0)
+    features, weights = rng.normal(size=(2000, 2)), rng.lognormal(sigma=2.0, size=2000)
+    config = TrainingConfig(model="spib", lag=1, n_initial_states=4, spib_weights=spib_weights)
+    trainer = _Trainer(TrainingData([features], weights=[weights]), config)
+    past = trainer.train_past.cpu().numpy()
+    expected = weights / weights[np.sort(np.concatenate([past, trainer.val_past.cpu().numpy()]))].mean()
+    np.testing.assert_allclose(trainer.equilibrium_weights.cpu().numpy(), expected, rtol=1e-5)
+    spib = trainer.weights.cpu().numpy()
+    np.testing.assert_allclose(spib, expected if spib_weights == "data" else np.ones(2000), rtol=1e-5)
+    with pytest.raises(LatfError, match="spib_weights must be one of data, sampled"):
+        TrainingConfig(spib_weights="equilibrium").validate()
+
+
 def test_a_state_seen_only_in_validation_targets_is_kept():
     from latf_openmm.models.training import TrainingConfig, _Trainer
 

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MODELS = ("spib", "latf", "dspib")
 PRIORS = ("flow", "grid")
+SPIB_WEIGHTS = ("data", "sampled")
 GENERATION_CHECK_SAMPLES = 100_000
 GENERATION_ADVICE = {
     "flow": "use prior = 'grid', another lag or more data",
@@ -87,6 +88,13 @@ class TrainingConfig:
         "features",
         "what initial states cluster: 'features', or 'central_moments' (each frame's 2nd and 3rd central "
         "moments over its features; the same when identical particles swap, e.g. LJ7's coordination numbers)",
+    )
+    spib_weights: str = option(
+        "data",
+        "what SPIB's state-predictive loss weighs each frame by: 'data' (its data weight, e.g. a biased run's "
+        "unbiasing weight, as published) or 'sampled' (every frame as sampled, so that states the bias "
+        "reached but that weigh little at equilibrium stay visible; the prior and the state populations "
+        "keep the weights either way)",
     )
     validation_fraction: float = option(0.1, "fraction of lagged pairs held out for the validation loss")
     seed: int = option(0, "seed for initialization, splitting, batching and noise")
@@ -142,6 +150,7 @@ class TrainingConfig:
             (self.refinements >= 0 and self.joint_refinements >= 0, "refinements must be ≥ 0"),
             (self.n_initial_states >= 2, "n_initial_states must be ≥ 2"),
             (self.label_method in LABEL_METHODS, f"label_method must be one of {', '.join(LABEL_METHODS)}"),
+            (self.spib_weights in SPIB_WEIGHTS, f"spib_weights must be one of {', '.join(SPIB_WEIGHTS)}"),
             (
                 self.label_descriptors in LABEL_DESCRIPTORS,
                 f"label_descriptors must be one of {', '.join(LABEL_DESCRIPTORS)}",
@@ -290,6 +299,8 @@ class _Trainer:
         )
         weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(features))
         equilibrium = np.concatenate(data.equilibrium_weights) if data.equilibrium_weights is not None else weights
+        if config.spib_weights == "sampled":
+            weights = np.ones(len(features))
         past = data.lagged_starts(config.lag)
         self.generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(past), generator=self.generator).numpy()

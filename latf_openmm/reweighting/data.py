@@ -1,12 +1,7 @@
 """Training data from files: ``.npz`` arrays or ``latf simulate`` run folders.
 
-The adapter between run folders and the models, which take arrays only. A biased run's
-unbiasing weights are its frames' equilibrium weights (the prior's and the states'
-populations); SPIB's state-predictive loss sees the frames as sampled. Weighted, the loss
-is blind to what enhanced sampling paid for: on alanine dipeptide's second loop round
-(round-1 metadynamics walkers and replicas under their fixed bias, Kish ESS 35–626 per run)
-the φ > 0 frames weigh 2 % in all and SPIB merged every state into one on 5 of 5 training
-seeds; on the frames as sampled it kept 5 states on 5 of 5, φ > 0 among them.
+Biased runs' frames carry their unbiasing weights (the adapter between run folders and the
+models, which take arrays only).
 """
 
 from __future__ import annotations
@@ -32,8 +27,7 @@ def load_training_data(paths: Sequence[str | Path]) -> TrainingData:
     ``feature_names``. A run folder (or
     a folder of run folders) contributes one trajectory per run, at the run's temperature
     (in the system's user-facing unit); a biased run's frames carry its unbiasing weights
-    (:func:`latf_openmm.reweighting.run_weights`) as ``equilibrium_weights`` (the module
-    docstring says why not as SPIB's ``weights``), and a replica-exchange temperature's
+    (:func:`latf_openmm.reweighting.run_weights`), and a replica-exchange temperature's
     frames their replica as segments. Several sources are concatenated.
     """
     parts: list[TrainingData] = []
@@ -122,7 +116,7 @@ def _from_run(path: Path) -> TrainingData:
     settings = run.settings
     return TrainingData(
         [features],
-        equilibrium_weights=[run_weights(path)] if run.bias else None,
+        weights=[run_weights(path)] if run.bias else None,
         temperatures=np.array([settings["temperature"]]),
         temperature_unit=settings["temperature_unit"],
         feature_names=names,
