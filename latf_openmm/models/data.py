@@ -28,7 +28,8 @@ class TrainingData:
         ``weights``. The loop puts its MBAR estimate here
         (:func:`latf_openmm.loop.equilibrium_estimate`; adaptive walkers' frames weigh
         nothing); counted by their own weights, a short transient of a biased run can
-        outweigh the rest. SPIB's state-predictive loss keeps ``weights``.
+        outweigh the rest. SPIB's state-predictive loss keeps ``weights``
+        (every frame counts once with the training option ``spib_weights = 'sampled'``).
     temperatures
         Optional temperature of each trajectory (any unit, used consistently).
     temperature_unit
