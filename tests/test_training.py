@@ -210,9 +210,9 @@ def test_spib_weighs_frames_by_their_data_weights_or_as_sampled_and_the_prior_ke
     rng = np.random.default_rng(0)
     features, weights = rng.normal(size=(2000, 2)), rng.lognormal(sigma=2.0, size=2000)
     config = TrainingConfig(model="spib", lag=1, n_initial_states=4, spib_weights=spib_weights)
-    trainer = _Trainer(TrainingData([features], weights=[weights]), config)
-    past = trainer.train_past.cpu().numpy()
-    expected = weights / weights[np.sort(np.concatenate([past, trainer.val_past.cpu().numpy()]))].mean()
+    data = TrainingData([features], weights=[weights])
+    trainer = _Trainer(data, config)
+    expected = weights / weights[data.lagged_starts(1)].mean()  # normalized over the lagged pairs' starts
     np.testing.assert_allclose(trainer.equilibrium_weights.cpu().numpy(), expected, rtol=1e-5)
     spib = trainer.weights.cpu().numpy()
     np.testing.assert_allclose(spib, expected if spib_weights == "data" else np.ones(2000), rtol=1e-5)

@@ -297,10 +297,9 @@ class _Trainer:
                 features, config.n_initial_states, config.seed, config.label_method, config.label_descriptors
             )
         )
-        weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(features))
-        equilibrium = np.concatenate(data.equilibrium_weights) if data.equilibrium_weights is not None else weights
-        if config.spib_weights == "sampled":
-            weights = np.ones(len(features))
+        data_weights = np.concatenate(data.weights) if data.weights is not None else np.ones(len(features))
+        equilibrium = np.concatenate(data.equilibrium_weights) if data.equilibrium_weights is not None else data_weights
+        weights = np.ones(len(features)) if config.spib_weights == "sampled" else data_weights
         past = data.lagged_starts(config.lag)
         self.generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(past), generator=self.generator).numpy()
