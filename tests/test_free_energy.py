@@ -117,6 +117,26 @@ def test_a_two_percent_state_is_generated_within_a_quarter_of_its_population():
     assert abs(generated - exact) < 0.25 * exact
 
 
+def _state_masses(model, kt: float) -> np.ndarray:
+    """Each state's mass under the model's density at ``kt``, by quadrature on the fine grid."""
+    density = np.exp(model.log_prob(POINTS, kt))
+    return np.bincount(_state(POINTS), density, 3) / density.sum()
+
+
+def test_given_the_states_each_keeps_its_share_at_both_temperatures_whatever_the_smoothing():
+    rng = np.random.default_rng(4)
+    latent = np.vstack([_draw(0.5, 60_000, rng, 0.6), _draw(1.0, 60_000, rng, 0.6)])  # the top well: 2 % at 0.5
+    temperatures = np.repeat([0.5, 1.0], 60_000)
+    shares = [np.bincount(_state(latent[temperatures == kt]), minlength=3) / 60_000 for kt in (0.5, 1.0)]
+    assert 0.01 < shares[0][2] < 0.03
+    for smoothing in (1e-6, 1e-3):
+        matched = LatentFreeEnergy(nodes=NODES, smoothing=smoothing).fit(latent, temperatures, states=_state)
+        for kt, share in zip((0.5, 1.0), shares, strict=True):
+            np.testing.assert_allclose(_state_masses(matched, kt), share, atol=0.002)  # measured ≤ 0.0014
+    plain = LatentFreeEnergy(nodes=NODES, smoothing=1e-3).fit(latent, temperatures)
+    assert _state_masses(plain, 0.5)[2] > 3 * shares[0][2]  # the smoothing alone smears the 2 % well (measured 5×)
+
+
 def test_one_temperature_generates_there_only_and_saving_round_trips(two_temperatures):
     rng = np.random.default_rng(5)
     latent = _draw(0.5, 20_000, rng)

@@ -191,12 +191,28 @@ def test_saved_grid_model_gives_identical_outputs(grid_model, unbiased, tmp_path
 
 def test_generation_check_records_each_temperature_and_refuses_a_wrong_model(grid_model, unbiased):
     (check,) = grid_model.info["generation_check"]
-    assert check["temperature"] == KT and check["max_error"] < 0.02
-    np.testing.assert_allclose(check["generated"], check["data"], atol=0.02)
+    # the grid matches each state's share of the data; what is left is the check's sampling
+    # noise (100 000 samples: σ ≤ 0.0016; measured 0.0012)
+    assert check["temperature"] == KT and check["max_error"] < 0.006
     data = TrainingData(unbiased, temperatures=np.full(len(unbiased), KT))
     # a tolerance below the sampling noise of the check's 100 000 samples cannot be met
     with pytest.raises(LatfError, match=r"generation check failed: at T = 0.75 the grid prior generates state"):
         LaTF(**SETTINGS, prior="grid", generation_tolerance=1e-5).fit(data)
+
+
+def test_a_trajectory_given_at_two_temperatures_holds_out_the_same_frames_at_both(grid_model, unbiased):
+    """The loop counts each run at every temperature; frames held out at one must not be fitted at another.
+
+    The same trajectories at KT and 1.2 KT with the same weights: a temperature-independent
+    density, so the held-out likelihood should choose the smoothing it chooses at KT alone.
+    """
+    once = TrainingData(unbiased, temperatures=np.full(len(unbiased), KT))
+    twice = TrainingData(unbiased + unbiased, temperatures=np.repeat([KT, 1.2 * KT], len(unbiased)))
+    alone = LaTF(**SETTINGS, prior="grid").refit_prior(grid_model, once).prior
+    both = LaTF(**SETTINGS, prior="grid").refit_prior(grid_model, twice).prior
+    # twice the counts against the same roughness penalty: the same λ rung or the next (10×);
+    # when the frames held out at KT were fitted at 1.2 KT, the fit chose 10× rougher
+    assert alone.smoothing <= both.smoothing <= 10 * alone.smoothing
 
 
 @pytest.mark.parametrize("spib_weights", ["data", "sampled"])

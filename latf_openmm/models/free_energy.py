@@ -24,13 +24,20 @@ the training seed; a state holding 2 % of the data is generated with 2 % up to s
 node sum: on a rough fit that mismatch moved 2 % of the mass between three-hole states.)
 The roughness penalty λ ∫ |∇²S|² + |∇²H|² + |∇²C|² over the unit box is chosen on
 held-out contiguous blocks of the trajectories, on a grid of half the nodes, whose
-solution then starts the fine fit. No library we know fits this
-multi-temperature model. The support is the grid's box: outside it the density is zero.
+solution then starts the fine fit. Given the model's states (a map from latent points to
+state labels), each fit ends by adding to each state's S, H and C the constants that give it
+its weighted share of the data at each training temperature (exactly, from up to three
+temperatures; by weighted least squares in ln p from more), whatever λ did to the mass near
+its edges (without them, a λ chosen honestly on held-out frames moved ala2's 1.6 % C7ax
+state to 2.1 %).
+No library we know fits this multi-temperature model. The support is the grid's box:
+outside it the density is zero.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -54,6 +61,9 @@ FINAL_ITERATIONS = 300
 LADDER_ITERATIONS = 100  # per rung, warm-started from the rougher one: enough to rank the λ
 COUNT_FLOOR = 1e-2  # weight added to every node before its log is taken (start only)
 BOX_MARGIN = 0.1  # of the data's span, on each side
+CELL_PROBES = 3  # points per axis and cell that measure a cell's fractions in each state
+MATCH_ROUNDS, MATCH_TOLERANCE = 8, 1e-6  # of the states' shares (:meth:`_Fitter._matched`), in ln(share)
+StateMap = Callable[[np.ndarray], np.ndarray]  # latent points (m, d) → their state labels (m,), 0 … K − 1
 
 
 def _cells(latent: np.ndarray, lower: np.ndarray, spacing: np.ndarray, nodes: int) -> np.ndarray:
@@ -185,10 +195,11 @@ class LatentFreeEnergyModel(GenerativePrior):
         weights: np.ndarray,
         temperatures: np.ndarray,
         held_out: np.ndarray | None = None,
+        states: StateMap | None = None,
     ) -> LatentFreeEnergyModel:
         """Return the latent free energy fitted anew (:class:`LatentFreeEnergy`, the same nodes and T_ref)."""
         estimator = LatentFreeEnergy(nodes=self.nodes, reference_temperature=self.reference_temperature)
-        return estimator.fit(latent, temperatures, weights, held_out)
+        return estimator.fit(latent, temperatures, weights, held_out, states)
 
     def state(self) -> dict[str, Any]:
         """Plain tensors and numbers, for ``torch.save(weights_only=True)``."""
@@ -262,12 +273,15 @@ class LatentFreeEnergy:
         temperatures: np.ndarray,
         weights: np.ndarray | None = None,
         held_out: np.ndarray | None = None,
+        states: StateMap | None = None,
     ) -> LatentFreeEnergyModel:
         """Fit to latent points (n, d) drawn at ``temperatures`` (n,) with equilibrium ``weights`` (n,).
 
         ``held_out`` (n,) marks the points whose likelihood chooses λ (contiguous blocks of
         the trajectories, so that correlated neighbours do not reward overfitting); the final
-        tables are then refitted to all points.
+        tables are then refitted to all points. ``states`` maps latent points to the states the
+        density must get right: each then carries its weighted share of the points at each
+        training temperature (exactly at up to three), whatever the smoothing.
         """
         latent = np.asarray(latent, dtype=np.float64)
         n = len(latent)
@@ -283,7 +297,7 @@ class LatentFreeEnergy:
         centre = np.average(latent[used], axis=0, weights=weights[used])
         covariance = np.atleast_2d(np.cov(latent[used] - centre, rowvar=False, aweights=weights[used]))
         axes = np.linalg.eigh(covariance)[1][:, ::-1].copy()
-        latent = (latent - centre) @ axes
+        original, latent = latent, (latent - centre) @ axes
         low, high = latent[used].min(0), latent[used].max(0)
         span = np.maximum(high - low, 1e-6)
         lower, upper = low - BOX_MARGIN * span, high + BOX_MARGIN * span
@@ -294,7 +308,9 @@ class LatentFreeEnergy:
         # finish carrying H between LJ7's two temperatures at 256 nodes (0.05–0.14 off at 0.2);
         # even from the coarse start it was 0.02 off there and 0.09 between them after 300
         # iterations, hence 128 nodes in 2-D.
-        coarse = _Fitter(latent, temperatures, weights, levels, t_ref, lower, upper, max(nodes // 2, 3))
+        coarse_nodes = max(nodes // 2, 3)
+        partition = _StatePartition(states, original, (lower, upper, axes, centre), (coarse_nodes, nodes))
+        coarse = _Fitter(latent, temperatures, weights, levels, t_ref, lower, upper, coarse_nodes, partition)
         if self.smoothing is not None:
             smoothing = self.smoothing
         else:
@@ -310,9 +326,9 @@ class LatentFreeEnergy:
             smoothing = coarse.choose_smoothing(held_out)
         everything = np.ones(n, bool)
         coarse.solve(smoothing, everything, FINAL_ITERATIONS)
-        fitter = _Fitter(latent, temperatures, weights, levels, t_ref, lower, upper, nodes)
-        fine_nodes = lower + np.stack(np.unravel_index(np.arange(nodes**dim), fitter.shape), 1) * fitter.spacing
-        fitter.state = coarse.state[:, _cells(fine_nodes, lower, coarse.spacing, coarse.nodes)]
+        fitter = _Fitter(latent, temperatures, weights, levels, t_ref, lower, upper, nodes, partition)
+        nearest = _cells(_node_points(lower, upper, nodes), lower, coarse.spacing, coarse.nodes)
+        fitter.state = coarse.state[:, nearest]
         entropy, enthalpy, heat_capacity = fitter.solve(smoothing, everything, FINAL_ITERATIONS)
         return LatentFreeEnergyModel(
             centre=centre,
@@ -328,12 +344,66 @@ class LatentFreeEnergy:
         )
 
 
+def _node_points(lower: np.ndarray, upper: np.ndarray, nodes: int) -> np.ndarray:
+    """Return the nodes of a regular grid over the box (nodes^d, d), in grid coordinates, in flat order."""
+    dim = len(lower)
+    return lower + np.stack(np.unravel_index(np.arange(nodes**dim), (nodes,) * dim), 1) * (upper - lower) / (nodes - 1)
+
+
+class _StatePartition:
+    """Each point's state and each grid cell's fractions in every state, from a :data:`StateMap`.
+
+    A cell's fractions come from ``CELL_PROBES``^d points spread evenly over it. Without a
+    map there is one state (its constants only shift each temperature's ln p, which the
+    normalization removes: the fit is then the plain penalized likelihood).
+    """
+
+    def __init__(
+        self,
+        states: StateMap | None,
+        latent: np.ndarray,
+        frame: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        grids: tuple[int, ...],
+    ) -> None:
+        lower, upper, axes, centre = frame
+        dim, probes = len(lower), CELL_PROBES ** len(lower)
+        if states is None:
+            self.point_state = np.zeros(len(latent), np.int64)
+            probe_states = {nodes: np.zeros(nodes**dim * probes, np.int64) for nodes in grids}
+        else:
+            self.point_state = _labels(states, latent)
+            probe_states = {nodes: _labels(states, _probes(lower, upper, nodes) @ axes.T + centre) for nodes in grids}
+        self.n_states = 1 + int(max(self.point_state.max(), *(p.max() for p in probe_states.values())))
+        self.fractions = {
+            nodes: np.bincount(
+                np.repeat(np.arange(nodes**dim), probes) * self.n_states + labels, minlength=nodes**dim * self.n_states
+            ).reshape(nodes**dim, self.n_states)
+            / probes
+            for nodes, labels in probe_states.items()
+        }
+
+
+def _labels(states: StateMap, points: np.ndarray) -> np.ndarray:
+    labels = np.asarray(states(points))
+    if labels.shape != (len(points),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise LatfError(f"latent free energy: states must give one label ≥ 0 per latent point, got {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def _probes(lower: np.ndarray, upper: np.ndarray, nodes: int) -> np.ndarray:
+    """Return ``CELL_PROBES``^d points spread evenly over each node's cell, node after node, in grid coordinates."""
+    dim, spacing = len(lower), (upper - lower) / (nodes - 1)
+    steps = (np.arange(CELL_PROBES) + 0.5) / CELL_PROBES - 0.5
+    offsets = np.stack(np.meshgrid(*[steps] * dim, indexing="ij"), -1).reshape(-1, dim) * spacing
+    return (_node_points(lower, upper, nodes)[:, None] + offsets[None]).reshape(-1, dim)
+
+
 class _Fitter:
     """Weighted counts per temperature in each node's cell, and the convex penalized likelihood.
 
     The objective and its gradient are written out in numpy (on these O(10⁴)-node tables
     an order of magnitude faster than autograd's small kernels) and minimized by torch's
-    L-BFGS.
+    L-BFGS; each solution ends with the states' shares matched (:meth:`_matched`).
     """
 
     def __init__(
@@ -346,8 +416,11 @@ class _Fitter:
         lower: np.ndarray,
         upper: np.ndarray,
         nodes: int,
+        partition: _StatePartition,
     ) -> None:
         self.dim, self.nodes = latent.shape[1], nodes
+        self.point_state, self.cell_fractions = partition.point_state, partition.fractions[nodes]
+        self.node_state = self.cell_fractions.argmax(1)  # the state whose constants a node's cell takes
         self.shape = (nodes,) * self.dim
         self.spacing = spacing = (upper - lower) / (nodes - 1)
         self.cells = _cells(latent, lower, spacing, nodes)
@@ -395,8 +468,35 @@ class _Fitter:
         right = np.einsum("ln,li,ln->ni", weight, self.basis, log_density)
         return np.linalg.solve(normal, right[..., None])[..., 0].T
 
+    def _matched(self, state: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Return the tables with each state's constants added that give it its share of the masked points.
+
+        Per state k, the constants o_k (one per table) solve basis · o_k = ln(data share /
+        model share) at each temperature, weighted by the data share: exact for as many
+        temperatures as tables. Each cell takes its main state's constants, so a few rounds
+        settle the cells that straddle two states. A state without points at some temperature
+        is left as fitted.
+        """
+        n_levels, n_states = len(self.basis), self.cell_fractions.shape[1]
+        flat = self.level_of_point[mask] * n_states + self.point_state[mask]
+        data = np.bincount(flat, self.weights[mask], minlength=n_levels * n_states).reshape(n_levels, n_states)
+        data /= data.sum(1, keepdims=True)
+        for _ in range(MATCH_ROUNDS):
+            log_mass = self.basis @ state + self.log_volumes[None]
+            model = np.exp(log_mass - logsumexp(log_mass, axis=1, keepdims=True)) @ self.cell_fractions
+            seen = (data > 0).all(0) & (model > 0).all(0)
+            gap, weight = np.log(data[:, seen] / model[:, seen]), data[:, seen]
+            if not seen.any() or np.abs(gap).max() < MATCH_TOLERANCE:
+                break
+            normal = np.einsum("lk,li,lj->kij", weight, self.basis, self.basis)
+            right = np.einsum("lk,li,lk->ki", weight, self.basis, gap)
+            offsets = np.zeros((self.n_tables, n_states))
+            offsets[:, seen] = np.linalg.solve(normal, right[..., None])[..., 0].T
+            state = state + offsets[:, self.node_state]
+        return state
+
     def solve(self, smoothing: float, mask: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return the tables S, H, C minimizing NLL/N + λ·Σ roughness on the masked points.
+        """Return the tables S, H, C minimizing NLL/N + λ·Σ roughness on the masked points, shares matched.
 
         The fit is warm-started and takes at most ``iterations`` L-BFGS steps; the tables it
         does not fit (H at one temperature, C at fewer than three) are zero.
@@ -446,7 +546,7 @@ class _Fitter:
         solution = tables.detach().numpy()
         if not np.isfinite(solution).all():
             raise LatfError("the latent free-energy fit diverged; give more data or a larger smoothing")
-        self.state = to_tables @ solution.reshape(shape)
+        self.state = self._matched(to_tables @ solution.reshape(shape), mask)
         padded = np.zeros((3, shape[1]))
         padded[: self.n_tables] = self.state
         return tuple(table.reshape(self.shape) for table in padded)

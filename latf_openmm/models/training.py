@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from latf_openmm.errors import LatfError
 from latf_openmm.models.data import LABEL_DESCRIPTORS, LABEL_METHODS, TrainingData, initial_labels
 from latf_openmm.models.diffusion import DiffusionPrior
-from latf_openmm.models.free_energy import LatentFreeEnergy
+from latf_openmm.models.free_energy import LatentFreeEnergy, LatentFreeEnergyModel
 from latf_openmm.models.model import LatentModel
 from latf_openmm.models.network import LatentNetwork
 from latf_openmm.models.priors import FitSettings, FlowPrior, GenerativePrior, NeuralPrior
@@ -460,9 +461,16 @@ class _Trainer:
         return torch.cat([self.network(chunk) for chunk in features.split(65536)])
 
     @torch.no_grad()
+    def _states_at(self, latent: torch.Tensor) -> torch.Tensor:
+        """Return the decoder's most probable state at latent points (m, d)."""
+        return torch.cat([self.network.state_log_probs(c).argmax(-1) for c in latent.split(65536)])
+
     def _predicted_labels(self) -> torch.Tensor:
-        net = self.network
-        return torch.cat([net.state_log_probs(net(c)).argmax(-1) for c in self.x.split(65536)])
+        return self._states_at(self._encoded(self.x))
+
+    def _latent_states(self, latent: np.ndarray) -> np.ndarray:
+        """Return :meth:`_states_at` of numpy points: the states whose populations the grid prior matches."""
+        return self._states_at(torch.as_tensor(latent, dtype=torch.float32, device=self.device)).cpu().numpy()
 
     @torch.no_grad()
     def _reset_states(self) -> None:
@@ -520,10 +528,20 @@ class _Trainer:
             self._refine()
 
     def _held_out(self) -> np.ndarray:
-        """Frames held out of the prior's fit: block (3i + 5) mod 10 of the 10 contiguous blocks of trajectory i."""
+        """Frames held out of the prior's fit: one of the 10 contiguous blocks of each trajectory.
+
+        The block is picked by the trajectory's content (a CRC-32 of its features), so a
+        trajectory given more than once (the loop counts each run at every temperature, with
+        that temperature's weights) holds out the same frames every time: otherwise the frames
+        held out at one temperature are fitted at another, and the held-out likelihood rewards
+        a rough fit.
+        """
         blocks = HELD_OUT_BLOCKS
         return np.concatenate(
-            [(np.arange(n) * blocks // n) == (3 * i + 5) % blocks for i, n in enumerate(self.data.lengths)]
+            [
+                (np.arange(len(f)) * blocks // len(f)) == zlib.crc32(np.ascontiguousarray(f).tobytes()) % blocks
+                for f in self.data.features
+            ]
         )
 
     def fit_prior(self) -> None:
@@ -531,7 +549,8 @@ class _Trainer:
 
         Its own weighted fit (:meth:`GenerativePrior.fit`): for the neural priors the joint loss
         ("polishing", ``polish_*``), which the joint stage stops long before it has converged;
-        LaTF's latent free energy (``prior = 'grid'``) is fitted here from scratch. Contiguous
+        LaTF's latent free energy (``prior = 'grid'``) is fitted here anew, each of the decoder's
+        states given its weighted share of the frames at each temperature. Contiguous
         blocks of the trajectories are held out (:meth:`_held_out`): they choose the grid's
         smoothing and the neural priors' best checkpoint, so that correlated neighbours do not
         reward overfitting.
@@ -542,9 +561,10 @@ class _Trainer:
         latent = self._encoded(self.x).double().cpu().numpy()
         weights = self.equilibrium_weights.double().cpu().numpy()
         held_out = self._held_out()
-        if self.prior is None:  # LaTF's grid, fitted from scratch
-            estimator = LatentFreeEnergy(reference_temperature=self.reference_temperature)
-            self.prior = estimator.fit(latent, self.frame_temperatures, weights, held_out)
+        if self.prior is None or isinstance(self.prior, LatentFreeEnergyModel):  # LaTF's grid, fitted anew
+            nodes = None if self.prior is None else self.prior.nodes
+            estimator = LatentFreeEnergy(nodes=nodes, reference_temperature=self.reference_temperature)
+            self.prior = estimator.fit(latent, self.frame_temperatures, weights, held_out, self._latent_states)
             records = [{"stage": "free_energy", "epoch": 0, "smoothing": self.prior.smoothing}]
         elif isinstance(self.prior, NeuralPrior):
             self.prior.fit_settings = FitSettings(
