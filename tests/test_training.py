@@ -200,6 +200,22 @@ def test_generation_check_records_each_temperature_and_refuses_a_wrong_model(gri
         LaTF(**SETTINGS, prior="grid", generation_tolerance=1e-5).fit(data)
 
 
+def test_a_small_state_generated_a_quarter_off_is_not_passed_silently(caplog):
+    """ala2's 2.3 % φ > 0 state generated at 1.0 % passed the absolute tolerance (0.05) unseen."""
+    from latf_openmm.models.training import population_check
+
+    data = np.array([0.6, 0.377, 0.023])
+    with caplog.at_level("WARNING", logger="latf_openmm.models.training"):
+        fine = population_check(300.0, data, np.array([0.6, 0.38, 0.020]), "flow")  # 13 % off: fine
+        assert not caplog.records
+        wrong = population_check(300.0, data, np.array([0.6, 0.39, 0.010]), "flow")
+    assert fine["small_state_relative_error"] == pytest.approx(0.13, abs=1e-3)
+    assert wrong["max_error"] == pytest.approx(0.013) and wrong["small_state_relative_error"] == pytest.approx(0.565)
+    (record,) = caplog.records
+    assert "small state 2 at 0.0100 where the training data have 0.0230 (57 % off" in record.getMessage()
+    assert "use prior = 'grid'" in record.getMessage()
+
+
 def test_a_trajectory_given_at_two_temperatures_holds_out_the_same_frames_at_both(grid_model, unbiased):
     """The loop counts each run at every temperature; frames held out at one must not be fitted at another.
 
