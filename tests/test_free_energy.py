@@ -132,7 +132,7 @@ def test_given_the_states_each_keeps_its_share_at_both_temperatures_whatever_the
     for smoothing in (1e-6, 1e-3):
         matched = LatentFreeEnergy(nodes=NODES, smoothing=smoothing).fit(latent, temperatures, states=_state)
         for kt, share in zip((0.5, 1.0), shares, strict=True):
-            np.testing.assert_allclose(_state_masses(matched, kt), share, atol=0.002)  # measured ≤ 0.0014
+            np.testing.assert_allclose(_state_masses(matched, kt), share, atol=0.002)  # measured ≤ 0.0009
     plain = LatentFreeEnergy(nodes=NODES, smoothing=1e-3).fit(latent, temperatures)
     assert _state_masses(plain, 0.5)[2] > 3 * shares[0][2]  # the smoothing alone smears the 2 % well (measured 5×)
 
