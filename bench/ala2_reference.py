@@ -35,6 +35,7 @@ import openmm.unit as u
 import latf_openmm  # noqa: F401  (torch before openmm)
 from latf_openmm.files import atomic_path, write_json
 from latf_openmm.loop.estimate import load_estimate
+from latf_openmm.models import load_model
 from latf_openmm.simulation import select_platform
 from latf_openmm.systems import load_system
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -100,8 +101,6 @@ def _delta_g(surfaces: np.ndarray) -> tuple[float, float]:
 
 def from_loop(run_dir: Path) -> dict[str, float]:
     """ΔG from a loop run: its data at 300 K with the loop's weights, and its final model's generated populations."""
-    from latf_openmm.models import load_model
-
     summary = json.loads((run_dir / "summary.json").read_text())
     model = load_model(run_dir / summary["final_model"])  # paths in a loop folder are relative to it
     last = sorted(run_dir.glob("round_*/round.json"))[-1].parent
