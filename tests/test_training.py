@@ -10,6 +10,7 @@ import torch
 from latf_openmm.errors import LatfError
 from latf_openmm.generation import js_divergence_2d, kl_divergence_2d
 from latf_openmm.models import DSPIB, SPIB, LatentModel, LaTF, TrainingData, load_model
+from latf_openmm.models.training import population_check
 from latf_openmm.simulation import seed_for, simulate
 from latf_openmm.specs import MDOptions
 from latf_openmm.systems import load_system
@@ -202,8 +203,6 @@ def test_generation_check_records_each_temperature_and_refuses_a_wrong_model(gri
 
 def test_a_small_state_generated_a_quarter_off_is_not_passed_silently(caplog):
     """ala2's 2.3 % φ > 0 state generated at 1.0 % passed the absolute tolerance (0.05) unseen."""
-    from latf_openmm.models.training import population_check
-
     data = np.array([0.6, 0.377, 0.023])
     with caplog.at_level("WARNING", logger="latf_openmm.models.training"):
         fine = population_check(300.0, data, np.array([0.6, 0.38, 0.020]), "flow")  # 13 % off: fine

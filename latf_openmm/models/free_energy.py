@@ -377,9 +377,11 @@ class _StatePartition:
         self.point_state = _labels(states, latent)
         probed = {}  # per grid: node labels, the cells that may straddle, the labels of their probes
         for nodes in grids:
-            labels = _labels(states, _node_points(lower, upper, nodes) @ axes.T + centre)
+            points = _node_points(lower, upper, nodes)
+            labels = _labels(states, points @ axes.T + centre)
             cells = np.flatnonzero(_straddling(labels.reshape((nodes,) * dim)))
-            probed[nodes] = labels, cells, _labels(states, _probes(lower, upper, nodes, cells) @ axes.T + centre)
+            inside = _probes(points[cells], (upper - lower) / (nodes - 1))
+            probed[nodes] = labels, cells, _labels(states, inside @ axes.T + centre)
         n_states = 1 + int(
             max(self.point_state.max(), *(max(n.max(), p.max(initial=0)) for n, _, p in probed.values()))
         )
@@ -412,12 +414,12 @@ def _labels(states: StateMap, points: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _probes(lower: np.ndarray, upper: np.ndarray, nodes: int, cells: np.ndarray) -> np.ndarray:
-    """Return ``CELL_PROBES[d]``^d points spread evenly over each of the ``cells``, cell after cell, in grid units."""
-    dim, spacing = len(lower), (upper - lower) / (nodes - 1)
+def _probes(centres: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Return ``CELL_PROBES[d]``^d points spread evenly over the cell of each node in ``centres``, cell after cell."""
+    dim = centres.shape[1]
     steps = (np.arange(CELL_PROBES[dim]) + 0.5) / CELL_PROBES[dim] - 0.5
     offsets = np.stack(np.meshgrid(*[steps] * dim, indexing="ij"), -1).reshape(-1, dim) * spacing
-    return (_node_points(lower, upper, nodes)[cells][:, None] + offsets[None]).reshape(-1, dim)
+    return (centres[:, None] + offsets[None]).reshape(-1, dim)
 
 
 class _Fitter:

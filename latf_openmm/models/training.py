@@ -589,9 +589,12 @@ class _Trainer:
         weights = self.equilibrium_weights.double().cpu().numpy()
         held_out = self._held_out()
         if self.prior is None or isinstance(self.prior, LatentFreeEnergyModel):  # LaTF's grid, fitted anew
-            nodes = None if self.prior is None else self.prior.nodes
-            estimator = LatentFreeEnergy(nodes=nodes, reference_temperature=self.reference_temperature)
-            self.prior = estimator.fit(latent, self.frame_temperatures, weights, held_out, self._latent_states)
+            scratch = LatentFreeEnergy(reference_temperature=self.reference_temperature)
+            grid = scratch if self.prior is None else self.prior  # a refit keeps the model's nodes and T_ref
+            self.prior = grid.fit(
+                latent, temperatures=self.frame_temperatures, weights=weights, held_out=held_out,
+                states=self._latent_states,
+            )  # fmt: skip
             records = [{"stage": "free_energy", "epoch": 0, "smoothing": self.prior.smoothing}]
         elif isinstance(self.prior, NeuralPrior):
             self.prior.fit_settings = FitSettings(
