@@ -2,7 +2,7 @@
 
 Usage: python bench/generation.py threehole DATA.npz [DATA.npz ...] [--seeds 0 1 2 3 4] [--models flow grid dspib]
        python bench/generation.py lj7 DATA.npz [DATA.npz ...] [--lags 1 2] [--seeds 0 1 2] [--models flow dspib]
-       (both: [--threads 1] [--save DIR]: each trained model to DIR/<case>.pt)
+       (both: [--threads 1] [--save DIR]: each trained model to DIR/<case>.pt; LJ7: [--anchored])
 
 Models: ``flow`` (LaTF, the published prior), ``grid`` (LaTF with the latent free energy),
 ``dspib`` (D-SPIB: the same SPIB settings, the diffusion prior; no flow settings apply).
@@ -45,7 +45,7 @@ from latf_openmm.generation import (
     reweighted_populations,
 )
 from latf_openmm.models import TrainingConfig, TrainingData, estimator
-from latf_openmm.reweighting import multistate_estimate
+from latf_openmm.reweighting import EquilibriumEstimate, multistate_estimate
 from latf_openmm.units import reduced_to_kelvin
 
 LJ7_TRAIN = (0.2, 0.5)
@@ -73,6 +73,7 @@ def compare(model, encoded: np.ndarray, temperature: float, seed: int, js_bins: 
 
 
 SAVE_DIR: Path | None = None  # --save
+ANCHORED = False  # --anchored
 
 
 def train(data: TrainingData, settings: dict, seed: int, prior: str, case: str):
@@ -105,24 +106,35 @@ def lj7_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
     trajectories = [traj for k in train_at for traj in features[k]]
     data = TrainingData(trajectories, temperatures=np.repeat(LJ7_TRAIN, features.shape[1]))
     model, train_s = train(data, {**LJ7_SETTINGS, "lag": lag}, seed, prior, f"lj7_{path.stem}")
-    frames = np.concatenate([features[k].reshape(-1, features.shape[-1]) for k in train_at])
+    names = [f"T{t:g}/{j}" for t in LJ7_TRAIN for j in range(features.shape[1])]
     mbar = multistate_estimate(  # the physics baseline: the training temperatures' frames and energies
-        [energies[k].ravel() for k in train_at],
-        [reduced_to_kelvin(t) for t in LJ7_TRAIN],
-        [None, None],
-        np.zeros((0, len(frames))),
+        [energies[k][j] for k in train_at for j in range(features.shape[1])],
+        [reduced_to_kelvin(t) for t in np.repeat(LJ7_TRAIN, features.shape[1])],
+        [None] * len(names),
+        np.zeros((0, len(names) * features.shape[2])),
     )
-    frames_latent = model.transform(frames)
+    estimate = EquilibriumEstimate(tuple(names), mbar, reduced_to_kelvin(1.0), LJ7_TRAIN)
+    frames_latent = model.transform(np.concatenate(trajectories))
+    models = {prior: model}
+    if ANCHORED:  # the loop's way: the prior refitted to the estimate wherever it has the overlap
+        anchors = estimate.anchors(temperatures)
+        anchored = estimate.training_data(data, names, anchors)
+        settings = {**LJ7_SETTINGS, **MODELS[prior], "lag": lag, "seed": seed, "generation_tolerance": None}
+        config = TrainingConfig(**settings)
+        start = time.perf_counter()
+        models[f"{prior}+mbar"] = estimator(config).refit_prior(model, anchored)
+        print(json.dumps({"anchors": [round(t, 4) for t in anchors], "refit_s": round(time.perf_counter() - start, 1)}))
     rows = []
-    for k, t in enumerate(temperatures):
-        encoded = model.transform(features[k].reshape(-1, features.shape[-1]))
-        row = compare(model, encoded, t, seed, js_bins=100)
-        weights = np.concatenate(mbar.weights(reduced_to_kelvin(t)))
-        baseline, ess = reweighted_populations(model, frames_latent, weights)
-        md = model.latent_populations(encoded)
-        case = {"system": "lj7", "data": path.stem, "lag": lag, "seed": seed, "prior": prior}
-        rows.append(case | row | {"mbar_population_error": round(float(np.abs(baseline - md).max()), 4),
-                                  "mbar_ess": round(ess), "train_s": train_s})  # fmt: skip
+    for name, fitted in models.items():
+        for k, t in enumerate(temperatures):
+            encoded = model.transform(features[k].reshape(-1, features.shape[-1]))
+            row = compare(fitted, encoded, t, seed, js_bins=100)
+            weights = np.concatenate(list(estimate.weights(t).values()))
+            baseline, ess = reweighted_populations(model, frames_latent, weights)
+            md = model.latent_populations(encoded)
+            case = {"system": "lj7", "data": path.stem, "lag": lag, "seed": seed, "prior": name}
+            rows.append(case | row | {"mbar_population_error": round(float(np.abs(baseline - md).max()), 4),
+                                      "mbar_ess": round(ess), "train_s": train_s})  # fmt: skip
     return rows
 
 
@@ -158,10 +170,12 @@ def main() -> None:
     parser.add_argument("--models", dest="priors", nargs="+", choices=list(MODELS), default=["flow", "dspib"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", type=Path, default=None, help="a folder for the trained models")
+    anchored_help = "LJ7: also each model with its prior refitted to the MBAR estimate at its anchors"
+    parser.add_argument("--anchored", action="store_true", help=anchored_help)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global SAVE_DIR
-    SAVE_DIR = args.save
+    global SAVE_DIR, ANCHORED
+    SAVE_DIR, ANCHORED = args.save, args.anchored
     if SAVE_DIR is not None:
         SAVE_DIR.mkdir(parents=True, exist_ok=True)
     case, lags = (threehole_case, [THREEHOLE_SETTINGS["lag"]]) if args.system == "threehole" else (lj7_case, args.lags)

@@ -94,25 +94,15 @@ def _prior_fitted_to_estimate(
 ) -> LatentModel:
     """Return ``model`` with its prior fitted (its own weighted fit: polishing, the latent free energy) to ``estimate``.
 
-    The fit is along the model's CV, to the estimate at every simulated temperature: each of the
-    estimate's runs counts at each temperature with its frames' MBAR weights there, as MBAR
-    counts it (a run's frames inform every temperature, not only its own). Runs outside the
-    estimate (adaptive walkers) are left out, so that the model generates what the loop reports.
+    The fit is along the model's CV, to the estimate at its anchor temperatures (the simulated
+    ones, and between them and the targets wherever MBAR has the overlap:
+    :meth:`EquilibriumEstimate.anchors`): each of the estimate's runs counts at each with its
+    frames' MBAR weights there. Runs outside the estimate (adaptive walkers) are left out, so
+    that the model generates what the loop reports.
     """
-    index = {run: k for k, run in enumerate(data)}
-    members = [(t, index[run], w) for t in estimate.temperatures for run, w in estimate.weights(t).items()]
-    segments = training.segments
-    at_every_temperature = TrainingData(
-        [training.features[k] for _, k, _ in members],
-        temperatures=np.array([t for t, _, _ in members]),
-        equilibrium_weights=[w for _, _, w in members],
-        temperature_unit=training.temperature_unit,
-        feature_names=training.feature_names,
-        segments=None if segments is None else [segments[k] for _, k, _ in members],
-        featurizer=training.featurizer,
-    )
+    anchored = estimate.training_data(training, data, estimate.anchors(config.targets))
     overrides = {"seed": config.seed, **config.train, "reference_temperature": model.reference_temperature}
-    return estimator(TrainingConfig(**overrides)).refit_prior(model, at_every_temperature)
+    return estimator(TrainingConfig(**overrides)).refit_prior(model, anchored)
 
 
 def _learned_bias(

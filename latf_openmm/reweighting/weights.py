@@ -13,8 +13,12 @@ from latf_openmm._quiet import quiet_import
 from latf_openmm.bias.harmonic import wall_energies
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_npz
+from latf_openmm.models import TrainingData
 from latf_openmm.simulation.run import Run
 from latf_openmm.units import KB_KJ_PER_MOL_K
+
+ANCHOR_LADDER = 8  # ladder points uniform in 1/T across the sampled temperatures and the span asked for
+ANCHOR_ESS_FRACTION = 0.25  # a ladder point's ESS, as a fraction of the smallest at a sampled temperature
 
 
 def effective_sample_size(weights: np.ndarray) -> float:
@@ -142,6 +146,50 @@ class EquilibriumEstimate:
     def weights(self, temperature: float) -> dict[str, np.ndarray]:
         """Run → its frames' weights at ``temperature``; all runs together sum to their frames."""
         return dict(zip(self.runs, self.mbar.weights(temperature * self.kelvin_per_unit), strict=True))
+
+    def anchors(self, span: Sequence[float] = ()) -> tuple[float, ...]:
+        """Return the temperatures at which a prior is fitted to this estimate, ascending.
+
+        They are the sampled temperatures and a ladder of ``ANCHOR_LADDER`` points uniform in
+        1/T across them and ``span`` (e.g. the temperatures to generate at), each ladder point
+        kept where the weights' Kish effective sample size is at least ``ANCHOR_ESS_FRACTION``
+        of the smallest at a sampled temperature. Where MBAR has that much overlap, a prior
+        fitted there reproduces it (LJ7 from 0.2 and 0.5: the grid prior at 0.3 went from
+        0.013 off MD to 0.004, MBAR's 0.003); beyond, the prior's own temperature form
+        extrapolates.
+        """
+        size = {t: effective_sample_size(np.concatenate(list(self.weights(t).values()))) for t in self.temperatures}
+        extremes = 1.0 / np.array([min(*self.temperatures, *span), max(*self.temperatures, *span)])
+        ladder = 1.0 / np.linspace(*extremes, ANCHOR_LADDER)
+        floor = ANCHOR_ESS_FRACTION * min(size.values())
+        for temperature in ladder:
+            if min(abs(temperature - t) for t in size) > 1e-9 * temperature:
+                size[float(temperature)] = effective_sample_size(
+                    np.concatenate(list(self.weights(float(temperature)).values()))
+                )
+        return tuple(sorted(t for t, n in size.items() if t in self.temperatures or n >= floor))
+
+    def training_data(self, data: TrainingData, runs: Sequence[str], temperatures: Sequence[float]) -> TrainingData:
+        """Return the estimate's runs among ``data`` (whose trajectory k is ``runs[k]``) at each of ``temperatures``.
+
+        Each run counts at each temperature with its frames' MBAR weights there as equilibrium
+        weights (a run's frames inform every temperature, not only its own): the data a prior
+        is fitted to so that it generates what the estimate says.
+        """
+        index = {run: k for k, run in enumerate(runs)}
+        missing = [run for run in self.runs if run not in index]
+        if missing:
+            raise LatfError(f"the estimate's run {missing[0]} is not among the training data")
+        members = [(t, index[run], w) for t in temperatures for run, w in self.weights(t).items()]
+        return TrainingData(
+            [data.features[k] for _, k, _ in members],
+            temperatures=np.array([t for t, _, _ in members]),
+            equilibrium_weights=[w for _, _, w in members],
+            temperature_unit=data.temperature_unit,
+            feature_names=data.feature_names,
+            segments=None if data.segments is None else [data.segments[k] for _, k, _ in members],
+            featurizer=data.featurizer,
+        )
 
     def save(self, path: str | Path) -> None:
         """Write the estimate to an ``.npz``, atomically."""
