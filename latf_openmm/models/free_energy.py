@@ -26,8 +26,9 @@ The roughness penalty λ ∫ |∇²S|² + |∇²H|² + |∇²C|² over the unit 
 held-out contiguous blocks of the trajectories, on a grid of half the nodes, whose
 solution then starts the fine fit. Given the model's states (a map from latent points to
 state labels), each fit ends by adding to each state's S, H and C the constants that give it
-its weighted share of the data at each training temperature (exactly, from up to three
-temperatures; by weighted least squares in ln p from more), whatever λ did to the mass near
+its weighted share of the data at each training temperature (from more than three, what
+those constants cannot join is added per temperature and interpolated in 1/T between them:
+``level_offsets``), whatever λ did to the mass near
 its edges (without them, a λ chosen honestly on held-out frames moved ala2's 1.6 % C7ax
 state to 2.1 %).
 No library we know fits this multi-temperature model. The support is the grid's box:
@@ -120,6 +121,11 @@ class LatentFreeEnergyModel(GenerativePrior):
         The distinct training temperatures.
     smoothing
         The roughness weight λ chosen on held-out blocks.
+    level_offsets
+        (n_temperatures, *grid) what ln p adds at each training temperature so that each
+        state has exactly its share there when S − H/T′ + C·(…) cannot give it at more than
+        three; interpolated linearly in 1/T between them, the nearest one's beyond. All zero
+        from up to three temperatures.
     """
 
     centre: np.ndarray
@@ -132,6 +138,7 @@ class LatentFreeEnergyModel(GenerativePrior):
     reference_temperature: float
     temperatures: list[float]
     smoothing: float
+    level_offsets: np.ndarray
     kind: ClassVar[str] = "grid"
 
     @property
@@ -158,9 +165,16 @@ class LatentFreeEnergyModel(GenerativePrior):
         """Return the normalized log p in each node's cell (flat)."""
         basis = temperature_basis(self.reference_temperature, np.array([self._check_temperature(temperature)]), 3)[0]
         tables = np.stack([self.entropy, self.enthalpy, self.heat_capacity]).reshape(3, -1)
-        table = basis @ tables
+        table = basis @ tables + self._offsets_at(temperature)
         log_volumes = _node_log_volumes(self.dim, self.nodes, self._spacing())
         return table - logsumexp(table + log_volumes)
+
+    def _offsets_at(self, temperature: float) -> np.ndarray:
+        """Return the level offsets at ``temperature`` (flat): linear in 1/T between levels, the nearest beyond."""
+        inverse = 1.0 / np.asarray(self.temperatures)[::-1]  # ascending
+        hats = np.eye(len(inverse))[::-1]  # hat k is 1 at level k
+        weights = np.array([np.interp(1.0 / temperature, inverse, hat) for hat in hats])
+        return weights @ self.level_offsets.reshape(len(inverse), -1)
 
     def _spacing(self) -> np.ndarray:
         return (self.upper - self.lower) / (self.nodes - 1)
@@ -214,11 +228,12 @@ class LatentFreeEnergyModel(GenerativePrior):
             "reference_temperature": self.reference_temperature,
             "temperatures": list(self.temperatures),
             "smoothing": self.smoothing,
+            "level_offsets": torch.from_numpy(self.level_offsets),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LatentFreeEnergyModel:
-        """Rebuild the model that :meth:`state` describes (files from before the heat capacity: C = 0)."""
+        """Rebuild the model that :meth:`state` describes (older files: C = 0, no level offsets)."""
         arrays = {
             k: state[k].numpy().astype(np.float64) for k in ("centre", "axes", "lower", "upper", "entropy", "enthalpy")
         }
@@ -227,10 +242,16 @@ class LatentFreeEnergyModel(GenerativePrior):
             if "heat_capacity" in state
             else np.zeros_like(arrays["entropy"])
         )
+        temperatures = [float(t) for t in state["temperatures"]]
+        arrays["level_offsets"] = (
+            state["level_offsets"].numpy().astype(np.float64)
+            if "level_offsets" in state
+            else np.zeros((len(temperatures), *arrays["entropy"].shape))
+        )
         return cls(
             **arrays,
             reference_temperature=float(state["reference_temperature"]),
-            temperatures=[float(t) for t in state["temperatures"]],
+            temperatures=temperatures,
             smoothing=float(state["smoothing"]),
         )
 
@@ -281,7 +302,7 @@ class LatentFreeEnergy:
         the trajectories, so that correlated neighbours do not reward overfitting); the final
         tables are then refitted to all points. ``states`` maps latent points to the states the
         density must get right: each then carries its weighted share of the points at each
-        training temperature (exactly at up to three), whatever the smoothing.
+        training temperature, whatever the smoothing.
         """
         latent = np.asarray(latent, dtype=np.float64)
         n = len(latent)
@@ -341,6 +362,7 @@ class LatentFreeEnergy:
             reference_temperature=t_ref,
             temperatures=levels.tolist(),
             smoothing=smoothing,
+            level_offsets=fitter.level_offsets.reshape(len(levels), *entropy.shape),
         )
 
 
@@ -456,6 +478,7 @@ class _Fitter:
         # the penalty is ∫ |∇²f|² over the unit box: second differences / h², times h^d
         self.penalty_scale = (1.0 / (nodes - 1)) ** (self.dim - 4)
         self.state: np.ndarray | None = None
+        self.level_offsets = np.zeros((len(levels), nodes**self.dim))
 
     def counts(self, mask: np.ndarray) -> np.ndarray:
         """(n_levels, n_nodes) weighted counts of the masked points in each node's cell."""
@@ -497,16 +520,19 @@ class _Fitter:
 
         Per state k, the constants o_k (one per table) solve basis · o_k = ln(data share /
         model share) at each temperature, weighted by the data share: exact for as many
-        temperatures as tables. Each cell takes its main state's constants, so a few rounds
-        settle the cells that straddle two states. A state without points at some temperature
-        is left as fitted.
+        temperatures as tables. What they leave at more temperatures goes into
+        ``level_offsets`` (per temperature, the state's remaining ln(data share / model
+        share)), so each state has exactly its share at every temperature. Each cell takes its
+        main state's constants, so a few rounds settle the cells that straddle two states. A
+        state without points at some temperature is left as fitted.
         """
         n_levels, n_states = len(self.basis), self.cell_fractions.shape[1]
         flat = self.level_of_point[mask] * n_states + self.point_state[mask]
         data = np.bincount(flat, self.weights[mask], minlength=n_levels * n_states).reshape(n_levels, n_states)
         data /= data.sum(1, keepdims=True)
+        self.level_offsets = np.zeros((n_levels, self.nodes**self.dim))
         for _ in range(MATCH_ROUNDS):
-            log_mass = self.basis @ state + self.log_volumes[None]
+            log_mass = self.basis @ state + self.level_offsets + self.log_volumes[None]
             model = np.exp(log_mass - logsumexp(log_mass, axis=1, keepdims=True)) @ self.cell_fractions
             seen = (data > 0).all(0) & (model > 0).all(0)
             gap, weight = np.log(data[:, seen] / model[:, seen]), data[:, seen]
@@ -516,7 +542,10 @@ class _Fitter:
             right = np.einsum("lk,li,lk->ki", weight, self.basis, gap)
             offsets = np.zeros((self.n_tables, n_states))
             offsets[:, seen] = np.linalg.solve(normal, right[..., None])[..., 0].T
+            residual = np.zeros((n_levels, n_states))
+            residual[:, seen] = gap - self.basis @ offsets[:, seen]
             state = state + offsets[:, self.node_state]
+            self.level_offsets = self.level_offsets + residual[:, self.node_state]
         return state
 
     def solve(self, smoothing: float, mask: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
