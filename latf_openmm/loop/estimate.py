@@ -95,7 +95,7 @@ def reweighted(
     frame's weight is its weight at that temperature.
     """
     frames = np.concatenate([latent[run] for run in estimate.runs])
-    return {f"{t:g}": (frames, np.concatenate(list(estimate.weights(t).values()))) for t in temperatures}
+    return {f"{t:g}": (frames, estimate.frame_weights(t)) for t in temperatures}
 
 
 def round_record(model: LatentModel, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
