@@ -22,7 +22,6 @@ import numpy as np
 from latf_openmm.errors import LatfError
 from latf_openmm.files import check_output
 from latf_openmm.specs import BiasSpec, MDOptions, read_spec
-from latf_openmm.units import temperature_to_kelvin
 
 TRAIN_THREADS = 1  # latf train's torch threads; README, `latf train`, "Threads": 1 against 2 on 2 cores, measured
 
@@ -344,6 +343,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"torch CPU threads (default {TRAIN_THREADS}: these networks are small, and more threads than free "
         "cores slow training several-fold when other jobs share the machine)",
     )
+    p.add_argument(
+        "--mbar-anchors",
+        nargs="*",
+        type=float,
+        metavar="T",
+        help="after training, fit the prior again to MBAR's equilibrium weights from DATA (unbiased runs, or "
+        "replicas under one fixed bias, with their potential energies) at the runs' temperatures and at a "
+        "ladder between them and any T given here, where MBAR has the overlap (LaTF, D-SPIB)",
+    )
     _add_spec_options(p, TrainingConfig)
     p.set_defaults(handler=_train, required=("data", "out"), outputs={"out": "file"}, positive=("threads",))
 
@@ -352,13 +360,25 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from latf_openmm.models import TrainingConfig, estimator
-    from latf_openmm.reweighting import load_training_data
+    from latf_openmm.reweighting import load_training_data, temperature_estimate
+    from latf_openmm.simulation import find_runs
 
     torch.set_num_threads(args.threads or TRAIN_THREADS)
     _log_progress("train")
-    trainer = estimator(_spec_from_args(TrainingConfig, args, "latf train"))
+    config = _spec_from_args(TrainingConfig, args, "latf train")
+    trainer = estimator(config)
+    anchored = args.mbar_anchors is not None
+    if anchored and config.model == "spib":
+        raise LatfError("--mbar-anchors fits a temperature-dependent prior: use --model latf or dspib")
+    if anchored and any(Path(path).suffix == ".npz" for path in args.data):
+        raise LatfError("--mbar-anchors needs run folders with potential energies, not .npz files")
     data = load_training_data(args.data)
+    estimate = temperature_estimate(find_runs(args.data)) if anchored else None  # refused early if it cannot be
     model = trainer.fit(data)
+    if estimate is not None:
+        anchors = estimate.anchors(args.mbar_anchors)
+        model = trainer.refit_prior(model, estimate.training_data(data, estimate.runs, anchors))
+        print(f"prior fitted to MBAR at {', '.join(f'{t:g}' for t in anchors)}")
     model.save(args.out)
     info = model.info
     populations = ", ".join(f"{p:.3f}" for p in info["state_populations"])
@@ -435,7 +455,7 @@ def _mbar_reweighted(
         raise LatfError(f"--data runs are in temperature unit {frames.temperature_unit!r}, the model in {unit!r}")
     latent = model.transform(np.concatenate(frames.features).astype(np.float64))
     estimate = temperature_estimate(runs)
-    return [(latent, np.concatenate(estimate.weights(temperature_to_kelvin(t, unit)))) for t in temperatures]
+    return [(latent, estimate.frame_weights(t)) for t in temperatures]
 
 
 def _add_langevin(sub: argparse._SubParsersAction) -> None:

@@ -7,6 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+from latf_openmm.models import load_model
+from latf_openmm.reweighting import temperature_estimate
+from latf_openmm.simulation import find_runs, simulate
+from latf_openmm.specs import MDOptions
+from latf_openmm.systems import load_system
+from latf_openmm.systems.builders import threehole_populations, threehole_well
+
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
 QUICK_TRAIN = [
     "--n-initial-states",
@@ -77,6 +84,43 @@ def test_train_dspib_generates_and_spib_refuses_other_temperatures(two_state_dat
     result = _cli("train", two_state_data, "--out", tmp_path / "x.pt", "--model", "flowy")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "model must be one of spib, latf, dspib" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def threehole_runs(tmp_path_factory):
+    """Unbiased three-hole runs at k_BT 0.75 and 1.0 (20 000 frames each, with potential energies)."""
+    molsys, folder = load_system("threehole"), tmp_path_factory.mktemp("runs")
+    for kt, seed in ((0.75, 1), (1.0, 2)):
+        simulate(molsys, molsys.to_kelvin(kt), 600_000, folder / f"T{kt}", seed=seed, md=MDOptions(frame_interval=30),
+                 progress=False)  # fmt: skip
+    return folder
+
+
+def test_train_fits_the_prior_to_mbar_at_its_anchors(threehole_runs, tmp_path):
+    model_path = tmp_path / "m.pt"
+    result = _cli("train", threehole_runs, "--out", model_path, "--prior", "grid", "--lag", 5, *QUICK_TRAIN,
+                  "--mbar-anchors", 1.3)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    anchors = [float(t) for t in result.stdout.split("prior fitted to MBAR at ")[1].splitlines()[0].split(", ")]
+    estimate = temperature_estimate(find_runs([threehole_runs]))
+    np.testing.assert_allclose(anchors, estimate.anchors([1.3]), rtol=1e-5)
+    assert anchors[0] == 0.75 and 1.0 in anchors and 1.0 < anchors[-1] <= 1.3 and len(anchors) >= 6
+    model = load_model(model_path)
+    checks = model.info["generation_check"]  # the prior generates MBAR's populations at every anchor ...
+    np.testing.assert_allclose([c["temperature"] for c in checks], anchors, rtol=1e-5)
+    assert max(c["max_error"] for c in checks) < 0.02, checks
+    frames = np.concatenate([np.load(run / "timeseries.npz")["features"] for run in find_runs([threehole_runs])])
+    states, wells = model.predict_state(frames.astype(float)), threehole_well(frames)
+    well_of_state = [np.bincount(wells[states == k], minlength=3).argmax() for k in range(model.n_states)]
+    for temperature in (t for t in anchors if t < 1.1):  # ... so, by well, quadrature's between and beyond the runs
+        # (measured: 0.009 off at 0.80, 0.017 at 1.07 and 0.025 at 1.3, where the states and the wells part)
+        generated = np.bincount(well_of_state, model.state_populations(temperature, 100_000, seed=0), minlength=3)
+        np.testing.assert_allclose(generated, threehole_populations(temperature), atol=0.03)
+    result = _cli("train", threehole_runs, "--out", tmp_path / "s.pt", "--model", "spib", "--mbar-anchors")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--model latf or dspib" in result.stderr
+    np.savez(tmp_path / "d.npz", features=np.zeros((2, 100, 2)), temperatures=np.array([1.0, 1.5]))
+    result = _cli("train", tmp_path / "d.npz", "--out", tmp_path / "s.pt", "--mbar-anchors")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "run folders" in result.stderr
 
 
 def test_train_bad_input(tmp_path):

@@ -95,7 +95,7 @@ def test_temperature_mbar_reweights_to_trained_and_unseen_temperatures(threehole
     paths = [_unbiased(molsys, tmp_path, kt, steps=1_200_000, seed=s) for kt, s in ((0.75, 1), (1.0, 2))]
     estimate = temperature_estimate(paths)
     for target in (0.75, 0.85):
-        weights = estimate.weights(molsys.to_kelvin(target))
+        weights = estimate.mbar.weights(molsys.to_kelvin(target))
         np.testing.assert_allclose(_populations(paths, weights), threehole_populations(target), atol=0.03)
     assert np.all(run_weights(paths[0]) == 1.0)
     with pytest.raises(LatfError, match="positive"):
@@ -159,7 +159,7 @@ def test_replica_exchange_demultiplexes_and_reweights_to_exact_populations(tmp_p
         series = np.load(path / "timeseries.npz")
         assert series["features"].shape == (3000, 2)
         assert json.loads((path / "manifest.json").read_text())["settings"]["temperature"] == pytest.approx(kt)
-    weights = temperature_estimate(paths).weights(load_system("threehole").to_kelvin(0.75))
+    weights = temperature_estimate(paths).mbar.weights(load_system("threehole").to_kelvin(0.75))
     np.testing.assert_allclose(_populations(paths, weights), threehole_populations(0.75), atol=0.04)
 
 
@@ -196,7 +196,7 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     np.testing.assert_allclose(colvar["s0"], cold["features"][:, 0], atol=1e-5)  # CV = x, frame by frame
     sampled = np.bincount(threehole_well(cold["features"]), minlength=3) / len(cold["features"])
     assert abs(sampled[1] - threehole_populations(KT)[1]) > 0.04  # the bias changes the sampling
-    populations = _populations(paths, temperature_estimate(paths).weights(temperature))  # seeds 4, 5: within 0.01
+    populations = _populations(paths, temperature_estimate(paths).mbar.weights(temperature))  # seeds 4, 5: within 0.01
     np.testing.assert_allclose(populations, threehole_populations(KT), atol=0.04)
 
     # One MBAR over the replicas (fixed bias, three temperatures) and an unbiased run at 0.75,
@@ -211,7 +211,7 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     assert own[-1] is None and np.allclose(energies[0] + own[0], cold["potential_energy"])
     kelvin = [*ladder, temperature]
     replicas_only = multistate_estimate(energies[:3], ladder, [0] * 3, fixed[None, : -len(energies[-1])])
-    expected_weights = temperature_estimate(paths).weights(ladder[1])
+    expected_weights = temperature_estimate(paths).mbar.weights(ladder[1])
     for weights, expected in zip(replicas_only.weights(ladder[1]), expected_weights, strict=True):
         np.testing.assert_allclose(weights, expected, rtol=1e-3)  # the bias from OpenMM or from the CV
     mixed_estimate = multistate_estimate(energies, kelvin, [0, 0, 0, None], fixed[None])

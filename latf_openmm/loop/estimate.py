@@ -71,9 +71,7 @@ def equilibrium_estimate(
     inefficiency = [statistical_inefficiency(f if model is None else model.transform(f)) for f in features]
     biases = np.array(rows).reshape(len(rows), len(every_frame))
     mbar = multistate_estimate(energies, kelvin, sampled, biases, inefficiency)
-    kelvin_per_unit = settings[members[0]]["temperature_K"] / settings[members[0]]["temperature"]
-    temperatures = tuple(sorted({settings[k]["temperature"] for k in members}))
-    return EquilibriumEstimate(tuple(runs[k] for k in members), mbar, kelvin_per_unit, temperatures)
+    return EquilibriumEstimate.of_runs([runs[k] for k in members], [settings[k] for k in members], mbar)
 
 
 def _features(runs: Sequence[str]) -> list[np.ndarray]:

@@ -143,6 +143,15 @@ class EquilibriumEstimate:
     kelvin_per_unit: float  # a user-facing temperature times this is K
     temperatures: tuple[float, ...]  # the runs' temperatures (the sampled ones), ascending
 
+    @classmethod
+    def of_runs(
+        cls, runs: Sequence[str | Path], settings: Sequence[dict], mbar: MultistateEstimate
+    ) -> EquilibriumEstimate:
+        """Return the estimate ``mbar`` solved over ``runs``, whose manifests' settings are ``settings``."""
+        kelvin_per_unit = settings[0]["temperature_K"] / settings[0]["temperature"]
+        temperatures = tuple(sorted({s["temperature"] for s in settings}))
+        return cls(tuple(map(str, runs)), mbar, kelvin_per_unit, temperatures)
+
     def weights(self, temperature: float) -> dict[str, np.ndarray]:
         """Run → its frames' weights at ``temperature``; all runs together sum to their frames."""
         return dict(zip(self.runs, self.mbar.weights(temperature * self.kelvin_per_unit), strict=True))
@@ -306,11 +315,11 @@ def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
     return multistate_estimate(zeros, [kelvin] * len(runs), range(len(runs)), restraints).weights(kelvin)
 
 
-def temperature_estimate(paths: Sequence[str | Path]) -> MultistateEstimate:
+def temperature_estimate(paths: Sequence[str | Path]) -> EquilibriumEstimate:
     """Run MBAR over the potential energies of runs at several temperatures.
 
-    The result gives their frames' unbiased weights at any temperature
-    (:meth:`MultistateEstimate.weights`, in K).
+    The result gives their frames' unbiased weights at any temperature, in the runs'
+    user-facing unit (:meth:`EquilibriumEstimate.weights`; in K: its ``mbar``).
 
     The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): the
     sampled states are then β_k (U + V) and the target β U.
@@ -325,7 +334,8 @@ def temperature_estimate(paths: Sequence[str | Path]) -> MultistateEstimate:
     energies, own = zip(*(run_energies(p) for p in paths), strict=True)
     kelvin = [s["temperature_K"] for s in settings]
     fixed = np.concatenate(own)[None] if biases[0] else np.zeros((0, sum(map(len, energies))))
-    return multistate_estimate(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed)
+    mbar = multistate_estimate(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed)
+    return EquilibriumEstimate.of_runs(paths, settings, mbar)
 
 
 __all__ = [
