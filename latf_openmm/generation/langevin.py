@@ -44,6 +44,12 @@ all stepped at once, on the CPU or CUDA. G is the frames' binned, smoothed mean,
 its global mean where frames are few; F bounds the region: a walker that leaves the grid,
 or reaches F more than ``SUPPORT_CAP_KT`` k_BT above its minimum, stops the run with an
 error (a blow-up, or a model whose F does not confine), rather than drifting into noise.
+F is capped at ``WALL_KT`` k_BT above its minimum (twice that) before it is differenced:
+where a learned F jumps past the cap within one grid cell (a flow's rough edge), the cells
+next to it stay usable and the wall pushes walkers back. Such a wall's force spreads over
+about two cells, whose probability is lost (``tests/test_langevin.py``: 0.009 beside a hole
+in a well's tail; a hole in a well's centre costs that well 0.06), so a finer ``bins`` grid
+sharpens it.
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ from latf_openmm.simulation.colvar import write_colvar
 
 FIXED_POINT_ITERATIONS = 4
 DEFAULT_BINS = 100
-SUPPORT_CAP_KT = 50.0  # F more than this above its minimum (k_BT): not supported (e^-50: a blow-up)
+SUPPORT_CAP_KT = 50.0  # a walker whose F is more than this above its minimum (k_BT) has escaped: a blow-up
+WALL_KT = 2 * SUPPORT_CAP_KT  # F is capped here (k_BT above its minimum) before differencing
 PRIOR_FRAMES = 1.0  # G's binned mean is shrunk to its global mean with the weight of this many frames
 
 
@@ -112,7 +119,7 @@ class LatentLandscape:
     kt
         k_BT at the landscape's temperature.
     supported
-        Where F and G are known (data nearby, F within ``SUPPORT_CAP_KT`` of its minimum).
+        Where F and G are known (F finite, G positive-definite).
     metric_spread
         The weighted mean of ‖G(x) − G(s)‖ / ‖G(s)‖ over the frames: how far one microstate's
         metric is from its s's average (0 for a linear CV); None when G was given directly.
@@ -206,7 +213,7 @@ class LatentLandscape:
         grid_metric = ((sums + prior * mean_metric) / (mass + prior)[..., None]).reshape(*mass.shape, d, d)
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
         f = np.asarray(free_energy(grid), dtype=np.float64).reshape(mass.shape)
-        supported = np.isfinite(f) & (f - np.nanmin(np.where(np.isfinite(f), f, np.nan)) < SUPPORT_CAP_KT * kt)
+        supported = np.isfinite(f)
         at_frames = _interpolate(_as_tensor(grid_metric.reshape(*mass.shape, d * d)), axes, torch.from_numpy(latent))
         deviation = np.linalg.norm(metric.reshape(n, -1) - at_frames.numpy(), axis=1)
         spread = float(np.average(deviation / np.linalg.norm(at_frames.numpy(), axis=1).clip(1e-300), weights=weights))
@@ -333,12 +340,12 @@ class LatentLangevin:
         self.landscape, self.friction, self.timestep, self.overdamped = landscape, friction, timestep, overdamped
         self.device = torch.device(device)
         self.dim = len(landscape.axes)
-        fields, usable = _fields(landscape)
+        fields, usable, height = _fields(landscape)
         if not usable.any():
             raise LatfError("the latent landscape's support is too thin for derivatives: use a finer grid")
         self._fields = _as_tensor(fields).to(self.device)
         self._metric = self._fields[..., 2 * self.dim : 2 * self.dim + self.dim**2].contiguous()
-        self._usable = _as_tensor(usable.astype(np.float64)[..., None]).to(self.device)
+        self._usable = _as_tensor(np.stack([usable.astype(np.float64), height], -1)).to(self.device)
 
     def _at(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """∇F (w, d), ∇ log det G (w, d), G (w, d, d), ∂_k G (w, d, d, d: k first) at ``s``."""
@@ -349,9 +356,10 @@ class LatentLangevin:
         return gradient, log_det_gradient, metric, fields[:, 2 * d + d * d :].reshape(-1, d, d, d)
 
     def inside(self, latent: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Whether each point (n, d) lies where F, G and their derivatives are all known."""
+        """Whether each point (n, d) lies where F, G and their derivatives are known, F within the cap."""
         s = torch.as_tensor(latent, dtype=torch.float64).to(self.device)
-        inside = _interpolate(self._usable, self.landscape.axes, s)[:, 0] > 1 - 1e-9
+        usable, height = _interpolate(self._usable, self.landscape.axes, s).unbind(-1)
+        inside = (usable > 1 - 1e-9) & (height < SUPPORT_CAP_KT)
         for k, axis in enumerate(self.landscape.axes):
             inside &= (s[:, k] >= float(axis[0])) & (s[:, k] <= float(axis[-1]))
         return (inside & torch.isfinite(s).all(-1)).cpu().numpy()
@@ -458,21 +466,25 @@ def _grid_gradient(values: np.ndarray, spacing: list[float]) -> np.ndarray:
     return np.stack(parts if d > 1 else [parts], axis=d)
 
 
-def _fields(landscape: LatentLandscape) -> tuple[np.ndarray, np.ndarray]:
-    """Return the grid channels ∇F, ∇ log det G, G, ∂_k G (…, d + d + d² + d³) and where all are known.
+def _fields(landscape: LatentLandscape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the grid channels ∇F, ∇ log det G, G, ∂_k G (…, d + d + d² + d³), where all are known, and F's height.
 
-    Unsupported cells are NaN before differencing, so a cell whose stencil reaches one is not
-    usable either: walkers must stay where every channel is known.
+    F is capped at ``WALL_KT`` k_BT above its minimum before differencing; its height is
+    (F − min F)/k_BT, capped so, and 0 where F is unknown. Unknown cells are NaN before
+    differencing, so a cell whose stencil reaches one is not usable either: walkers must
+    stay where every channel is known.
     """
     d = len(landscape.axes)
     shape = landscape.free_energy.shape
     spacing = [float(a[1] - a[0]) for a in landscape.axes]
     supported = landscape.supported
+    height = np.where(supported, landscape.free_energy - landscape.free_energy[supported].min(), 0.0)
+    height = np.minimum(height / landscape.kt, WALL_KT)
     metric = np.where(supported[..., None, None], landscape.metric, np.nan)
     log_det = np.where(supported, np.linalg.slogdet(np.where(np.isnan(metric), np.eye(d), metric))[1], np.nan)
     channels = np.concatenate(
         [
-            _grid_gradient(np.where(supported, landscape.free_energy, np.nan), spacing),
+            _grid_gradient(np.where(supported, landscape.kt * height, np.nan), spacing),
             _grid_gradient(log_det, spacing),
             metric.reshape(*shape, d * d),
             _grid_gradient(metric, spacing).reshape(*shape, d**3),
@@ -480,4 +492,4 @@ def _fields(landscape: LatentLandscape) -> tuple[np.ndarray, np.ndarray]:
         -1,
     )
     usable = np.isfinite(channels).all(-1)
-    return np.nan_to_num(channels, nan=0.0), usable
+    return np.nan_to_num(channels, nan=0.0), usable, height
