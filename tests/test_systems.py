@@ -10,7 +10,7 @@ import openmm.app as app
 import openmm.unit as u
 import pytest
 
-from latf_openmm import LatfError, load_system
+from latf_openmm import LatfError, build_featurizer, load_system
 from latf_openmm.systems import available_systems
 from latf_openmm.systems.builders import CONFINEMENT_GROUP, THREE_HOLE_EXPRESSION, threehole_energy
 from latf_openmm.units import kelvin_to_reduced, reduced_to_kelvin
@@ -87,6 +87,31 @@ def test_alanine_dipeptide_is_finite_and_runs(name):
     integrator.step(500)
     energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
     assert np.isfinite(energy) and -400 < energy < 100
+
+
+def test_alanine_dipeptide_in_a_tip3p_box_keeps_the_solute_and_its_features():
+    """Explicit water with PME: the solute as in ala2_obc2, its features the same, a neutral periodic box that runs."""
+    molsys, implicit = load_system("ala2_tip3p"), load_system("ala2_obc2")
+    residues = [r.name for r in molsys.topology.residues()]
+    assert residues[:3] == ["ACE", "ALA", "NME"] and set(residues[3:]) == {"HOH"} and len(residues) > 200
+    nonbonded = next(f for f in molsys.system.getForces() if isinstance(f, openmm.NonbondedForce))
+    assert molsys.system.usesPeriodicBoundaryConditions()
+    assert nonbonded.getNonbondedMethod() == openmm.NonbondedForce.PME
+    np.testing.assert_allclose(molsys.positions[:22], implicit.positions, atol=1e-6)
+    featurizer = build_featurizer(molsys.features, molsys.topology)
+    assert featurizer.n_features == build_featurizer(implicit.features, implicit.topology).n_features == 19
+    np.testing.assert_allclose(
+        featurizer.transform(molsys.positions[None]),
+        build_featurizer(implicit.features, implicit.topology).transform(implicit.positions[None]),
+        atol=1e-9,
+    )
+    integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
+    context = openmm.Context(molsys.system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(molsys.positions)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    integrator.step(200)
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
+    assert np.isfinite(energy) and energy < -8000  # ~230 TIP3P waters at ≈ −41 kJ/mol each
 
 
 @pytest.mark.parametrize("start", ["folded", "extended"])

@@ -161,7 +161,28 @@ def _package_data(package: str, *parts: str) -> Path:
 _SOLVENTS = {
     "vacuum": [],
     "obc2": ["implicit/obc2.xml"],
+    "tip3p": ["amber14/tip3p.xml"],
 }
+WATER_PADDING = 1.0  # nm of TIP3P water around the solute in an explicit-solvent box
+PME_CUTOFF = 0.9  # nm, the real-space cutoff of PME
+
+
+def _solvated(topology: app.Topology, positions: np.ndarray, solvent: str) -> Built:
+    """Return the Amber ff14SB system of a solute in ``solvent``: vacuum, OBC2, or a TIP3P box with PME.
+
+    For ``"tip3p"`` the solute gets a box of water ``WATER_PADDING`` around it (OpenMM's
+    Modeller, neutralized with Na⁺/Cl⁻), PME with a ``PME_CUTOFF`` real-space cutoff;
+    the returned topology and positions then include the water.
+    """
+    if solvent not in _SOLVENTS:
+        raise LatfError(f"solvent must be one of {sorted(_SOLVENTS)}, got {solvent!r}")
+    files = ["amber14-all.xml", *_SOLVENTS[solvent]]
+    if solvent != "tip3p":
+        return Built(_forcefield_system(topology, files), topology, positions)
+    modeller = app.Modeller(topology, positions * u.nanometer)
+    modeller.addSolvent(app.ForceField(*files), model="tip3p", padding=WATER_PADDING * u.nanometer)
+    system = _forcefield_system(modeller.topology, files, nonbonded_method="PME", nonbonded_cutoff=PME_CUTOFF)
+    return Built(system, modeller.topology, _nm(modeller.positions))
 
 
 def _forcefield_system(
@@ -200,15 +221,12 @@ def _constraints(name: str | None) -> object:
 
 
 def alanine_dipeptide(solvent: str = "obc2") -> Built:
-    """Alanine dipeptide (ACE-ALA-NME), Amber ff14SB, in vacuum or OBC2 implicit solvent.
+    """Alanine dipeptide (ACE-ALA-NME), Amber ff14SB, in vacuum, OBC2 or a TIP3P box (PME).
 
     The structure is the one openmmtools ships.
     """
-    if solvent not in _SOLVENTS:
-        raise LatfError(f"solvent must be one of {sorted(_SOLVENTS)}, got {solvent!r}")
     pdb = app.PDBFile(str(_package_data("openmmtools", "data", "alanine-dipeptide-gbsa", "alanine-dipeptide.pdb")))
-    system = _forcefield_system(pdb.topology, ["amber14-all.xml", *_SOLVENTS[solvent]])
-    return Built(system, pdb.topology, _nm(pdb.positions))
+    return _solvated(pdb.topology, _nm(pdb.positions), solvent)
 
 
 CHIGNOLIN_SEQUENCE = "GYDPETGTWG"
@@ -239,7 +257,8 @@ def chignolin(start: str = "folded", solvent: str = "obc2") -> Built:
         cross-strand Cα restraints that closes the hairpin; ``"extended"``: all-trans
         backbone (φ = ψ = 180°), minimized.
     solvent
-        ``"obc2"`` or ``"vacuum"``.
+        ``"obc2"``, ``"vacuum"`` or ``"tip3p"`` (a water box with PME, solvated after the
+        minimization in vacuum that shapes the hairpin).
     """
     if start not in ("folded", "extended"):
         raise LatfError(f"chignolin start must be 'folded' or 'extended', got {start!r}")
@@ -247,10 +266,10 @@ def chignolin(start: str = "folded", solvent: str = "obc2") -> Built:
         raise LatfError(f"solvent must be one of {sorted(_SOLVENTS)}, got {solvent!r}")
     angles = _CHIGNOLIN_HAIRPIN if start == "folded" else [(180.0, 180.0)] * len(CHIGNOLIN_SEQUENCE)
     topology, positions = _build_peptide(CHIGNOLIN_SEQUENCE, angles)
-    system = _forcefield_system(topology, ["amber14-all.xml", *_SOLVENTS[solvent]])
+    shaped = _solvated(topology, positions, "vacuum" if solvent == "tip3p" else solvent)
     pairs = _CHIGNOLIN_CROSS_STRAND if start == "folded" else []
-    positions = _relax(system, topology, positions, pairs)
-    return Built(system, topology, positions)
+    positions = _relax(shaped.system, topology, positions, pairs)
+    return _solvated(topology, positions, solvent) if solvent == "tip3p" else shaped._replace(positions=positions)
 
 
 def _build_peptide(sequence: str, angles: list[tuple[float, float]]) -> tuple[app.Topology, np.ndarray]:
