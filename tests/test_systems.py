@@ -73,6 +73,16 @@ def test_lj7_wall_holds_an_escaping_particle():
     assert forces[1, 0] < -50  # pulled back towards the cluster
 
 
+def _energy_after_md(molsys, steps: int) -> float:
+    """Potential energy (kJ/mol) after minimizing and ``steps`` of Langevin MD at 300 K (2 fs, CPU)."""
+    integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
+    context = openmm.Context(molsys.system, integrator, openmm.Platform.getPlatformByName("CPU"))
+    context.setPositions(molsys.positions)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    integrator.step(steps)
+    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
+
+
 @pytest.mark.parametrize("name", ["ala2_vacuum", "ala2_obc2"])
 def test_alanine_dipeptide_is_finite_and_runs(name):
     molsys = load_system(name)
@@ -80,12 +90,7 @@ def test_alanine_dipeptide_is_finite_and_runs(name):
     assert any(
         isinstance(f, openmm.GBSAOBCForce) or isinstance(f, openmm.CustomGBForce) for f in molsys.system.getForces()
     ) == (name == "ala2_obc2")
-    integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
-    context = openmm.Context(molsys.system, integrator, openmm.Platform.getPlatformByName("CPU"))
-    context.setPositions(molsys.positions)
-    openmm.LocalEnergyMinimizer.minimize(context)
-    integrator.step(500)
-    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
+    energy = _energy_after_md(molsys, 500)
     assert np.isfinite(energy) and -400 < energy < 100
 
 
@@ -105,12 +110,7 @@ def test_alanine_dipeptide_in_a_tip3p_box_keeps_the_solute_and_its_features():
         build_featurizer(implicit.features, implicit.topology).transform(implicit.positions[None]),
         atol=1e-9,
     )
-    integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
-    context = openmm.Context(molsys.system, integrator, openmm.Platform.getPlatformByName("CPU"))
-    context.setPositions(molsys.positions)
-    openmm.LocalEnergyMinimizer.minimize(context)
-    integrator.step(200)
-    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(KJ)
+    energy = _energy_after_md(molsys, 200)
     assert np.isfinite(energy) and energy < -8000  # ~230 TIP3P waters at ≈ −41 kJ/mol each
 
 
