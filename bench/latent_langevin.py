@@ -185,7 +185,9 @@ def main() -> None:
     print(json.dumps({"fitted_friction": round(fitted, 3), "fitted_to": f"state {fitted_state} lifetime at {own}"}))
     for temperature in case.temperatures:
         row = latent_run(temperature, fitted)
-        row["lifetime_ratio"] = np.round(np.array(row["lifetimes"]) / md_lifetimes[temperature][0], 2).tolist()
+        md_time, md_visits = md_lifetimes[temperature]
+        ratio = np.array(row["lifetimes"]) / np.where(md_visits > 0, md_time, np.nan)  # NaN: no complete MD visit
+        row["lifetime_ratio"] = [None if np.isnan(r) else round(float(r), 2) for r in ratio]
         print(json.dumps(row), flush=True)
 
 
