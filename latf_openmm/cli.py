@@ -478,7 +478,7 @@ def _add_langevin(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-interval", type=int, help="steps between frames (default: the runs' frame interval)")
     p.add_argument("--overdamped", action="store_true", help="Brownian dynamics with D = k_BT G / γ")
     p.add_argument("--bins", type=int, default=100, help="latent grid points per dimension (default 100)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", default="auto", help="auto (CUDA where torch finds it), cpu or cuda (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(handler=_langevin, required=("model", "runs", "temperature", "steps", "out"),
                    outputs={"out": "folder"}, positive=("steps", "walkers", "bins", "report_interval"))  # fmt: skip

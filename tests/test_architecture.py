@@ -11,7 +11,7 @@ LAYERS = [  # lowest first; the root package (the public API) sits on top of the
     "systems", "features", "simulation", "models", "export", "bias", "reweighting", "generation", "reports", "loop",
     "cli",
 ]  # fmt: skip
-SHARED_LEAVES = {"errors", "files", "units", "versions", "specs", "_quiet", "_plugins"}  # importable by all
+SHARED_LEAVES = {"errors", "files", "units", "versions", "devices", "specs", "_quiet", "_plugins"}  # importable by all
 
 
 def imports(source: str) -> list[tuple[str, int]]:

@@ -47,9 +47,16 @@ class LearnedCV:
         (:func:`~latf_openmm.export.paired_featurizer` refuses any other).
     backend
         ``"auto"``, ``"native"`` or ``"torch"`` (see the module documentation).
+    cuda_graphs
+        Let a ``TorchForce`` on the CUDA platform capture the CV's evaluation as a CUDA graph
+        (openmm-torch's ``useCUDAGraphs``): one launch per step instead of one per kernel.
+        Correct here, since the exported CV has static shapes and no host synchronization;
+        other platforms ignore it.
     """
 
-    def __init__(self, model: LatentModel, featurizer: Featurizer | None = None, backend: str = "auto") -> None:
+    def __init__(
+        self, model: LatentModel, featurizer: Featurizer | None = None, backend: str = "auto", cuda_graphs: bool = True
+    ) -> None:
         if backend not in BACKENDS:
             raise LatfError(f"unknown CV backend {backend!r}; use one of {BACKENDS}")
         featurizer = paired_featurizer(model, featurizer)
@@ -66,6 +73,7 @@ class LearnedCV:
                 if backend == "native":
                     raise
         self.backend = "native" if self.expression is not None else "torch"
+        self.cuda_graphs = cuda_graphs
 
     def values(self, positions: np.ndarray, box: np.ndarray | None = None) -> np.ndarray:
         """CV of positions (n_atoms, 3) or (n_frames, n_atoms, 3) in nm, with optional box vectors."""
@@ -94,6 +102,7 @@ class LearnedCV:
 
             module = CollectiveVariable(self.featurizer, self.model, component=component).eval()
             force = TorchForce(torch.jit.script(module))
+            force.setProperty("useCUDAGraphs", "true" if self.cuda_graphs else "false")
         force.setUsesPeriodicBoundaryConditions(periodic)
         return force
 

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from latf_openmm.devices import torch_device
 from latf_openmm.errors import LatfError
 from latf_openmm.export import LatentMean, paired_featurizer
 from latf_openmm.features import Featurizer
@@ -322,7 +323,7 @@ class LatentLangevin:
     overdamped
         Brownian dynamics with D = k_BT G / γ instead.
     device
-        Where the walkers live ("cpu", "cuda").
+        Where the walkers live: ``"auto"`` (CUDA where torch finds it), ``"cpu"``, ``"cuda"``.
     """
 
     def __init__(
@@ -331,14 +332,14 @@ class LatentLangevin:
         friction: float,
         timestep: float,
         overdamped: bool = False,
-        device: str | torch.device = "cpu",
+        device: str = "auto",
     ) -> None:
         if not (math.isfinite(friction) and friction > 0):
             raise LatfError(f"friction must be positive, got {friction}")
         if not (math.isfinite(timestep) and timestep > 0):
             raise LatfError(f"timestep must be positive, got {timestep}")
         self.landscape, self.friction, self.timestep, self.overdamped = landscape, friction, timestep, overdamped
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.dim = len(landscape.axes)
         fields, usable, height = _fields(landscape)
         if not usable.any():

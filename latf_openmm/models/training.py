@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from latf_openmm.devices import check_device_name, torch_device
 from latf_openmm.errors import LatfError
 from latf_openmm.models.data import LABEL_DESCRIPTORS, LABEL_METHODS, TrainingData, initial_labels
 from latf_openmm.models.diffusion import DiffusionPrior
@@ -135,7 +136,7 @@ class TrainingConfig:
         "within this of the training data's (equilibrium-weighted), or training stops with an error "
         "rather than return a model that generates the wrong ensemble (None: no check)",
     )
-    device: str | None = option(None, "'cpu' or 'cuda' (default: CUDA when torch finds it)")
+    device: str | None = option("auto", "'auto' (CUDA when torch finds it, else the CPU), 'cpu', 'cuda' or 'cuda:N'")
 
     def validate(self) -> None:
         """Raise :class:`LatfError` for out-of-range values."""
@@ -170,11 +171,14 @@ class TrainingConfig:
                 self.generation_tolerance is None or 0 < self.generation_tolerance <= 1,
                 "generation_tolerance must be in (0, 1] or None",
             ),
-            (self.device in (None, "cpu") or str(self.device).startswith("cuda"), "device must be 'cpu' or 'cuda'"),
         ]
         for ok, message in checks:
             if not ok:
                 raise LatfError(f"training config: {message}")
+        try:
+            check_device_name(self.device)
+        except LatfError as error:
+            raise LatfError(f"training config: {error}") from None
 
 
 def population_check(temperature: float, data: np.ndarray, generated: np.ndarray, prior: str) -> dict[str, Any]:
@@ -226,8 +230,7 @@ class SPIB:
             raise LatfError(f"{type(self).__name__} trains model '{self.model}', not '{config.model}'; see estimator()")
         self.config = dataclasses.replace(config, model=self.model)
         self.config.validate()
-        if str(self.config.device).startswith("cuda") and not torch.cuda.is_available():  # here, where it trains
-            raise LatfError(f"device {self.config.device!r}: torch finds no CUDA device here; use 'cpu' or none")
+        torch_device(self.config.device)  # here, where it trains: a CUDA device torch cannot find is refused now
 
     def fit(self, data: TrainingData) -> LatentModel:
         """Train on ``data``; returns the model."""
@@ -308,7 +311,7 @@ class _Trainer:
     def __init__(self, data: TrainingData, config: TrainingConfig) -> None:
         self.config = config
         self.data = data
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch_device(config.device)
         self.started = time.perf_counter()
         self.history: list[dict[str, Any]] = []
         too_short = [i for i, n in enumerate(data.lengths) if n <= config.lag]
