@@ -1,10 +1,12 @@
 """Speed of 2-D well-tempered metadynamics along a learned CV, as a ratio to plain MD in one run.
 
-Usage: python bench/bias_overhead.py [--system ala2_obc2|ala2_tip3p] [--rounds 7] [--steps 2000] [--threads 1]
+Usage: python bench/bias_overhead.py [--system ala2_obc2|ala2_tip3p|chignolin] [--platform CPU|CUDA|OpenCL]
+       [--rounds 7] [--steps 2000] [--threads 1] [--methods native,torch,...]
 
 Alanine dipeptide, OBC2 (default) or in a TIP3P box with PME (``--system ala2_tip3p``:
-712 atoms, the realistic case, where a step costs ≈ 12× more), CPU platform, 2 fs
-steps, hills every 500 steps. Every
+712 atoms, the realistic case, where a step costs ≈ 12× more), or chignolin (OBC2, 138
+atoms; its ``native`` CV is over its Cα distances), on the CPU platform (default) or a GPU
+(``--platform CUDA``, mixed precision), 2 fs steps, hills every 500 steps. Every
 method runs in its own Context; the contexts take turns (``--steps`` each per round)
 and the median rate over rounds is compared with plain MD measured in the same rounds,
 so load on the shared machine affects all alike. Methods:
@@ -13,7 +15,9 @@ so load on the shared machine affects all alike. Methods:
 ``native_dist``  the same with 45 heavy-atom distances + φ/ψ → linear encoder
 ``app_native``   openmm.app.Metadynamics over the same expression forces as ``native``
 ``torch``        latf Metadynamics over one TorchForce per component,
-                 45 distances + φ/ψ → MLP 64-64 → 2-D (the issue's baseline network)
+                 45 distances + φ/ψ → MLP 64-64 → 2-D (the issue's baseline network); on CUDA
+                 the TorchForce captures a CUDA graph (``useCUDAGraphs``)
+``torch_nographs`` the same without CUDA graphs (the same as ``torch`` off CUDA)
 ``plumed_metad`` the same network and bias as ``torch`` in PLUMED (the exported ``plumed.dat``:
                  DISTANCE/TORSION actions → PYTORCH_MODEL → METAD on its grid) through
                  openmm-plumed's ``PlumedForce``
@@ -21,7 +25,8 @@ so load on the shared machine affects all alike. Methods:
 
 The PLUMED routes need ``make plumed`` (openmm-plumed in the venv); without it they are
 skipped, saying so. Prints one JSON line per method (``plain_steps_per_s``,
-``biased_steps_per_s``, ``ratio``, ``bias_us_per_step``: the bias's added time per step,
+``biased_steps_per_s``, ``plain_ns_per_day``, ``biased_ns_per_day``, ``ratio``,
+``bias_us_per_step``: the bias's added time per step,
 ``method``, ``setup_s``: Context creation, incl. OpenMM's expression compilation), then
 the default method's line again last.
 """
@@ -59,6 +64,7 @@ except ImportError:  # built by `make plumed`
 DEFAULT = "native"
 PACE = 500
 TEMPERATURE = 300.0
+STEP_PS = 0.002
 
 
 def _model(molsys, features, layers, hidden):
@@ -94,7 +100,7 @@ def _plumed_force(method, molsys, all_heavy_distances):
     return openmmplumed.PlumedForce(plumed_input(featurizer, "model.ptc", 2, TEMPERATURE, spec, stride=PACE))
 
 
-def build(method, molsys, threads):
+def build(method, molsys, platform_name, threads):
     dihedrals = [molsys.features[0]]
     all_heavy_distances = [*dihedrals, {"kind": "distances", "atoms": "not water and not element H"}]  # 45
     updates = None
@@ -103,9 +109,10 @@ def build(method, molsys, threads):
         bias = _metadynamics(LearnedCV(*_model(molsys, dihedrals, 1, 16), backend="native"))
     elif method == "native_dist":
         bias = _metadynamics(LearnedCV(*_model(molsys, all_heavy_distances, 0, 16), backend="native"))
-    elif method == "torch":
-        bias = _metadynamics(LearnedCV(*_model(molsys, all_heavy_distances, 2, 64), backend="torch"))
-    if method in ("native", "native_dist", "torch"):
+    elif method in ("torch", "torch_nographs"):
+        cv = LearnedCV(*_model(molsys, all_heavy_distances, 2, 64), backend="torch", cuda_graphs=method == "torch")
+        bias = _metadynamics(cv)
+    if method in ("native", "native_dist", "torch", "torch_nographs"):
         system = bias.add_to(system)
         updates = bias.update
     elif method == "app_native":
@@ -116,8 +123,8 @@ def build(method, molsys, threads):
     elif method.startswith("plumed"):
         system = openmm.XmlSerializer.clone(system)
         system.addForce(_plumed_force(method, molsys, all_heavy_distances))
-    platform, properties = select_platform("CPU", threads=threads)
-    integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE * u.kelvin, 1 / u.picosecond, 0.002 * u.picoseconds)
+    platform, properties = select_platform(platform_name, threads=threads if platform_name == "CPU" else None)
+    integrator = openmm.LangevinMiddleIntegrator(TEMPERATURE * u.kelvin, 1 / u.picosecond, STEP_PS * u.picoseconds)
     start = time.perf_counter()
     simulation = app.Simulation(molsys.topology, system, integrator, platform, properties)
     context = simulation.context
@@ -143,7 +150,8 @@ def build(method, molsys, threads):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--system", choices=["ala2_obc2", "ala2_tip3p"], default="ala2_obc2")
+    parser.add_argument("--system", choices=["ala2_obc2", "ala2_tip3p", "chignolin"], default="ala2_obc2")
+    parser.add_argument("--platform", default="CPU", help="OpenMM platform: CPU (default), CUDA or OpenCL")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=2000, help="steps per method per round (multiple of 500)")
     parser.add_argument("--threads", type=int, default=1)
@@ -155,7 +163,7 @@ def main() -> None:
     if openmmplumed is None and any(m.startswith("plumed") for m in methods):
         print("no openmm-plumed (run `make plumed`): the PLUMED routes are skipped", file=sys.stderr)
         methods = [m for m in methods if not m.startswith("plumed")]
-    runs = {m: build(m, molsys, args.threads) for m in methods}
+    runs = {m: build(m, molsys, args.platform, args.threads) for m in methods}
     rates: dict[str, list[float]] = {m: [] for m in methods}
     for advance, _, _ in runs.values():
         advance(PACE)  # warm-up
@@ -172,12 +180,15 @@ def main() -> None:
         lines[method] = {
             "plain_steps_per_s": round(plain, 1),
             "biased_steps_per_s": round(biased, 1),
+            "plain_ns_per_day": round(plain * STEP_PS * 86400e-3, 1),
+            "biased_ns_per_day": round(biased * STEP_PS * 86400e-3, 1),
             "ratio": round(biased / plain, 3),
             "bias_us_per_step": round(1e6 * (1 / biased - 1 / plain), 1),
             "method": method,
             "setup_s": round(runs[method][1], 2),
             "threads": args.threads,
             "system": args.system,
+            "platform": args.platform,
         }
         print(json.dumps(lines[method]), flush=True)
     if DEFAULT in lines:

@@ -1,6 +1,6 @@
 """Two-stage LaTF training on three-hole data, timed on one core.
 
-Usage: python bench/train_threehole.py DATA.npz [--threads 1] [--dump OUT.npz]
+Usage: python bench/train_threehole.py DATA.npz [--threads 1] [--device cpu|cuda|auto] [--dump OUT.npz]
 
 DATA.npz holds ``traj`` (n_traj, n_frames, 2) and ``labels`` (n_traj, n_frames), e.g.
 from bench/threehole_data.py; its temperature is ``kt`` if present, else 0.75. Settings
@@ -11,7 +11,7 @@ minute, SPIB rounds stop at 12 epochs (more refinement rounds instead) and the j
 encoded frames, about 35 s). Prints one JSON line:
 ``train_s``, ``n_states``, ``populations`` (final states on the data), ``kl`` (encoded MD
 vs as many generated samples at the data's temperature, 100 × 100 histogram), ``js`` (on a
-50 × 50 one), ``threads``. ``--prior grid`` fits the latent free energy instead of the flow
+50 × 50 one), ``threads``, ``device``. ``--prior grid`` fits the latent free energy instead of the flow
 (no joint stage; the flow settings are then unused).
 ``--dump`` also saves ``md_latent``, ``generated`` and ``states``.
 """
@@ -51,13 +51,14 @@ def main() -> None:
     parser.add_argument("--dump")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior", choices=["flow", "grid"], default="flow")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with np.load(args.data) as raw:
         traj, labels = raw["traj"], raw["labels"]
         kt = float(raw["kt"]) if "kt" in raw.files else 0.75
     data = TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt))
-    estimator = LaTF(**SETTINGS, seed=args.seed, prior=args.prior, generation_tolerance=None)
+    estimator = LaTF(**SETTINGS, seed=args.seed, prior=args.prior, generation_tolerance=None, device=args.device)
     start = time.perf_counter()
     model = estimator.fit(data)
     train_s = time.perf_counter() - start
@@ -79,6 +80,7 @@ def main() -> None:
                 "kl": round(kl_divergence_2d(md_latent, generated), 4),
                 "js": round(js_divergence_2d(md_latent, generated, bins=50), 4),
                 "threads": torch.get_num_threads(),
+                "device": args.device,
             }
         )
     )

@@ -7,6 +7,7 @@ from latf_openmm.generation.langevin import (
     model_landscape,
     write_latent_run,
 )
+from latf_openmm.generation.melting import block_fraction, two_state_fit, two_state_folded_fraction
 from latf_openmm.generation.metrics import (
     free_energy_profile_change,
     free_energy_profile_rmse,
@@ -19,6 +20,7 @@ __all__ = [
     "FES_CAP_KT",
     "LatentLandscape",
     "LatentLangevin",
+    "block_fraction",
     "free_energy_profile_change",
     "free_energy_profile_rmse",
     "generate",
@@ -27,5 +29,7 @@ __all__ = [
     "metric_at_frames",
     "model_landscape",
     "reweighted_populations",
+    "two_state_fit",
+    "two_state_folded_fraction",
     "write_latent_run",
 ]

@@ -22,6 +22,11 @@
                                 profiles, beside MBAR's populations from the same runs and their
                                 effective sample size (the physics baseline)
     summary.png, fes.png        populations against temperature, convergence, walker CVs; F(s; T)
+    melting.png                 where the system names a melting region (chignolin's folded state): its
+                                population against T, generated, by MBAR and in the reference, with
+                                two-state fits
+    validation/T…/              with ``validation_steps``: unbiased MD at each target (or, with
+                                ``validation_replica_exchange``, one replica exchange over the targets)
     final/                      the final model.pt; its CV: cv.pt, scalar components cv_s<k>.pt (OpenMM
                                 TorchForce), plumed/ (model.ptc, plumed.dat); metadata.json
 
@@ -74,7 +79,14 @@ from latf_openmm.loop.rounds import (
     read_record,
     write_record,
 )
-from latf_openmm.loop.tasks import cpu_timed, final_task, load_workflow_system, round_zero_task, validation_task
+from latf_openmm.loop.tasks import (
+    cpu_timed,
+    final_task,
+    load_workflow_system,
+    reference_task,
+    round_zero_task,
+    validation_task,
+)
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 if TYPE_CHECKING:
@@ -129,6 +141,20 @@ def _run_round_zero(config: LoopConfig, client: Client, folder: Path) -> None:
                           "cpu_seconds": round(cpu, 1)})  # fmt: skip
 
 
+def _run_validation(config: LoopConfig, client: Client, folder: Path) -> dict[float, tuple[str, float]]:
+    """Run the validation MD at the targets; return each target's run folder and CPU seconds.
+
+    Independent runs, or one replica exchange over the targets (``validation_replica_exchange``),
+    whose CPU time is shared equally among its replicas.
+    """
+    if config.validation_replica_exchange:
+        runs, cpu = client.submit(cpu_timed, reference_task, config, str(folder), pure=False).result()
+        return {t: (run, cpu / len(runs)) for t, run in zip(config.targets, runs, strict=True)}
+    folders = {t: str(folder / f"T{t:g}") for t in config.targets}
+    futures = {t: client.submit(cpu_timed, validation_task, config, t, f, pure=False) for t, f in folders.items()}
+    return {t: future.result() for t, future in futures.items()}
+
+
 def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) the loop of ``config`` in ``out_dir``; returns the summary.
 
@@ -177,11 +203,7 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
         validation = {}
         if config.validation_steps:
             client = client or dask_client(config)
-            folders = {t: str(out / "validation" / f"T{t:g}") for t in config.targets}
-            futures = {
-                t: client.submit(cpu_timed, validation_task, config, t, f, pure=False) for t, f in folders.items()
-            }
-            validation = {t: future.result() for t, future in futures.items()}
+            validation = _run_validation(config, client, out / "validation")
         if final_cpu is None:
             final_cpu = final_future.result()[1]
     finally:

@@ -39,7 +39,7 @@ ROUND_SUMMARY_KEYS = (
 )
 # Seed indices (simulation.seed_for(seed, index)), one block of 1000 per round: round r's walker i
 # uses 1000 r + i, its production 1000 r + 500 + i and its replicas 1000 r + 999; round 0's MD at
-# temperature k uses k and the validation MD at target k uses 500 + k.
+# temperature k uses k, the validation MD at target k uses 500 + k, and validation by replica exchange 999.
 REPLICA_SEED_INDEX = 999
 PRODUCTION_SEED_INDEX = VALIDATION_SEED_INDEX = 500
 FINAL = "final"  # RUN_DIR/final/: the final model and its CV for OpenMM and PLUMED, with metadata.json
@@ -80,6 +80,7 @@ class LoopConfig:
     targets: list[float] = dataclasses.field(default_factory=list)
     samples: int = 100_000
     validation_steps: int = 0
+    validation_replica_exchange: bool = False
     scheduler: str | None = None
 
     def __post_init__(self) -> None:
@@ -139,6 +140,8 @@ class LoopConfig:
         for ok, message in checks:
             if not ok:
                 raise LatfError(f"{source}: {message}")
+        if self.validation_replica_exchange and not (self.validation_steps and len(self.targets) >= 2):
+            raise LatfError(f"{source}: validation_replica_exchange needs validation_steps and at least two targets")
         if self.bias.engine == "plumed":
             require_openmm_plumed()
             if self.walkers > 1:

@@ -4,36 +4,43 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from latf_openmm.errors import LatfError
 from latf_openmm.export import export_cv, read_metadata
 from latf_openmm.export.plumed import write_plumed
 from latf_openmm.features import build_featurizer
 from latf_openmm.files import write_json
 from latf_openmm.generation import (
+    block_fraction,
     free_energy_profile_rmse,
     generate,
     kl_divergence_2d,
     reweighted_populations,
+    two_state_fit,
 )
 from latf_openmm.loop.config import FINAL, ROUND_SUMMARY_KEYS, SUMMARY, LoopConfig, stored_path
 from latf_openmm.loop.estimate import converged, latent_by_run, reweighted
 from latf_openmm.loop.rounds import relative_record, sha256_of
 from latf_openmm.loop.tasks import load_workflow_system
 from latf_openmm.models import load_model
-from latf_openmm.reports import plot_loop
+from latf_openmm.reports import plot_loop, plot_melting
 from latf_openmm.reweighting import (
     EquilibriumEstimate,
 )
 from latf_openmm.simulation import Run
+from latf_openmm.units import KB_KJ_PER_MOL_K
 
 if TYPE_CHECKING:
     from latf_openmm.models import LatentModel
     from latf_openmm.systems import MolecularSystem, NamedRegions
+
+log = logging.getLogger(__name__)
 
 
 def final_cpu_seconds(folder: Path, last: dict[str, Any]) -> float | None:
@@ -96,13 +103,22 @@ def _write_final(config: LoopConfig, molsys: MolecularSystem, model: LatentModel
     write_json(folder / "metadata.json", metadata)
 
 
+def _profile_rmse(encoded: np.ndarray, samples: np.ndarray, run: str) -> float | None:
+    """Return the free-energy-profile RMSE along one component, or None (logged) where MD and model share no bin."""
+    try:
+        return free_energy_profile_rmse(encoded, samples)
+    except LatfError as error:  # the model generates elsewhere than the MD went: a result, not a reason to stop
+        log.warning("validation %s: %s; its profile RMSE is None", run, error)
+        return None
+
+
 def _compare_with_md(model: LatentModel, samples: np.ndarray, run: str) -> dict[str, Any]:
     """Compare generated with encoded MD at one temperature: KL (2-D), free-energy-profile RMSE per component."""
     with np.load(Path(run) / "timeseries.npz") as series:
         encoded = model.transform(series["features"].astype(np.float64))
     comparison: dict[str, Any] = {
         "md_run": run,
-        "profile_rmse_kT": [free_energy_profile_rmse(encoded[:, k], samples[:, k]) for k in range(model.latent_dim)],
+        "profile_rmse_kT": [_profile_rmse(encoded[:, k], samples[:, k], run) for k in range(model.latent_dim)],
         "md_state_populations": model.latent_populations(encoded).tolist(),
     }
     if model.latent_dim == 2:
@@ -112,26 +128,64 @@ def _compare_with_md(model: LatentModel, samples: np.ndarray, run: str) -> dict[
 
 def named_regions(
     regions: NamedRegions, model: LatentModel, latent: np.ndarray, weights: np.ndarray, frame_regions: np.ndarray,
-    temperature: float,
+    temperature: float, generated_states: np.ndarray, reference: np.ndarray | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Return the system's named regions at one temperature: MBAR's populations, the exact ones, each state's region.
+    """Return the system's named regions at one temperature: MBAR's, generated, reference and exact populations.
 
     ``latent``, ``weights`` and ``frame_regions`` are the estimate's frames, their weights at
     ``temperature`` (user unit) and their regions. A learned state belongs to the region that
-    holds most of its weight (``state_share``: that fraction).
+    holds most of its weight (``state_share``: that fraction). The model's populations of the
+    regions are its generated state populations ``generated_states``, each state split among
+    the regions as MBAR's weights at this temperature split it (evenly, for a state without
+    weight here). ``reference``, the regions of the frames of an unbiased reference run at
+    this temperature, gives each region's fraction and its block error.
     """
     n = len(regions.names)
     populations = np.bincount(frame_regions, weights=weights, minlength=n) / weights.sum()
     by_state = np.zeros((model.n_states, n))
     np.add.at(by_state, (model.latent_state(latent), frame_regions), weights)
-    share = by_state.max(axis=1) / np.maximum(by_state.sum(axis=1), 1e-300)
-    return {
+    totals = by_state.sum(axis=1, keepdims=True)
+    composition = np.where(totals > 0, by_state / np.maximum(totals, 1e-300), 1.0 / n)
+    record = {
         "names": list(regions.names),
         "mbar_populations": populations.tolist(),
+        "generated_populations": (np.asarray(generated_states) @ composition).tolist(),
         "exact_populations": None if regions.exact is None else regions.exact(temperature).tolist(),
         "state_region": [regions.names[k] for k in by_state.argmax(axis=1)],
-        "state_share": share.tolist(),
+        "state_share": (by_state.max(axis=1) / np.maximum(totals[:, 0], 1e-300)).tolist(),
     }
+    if reference is not None:
+        fractions = np.array([block_fraction(reference == i) for i in range(n)])
+        record["reference_populations"], record["reference_block_error"] = fractions.T.tolist()
+    return record
+
+
+def melting_curves(region: str, targets: dict[str, Any], unit: str | None) -> dict[str, Any]:
+    """Return ``region``'s population against the target temperatures and a two-state fit of each curve.
+
+    The curves are the generated one, MBAR's from the runs and, where every target has one,
+    the reference runs' (with block errors); each fit gives T_m and ΔH/k_B (and ΔH in kJ/mol
+    for temperatures in K), or None where the curve shows no melting.
+    """
+    labels = sorted(targets, key=float)
+    temperatures = np.array([float(t) for t in labels])
+    index = targets[labels[0]]["regions"]["names"].index(region)
+    curves = {}
+    for source in ("generated", "mbar", "reference"):
+        values = [targets[t]["regions"].get(f"{source}_populations") for t in labels]
+        if all(v is not None for v in values):
+            curves[source] = [v[index] for v in values]
+    errors = None
+    if "reference" in curves:
+        errors = [targets[t]["regions"]["reference_block_error"][index] for t in labels]
+    fits = {}
+    for source, curve in curves.items():
+        fit = two_state_fit(temperatures, np.array(curve), errors if source == "reference" else None)
+        if fit is not None and unit == "K":
+            fit["enthalpy_kJ_per_mol"] = fit["enthalpy"] * KB_KJ_PER_MOL_K
+        fits[source] = fit
+    return {"region": region, "temperatures": temperatures.tolist(), **curves, "reference_block_error": errors,
+            "two_state_fits": fits}  # fmt: skip
 
 
 def population_table(summary: dict[str, Any]) -> str:
@@ -154,12 +208,19 @@ def population_table(summary: dict[str, Any]) -> str:
             where = f"{regions['state_region'][k]} ({regions['state_share'][k]:.2f})" if regions else ""
             lines.append(f"  {k:<7}{generated:>10.3f}{mbar:>8.3f}   {where}")
         if regions:
-            exact = regions["exact_populations"]
-            lines.append(f"  {'region':<9}{'MBAR':>8}{'exact' if exact else '':>8}")
+            exact, reference = regions["exact_populations"], regions.get("reference_populations")
+            measured_header = "reference ± block error" if reference else ""
+            lines.append(f"  {'region':<9}{'generated':>10}{'MBAR':>8}{measured_header:>25}"
+                         f"{'exact' if exact else '':>8}")  # fmt: skip
             for i, name in enumerate(regions["names"]):
-                lines.append(
-                    f"  {name:<9}{regions['mbar_populations'][i]:>8.3f}" + (f"{exact[i]:>8.3f}" if exact else "")
-                )
+                measured = f"{reference[i]:>16.3f} ± {regions['reference_block_error'][i]:.3f}" if reference else ""
+                lines.append(f"  {name:<9}{regions['generated_populations'][i]:>10.3f}"
+                             f"{regions['mbar_populations'][i]:>8.3f}{measured:>25}"
+                             + (f"{exact[i]:>8.3f}" if exact else ""))  # fmt: skip
+    melting = summary.get("melting")
+    for source, fit in (melting or {}).get("two_state_fits", {}).items():
+        found = f"T_m = {fit['melting_temperature']:.1f} {unit}" if fit else "no melting in the targets' range"
+        lines.append(f"{melting['region']} (two-state fit, {source}): {found}")
     return "\n".join(lines)
 
 
@@ -178,8 +239,9 @@ def summarize(
     baseline = reweighted(estimate, latent_by_run(model, estimate.runs), config.targets)
     molsys = load_workflow_system(config)  # built once: the regions here, the exports in _write_final
     regions = molsys.regions
-    if regions is not None:  # the region of every frame of the estimate's runs, from its positions
+    if regions is not None:  # the region of every frame of the estimate's and the validation runs, from positions
         frame_regions = np.concatenate([regions.of_frames(Run.open(run).load_trajectory()) for run in estimate.runs])
+        reference = {t: regions.of_frames(Run.open(run).load_trajectory()) for t, run in validation.items()}
     targets: dict[str, Any] = {}
     for k, temperature in enumerate(config.targets):
         samples = model.sample(temperature, config.samples, seed=config.seed + k)
@@ -195,15 +257,22 @@ def summarize(
                 }
             )
         mbar_populations, mbar_size = reweighted_populations(model, *baseline[f"{temperature:g}"])
+        generated_states = model.latent_populations(samples)
         targets[f"{temperature:g}"] = {
-            "state_populations": model.latent_populations(samples).tolist(),
+            "state_populations": generated_states.tolist(),
             "mbar_state_populations": mbar_populations.tolist(),
             "mbar_effective_sample_size": round(mbar_size, 1),
             "free_energy_profiles": profiles,
         }
         if regions is not None:
             targets[f"{temperature:g}"]["regions"] = named_regions(
-                regions, model, *baseline[f"{temperature:g}"], frame_regions, temperature
+                regions,
+                model,
+                *baseline[f"{temperature:g}"],
+                frame_regions,
+                temperature,
+                generated_states,
+                reference.get(temperature),
             )
         if temperature in validation:
             targets[f"{temperature:g}"]["md_comparison"] = _compare_with_md(model, samples, validation[temperature])
@@ -219,6 +288,9 @@ def summarize(
         "cpu_seconds": round(cpu_seconds, 1),
         "validation_cpu_seconds": round(validation_cpu, 1),
     }
+    if regions is not None and regions.melting is not None:
+        summary["melting"] = melting_curves(regions.melting, targets, summary["temperature_unit"])
+        plot_melting(summary["melting"], summary["temperature_unit"], out / "melting.png")
     write_json(out / SUMMARY, summary)
     plot_loop(summary, history, out / "summary.png")
     _write_final(config, molsys, model, out / FINAL, history[-1], summary, final_cpu)

@@ -198,6 +198,16 @@ def validation_task(config: LoopConfig, temperature: float, out: str) -> str:
     return str(run.directory)
 
 
+def reference_task(config: LoopConfig, out: str) -> list[str]:
+    """Unbiased replica exchange over the target temperatures, the reference the generated ensembles are checked on.
+
+    ``validation_steps`` per replica; returns the run folders in the order of ``targets``.
+    """
+    seed = seed_for(config.seed, REPLICA_SEED_INDEX)  # round 0's block: its MD and validation use 0 … 998
+    return _replica_exchange(config, load_workflow_system(config), config.targets, config.validation_steps, Path(out),
+                             seed)  # fmt: skip
+
+
 def cpu_timed(task: Callable[..., TaskResult], *args: object) -> tuple[TaskResult, float]:
     """Run ``task(*args)`` (on a worker); return its result and the CPU seconds its process spent meanwhile.
 

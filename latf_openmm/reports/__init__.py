@@ -6,12 +6,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from latf_openmm.errors import LatfError
 from latf_openmm.files import save_figure, write_npz
-from latf_openmm.generation import FES_CAP_KT
+from latf_openmm.generation import FES_CAP_KT, two_state_folded_fraction
 from latf_openmm.simulation.run import MANIFEST, TIMESERIES, find_runs
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
@@ -156,6 +157,36 @@ def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
     save_figure(fig, out_png, layout=False)
 
 
+def plot_melting(melting: dict[str, Any], unit: str | None, out_png: str | Path) -> None:
+    """Plot a melting curve: a region's population against T, generated, by MBAR and in the reference runs.
+
+    The reference has its block errors; each curve its two-state fit, with T_m in the legend.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4), layout="constrained")
+    temperatures = np.array(melting["temperatures"])
+    dense = np.linspace(temperatures.min(), temperatures.max(), 200)
+    styles = {"generated": ("o", "generated (model)"), "mbar": ("s", "MBAR (runs)"), "reference": ("^", "reference")}
+    for k, (source, (marker, label)) in enumerate(styles.items()):
+        if source not in melting:
+            continue
+        fit = melting["two_state_fits"].get(source)
+        if fit:
+            label += f", T_m = {fit['melting_temperature']:.0f} {unit}"
+            ax.plot(dense, two_state_folded_fraction(dense, fit["melting_temperature"], fit["enthalpy"]),
+                    color=f"C{k}", lw=1)  # fmt: skip
+        errors = melting["reference_block_error"] if source == "reference" else None
+        ax.errorbar(temperatures, melting[source], yerr=errors, fmt=marker, color=f"C{k}", label=label, capsize=3)
+    ax.set(xlabel=f"T ({unit})", ylabel=f"{melting['region']} fraction", ylim=(-0.02, 1.02),
+           title=f"{melting['region']} fraction against temperature")  # fmt: skip
+    ax.legend(fontsize=8)
+    save_figure(fig, out_png, layout=False)
+
+
 def _feature_column(feature: str | int, names: list[str], run: Path) -> int:
     if isinstance(feature, int) or str(feature).isdigit():
         index = int(feature)
@@ -171,5 +202,6 @@ __all__ = [
     "FreeEnergySurface",
     "free_energy_surface",
     "plot_loop",
+    "plot_melting",
     "plot_run_free_energies",
 ]

@@ -20,6 +20,7 @@ Relative file paths in a recipe are resolved against the recipe's folder.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import tomllib
 from collections.abc import Callable, Mapping
@@ -78,18 +79,64 @@ class NamedRegions:
     """Regions of configuration space that a system names (wells, basins), for labelled populations.
 
     ``of_frames`` gives each frame of an mdtraj trajectory its region's index in ``names``;
-    ``exact``, where known, the regions' exact populations at a user-facing temperature.
+    ``exact``, where known, the regions' exact populations at a user-facing temperature;
+    ``melting``, the region (a folded state) whose population against temperature is a melting
+    curve, fitted by a two-state model in the loop's summary.
     """
 
     names: tuple[str, ...]
     of_frames: Callable[[mdtraj.Trajectory], np.ndarray]
     exact: Callable[[float], np.ndarray] | None = None
+    melting: str | None = None
 
 
 def _ala2_basin(frames: mdtraj.Trajectory) -> np.ndarray:
     """Return 1 for C7ax/αL (0 < φ < 130°), 0 for C7eq/C5 and the rest of φ < 0."""
     phi = mdtraj.compute_phi(frames)[1][:, 0]
     return ((phi > 0) & (phi < np.radians(130))).astype(int)
+
+
+# Chignolin's folded state by its fraction of native contacts Q (Best, Hummer & Eaton, PNAS 110, 17874
+# (2013)) over Cα atoms: the pairs of residues more than 3 apart within 0.65 nm in the hairpin the builder
+# makes (its 5 cross-strand pairs), each counted by 1 / (1 + exp(β (r − λ r₀))). Folded: Q ≥ 0.6. The
+# builder's hairpin is a model, not the NMR structure, so heavy-atom contacts are not all native in the
+# force field: in 40 ps at 300 K from it, heavy-atom Q fell to 0.4–0.5, Cα Q stayed at 0.79–1.0; from
+# the extended chain, Cα Q stayed ≤ 0.4 at 300 K.
+NATIVE_CONTACT_ATOMS = "name CA"
+NATIVE_CONTACT_CUTOFF, NATIVE_CONTACT_BETA, NATIVE_CONTACT_LAMBDA = 0.65, 50.0, 1.8  # nm, 1/nm, 1
+CHIGNOLIN_FOLDED_Q = 0.6
+
+
+@functools.cache
+def _chignolin_native_contacts() -> tuple[tuple[tuple[int, str], ...], np.ndarray, np.ndarray]:
+    """Return the folded hairpin's atoms (residue index, name), its native contacts (n, 2) and their r₀ (nm)."""
+    built = builders.chignolin("folded")
+    native = mdtraj.Trajectory(built.positions[None], mdtraj.Topology.from_openmm(built.topology))
+    atoms_in_contacts = native.topology.select(NATIVE_CONTACT_ATOMS)
+    residue = np.array([native.topology.atom(i).residue.index for i in atoms_in_contacts])
+    first, second = np.triu_indices(len(atoms_in_contacts), 1)
+    apart = np.abs(residue[first] - residue[second]) > 3
+    pairs = np.stack([atoms_in_contacts[first[apart]], atoms_in_contacts[second[apart]]], 1)
+    distances = mdtraj.compute_distances(native, pairs)[0]
+    close = distances < NATIVE_CONTACT_CUTOFF
+    atoms = tuple((atom.residue.index, atom.name) for atom in native.topology.atoms)
+    return atoms, pairs[close], distances[close]
+
+
+def native_contact_fraction(frames: mdtraj.Trajectory) -> np.ndarray:
+    """Chignolin's fraction of native contacts Q (n_frames,) of frames whose first atoms are the builder's peptide."""
+    atoms, pairs, reference = _chignolin_native_contacts()
+    found = [(atom.residue.index, atom.name) for atom in frames.topology.atoms][: len(atoms)]
+    if tuple(found) != atoms:
+        raise LatfError("native contacts: the frames' first atoms are not the chignolin builder's peptide")
+    distances = mdtraj.compute_distances(frames, pairs)
+    exponent = np.minimum(NATIVE_CONTACT_BETA * (distances - NATIVE_CONTACT_LAMBDA * reference), 50.0)
+    return (1.0 / (1.0 + np.exp(exponent))).mean(1)
+
+
+def _chignolin_folded(frames: mdtraj.Trajectory) -> np.ndarray:
+    """Return 1 for folded chignolin (Q ≥ ``CHIGNOLIN_FOLDED_Q``), else 0."""
+    return (native_contact_fraction(frames) >= CHIGNOLIN_FOLDED_Q).astype(int)
 
 
 #: The named regions of the shipped builders' systems, by builder name.
@@ -99,6 +146,7 @@ REGIONS: dict[str, NamedRegions] = {
         builders.threehole_populations,
     ),
     "alanine_dipeptide": NamedRegions(("C7eq", "C7ax"), _ala2_basin),
+    "chignolin": NamedRegions(("unfolded", "folded"), _chignolin_folded, melting="folded"),
 }  # fmt: skip
 
 
@@ -278,5 +326,6 @@ __all__ = [
     "available_systems",
     "find_recipe",
     "load_system",
+    "native_contact_fraction",
     "system_from_recipe",
 ]

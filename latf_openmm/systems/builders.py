@@ -163,25 +163,28 @@ _SOLVENTS = {
     "obc2": ["implicit/obc2.xml"],
     "tip3p": ["amber14/tip3p.xml"],
 }
+MAX_HYDROGEN_MASS = 5.0  # amu: more would leave the heavy atom it is bonded to too light
 WATER_PADDING = 1.0  # nm of TIP3P water around the solute in an explicit-solvent box
 PME_CUTOFF = 0.9  # nm, the real-space cutoff of PME
 
 
-def _solvated(topology: app.Topology, positions: np.ndarray, solvent: str) -> Built:
+def _solvated(topology: app.Topology, positions: np.ndarray, solvent: str, hydrogen_mass: float | None = None) -> Built:
     """Return the Amber ff14SB system of a solute in ``solvent``: vacuum, OBC2, or a TIP3P box with PME.
 
     For ``"tip3p"`` the solute gets a box of water ``WATER_PADDING`` around it (OpenMM's
     Modeller, neutralized with Na⁺/Cl⁻), PME with a ``PME_CUTOFF`` real-space cutoff;
-    the returned topology and positions then include the water.
+    the returned topology and positions then include the water. ``hydrogen_mass`` (amu)
+    repartitions mass onto the hydrogens (:func:`_forcefield_system`).
     """
     if solvent not in _SOLVENTS:
         raise LatfError(f"solvent must be one of {sorted(_SOLVENTS)}, got {solvent!r}")
     files = ["amber14-all.xml", *_SOLVENTS[solvent]]
     if solvent != "tip3p":
-        return Built(_forcefield_system(topology, files), topology, positions)
+        return Built(_forcefield_system(topology, files, hydrogen_mass=hydrogen_mass), topology, positions)
     modeller = app.Modeller(topology, positions * u.nanometer)
     modeller.addSolvent(app.ForceField(*files), model="tip3p", padding=WATER_PADDING * u.nanometer)
-    system = _forcefield_system(modeller.topology, files, nonbonded_method="PME", nonbonded_cutoff=PME_CUTOFF)
+    system = _forcefield_system(modeller.topology, files, nonbonded_method="PME", nonbonded_cutoff=PME_CUTOFF,
+                                hydrogen_mass=hydrogen_mass)  # fmt: skip
     return Built(system, modeller.topology, _nm(modeller.positions))
 
 
@@ -191,7 +194,15 @@ def _forcefield_system(
     nonbonded_method: str = "NoCutoff",
     nonbonded_cutoff: float = 1.0,
     constraints: str | None = "HBonds",
+    hydrogen_mass: float | None = None,
 ) -> openmm.System:
+    """Return the force field's system of ``topology``.
+
+    ``hydrogen_mass`` (amu) is hydrogen mass repartitioning: each hydrogen gets that mass,
+    taken from the heavy atom it is bonded to (with HBonds constraints, 4 fs steps at ≈ 3 amu).
+    """
+    if hydrogen_mass is not None and not 1.0 <= hydrogen_mass <= MAX_HYDROGEN_MASS:
+        raise LatfError(f"hydrogen_mass must be between 1 and {MAX_HYDROGEN_MASS:g} amu, got {hydrogen_mass}")
     try:
         forcefield = app.ForceField(*forcefield_files)
     except (ValueError, OSError) as exc:
@@ -202,6 +213,7 @@ def _forcefield_system(
             nonbondedMethod=_app_constant(nonbonded_method, "nonbonded method"),
             nonbondedCutoff=nonbonded_cutoff * u.nanometer,
             constraints=_constraints(constraints),
+            hydrogenMass=None if hydrogen_mass is None else hydrogen_mass * u.amu,
         )
     except ValueError as exc:
         first_line = str(exc).splitlines()[0]
@@ -220,13 +232,13 @@ def _constraints(name: str | None) -> object:
     return None if name in (None, "none") else _app_constant(name, "constraints")
 
 
-def alanine_dipeptide(solvent: str = "obc2") -> Built:
+def alanine_dipeptide(solvent: str = "obc2", hydrogen_mass: float | None = None) -> Built:
     """Alanine dipeptide (ACE-ALA-NME), Amber ff14SB, in vacuum, OBC2 or a TIP3P box (PME).
 
-    The structure is the one openmmtools ships.
+    The structure is the one openmmtools ships; ``hydrogen_mass`` (amu): hydrogen mass repartitioning.
     """
     pdb = app.PDBFile(str(_package_data("openmmtools", "data", "alanine-dipeptide-gbsa", "alanine-dipeptide.pdb")))
-    return _solvated(pdb.topology, _nm(pdb.positions), solvent)
+    return _solvated(pdb.topology, _nm(pdb.positions), solvent, hydrogen_mass)
 
 
 CHIGNOLIN_SEQUENCE = "GYDPETGTWG"
@@ -247,7 +259,7 @@ _CHIGNOLIN_HAIRPIN = [
 _CHIGNOLIN_CROSS_STRAND = [(1, 8), (2, 7), (0, 9)]  # residue index pairs brought together
 
 
-def chignolin(start: str = "folded", solvent: str = "obc2") -> Built:
+def chignolin(start: str = "folded", solvent: str = "obc2", hydrogen_mass: float | None = None) -> Built:
     """Chignolin (GYDPETGTWG), Amber ff14SB with OBC2, built from its sequence.
 
     Parameters
@@ -259,6 +271,8 @@ def chignolin(start: str = "folded", solvent: str = "obc2") -> Built:
     solvent
         ``"obc2"``, ``"vacuum"`` or ``"tip3p"`` (a water box with PME, solvated after the
         minimization in vacuum that shapes the hairpin).
+    hydrogen_mass
+        Hydrogen mass repartitioning (amu), e.g. 3.0 for 4 fs steps; None keeps the masses.
     """
     if start not in ("folded", "extended"):
         raise LatfError(f"chignolin start must be 'folded' or 'extended', got {start!r}")
@@ -269,7 +283,7 @@ def chignolin(start: str = "folded", solvent: str = "obc2") -> Built:
     shaped = _solvated(topology, positions, "vacuum" if solvent == "tip3p" else solvent)
     pairs = _CHIGNOLIN_CROSS_STRAND if start == "folded" else []
     positions = _relax(shaped.system, topology, positions, pairs)
-    return _solvated(topology, positions, solvent) if solvent == "tip3p" else shaped._replace(positions=positions)
+    return _solvated(topology, positions, solvent, hydrogen_mass)
 
 
 def _build_peptide(sequence: str, angles: list[tuple[float, float]]) -> tuple[app.Topology, np.ndarray]:
