@@ -281,7 +281,9 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
 
 
 WORKFLOWS = Path(__file__).parents[1] / "workflows"
-LOOP_WORKFLOWS = ["ala2.toml", "ala2_tempering.toml", "lj7.toml", "threehole.toml", "threehole_plumed.toml"]
+LOOP_WORKFLOWS = [
+    "ala2.toml", "ala2_tempering.toml", "chignolin.toml", "lj7.toml", "threehole.toml", "threehole_plumed.toml",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("workflow", LOOP_WORKFLOWS)
