@@ -411,6 +411,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", help="also plot the free-energy surfaces to this PNG")
     p.add_argument("--bins", type=int, default=80, help="grid points per latent dimension (default 80)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="where the prior samples: auto (CUDA if torch finds it), cpu, cuda")
     p.add_argument(
         "--data",
         nargs="+",
@@ -429,7 +430,7 @@ def _generate(args: argparse.Namespace) -> int:
     from latf_openmm.generation import generate
     from latf_openmm.models import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model).to(args.device)
     reweighted = _mbar_reweighted(model, args.data, args.temperatures) if args.data else None
     result = generate(model, args.temperatures, args.n, args.out, bins=args.bins, seed=args.seed, plot=args.plot,
                       reweighted=reweighted)  # fmt: skip

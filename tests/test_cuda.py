@@ -2,6 +2,7 @@
 training step on CUDA against the CPU, a short biased run on CUDA. Elsewhere the module skips with one line."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import openmm
@@ -11,7 +12,7 @@ import torch
 
 from latf_openmm.bias import HarmonicBias, LearnedCV, build_bias
 from latf_openmm.export import export_cv
-from latf_openmm.models import LatentModel, TrainingConfig, TrainingData, estimator
+from latf_openmm.models import LatentModel, TrainingConfig, TrainingData, estimator, load_model
 from latf_openmm.simulation import available_platforms, simulate
 from latf_openmm.specs import BiasSpec, MDOptions
 
@@ -84,3 +85,11 @@ def test_a_short_biased_run_on_cuda_records_the_cv_of_its_frames(small_cv_setup,
     assert len(frames) == 10 and np.isfinite(series["potential_energy"]).all()
     np.testing.assert_allclose(recorded, cv.values(frames), atol=1e-3)  # the DCD keeps positions in float32
     assert run.settings["platform"] == "CUDA"
+
+
+def test_a_flow_prior_samples_the_same_on_the_gpu_for_a_seed():
+    shipped = Path(__file__).parents[1] / "models" / "lj7" / "model.pt"
+    on_cpu = load_model(shipped).sample(0.3, 5000, seed=1)
+    moved = load_model(shipped).to("cuda")
+    assert next(moved.prior.parameters()).device.type == "cuda"
+    np.testing.assert_allclose(moved.sample(0.3, 5000, seed=1), on_cpu, atol=1e-4)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latf_openmm.devices import torch_device
 from latf_openmm.errors import LatfError
 from latf_openmm.features import Featurizer, resolved_featurizer
 from latf_openmm.files import atomic_path
@@ -132,6 +133,17 @@ class LatentModel:
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
+
+    def to(self, device: str | None = "auto") -> LatentModel:
+        """Move the generative prior's networks (LaTF's flow, D-SPIB's diffusion model) to ``device``; return self.
+
+        Sampling and densities then run there (``auto``: CUDA where torch finds it); the noise is
+        still drawn on the CPU, so a seed gives the same samples on either. Priors that are
+        tables (SPIB's VampPrior, the grid prior) and the encoder stay on the CPU.
+        """
+        if isinstance(self.prior, torch.nn.Module):
+            self.prior.to(torch_device(device))
+        return self
 
     def sample(self, temperature: float, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` latent samples (float32) of the prior's equilibrium distribution at ``temperature``."""
