@@ -180,13 +180,13 @@ def test_the_loops_walker_runs_in_plumed_and_its_bias_is_fixed_on_the_openmm_eng
     config = LoopConfig(**workflow)
     model = str(MODELS / "threehole" / "model.pt")
     shared, walkers = tmp_path / "round_001" / "shared", tmp_path / "round_001" / "walkers"
-    walker = Run.open(walker_task(config, model, str(shared), 0, str(walkers / "walker_0")))
+    walker = Run.open(walker_task(config, 1, model, str(shared), 0, str(walkers / "walker_0")))
     assert walker.bias["engine"] == "plumed" and (walker.directory / "plumed" / "KERNELS").is_file()
     _, fixed, _ = fixed_bias(config, model, shared)
     assert fixed.settings()["backend"] and "engine" not in fixed.settings()  # the openmm engine's own bias
     last = walker.load_timeseries()["colvar"][-1]  # CV, PLUMED's bias after the last kernel, c(t)
     assert fixed.interpolate(fixed.bias_grid(), last[:2])[0] == pytest.approx(last[2], abs=0.1)
-    production = Run.open(production_task(config, model, str(shared), 0, str(walker.directory),
+    production = Run.open(production_task(config, 1, model, str(shared), 0, str(walker.directory),
                                           str(tmp_path / "round_001" / "production" / "walker_0")))  # fmt: skip
     assert production.bias["frozen"] and len(run_weights(production.directory)) == 100
     with pytest.raises(LatfError, match="shares opes walkers only over MPI"):

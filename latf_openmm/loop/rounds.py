@@ -142,6 +142,7 @@ def new_round(
             cpu_timed,
             walker_task,
             config,
+            number,
             model_path,
             str(folder / "shared"),
             i,
@@ -165,6 +166,7 @@ def new_round(
                 cpu_timed,
                 production_task,
                 config,
+                number,
                 model_path,
                 shared,
                 i,
@@ -181,8 +183,9 @@ def new_round(
     t_production = time.perf_counter()
     replicas: list[str] = []
     if config.replicas_along_cv:
-        replicas, replica_cpu = client.submit(cpu_timed, replica_task, config, model_path, str(folder / "shared"),
-                                              str(folder / "replicas"), pure=False).result()  # fmt: skip
+        replicas, replica_cpu = client.submit(cpu_timed, replica_task, config, number, model_path,
+                                              str(folder / "shared"), str(folder / "replicas"),
+                                              pure=False).result()  # fmt: skip
         cpu += replica_cpu
     t3 = time.perf_counter()
     _, fixed, _ = fixed_bias(config, model_path, folder / "shared")

@@ -6,17 +6,14 @@ Round 0's MD, training, the walkers, the runs under a fixed bias, validation MD,
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import mdtraj
 import numpy as np
 import torch
 
-from latf_openmm._quiet import quiet_stdout
 from latf_openmm.bias import LearnedCV, build_bias
 from latf_openmm.features import build_featurizer
 from latf_openmm.loop.config import PRODUCTION_SEED_INDEX, REPLICA_SEED_INDEX, VALIDATION_SEED_INDEX, LoopConfig
@@ -26,7 +23,7 @@ from latf_openmm.reweighting import (
     EquilibriumEstimate,
     load_training_data,
 )
-from latf_openmm.simulation import find_runs, replica_exchange, seed_for, simulate, simulate_temperatures
+from latf_openmm.simulation import Run, find_runs, replica_exchange, seed_for, simulate, simulate_temperatures
 from latf_openmm.systems import load_system
 
 if TYPE_CHECKING:
@@ -133,49 +130,41 @@ def fixed_bias(config: LoopConfig, model_path: str, shared: str | Path) -> tuple
     return molsys, bias, temperature
 
 
-def _round_number(folder: Path) -> int:
-    return int(folder.name.split("_")[1])
-
-
-def walker_task(config: LoopConfig, model_path: str, shared: str, walker: int, out: str) -> str:
-    """One biased walker along the model's CV; returns its run folder."""
+def walker_task(config: LoopConfig, number: int, model_path: str, shared: str, walker: int, out: str) -> str:
+    """One biased walker of round ``number`` along the model's CV; returns its run folder."""
     molsys, bias, temperature = _learned_bias(config, model_path, walkers_dir=shared, walker=walker,
                                               walkers=config.walkers)  # fmt: skip
-    index = _round_number(Path(out).parent.parent) * 1000 + walker
+    index = number * 1000 + walker
     run = simulate(molsys, temperature, config.walker_steps, out, seed=seed_for(config.seed, index),
                    bias=bias, **_md_options(config))  # fmt: skip
     return str(run.directory)
 
 
-def production_task(config: LoopConfig, model_path: str, shared: str, walker: int, walker_run: str, out: str) -> str:
-    """Continue walker number ``walker`` from the last frame of its run ``walker_run`` under a fixed bias.
+def production_task(
+    config: LoopConfig, number: int, model_path: str, shared: str, walker: int, walker_run: str, out: str
+) -> str:
+    """Continue walker number ``walker`` of round ``number`` from the last frame of its run ``walker_run``.
 
     The bias all walkers built (in ``shared``) is held fixed, so that its frames' weights are
     exact; returns its run folder.
     """
     molsys, bias, temperature = fixed_bias(config, model_path, shared)
-    run_folder = Path(walker_run)
-    manifest = json.loads((run_folder / "manifest.json").read_text())
-    files, last_frame = manifest["files"], manifest["n_frames"] - 1
-    with quiet_stdout():  # mdtraj's DCD reader prints the file's format
-        last = mdtraj.load_frame(
-            str(run_folder / files["trajectory"]), last_frame, top=str(run_folder / files["topology"])
-        )
+    last = Run.open(walker_run).load_frame(-1)
     molsys = dataclasses.replace(molsys, positions=last.xyz[0].astype(np.float64), minimize=False)
-    index = _round_number(Path(out).parent.parent) * 1000 + PRODUCTION_SEED_INDEX + walker
+    index = number * 1000 + PRODUCTION_SEED_INDEX + walker
     run = simulate(molsys, temperature, config.production_steps, out, seed=seed_for(config.seed, index), bias=bias,
                    **_md_options(config))  # fmt: skip
     return str(run.directory)
 
 
-def replica_task(config: LoopConfig, model_path: str, shared: str, out: str) -> list[str]:
-    """Run replica exchange over ``replica_temperatures`` (``replica_steps`` per replica) under a fixed bias.
+def replica_task(config: LoopConfig, number: int, model_path: str, shared: str, out: str) -> list[str]:
+    """Run round ``number``'s replica exchange over ``replica_temperatures`` under a fixed bias.
 
-    The bias the round's walkers built (in ``shared``) is fixed on every replica; returns the
-    per-temperature run folders.
+    ``replica_steps`` per replica; the bias the round's walkers built (in ``shared``) is fixed on
+    every replica; returns the per-temperature run folders.
     """
     molsys, bias, _ = fixed_bias(config, model_path, shared)
-    seed = seed_for(config.seed, _round_number(Path(out).parent) * 1000 + REPLICA_SEED_INDEX)
+    seed = seed_for(config.seed, number * 1000 + REPLICA_SEED_INDEX)
     return _replica_exchange(config, molsys, config.replica_temperatures, config.replica_steps, Path(out), seed, bias)
 
 

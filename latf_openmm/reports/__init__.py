@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 from latf_openmm.errors import LatfError
 from latf_openmm.files import save_figure, write_npz
 from latf_openmm.generation import FES_CAP_KT, two_state_folded_fraction
-from latf_openmm.simulation.run import MANIFEST, TIMESERIES, find_runs
+from latf_openmm.simulation.run import Run, find_runs
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
 
@@ -83,12 +82,11 @@ def plot_run_free_energies(
         raise LatfError(f"choose exactly two features to plot, got {list(features)}")
     runs = find_runs(paths)
     loaded = []
-    for run in runs:
-        manifest = json.loads((run / MANIFEST).read_text())
-        with np.load(run / TIMESERIES) as data:
-            names = [str(n) for n in data["feature_names"]]
-            columns = [_feature_column(f, names, run) for f in features]
-            loaded.append((manifest["settings"], data["features"][:, columns], [names[c] for c in columns]))
+    for run in map(Run.open, runs):
+        series = run.load_timeseries()
+        names = [str(n) for n in series["feature_names"]]
+        columns = [_feature_column(f, names, run.directory) for f in features]
+        loaded.append((run.settings, series["features"][:, columns], [names[c] for c in columns]))
     stacked = np.concatenate([samples for _, samples, _ in loaded])
     ranges = [[stacked[:, k].min(), stacked[:, k].max()] for k in range(2)]
     surfaces = [free_energy_surface(s, settings["temperature_K"], bins, ranges=ranges) for settings, s, _ in loaded]
@@ -143,9 +141,9 @@ def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
     change.xaxis.get_major_locator().set_params(integer=True)
     change.legend(fontsize=8)
     for k, walker in enumerate(rounds[-1]["walkers"]):
-        with np.load(Path(walker) / TIMESERIES) as data:
-            components = [i for i, name in enumerate(data["colvar_fields"]) if str(name)[1:].isdigit()]  # s0, s1, …
-            time, cv = data["time"], data["colvar"][:, components]
+        data = Run.open(walker).load_timeseries()
+        components = [i for i, name in enumerate(data["colvar_fields"]) if str(name)[1:].isdigit()]  # s0, s1, …
+        time, cv = data["time"], data["colvar"][:, components]
         if cv.shape[1] >= 2:  # where each walker went in the CV plane
             walkers.plot(cv[:, 0], cv[:, 1], ".", ms=1, alpha=0.3, color=f"C{k}", label=f"walker {k}")
         else:

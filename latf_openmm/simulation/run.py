@@ -75,6 +75,14 @@ class Run:
         with quiet_stdout():
             return mdtraj.load(str(self.trajectory), top=str(self.directory / TOPOLOGY))
 
+    def load_frame(self, index: int) -> mdtraj.Trajectory:
+        """Load frame ``index`` (negative: counted from the end) as a one-frame mdtraj trajectory."""
+        n_frames = self.manifest["n_frames"]
+        if not -n_frames <= index < n_frames:
+            raise LatfError(f"{self.directory} has {n_frames} frames; there is no frame {index}")
+        with quiet_stdout():
+            return mdtraj.load_frame(str(self.trajectory), index % n_frames, top=str(self.directory / TOPOLOGY))
+
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     """Finished run folders in ``paths`` (each a run or a folder of runs)."""
