@@ -114,8 +114,7 @@ def _profile_rmse(encoded: np.ndarray, samples: np.ndarray, run: str) -> float |
 
 def _compare_with_md(model: LatentModel, samples: np.ndarray, run: str) -> dict[str, Any]:
     """Compare generated with encoded MD at one temperature: KL (2-D), free-energy-profile RMSE per component."""
-    with np.load(Path(run) / "timeseries.npz") as series:
-        encoded = model.transform(series["features"].astype(np.float64))
+    encoded = model.transform(Run.open(run).load_timeseries()["features"].astype(np.float64))
     comparison: dict[str, Any] = {
         "md_run": run,
         "profile_rmse_kT": [_profile_rmse(encoded[:, k], samples[:, k], run) for k in range(model.latent_dim)],
