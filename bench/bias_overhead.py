@@ -22,6 +22,8 @@ so load on the shared machine affects all alike. Methods:
                  DISTANCE/TORSION actions → PYTORCH_MODEL → METAD on its grid) through
                  openmm-plumed's ``PlumedForce``
 ``plumed_opes``  the same with OPES_METAD (barrier 30 kJ/mol)
+``plain_again``  a second Context of plain MD: its ratio is the noise floor between two Contexts of the
+                 same system (memory layout, cache), which bounds what a ratio near 1 can resolve
 
 The PLUMED routes need ``make plumed`` (openmm-plumed in the venv); without it they are
 skipped, saying so. Prints one JSON line per method (``plain_steps_per_s``,
@@ -158,7 +160,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=2000, help="steps per method per round (multiple of 500)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", default="native,native_dist,app_native,torch,plumed_metad,plumed_opes")
+    parser.add_argument(
+        "--methods", default="plain_again,native,native_dist,app_native,torch,torch_nographs,plumed_metad,plumed_opes"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     molsys = load_system(args.system)
