@@ -30,7 +30,11 @@ skipped, saying so. Prints one JSON line per method (``plain_steps_per_s``,
 ``biased_steps_per_s``, ``plain_ns_per_day``, ``biased_ns_per_day``, ``ratio``,
 ``bias_us_per_step``: the bias's added time per step,
 ``method``, ``setup_s``: Context creation, incl. OpenMM's expression compilation), then
-the default method's line again last.
+the default method's line again last. For the package's own biases the line also has their cost
+measured inside their own Context, free of the difference between two Contexts (see
+``plain_again``): ``bias_eval_us_per_step`` (forces with the bias's group minus without it) and
+``hill_update_us_per_step`` (each hill's deposition and table update, over the pace;
+``hill_update_ms`` per hill).
 """
 
 from __future__ import annotations
@@ -110,14 +114,8 @@ def build(method, molsys, platform_name, threads):
     system = molsys.system
     # the widest hidden layer (up to 16) that keeps the encoder within OpenMM's expression limit
     width = min(16, MAX_EXPRESSION_SIZE // build_featurizer(dihedrals, molsys.topology).n_features)
-    if method == "native":
-        bias = _metadynamics(LearnedCV(*_model(molsys, dihedrals, 1, width), backend="native"))
-    elif method == "native_dist":
-        bias = _metadynamics(LearnedCV(*_model(molsys, all_heavy_distances, 0, 16), backend="native"))
-    elif method in ("torch", "torch_nographs"):
-        cv = LearnedCV(*_model(molsys, all_heavy_distances, 2, 64), backend="torch", cuda_graphs=method == "torch")
-        bias = _metadynamics(cv)
-    if method in ("native", "native_dist", "torch", "torch_nographs"):
+    bias = _latf_bias(method, molsys, dihedrals, all_heavy_distances, width)
+    if bias is not None:
         system = bias.add_to(system)
         updates = bias.update
     elif method == "app_native":
@@ -140,6 +138,8 @@ def build(method, molsys, platform_name, threads):
         bias.attach(context)
     setup = time.perf_counter() - start
 
+    update_seconds: list[float] = []
+
     def advance(steps):
         if method == "app_native":
             meta.step(simulation, steps)
@@ -148,9 +148,42 @@ def build(method, molsys, platform_name, threads):
             integrator.step(PACE)
             simulation.currentStep += PACE
             if updates is not None:
+                began = time.perf_counter()
                 updates(context, simulation.currentStep)
+                update_seconds.append(time.perf_counter() - began)
 
-    return advance, setup, context
+    return advance, setup, context, lambda: {} if bias is None else _same_context_cost(context, bias, update_seconds)
+
+
+def _latf_bias(method, molsys, dihedrals, all_heavy_distances, width):
+    """The package's metadynamics along the CV that ``method`` names; None for the other methods."""
+    if method == "native":
+        return _metadynamics(LearnedCV(*_model(molsys, dihedrals, 1, width), backend="native"))
+    if method == "native_dist":
+        return _metadynamics(LearnedCV(*_model(molsys, all_heavy_distances, 0, 16), backend="native"))
+    if method in ("torch", "torch_nographs"):
+        cv = LearnedCV(*_model(molsys, all_heavy_distances, 2, 64), backend="torch", cuda_graphs=method == "torch")
+        return _metadynamics(cv)
+    return None
+
+
+def _same_context_cost(context, bias, update_seconds):
+    """The bias's cost per step measured in its own Context: its force evaluation and its hill updates.
+
+    The evaluation is the median difference between computing the forces of every group and of
+    every group but the bias's, interleaved; the updates are timed as they ran, per step.
+    """
+    others = set(range(32)) - {bias.group}
+    differences = []
+    for _ in range(200):
+        began = time.perf_counter()
+        context.getState(getForces=True, groups=others)
+        middle = time.perf_counter()
+        context.getState(getForces=True)
+        differences.append((time.perf_counter() - middle) - (middle - began))
+    evaluation, update = float(np.median(differences)), float(np.median(update_seconds)) / PACE
+    return {"bias_eval_us_per_step": round(1e6 * evaluation, 1), "hill_update_us_per_step": round(1e6 * update, 1),
+            "hill_update_ms": round(1e3 * update * PACE, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -172,10 +205,10 @@ def main() -> None:
         methods = [m for m in methods if not m.startswith("plumed")]
     runs = {m: build(m, molsys, args.platform, args.threads) for m in methods}
     rates: dict[str, list[float]] = {m: [] for m in methods}
-    for advance, _, _ in runs.values():
+    for advance, *_ in runs.values():
         advance(PACE)  # warm-up
     for _ in range(args.rounds):
-        for method, (advance, _, context) in runs.items():
+        for method, (advance, _, context, _) in runs.items():
             start = time.perf_counter()
             advance(args.steps)
             context.getState(getEnergy=True)
@@ -191,6 +224,7 @@ def main() -> None:
             "biased_ns_per_day": round(biased * STEP_PS * 86400e-3, 1),
             "ratio": round(biased / plain, 3),
             "bias_us_per_step": round(1e6 * (1 / biased - 1 / plain), 1),
+            **runs[method][3](),
             "method": method,
             "setup_s": round(runs[method][1], 2),
             "threads": args.threads,
