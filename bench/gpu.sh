@@ -3,7 +3,8 @@
 #
 #   bench/gpu.sh [--platform CUDA|CPU]     (default CUDA; CPU is the dry run for machines without a GPU)
 #
-# 1. installs with the README's set-up (`make setup`; skipped where .venv is installed already);
+# 1. installs with the README's set-up (`make setup`; quick where .venv is installed already; with
+#    LATF_PYTHON=/path/to/python, that interpreter is used as it is and nothing is installed);
 # 2. runs the tests marked `cuda` (tests/test_cuda.py; they skip, saying why, without a GPU);
 # 3. measures, each as a ratio within one run on the same machine:
 #    - ns/day of plain MD for alanine dipeptide (OBC2) and chignolin (OBC2), and with the learned-CV
@@ -25,9 +26,13 @@ FIGURES="$OUT/figures.jsonl"
 started=$(date +%s)
 figure() { echo "$1" | tee -a "$FIGURES"; }
 
-make setup > "$OUT/setup.log" 2>&1 || { tail -20 "$OUT/setup.log" >&2; echo "gpu.sh: make setup failed" >&2; exit 1; }
+if [[ -n "${LATF_PYTHON:-}" ]]; then  # an interpreter that already has the package and its stack: no install
+    PY="$LATF_PYTHON"
+else
+    make setup > "$OUT/setup.log" 2>&1 || { tail -20 "$OUT/setup.log" >&2; echo "gpu.sh: make setup failed" >&2; exit 1; }
+    PY=.venv/bin/python
+fi
 figure "{\"figure\": \"setup_s\", \"value\": $(($(date +%s) - started)), \"platform\": \"$PLATFORM\"}"
-PY=.venv/bin/python
 $PY -c 'import latf_openmm, openmm, torch; print("platforms:", [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())], "torch.cuda:", torch.cuda.is_available())' | tee "$OUT/platforms.txt"
 
 set +e
