@@ -331,6 +331,13 @@ def test_bad_workflow(tmp_path):
     bad.write_text('system = "threehole"\nmd_temperatures = [0.75]\nreplicas_along_cv = true\n')
     result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "at least two replica_temperatures" in result.stderr
+    bad.write_text('system = "threehole"\nproduction_steps = 300\nvalidation_steps = 300\n'
+                   'validation_replica_exchange = true\nmd_temperatures = [0.75]\n')  # fmt: skip
+    result = subprocess.run([*LATF, "loop", str(bad), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert result.returncode == 2 and "validation_replica_exchange needs at least two targets" in result.stderr
+    bad.write_text('system = "threehole"\nproduction_steps = 300\nvalidation_replica_exchange = true\n')
+    with pytest.raises(LatfError, match="validation_replica_exchange needs validation_steps"):
+        LoopConfig.from_toml(bad)
     bad.write_text('system = "threehole"\n[train]\nlagg = 3\n')
     with pytest.raises(LatfError, match="lagg"):
         LoopConfig.from_toml(bad)

@@ -117,6 +117,8 @@ def _prepared(config: LoopConfig, out_dir: str | Path) -> tuple[LoopConfig, Path
     )
     if config.replica_exchange and len(md_temperatures) < 2:
         raise LatfError("workflow: replica exchange in round 0 needs at least two md_temperatures")
+    if config.validation_replica_exchange and len(config.targets) < 2:
+        raise LatfError("workflow: validation_replica_exchange needs at least two targets (or md_temperatures)")
     if config.replicas_along_cv and len(config.replica_temperatures) < 2:
         raise LatfError("workflow: replicas along the CV need at least two replica_temperatures (or md_temperatures)")
     if (out / CONFIG).is_file():

@@ -140,8 +140,8 @@ class LoopConfig:
         for ok, message in checks:
             if not ok:
                 raise LatfError(f"{source}: {message}")
-        if self.validation_replica_exchange and not (self.validation_steps and len(self.targets) >= 2):
-            raise LatfError(f"{source}: validation_replica_exchange needs validation_steps and at least two targets")
+        if self.validation_replica_exchange and not self.validation_steps:
+            raise LatfError(f"{source}: validation_replica_exchange needs validation_steps (steps per replica)")
         if self.bias.engine == "plumed":
             require_openmm_plumed()
             if self.walkers > 1:
