@@ -208,14 +208,13 @@ def population_table(summary: dict[str, Any]) -> str:
             lines.append(f"  {k:<7}{generated:>10.3f}{mbar:>8.3f}   {where}")
         if regions:
             exact, reference = regions["exact_populations"], regions.get("reference_populations")
-            measured_header = "reference ± block error" if reference else ""
-            lines.append(f"  {'region':<9}{'generated':>10}{'MBAR':>8}{measured_header:>25}"
-                         f"{'exact' if exact else '':>8}")  # fmt: skip
+            lines.append(f"  {'region':<9}{'generated':>10}{'MBAR':>8}" + (f"{'reference ± block error':>25}" if
+                         reference else "") + (f"{'exact':>8}" if exact else ""))  # fmt: skip
             for i, name in enumerate(regions["names"]):
-                measured = f"{reference[i]:>16.3f} ± {regions['reference_block_error'][i]:.3f}" if reference else ""
-                lines.append(f"  {name:<9}{regions['generated_populations'][i]:>10.3f}"
-                             f"{regions['mbar_populations'][i]:>8.3f}{measured:>25}"
-                             + (f"{exact[i]:>8.3f}" if exact else ""))  # fmt: skip
+                line = f"  {name:<9}{regions['generated_populations'][i]:>10.3f}{regions['mbar_populations'][i]:>8.3f}"
+                if reference:
+                    line += f"{reference[i]:>16.3f} ± {regions['reference_block_error'][i]:.3f}"
+                lines.append(line + (f"{exact[i]:>8.3f}" if exact else ""))
     melting = summary.get("melting")
     for source, fit in (melting or {}).get("two_state_fits", {}).items():
         found = f"T_m = {fit['melting_temperature']:.1f} {unit}" if fit else "no melting in the targets' range"
