@@ -14,7 +14,7 @@ import pytest
 from latf_openmm import LatfError
 from latf_openmm.generation import block_fraction, two_state_fit, two_state_folded_fraction
 from latf_openmm.loop import LoopConfig, run_loop
-from latf_openmm.loop.final import named_regions
+from latf_openmm.loop.final import melting_curves, named_regions
 from latf_openmm.systems import REGIONS, load_system, native_contact_fraction
 from latf_openmm.systems.builders import alanine_dipeptide
 
@@ -79,6 +79,25 @@ def test_two_state_fit_recovers_the_melting_temperature_from_noisy_fractions():
     assert fit["enthalpy"] == pytest.approx(6000.0, rel=0.1)
     assert two_state_fit(temperatures, np.full(6, 0.999)) is None  # no melting in range
     assert two_state_fit(temperatures, 1 - exact) is None  # a fraction that rises with T does not melt
+
+
+def test_melting_curves_fit_each_source_and_carry_the_reference_errors():
+    temperatures = [300.0, 320.0, 340.0, 360.0, 380.0]
+    folded = two_state_folded_fraction(np.array(temperatures), 335.0, 5000.0)
+    regions = {f"{t:g}": {"names": ["unfolded", "folded"], "generated_populations": [1 - f, f],
+                          "mbar_populations": [1 - f, f], "reference_populations": [1 - f, f],
+                          "reference_block_error": [0.02, 0.02]}
+               for t, f in zip(temperatures, folded, strict=True)}  # fmt: skip
+    melting = melting_curves("folded", {t: {"regions": r} for t, r in regions.items()}, "K")
+    assert melting["temperatures"] == temperatures and melting["reference_block_error"] == [0.02] * 5
+    for source in ("generated", "mbar", "reference"):
+        np.testing.assert_allclose(melting[source], folded)
+        fit = melting["two_state_fits"][source]
+        assert fit["melting_temperature"] == pytest.approx(335.0, abs=0.1)
+        assert fit["enthalpy_kJ_per_mol"] == pytest.approx(5000.0 * 0.0083145, rel=1e-3)
+    del regions["340"]["reference_populations"]  # a target without a reference: no reference curve
+    melting = melting_curves("folded", {t: {"regions": r} for t, r in regions.items()}, "K")
+    assert "reference" not in melting and set(melting["two_state_fits"]) == {"generated", "mbar"}
 
 
 @pytest.mark.slow
