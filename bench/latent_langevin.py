@@ -29,6 +29,10 @@ Reported per temperature:
 - the state populations of each;
 - each state's mean lifetime (contiguous frames in the state, the censored first and last
   segments of each trajectory left out), MD's and the latent runs', as their ratio;
+- the mean first-passage times between the model's states (from each entry into i to the
+  first later frame in j; ``generation.mean_first_passage_times``), MD's and the latent runs',
+  their ratio for the pairs MD passed between at least ``MIN_VISITS`` times, and how many of
+  those are within 2× (at the fitted γ);
 - the cost: MD's and the latent walkers' simulated time per CPU second.
 
 γ is fitted to one quantity only, the least populated state's lifetime at the first
@@ -50,7 +54,13 @@ import numpy as np
 import torch
 
 from latf_openmm.features import resolved_featurizer
-from latf_openmm.generation import LatentLangevin, js_divergence_2d, model_landscape
+from latf_openmm.generation import (
+    LatentLangevin,
+    js_divergence_2d,
+    mean_first_passage_times,
+    model_landscape,
+    state_lifetimes,
+)
 from latf_openmm.generation.langevin import DEFAULT_BINS
 from latf_openmm.models import load_model
 from latf_openmm.simulation import seed_for, simulate
@@ -80,21 +90,6 @@ CASES = {
     "lj7": Case("lj7", (0.2, 0.3), 1_000_000, 20, 0.005, 200.0, (4.0, 8.0, 16.0, 32.0), bins=200),
     "ala2": Case("ala2_obc2", (300.0, 330.0), 500_000, 500, 0.002, 100.0, (1.0, 4.0, 16.0, 64.0)),
 }
-
-
-def lifetimes(states: np.ndarray, n_states: int, interval: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mean residence time and complete visits per state of ``states`` (frames, trajectories).
-
-    The censored first and last segment of each trajectory are left out.
-    """
-    totals, counts = np.zeros(n_states), np.zeros(n_states)
-    for column in states.T:
-        change = np.flatnonzero(np.diff(column)) + 1
-        bounds = np.concatenate([[0], change, [len(column)]])
-        lengths, labels = np.diff(bounds)[1:-1], column[bounds[1:-2]]
-        np.add.at(totals, labels, lengths)
-        np.add.at(counts, labels, 1)
-    return interval * totals / np.maximum(counts, 1), counts
 
 
 def md_runs(case: Case, folder: Path, temperature: float) -> tuple[list, float]:
@@ -136,7 +131,8 @@ def main() -> None:
         positions = {t: np.concatenate([r.load_trajectory().xyz for r in md[t][0]]).astype(np.float64) for t in md}
     encoded = {t: model.transform(featurizer.transform(positions[t])) for t in md}
     md_states = {t: model.latent_state(encoded[t]).reshape(MD_RUNS, -1).T for t in md}
-    md_lifetimes = {t: lifetimes(md_states[t], model.n_states, interval) for t in md}
+    md_lifetimes = {t: state_lifetimes(md_states[t], model.n_states, interval) for t in md}
+    md_passages = {t: mean_first_passage_times(md_states[t], model.n_states, interval) for t in md}
     steps = round(walker_time / timestep)
     landscapes = {}
 
@@ -155,7 +151,8 @@ def main() -> None:
         states = model.latent_state(trajectory.reshape(-1, 2)).reshape(trajectory.shape[:2])
         tail = trajectory[len(trajectory) // 2 :].reshape(-1, 2)
         generated = model.sample(temperature, len(tail), seed=args.seed + 1)
-        latent_lifetimes, visits = lifetimes(states, model.n_states, interval)
+        latent_lifetimes, visits = state_lifetimes(states, model.n_states, interval)
+        latent_mfpt, _ = mean_first_passage_times(states, model.n_states, interval)
         return {
             "system": args.system, "temperature": temperature, "friction": friction,
             "js_md": round(js_divergence_2d(encoded[temperature], tail, bins=50), 4),
@@ -166,6 +163,8 @@ def main() -> None:
             "lifetimes": np.round(latent_lifetimes, 3).tolist(), "visits": visits.astype(int).tolist(),
             "md_lifetimes": np.round(md_lifetimes[temperature][0], 3).tolist(),
             "md_visits": md_lifetimes[temperature][1].astype(int).tolist(),
+            "mfpt": _rounded(latent_mfpt), "md_mfpt": _rounded(md_passages[temperature][0]),
+            "md_passages": md_passages[temperature][1].astype(int).tolist(),
             "metric_spread": round(landscapes[temperature].metric_spread, 3),
             "time_per_second": round(args.walkers * steps * timestep / seconds, 1),
             "md_time_per_second": round(md[temperature][1], 1),
@@ -188,7 +187,18 @@ def main() -> None:
         md_time, md_visits = md_lifetimes[temperature]
         ratio = np.array(row["lifetimes"]) / np.where(md_visits > 0, md_time, np.nan)  # NaN: no complete MD visit
         row["lifetime_ratio"] = [None if np.isnan(r) else round(float(r), 2) for r in ratio]
+        md_mfpt, md_count = md_passages[temperature]
+        counted = md_count >= MIN_VISITS  # pairs MD passed between at least MIN_VISITS times
+        mfpt_ratio = np.where(counted, np.array(row["mfpt"], dtype=float) / np.where(counted, md_mfpt, 1.0), np.nan)
+        row["mfpt_ratio"] = _rounded(mfpt_ratio, 2)
+        compared = mfpt_ratio[np.isfinite(mfpt_ratio)]
+        row["mfpt_within_2x"] = f"{int(np.sum((compared >= 0.5) & (compared <= 2)))} of {compared.size}"
         print(json.dumps(row), flush=True)
+
+
+def _rounded(matrix: np.ndarray, digits: int = 3) -> list:
+    """A matrix as nested lists for JSON, NaN as None."""
+    return [[None if not np.isfinite(v) else round(float(v), digits) for v in row] for row in np.asarray(matrix)]
 
 
 if __name__ == "__main__":

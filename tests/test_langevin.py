@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from latf_openmm.errors import LatfError
+from latf_openmm.generation import mean_first_passage_times, state_lifetimes
 from latf_openmm.generation.langevin import LatentLandscape, LatentLangevin, metric_at_frames
 from latf_openmm.simulation import read_colvar
 from latf_openmm.systems.builders import threehole_energy, threehole_populations, threehole_well
@@ -197,3 +198,33 @@ def test_latf_langevin_writes_a_colvar_and_timeseries_and_bad_input_is_one_line(
         result = _cli(*args, *extra, "--out", tmp_path / "bad")
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
+
+
+def _markov_chain(transition, n_frames, n_trajectories, seed):
+    """States (frames, trajectories) of a discrete-time Markov chain, all trajectories stepped at once."""
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(transition, axis=1)
+    states = np.zeros((n_frames, n_trajectories), dtype=int)
+    for t in range(1, n_frames):
+        states[t] = (rng.random(n_trajectories)[:, None] > cumulative[states[t - 1]]).sum(1)
+    return states
+
+
+def test_first_passage_times_and_lifetimes_of_a_markov_chain_match_its_exact_values():
+    # 0 ⇄ 1 ⇄ 2 in a line: from 0 the chain leaves with 0.02 per frame, so MFPT(0 → 1) = 50 frames
+    # and 0's lifetime is 50; MFPT(0 → 2) = 50 + MFPT(1 → 2) with MFPT(1 → 2) = (1 + 0.1 · 50) / 0.1 = 60
+    transition = np.array([[0.98, 0.02, 0.0], [0.1, 0.8, 0.1], [0.0, 0.05, 0.95]])
+    states = _markov_chain(transition, 40_000, 20, seed=3)
+    mfpt, passages = mean_first_passage_times(states, 3, interval=0.5)
+    assert passages[0, 1] > 1000 and np.isnan(mfpt[0, 0])
+    np.testing.assert_allclose(mfpt[0, 1], 0.5 * 50, rtol=0.05)
+    np.testing.assert_allclose(mfpt[1, 2], 0.5 * 60, rtol=0.05)
+    np.testing.assert_allclose(mfpt[0, 2], 0.5 * 110, rtol=0.05)
+    lifetimes, visits = state_lifetimes(states, 3, interval=0.5)
+    np.testing.assert_allclose(lifetimes, 0.5 / (1 - np.diag(transition)), rtol=0.05)
+    assert (visits > 1000).all()
+    one = np.array([0, 0, 1, 1, 1, 0, 2, 2, 0])  # a trajectory by hand: entries into 0 at frames 5 and 8
+    mfpt, passages = mean_first_passage_times(one, 3, interval=1.0)
+    assert mfpt[0, 2] == 1.0 and passages[0, 2] == 1 and np.isnan(mfpt[2, 1])  # from frame 5; 8 is censored
+    with pytest.raises(LatfError, match="states must lie in 0"):
+        mean_first_passage_times(one, 2, 1.0)

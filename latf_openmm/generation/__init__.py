@@ -1,5 +1,6 @@
-"""Generation: latent samples, free-energy surfaces and populations at any temperature, metrics, latent dynamics."""
+"""Generation: latent samples, free energies and populations at any temperature, metrics, latent dynamics, kinetics."""
 
+from latf_openmm.generation.kinetics import mean_first_passage_times, state_lifetimes
 from latf_openmm.generation.langevin import (
     LatentLandscape,
     LatentLangevin,
@@ -26,9 +27,11 @@ __all__ = [
     "generate",
     "js_divergence_2d",
     "kl_divergence_2d",
+    "mean_first_passage_times",
     "metric_at_frames",
     "model_landscape",
     "reweighted_populations",
+    "state_lifetimes",
     "two_state_fit",
     "two_state_folded_fraction",
     "write_latent_run",
