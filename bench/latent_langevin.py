@@ -61,6 +61,7 @@ from latf_openmm.generation import (
     model_landscape,
     state_lifetimes,
 )
+from latf_openmm.generation.kinetics import nan_as_none
 from latf_openmm.generation.langevin import DEFAULT_BINS
 from latf_openmm.models import load_model
 from latf_openmm.simulation import seed_for, simulate
@@ -163,7 +164,7 @@ def main() -> None:
             "lifetimes": np.round(latent_lifetimes, 3).tolist(), "visits": visits.astype(int).tolist(),
             "md_lifetimes": np.round(md_lifetimes[temperature][0], 3).tolist(),
             "md_visits": md_lifetimes[temperature][1].astype(int).tolist(),
-            "mfpt": _rounded(latent_mfpt), "md_mfpt": _rounded(md_passages[temperature][0]),
+            "mfpt": nan_as_none(latent_mfpt, 3), "md_mfpt": nan_as_none(md_passages[temperature][0], 3),
             "md_passages": md_passages[temperature][1].astype(int).tolist(),
             "metric_spread": round(landscapes[temperature].metric_spread, 3),
             "time_per_second": round(args.walkers * steps * timestep / seconds, 1),
@@ -190,15 +191,10 @@ def main() -> None:
         md_mfpt, md_count = md_passages[temperature]
         counted = md_count >= MIN_VISITS  # pairs MD passed between at least MIN_VISITS times
         mfpt_ratio = np.where(counted, np.array(row["mfpt"], dtype=float) / np.where(counted, md_mfpt, 1.0), np.nan)
-        row["mfpt_ratio"] = _rounded(mfpt_ratio, 2)
+        row["mfpt_ratio"] = nan_as_none(mfpt_ratio, 2)
         compared = mfpt_ratio[np.isfinite(mfpt_ratio)]
         row["mfpt_within_2x"] = f"{int(np.sum((compared >= 0.5) & (compared <= 2)))} of {compared.size}"
         print(json.dumps(row), flush=True)
-
-
-def _rounded(matrix: np.ndarray, digits: int = 3) -> list:
-    """A matrix as nested lists for JSON, NaN as None."""
-    return [[None if not np.isfinite(v) else round(float(v), digits) for v in row] for row in np.asarray(matrix)]
 
 
 if __name__ == "__main__":

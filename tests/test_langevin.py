@@ -190,6 +190,13 @@ def test_latf_langevin_writes_a_colvar_and_timeseries_and_bad_input_is_one_line(
         np.testing.assert_allclose(series["time"], 0.3 * np.arange(1, 21))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["temperature"] == 1.0 and sum(summary["state_populations"]) == pytest.approx(1.0, abs=1e-3)
+    with np.load(out / "timeseries.npz") as series:  # the kinetics of the written state series
+        n_states = len(summary["state_populations"])
+        lifetimes, visits = state_lifetimes(series["state"], n_states, 0.3)
+        passage_times, passages = mean_first_passage_times(series["state"], n_states, 0.3)
+    np.testing.assert_allclose(summary["state_lifetimes"], lifetimes, atol=1e-6)
+    assert summary["complete_visits"] == visits.tolist() and summary["first_passages"] == passages.tolist()
+    assert [[v is None for v in row] for row in summary["mean_first_passage_times"]] == np.isnan(passage_times).tolist()
     for extra, message in [
         (["--temperature", 0.0], "--temperature must be positive"),
         (["--temperature", 1.0, "--friction", -1.0], "--friction must be positive"),

@@ -58,3 +58,11 @@ def mean_first_passage_times(states: np.ndarray, n_states: int, interval: float)
         np.add.at(counts[:, target], states[reached], 1)
     with np.errstate(invalid="ignore"):
         return np.where(counts > 0, interval * times / counts, np.nan), counts
+
+
+def nan_as_none(matrix: np.ndarray, digits: int = 6) -> list:
+    """Return an array as nested lists of rounded floats for JSON, NaN (no passage) as None."""
+    array = np.asarray(matrix, dtype=float)
+    if array.ndim == 0:
+        return None if not np.isfinite(array) else round(float(array), digits)
+    return [nan_as_none(row, digits) for row in array]

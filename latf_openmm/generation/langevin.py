@@ -68,6 +68,7 @@ from latf_openmm.errors import LatfError
 from latf_openmm.export import LatentMean, paired_featurizer
 from latf_openmm.features import Featurizer
 from latf_openmm.files import write_json, write_npz
+from latf_openmm.generation.kinetics import mean_first_passage_times, nan_as_none, state_lifetimes
 from latf_openmm.models import LatentModel
 from latf_openmm.simulation.colvar import write_colvar
 
@@ -261,7 +262,8 @@ def write_latent_run(
     """Write a latent run to folder ``out``: ``COLVAR`` (time, walker, s, state), ``timeseries.npz``, ``summary.json``.
 
     ``trajectory`` is (frames, walkers, d), a frame every ``interval`` time units; every file
-    is written atomically.
+    is written atomically. The summary adds the state populations, lifetimes and mean
+    first-passage times (:mod:`latf_openmm.generation.kinetics`) to ``summary``.
     """
     frames, walkers, d = trajectory.shape
     states = model.latent_state(trajectory.reshape(-1, d)).reshape(frames, walkers)
@@ -279,7 +281,15 @@ def write_latent_run(
     )
     write_colvar(out / "COLVAR", ["time", "walker", *(f"s{k}" for k in range(d)), "state"], table)
     populations = np.bincount(states.ravel(), minlength=model.n_states) / states.size
-    write_json(out / "summary.json", {**summary, "state_populations": populations.round(4).tolist()})
+    lifetimes, visits = state_lifetimes(states, model.n_states, interval)
+    passage_times, passages = mean_first_passage_times(states, model.n_states, interval)
+    kinetics = {
+        "state_lifetimes": lifetimes.round(6).tolist(),
+        "complete_visits": visits.astype(int).tolist(),
+        "mean_first_passage_times": nan_as_none(passage_times),
+        "first_passages": passages.astype(int).tolist(),
+    }
+    write_json(out / "summary.json", {**summary, "state_populations": populations.round(4).tolist(), **kinetics})
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
