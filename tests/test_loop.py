@@ -52,6 +52,7 @@ learning_rate = 3e-3
 max_epochs = 30
 joint_max_epochs = 15
 polish_steps = 2000
+prior = "grid"  # as the main job: the flow's final fit (2000 polishing steps) once came out 0.030 off the estimate
 """
 
 
@@ -113,8 +114,9 @@ def test_killed_loop_resumes_and_reweights_to_exact_populations(tmp_path):
     from latf_openmm.models import load_model
 
     final, last_round = load_model(out / summary["final_model"]), load_model(last["model"])
-    # The final model is the last round's CV and states with its flow fitted to all data: it
-    # generates the populations the loop's estimate gives (measured: within 0.009).
+    # The final model is the last round's CV and states with its prior fitted to all data: it
+    # generates the populations the loop's estimate gives (the flow: within 0.009 in earlier runs,
+    # 0.030 once; the grid keeps each state's share of the estimate at the simulated temperature).
     sample = np.load(next((out / "round_000" / "md").iterdir()) / "timeseries.npz")["features"][::50].astype(float)
     np.testing.assert_array_equal(final.transform(sample), last_round.transform(sample))
     assert final.featurizer is not None and final.featurizer.resolved() == last_round.featurizer.resolved()
