@@ -187,7 +187,7 @@ def main() -> None:
         row = latent_run(temperature, fitted)
         md_time, md_visits = md_lifetimes[temperature]
         ratio = np.array(row["lifetimes"]) / np.where(md_visits > 0, md_time, np.nan)  # NaN: no complete MD visit
-        row["lifetime_ratio"] = [None if np.isnan(r) else round(float(r), 2) for r in ratio]
+        row["lifetime_ratio"] = nan_as_none(ratio, 2)
         md_mfpt, md_count = md_passages[temperature]
         counted = md_count >= MIN_VISITS  # pairs MD passed between at least MIN_VISITS times
         mfpt_ratio = np.where(counted, np.array(row["mfpt"], dtype=float) / np.where(counted, md_mfpt, 1.0), np.nan)
