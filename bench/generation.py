@@ -15,7 +15,9 @@ figures. Prints one JSON line per case and temperature, then a Markdown table.
 
 - **threehole**: DATA.npz from bench/threehole_data.py (10 × 20 000 frames, one k_BT),
   trained with the paper's settings of bench/train_threehole.py and compared at that k_BT.
-  One temperature: there is no MBAR baseline.
+  One temperature: there is no MBAR baseline. Given several data sets at one k_BT, each
+  model is also compared with the next one's MD, which it never saw (``js_unseen``; beside
+  it ``md_js_unseen``, the training MD against that MD: the floor no model can beat).
 - **lj7**: DATA.npz from bench/lj7_baoab_data.py (an integrator independent of the package:
   10 trajectories × 10 000 frames per temperature, a frame every 0.5 τ). LaTF is trained on
   the 0.2 and 0.5 trajectories only, with the settings of bench/lj7_temperatures.py (7
@@ -73,6 +75,7 @@ def compare(model, encoded: np.ndarray, temperature: float, seed: int, js_bins: 
 
 
 SAVE_DIR: Path | None = None  # --save
+INDEPENDENT: dict[Path, Path] = {}  # three-hole: each data set's unseen partner, the next one given at its k_BT
 ANCHORED = False  # --anchored
 
 
@@ -93,7 +96,14 @@ def threehole_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
         kt = float(raw["kt"]) if "kt" in raw.files else 0.75
     data = TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt))
     model, train_s = train(data, {**THREEHOLE_SETTINGS, "lag": lag}, seed, prior, f"threehole_{path.stem}")
-    row = compare(model, model.transform(traj.reshape(-1, 2)), kt, seed, js_bins=50)
+    encoded = model.transform(traj.reshape(-1, 2))
+    row = compare(model, encoded, kt, seed, js_bins=50)
+    if path in INDEPENDENT:  # the same comparison against MD the model never saw, and MD against that MD
+        with np.load(INDEPENDENT[path]) as raw:
+            unseen = model.transform(raw["traj"].reshape(-1, 2))
+        generated = model.sample(kt, len(unseen), seed=seed + 1)
+        row["js_unseen"] = round(js_divergence_2d(unseen, generated, bins=50), 4)
+        row["md_js_unseen"] = round(js_divergence_2d(unseen, encoded, bins=50), 4)
     case = {"system": "threehole", "data": path.stem, "lag": lag, "seed": seed, "prior": prior}
     return [case | row | {"mbar_population_error": None, "mbar_ess": None, "train_s": train_s}]
 
@@ -177,6 +187,13 @@ def main() -> None:
     SAVE_DIR, ANCHORED = args.save, args.anchored
     if SAVE_DIR is not None:
         SAVE_DIR.mkdir(parents=True, exist_ok=True)
+    if args.system == "threehole":
+        by_kt: dict[float, list[Path]] = {}
+        for path in args.data:
+            with np.load(path) as raw:
+                by_kt.setdefault(float(raw["kt"]) if "kt" in raw.files else 0.75, []).append(path)
+        INDEPENDENT.update({p: group[(k + 1) % len(group)] for group in by_kt.values() if len(group) > 1
+                            for k, p in enumerate(group)})  # fmt: skip
     case, lags = (threehole_case, [THREEHOLE_SETTINGS["lag"]]) if args.system == "threehole" else (lj7_case, args.lags)
     seeds = args.seeds or (list(range(5)) if args.system == "threehole" else [0, 1, 2])
     rows = []
