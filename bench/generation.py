@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from lj7_temperatures import SETTINGS as LJ7_SETTINGS  # bench/ is the script's folder
 from train_threehole import SETTINGS as THREEHOLE_SETTINGS
+from train_threehole import load_data
 
 from latf_openmm.generation import (
     free_energy_profile_rmse,
@@ -91,10 +92,7 @@ def train(data: TrainingData, settings: dict, seed: int, prior: str, case: str):
 
 
 def threehole_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
-    with np.load(path) as raw:
-        traj, labels = raw["traj"], raw["labels"]
-        kt = float(raw["kt"]) if "kt" in raw.files else 0.75
-    data = TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt))
+    traj, data, kt = load_data(path)
     model, train_s = train(data, {**THREEHOLE_SETTINGS, "lag": lag}, seed, prior, f"threehole_{path.stem}")
     encoded = model.transform(traj.reshape(-1, 2))
     row = compare(model, encoded, kt, seed, js_bins=50)

@@ -44,6 +44,14 @@ SETTINGS = dict(  # the LaTF paper's three-hole settings; bench/generation.py us
 )
 
 
+def load_data(path) -> tuple[np.ndarray, TrainingData, float]:
+    """The trajectories (n_traj, n_frames, 2) of a bench/threehole_data.py file, as TrainingData, and its k_BT."""
+    with np.load(path) as raw:
+        traj, labels = raw["traj"], raw["labels"]
+        kt = float(raw["kt"]) if "kt" in raw.files else 0.75
+    return traj, TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt)), kt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
@@ -54,10 +62,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda or auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with np.load(args.data) as raw:
-        traj, labels = raw["traj"], raw["labels"]
-        kt = float(raw["kt"]) if "kt" in raw.files else 0.75
-    data = TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt))
+    traj, data, kt = load_data(args.data)
     estimator = LaTF(**SETTINGS, seed=args.seed, prior=args.prior, generation_tolerance=None, device=args.device)
     start = time.perf_counter()
     model = estimator.fit(data)
