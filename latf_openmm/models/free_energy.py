@@ -24,15 +24,14 @@ a fixed number of iterations per level, so not exactly reached); a state holding
 the data is generated with 2 % up to smoothing.
 (A log-density interpolated between nodes is smoother, but its integral is then not the
 node sum: on a rough fit that mismatch moved 2 % of the mass between three-hole states.)
-The roughness penalty λ ∫ |∇²S|² + |∇²H|² + |∇²C|² over the unit box is chosen on
-held-out contiguous blocks of the trajectories, on a grid of half the nodes, whose
-solution then starts the fine fit. Given the model's states (a map from latent points to
-state labels), each fit ends by adding to each state's S, H and C the constants that give it
-its weighted share of the data at each training temperature (from more than three, what
-those constants cannot join is added per temperature and interpolated in 1/T between them:
-``level_offsets``), whatever λ did to the mass near
-its edges (without them, a λ chosen honestly on held-out frames moved ala2's 1.6 % C7ax
-state to 2.1 %).
+The roughness penalty λ ∫ |∇²S|² + |∇²H|² + |∇²C|² over the unit box is chosen on held-out
+contiguous blocks of the trajectories, each candidate solved on the pyramid up to half the
+nodes; the final tables are then solved on the whole pyramid. Given the model's states (a
+map from latent points to state labels), each fit ends by adding to each state's S, H and C
+the constants that give it its weighted share of the data at each training temperature (from
+more than three, what those constants cannot join is added per temperature and interpolated
+in 1/T between them: ``level_offsets``), whatever λ did to the mass near its edges (without
+them, a λ chosen honestly on held-out frames moved ala2's 1.6 % C7ax state to 2.1 %).
 No library we know fits this multi-temperature model. The support is the grid's box:
 outside it the density is zero.
 """
