@@ -17,7 +17,7 @@ figures. Prints one JSON line per case and temperature, then a Markdown table.
   trained with the paper's settings of bench/train_threehole.py and compared at that k_BT.
   One temperature: there is no MBAR baseline. Given several data sets at one k_BT, each
   model is also compared with the next one's MD, which it never saw (``js_unseen``; beside
-  it ``md_js_unseen``, the training MD against that MD: the floor no model can beat).
+  it ``md_js_unseen``, the training MD against that MD: the scale of the MD's own noise).
 - **lj7**: DATA.npz from bench/lj7_baoab_data.py (an integrator independent of the package:
   10 trajectories × 10 000 frames per temperature, a frame every 0.5 τ). LaTF is trained on
   the 0.2 and 0.5 trajectories only, with the settings of bench/lj7_temperatures.py (7
