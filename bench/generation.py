@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from lj7_temperatures import SETTINGS as LJ7_SETTINGS  # bench/ is the script's folder
 from train_threehole import SETTINGS as THREEHOLE_SETTINGS
-from train_threehole import load_data
+from train_threehole import data_kt, load_data
 
 from latf_openmm.generation import (
     free_energy_profile_rmse,
@@ -58,13 +58,23 @@ MODELS = {"flow": {"model": "latf", "prior": "flow"}, "grid": {"model": "latf", 
           "dspib": {"model": "dspib"}}  # fmt: skip
 
 
-def compare(model, encoded: np.ndarray, temperature: float, seed: int, js_bins: int) -> dict:
-    """Encoded MD against as many generated samples at ``temperature``."""
+def compare(
+    model, encoded: np.ndarray, temperature: float, seed: int, js_bins: int, unseen: np.ndarray | None = None
+) -> dict:
+    """Encoded MD against as many generated samples at ``temperature``.
+
+    With ``unseen`` (encoded MD the model never saw), the same samples against it too
+    (``js_unseen``), and the training MD against it (``md_js_unseen``).
+    """
     start = time.perf_counter()
     generated = model.sample(temperature, len(encoded), seed=seed + 1)
     sample_s = round(time.perf_counter() - start, 1)
     md = model.latent_populations(encoded)
-    return {
+    against_unseen = {} if unseen is None else {
+        "js_unseen": round(js_divergence_2d(unseen, generated, bins=js_bins), 4),
+        "md_js_unseen": round(js_divergence_2d(unseen, encoded, bins=js_bins), 4),
+    }  # fmt: skip
+    return against_unseen | {
         "sample_s": sample_s,
         "temperature": temperature,
         "n_states": model.n_states,
@@ -94,14 +104,8 @@ def train(data: TrainingData, settings: dict, seed: int, prior: str, case: str):
 def threehole_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
     traj, data, kt = load_data(path)
     model, train_s = train(data, {**THREEHOLE_SETTINGS, "lag": lag}, seed, prior, f"threehole_{path.stem}")
-    encoded = model.transform(traj.reshape(-1, 2))
-    row = compare(model, encoded, kt, seed, js_bins=50)
-    if path in INDEPENDENT:  # the same comparison against MD the model never saw, and MD against that MD
-        with np.load(INDEPENDENT[path]) as raw:
-            unseen = model.transform(raw["traj"].reshape(-1, 2))
-        generated = model.sample(kt, len(unseen), seed=seed + 1)
-        row["js_unseen"] = round(js_divergence_2d(unseen, generated, bins=50), 4)
-        row["md_js_unseen"] = round(js_divergence_2d(unseen, encoded, bins=50), 4)
+    unseen = model.transform(load_data(INDEPENDENT[path])[0].reshape(-1, 2)) if path in INDEPENDENT else None
+    row = compare(model, model.transform(traj.reshape(-1, 2)), kt, seed, js_bins=50, unseen=unseen)
     case = {"system": "threehole", "data": path.stem, "lag": lag, "seed": seed, "prior": prior}
     return [case | row | {"mbar_population_error": None, "mbar_ess": None, "train_s": train_s}]
 
@@ -189,7 +193,7 @@ def main() -> None:
         by_kt: dict[float, list[Path]] = {}
         for path in args.data:
             with np.load(path) as raw:
-                by_kt.setdefault(float(raw["kt"]) if "kt" in raw.files else 0.75, []).append(path)
+                by_kt.setdefault(data_kt(raw), []).append(path)
         INDEPENDENT.update({p: group[(k + 1) % len(group)] for group in by_kt.values() if len(group) > 1
                             for k, p in enumerate(group)})  # fmt: skip
     case, lags = (threehole_case, [THREEHOLE_SETTINGS["lag"]]) if args.system == "threehole" else (lj7_case, args.lags)

@@ -44,11 +44,15 @@ SETTINGS = dict(  # the LaTF paper's three-hole settings; bench/generation.py us
 )
 
 
+def data_kt(raw) -> float:
+    """The k_BT of an opened bench/threehole_data.py file (0.75 in files older than its ``kt``)."""
+    return float(raw["kt"]) if "kt" in raw.files else 0.75
+
+
 def load_data(path) -> tuple[np.ndarray, TrainingData, float]:
     """The trajectories (n_traj, n_frames, 2) of a bench/threehole_data.py file, as TrainingData, and its k_BT."""
     with np.load(path) as raw:
-        traj, labels = raw["traj"], raw["labels"]
-        kt = float(raw["kt"]) if "kt" in raw.files else 0.75
+        traj, labels, kt = raw["traj"], raw["labels"], data_kt(raw)
     return traj, TrainingData(list(traj), labels=list(labels), temperatures=np.full(len(traj), kt)), kt
 
 
