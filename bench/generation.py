@@ -25,7 +25,8 @@ figures. Prints one JSON line per case and temperature, then a Markdown table.
   lr 2e-3 × 0.98; flow: 20 layers, τ = 2), and compared with MD at every temperature. The
   MBAR baseline is the same states' populations predicted at each temperature from the two
   training temperatures' frames and potential energies alone (pymbar), with the Kish
-  effective sample size behind it.
+  effective sample size behind it. Given several data sets, each model is also compared with
+  the next one's MD at every temperature (``js_unseen``, ``md_js_unseen`` as for three-hole).
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def compare(
     """Encoded MD against as many generated samples at ``temperature``.
 
     With ``unseen`` (encoded MD the model never saw), the same samples against it too
-    (``js_unseen``), and the training MD against it (``md_js_unseen``).
+    (``js_unseen``), and the training MD against it (``md_js_unseen``). Beside the largest
+    population error of those samples, the model's own (``model_population_error``, from
+    ``POPULATION_SAMPLES`` samples: 5·10⁻⁴ of sampling noise at most), which is what compares
+    with MBAR's.
     """
     start = time.perf_counter()
     generated = model.sample(temperature, len(encoded), seed=seed + 1)
@@ -81,12 +85,16 @@ def compare(
         "kl": round(kl_divergence_2d(encoded, generated), 4),
         "js": round(js_divergence_2d(encoded, generated, bins=js_bins), 4),
         "population_error": round(float(np.abs(model.latent_populations(generated) - md).max()), 4),
+        "model_population_error": round(
+            float(np.abs(model.state_populations(temperature, POPULATION_SAMPLES, seed + 2) - md).max()), 4
+        ),
         "fe_rmse": round(max(free_energy_profile_rmse(encoded[:, i], generated[:, i]) for i in range(2)), 3),
     }
 
 
+POPULATION_SAMPLES = 1_000_000
 SAVE_DIR: Path | None = None  # --save
-INDEPENDENT: dict[Path, Path] = {}  # three-hole: each data set's unseen partner, the next one given at its k_BT
+INDEPENDENT: dict[Path, Path] = {}  # each data set's unseen partner: the next one given (three-hole: at its k_BT)
 ANCHORED = False  # --anchored
 
 
@@ -136,13 +144,21 @@ def lj7_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
         start = time.perf_counter()
         models[f"{prior}+mbar"] = estimator(config).refit_prior(model, anchored)
         print(json.dumps({"anchors": [round(t, 4) for t in anchors], "refit_s": round(time.perf_counter() - start, 1)}))
+    unseen_features = None
+    if path in INDEPENDENT:
+        with np.load(INDEPENDENT[path]) as raw:
+            if [round(float(t), 6) for t in raw["temperatures"]] != temperatures:
+                raise SystemExit(f"{INDEPENDENT[path]}: not the temperatures of {path}")
+            unseen_features = raw["features"]
     rows = []
     for k, t in enumerate(temperatures):  # the encoded MD and MBAR's baseline once per temperature
-        encoded = model.transform(features[k].reshape(-1, features.shape[-1]))
+        n_features = features.shape[-1]
+        encoded = model.transform(features[k].reshape(-1, n_features))
+        unseen = None if unseen_features is None else model.transform(unseen_features[k].reshape(-1, n_features))
         baseline, ess = reweighted_populations(model, frames_latent, estimate.frame_weights(t))
         baseline_error = round(float(np.abs(baseline - model.latent_populations(encoded)).max()), 4)
         for name, fitted in models.items():
-            row = compare(fitted, encoded, t, seed, js_bins=100)
+            row = compare(fitted, encoded, t, seed, js_bins=100, unseen=unseen)
             case = {"system": "lj7", "data": path.stem, "lag": lag, "seed": seed, "prior": name}
             baseline_row = {"mbar_population_error": baseline_error, "mbar_ess": round(ess), "train_s": train_s}
             rows.append(case | row | baseline_row)
@@ -153,8 +169,9 @@ def table(rows: list[dict]) -> str:
     """One Markdown row per case (system, data, lag, seed, prior); JS per temperature, the worst errors."""
     lines = [
         "| system | data | lag | seed | model | states | train s | sample s | temperatures | KL | JS | "
-        "largest population error | MBAR's | F-profile RMSE (k_BT) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "largest population error: samples / model's | MBAR's | F-profile RMSE (k_BT) | "
+        "JS against unseen MD (MD's) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in dict.fromkeys((r["system"], r["data"], r["lag"], r["seed"], r["prior"]) for r in rows):
         case = [r for r in rows if (r["system"], r["data"], r["lag"], r["seed"], r["prior"]) == key]
@@ -166,8 +183,11 @@ def table(rows: list[dict]) -> str:
             + " / ".join(f"{r['kl']:.3f}" for r in case) + " | "
             + " / ".join(f"{r['js']:.4f}" for r in case)
             + f" | {max(r['population_error'] for r in case):.3f}"
+            + f" / {max(r['model_population_error'] for r in case):.3f}"
             + (f" | {max(mbar):.3f}" if mbar else " | —")
-            + f" | {max(r['fe_rmse'] for r in case):.2f} |"
+            + f" | {max(r['fe_rmse'] for r in case):.2f} | "
+            + (" / ".join(f"{r['js_unseen']:.4f} ({r['md_js_unseen']:.4f})" for r in case) if "js_unseen" in case[0]
+               else "—") + " |"
         )  # fmt: skip
     return "\n".join(lines)
 
@@ -189,13 +209,15 @@ def main() -> None:
     SAVE_DIR, ANCHORED = args.save, args.anchored
     if SAVE_DIR is not None:
         SAVE_DIR.mkdir(parents=True, exist_ok=True)
-    if args.system == "threehole":
-        by_kt: dict[float, list[Path]] = {}
-        for path in args.data:
+    by_kt: dict[float, list[Path]] = {}
+    for path in args.data:
+        if args.system == "threehole":
             with np.load(path) as raw:
                 by_kt.setdefault(data_kt(raw), []).append(path)
-        INDEPENDENT.update({p: group[(k + 1) % len(group)] for group in by_kt.values() if len(group) > 1
-                            for k, p in enumerate(group)})  # fmt: skip
+        else:
+            by_kt.setdefault(0.0, []).append(path)
+    INDEPENDENT.update({p: group[(k + 1) % len(group)] for group in by_kt.values() if len(group) > 1
+                        for k, p in enumerate(group)})  # fmt: skip
     case, lags = (threehole_case, [THREEHOLE_SETTINGS["lag"]]) if args.system == "threehole" else (lj7_case, args.lags)
     seeds = args.seeds or (list(range(5)) if args.system == "threehole" else [0, 1, 2])
     rows = []

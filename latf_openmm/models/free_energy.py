@@ -274,7 +274,7 @@ class LatentFreeEnergy:
     Parameters
     ----------
     nodes
-        Grid nodes per latent axis (default: 1024, 128, 40 for d = 1, 2, 3).
+        Grid nodes per latent axis (default: 1024, 256, 40 for d = 1, 2, 3).
     smoothing
         Roughness weight λ; default: chosen from 1e-11 … 1e-1 on held-out blocks.
     reference_temperature
