@@ -1,7 +1,7 @@
 """Latent Langevin dynamics against MD: thermodynamics, kinetics and cost (three-hole, LJ7, alanine dipeptide).
 
 Usage: python bench/latent_langevin.py [--system threehole|lj7|ala2] [--model PATH] [--walkers 1000]
-       [--time T] [--timestep DT] [--frictions G ...] [--seed 0] [--threads 1]
+       [--time T] [--timestep DT] [--frictions G ...] [--overdamped] [--seed 0] [--threads 1]
 
 Each system runs with its shipped model (``models/<system>/model.pt``) and a case below:
 MD (the package's ``simulate``, the recipe's integrator and time step) at the model's
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--time", type=float, help="simulated time per walker (default: the case's)")
     parser.add_argument("--timestep", type=float, help="latent time step (default: the case's)")
     parser.add_argument("--frictions", type=float, nargs="+", help="the γ scan (default: the case's)")
+    parser.add_argument("--overdamped", action="store_true", help="Brownian dynamics at the same γ (LatentLangevin)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -142,7 +143,7 @@ def main() -> None:
             landscapes[temperature] = model_landscape(
                 model, temperature, positions[own], molsys.masses, featurizer=featurizer, bins=case.bins
             )
-        dynamics = LatentLangevin(landscapes[temperature], friction, timestep)
+        dynamics = LatentLangevin(landscapes[temperature], friction, timestep, overdamped=args.overdamped)
         usable = dynamics.inside(encoded[own])
         rng = np.random.default_rng(args.seed)
         start = encoded[own][rng.choice(np.flatnonzero(usable), args.walkers)]
