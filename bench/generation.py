@@ -118,10 +118,14 @@ def threehole_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
     return [case | row | {"mbar_population_error": None, "mbar_ess": None, "train_s": train_s}]
 
 
+def lj7_temperatures(raw) -> list[float]:
+    """The k_BT of each temperature of an opened bench/lj7_baoab_data.py file, rounded for comparison."""
+    return [round(float(t), 6) for t in raw["temperatures"]]
+
+
 def lj7_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
     with np.load(path) as raw:
-        features, energies = raw["features"], raw["potential_energy"]
-        temperatures = [round(float(t), 6) for t in raw["temperatures"]]
+        features, energies, temperatures = raw["features"], raw["potential_energy"], lj7_temperatures(raw)
     train_at = [temperatures.index(t) for t in LJ7_TRAIN]
     trajectories = [traj for k in train_at for traj in features[k]]
     data = TrainingData(trajectories, temperatures=np.repeat(LJ7_TRAIN, features.shape[1]))
@@ -147,12 +151,11 @@ def lj7_case(path: Path, seed: int, prior: str, lag: int) -> list[dict]:
     unseen_features = None
     if path in INDEPENDENT:
         with np.load(INDEPENDENT[path]) as raw:
-            if [round(float(t), 6) for t in raw["temperatures"]] != temperatures:
+            if lj7_temperatures(raw) != temperatures:
                 raise SystemExit(f"{INDEPENDENT[path]}: not the temperatures of {path}")
             unseen_features = raw["features"]
-    rows = []
+    rows, n_features = [], features.shape[-1]
     for k, t in enumerate(temperatures):  # the encoded MD and MBAR's baseline once per temperature
-        n_features = features.shape[-1]
         encoded = model.transform(features[k].reshape(-1, n_features))
         unseen = None if unseen_features is None else model.transform(unseen_features[k].reshape(-1, n_features))
         baseline, ess = reweighted_populations(model, frames_latent, estimate.frame_weights(t))
@@ -209,14 +212,14 @@ def main() -> None:
     SAVE_DIR, ANCHORED = args.save, args.anchored
     if SAVE_DIR is not None:
         SAVE_DIR.mkdir(parents=True, exist_ok=True)
-    by_kt: dict[float, list[Path]] = {}
+    partners: dict[float | None, list[Path]] = {}  # three-hole: by k_BT; LJ7: all alike (one temperature set)
     for path in args.data:
+        kt = None
         if args.system == "threehole":
             with np.load(path) as raw:
-                by_kt.setdefault(data_kt(raw), []).append(path)
-        else:
-            by_kt.setdefault(0.0, []).append(path)
-    INDEPENDENT.update({p: group[(k + 1) % len(group)] for group in by_kt.values() if len(group) > 1
+                kt = data_kt(raw)
+        partners.setdefault(kt, []).append(path)
+    INDEPENDENT.update({p: group[(k + 1) % len(group)] for group in partners.values() if len(group) > 1
                         for k, p in enumerate(group)})  # fmt: skip
     case, lags = (threehole_case, [THREEHOLE_SETTINGS["lag"]]) if args.system == "threehole" else (lj7_case, args.lags)
     seeds = args.seeds or (list(range(5)) if args.system == "threehole" else [0, 1, 2])
