@@ -11,7 +11,7 @@ import torch
 
 from latf_openmm.errors import LatfError
 from latf_openmm.generation import mean_first_passage_times, state_lifetimes
-from latf_openmm.generation.langevin import LatentLandscape, LatentLangevin, metric_at_frames
+from latf_openmm.generation.langevin import LatentLandscape, LatentLangevin, _CellTable, metric_at_frames
 from latf_openmm.simulation import read_colvar
 from latf_openmm.systems.builders import threehole_energy, threehole_populations, threehole_well
 
@@ -131,6 +131,22 @@ def test_latent_dynamics_are_walled_in_where_f_jumps_past_the_cap_within_a_cell(
     xy = np.stack(inverse(trajectory[10:].reshape(-1, 2)), -1)
     np.testing.assert_allclose(np.bincount(threehole_well(xy), minlength=3) / len(xy), exact, atol=0.025)
     assert in_hole(xy).mean() < 1e-3
+
+
+def test_the_walkers_grid_interpolation_is_exact_for_multilinear_fields_and_clamps_outside():
+    # multilinear interpolation reproduces a + b x + c y + e x y exactly, in 1-D and 2-D; outside: the edge's value
+    axes = (np.linspace(-1.0, 2.0, 7), np.linspace(0.5, 1.5, 5))
+    x, y = np.meshgrid(*axes, indexing="ij")
+    fields = np.stack([1 + 2 * x - 3 * y + 0.5 * x * y, x * y], -1)
+    points = np.random.default_rng(0).uniform([-1.0, 0.5], [2.0, 1.5], size=(500, 2))
+    exact = np.stack([1 + 2 * points[:, 0] - 3 * points[:, 1] + 0.5 * points.prod(1), points.prod(1)], -1)
+    table = _CellTable(fields, axes, torch.device("cpu"))
+    np.testing.assert_allclose(table(torch.from_numpy(points)).numpy(), exact, atol=1e-12)
+    outside = torch.tensor([[5.0, 0.0], [-4.0, 9.0], [float("nan"), 1.0]], dtype=torch.float64)
+    np.testing.assert_allclose(table(outside).numpy()[:2, 1], [2.0 * 0.5, -1.0 * 1.5])
+    assert np.isfinite(table(outside).numpy()).all()
+    line = _CellTable((2 - 0.5 * axes[0])[:, None], axes[:1], torch.device("cpu"))
+    np.testing.assert_allclose(line(torch.tensor([[0.3], [7.0]], dtype=torch.float64)).numpy()[:, 0], [1.85, 1.0])
 
 
 def test_latent_dynamics_are_reproducible_from_the_seed(quadrature_frames):

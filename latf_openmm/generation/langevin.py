@@ -216,7 +216,8 @@ class LatentLandscape:
         grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
         f = np.asarray(free_energy(grid), dtype=np.float64).reshape(mass.shape)
         supported = np.isfinite(f)
-        at_frames = _interpolate(_as_tensor(grid_metric.reshape(*mass.shape, d * d)), axes, torch.from_numpy(latent))
+        grid_table = _CellTable(grid_metric.reshape(*mass.shape, d * d), axes, torch.device("cpu"))
+        at_frames = grid_table(torch.from_numpy(latent))
         deviation = np.linalg.norm(metric.reshape(n, -1) - at_frames.numpy(), axis=1)
         spread = float(np.average(deviation / np.linalg.norm(at_frames.numpy(), axis=1).clip(1e-300), weights=weights))
         return cls(axes, f, grid_metric, float(kt), supported, spread)
@@ -296,27 +297,92 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
 
 
-def _interpolate(values: torch.Tensor, axes: tuple[np.ndarray, ...], points: torch.Tensor) -> torch.Tensor:
-    """Multilinear interpolation of grid ``values`` (n_1[, n_2], C) at ``points`` (w, d), clamped to the grid.
+class _CellTable:
+    """Multilinear interpolation of grid values (n_1[, n_2], C), clamped to the grid, on ``device``.
 
-    Non-finite points get some cell's values: the walkers' support check reports them.
+    Each cell keeps its interpolant's 2^d polynomial coefficients in one row (in the cell's
+    fractional coordinates u: 1, u₂, u₁, u₁u₂ for d = 2, each C wide), so that a call is one
+    gather and d fused multiply-adds. The walkers' hot path is a few dozen small ops per step,
+    whose fixed cost dominates for thousands of walkers (batched matrix products and
+    reductions over small axes cost far more than elementwise ops there).
     """
-    shape = values.shape[:-1]
-    flat = values.reshape(-1, values.shape[-1])
-    index = torch.zeros(len(points), dtype=torch.long, device=points.device)
-    corners = [(index, torch.ones(len(points), dtype=values.dtype, device=points.device))]
-    for k, axis in enumerate(axes):
-        position = (points[:, k] - float(axis[0])) / float(axis[1] - axis[0])
-        position = torch.nan_to_num(position, nan=0.0).clamp(0, shape[k] - 1)  # a blown-up walker: any cell
-        cell = position.floor().clamp(max=shape[k] - 2).long()
+
+    def __init__(self, values: np.ndarray, axes: tuple[np.ndarray, ...], device: torch.device) -> None:
+        d = len(axes)
+        coefficients = np.asarray(values, dtype=np.float64)
+        for k in reversed(range(d)):  # along k: the value at the cell's lower corner, and the step to its upper one
+            lower, upper = np.delete(coefficients, -1, axis=k), np.delete(coefficients, 0, axis=k)
+            coefficients = np.stack([lower, upper - lower], axis=d)
+        self._width = values.shape[-1]
+        self._table = _as_tensor(coefficients.reshape(-1, 2**d * self._width)).to(device)
+        self._inverse_spacing = _as_tensor([1 / float(a[1] - a[0]) for a in axes]).to(device)
+        self._offset = -_as_tensor([float(a[0]) for a in axes]).to(device) * self._inverse_spacing  # grid units
+        shape = values.shape[:d]
+        self._last_point = _as_tensor([n - 1.0 for n in shape]).to(device)
+        self._zero = torch.zeros_like(self._last_point)
+        self._cell_strides = _as_tensor([math.prod(n - 1 for n in shape[k + 1 :]) for k in range(d)]).to(device)
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        """Return the values (w, C) at ``points`` (w, d); a non-finite point gets some cell's values.
+
+        The walkers' support check reports such a point.
+        """
+        position = torch.nan_to_num(torch.addcmul(self._offset, points, self._inverse_spacing), nan=0.0)
+        position = position.clamp(self._zero, self._last_point)
+        cell = torch.minimum(position.floor(), self._last_point - 1)
         fraction = position - cell
-        stride = int(np.prod(shape[k + 1 :]))
-        corners = [
-            (i + (cell + offset) * stride, w * (fraction if offset else 1 - fraction))
-            for i, w in corners
-            for offset in (0, 1)
-        ]
-    return sum(w[:, None] * flat[i] for i, w in corners)
+        values = self._table.index_select(0, torch.mv(cell, self._cell_strides).long())
+        for k in range(fraction.shape[1]):  # the coefficients of u_k: its constant half, then its linear one
+            half = values.shape[1] // 2
+            values = torch.addcmul(values[:, :half], fraction[:, k : k + 1], values[:, half:])
+        return values
+
+
+def _combine(blocks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_m w_m B_m for blocks B (w, m·n), m contiguous blocks of n entries, and weights (w, m): (w, n).
+
+    A symmetric matrix (row-major) times a vector is ``_combine(matrix, vector)``. Elementwise
+    multiply-adds: batched matrix products and reductions over small axes cost far more here.
+    """
+    count = weights.shape[1]
+    width = blocks.shape[1] // count
+    result = blocks[:, :width] * weights[:, :1]
+    for m in range(1, count):
+        result = torch.addcmul(result, blocks[:, m * width : (m + 1) * width], weights[:, m : m + 1])
+    return result
+
+
+def _normal(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw standard normal noise shaped, typed and placed as ``like``, from the CPU ``generator``.
+
+    Drawn in float32, whose sampler is vectorized (float64's costs 4× more per number on the
+    CPU, the largest single op of a step); the noise needs no more precision.
+    """
+    return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like.device, like.dtype)
+
+
+def _cholesky_times(metric: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """L v for G = L Lᵀ (w, d·d, row-major), d ≤ 2, in closed form (batched LAPACK costs far more on 2 × 2)."""
+    if vector.shape[1] == 1:
+        return metric.sqrt() * vector
+    l11, l21, l22 = _cholesky_2x2(metric)
+    return torch.stack([l11 * vector[:, 0], l21 * vector[:, 0] + l22 * vector[:, 1]], -1)
+
+
+def _cholesky_solve_transposed(metric: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """L⁻ᵀ v for G = L Lᵀ (w, d·d, row-major), d ≤ 2, in closed form. A non-positive-definite G gives NaN."""
+    if vector.shape[1] == 1:
+        return vector / metric.sqrt()
+    l11, l21, l22 = _cholesky_2x2(metric)
+    second = vector[:, 1] / l22
+    return torch.stack([(vector[:, 0] - l21 * second) / l11, second], -1)
+
+
+def _cholesky_2x2(metric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the entries L₁₁, L₂₁, L₂₂ (w,) of G = L Lᵀ for symmetric 2 × 2 matrices G (w, 4, row-major)."""
+    l11 = metric[:, 0].sqrt()
+    l21 = metric[:, 2] / l11
+    return l11, l21, (metric[:, 3] - l21 * l21).sqrt()
 
 
 class LatentLangevin:
@@ -351,25 +417,28 @@ class LatentLangevin:
         self.landscape, self.friction, self.timestep, self.overdamped = landscape, friction, timestep, overdamped
         self.device = torch_device(device)
         self.dim = len(landscape.axes)
-        fields, usable, height = _fields(landscape)
+        channels, usable, height = _fields(landscape)
         if not usable.any():
             raise LatfError("the latent landscape's support is too thin for derivatives: use a finer grid")
-        self._fields = _as_tensor(fields).to(self.device)
-        self._metric = self._fields[..., 2 * self.dim : 2 * self.dim + self.dim**2].contiguous()
-        self._usable = _as_tensor(np.stack([usable.astype(np.float64), height], -1)).to(self.device)
+        # what each step reads at a walker: underdamped ∇V, G, ∂G; overdamped ∇F, G, ∇·G
+        names = (
+            ("free_energy_gradient", "metric", "divergence")
+            if overdamped
+            else ("potential_gradient", "metric", "metric_gradient")
+        )
+        self._split = [channels[name].shape[-1] for name in names]
+        self._fields = _CellTable(np.concatenate([channels[name] for name in names], -1), landscape.axes, self.device)
+        self._metric = _CellTable(channels["metric"], landscape.axes, self.device)
+        self._usable = _CellTable(np.stack([usable.astype(np.float64), height], -1), landscape.axes, self.device)
 
     def _at(self, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """∇F (w, d), ∇ log det G (w, d), G (w, d, d), ∂_k G (w, d, d, d: k first) at ``s``."""
-        d = self.dim
-        fields = _interpolate(self._fields, self.landscape.axes, s)
-        gradient, log_det_gradient = fields[:, :d], fields[:, d : 2 * d]
-        metric = fields[:, 2 * d : 2 * d + d * d].reshape(-1, d, d)
-        return gradient, log_det_gradient, metric, fields[:, 2 * d + d * d :].reshape(-1, d, d, d)
+        """At ``s``: ∇V (w, d), G (w, d·d), ∂_k G_ij (w, d·d·d, k last); overdamped ∇F, G, ∇·G (w, d)."""
+        return self._fields(s).split(self._split, dim=1)
 
     def inside(self, latent: np.ndarray | torch.Tensor) -> np.ndarray:
         """Whether each point (n, d) lies where F, G and their derivatives are known, F within the cap."""
         s = torch.as_tensor(latent, dtype=torch.float64).to(self.device)
-        usable, height = _interpolate(self._usable, self.landscape.axes, s).unbind(-1)
+        usable, height = self._usable(s).unbind(-1)
         inside = (usable > 1 - 1e-9) & (height < SUPPORT_CAP_KT)
         for k, axis in enumerate(self.landscape.axes):
             inside &= (s[:, k] >= float(axis[0])) & (s[:, k] <= float(axis[-1]))
@@ -384,23 +453,15 @@ class LatentLangevin:
                 f"(s = {s[walker].tolist()}): lower the timestep, or start the walkers inside the data"
             )
 
-    def _metric_at(self, s: torch.Tensor) -> torch.Tensor:
-        """G (w, d, d) at ``s`` alone (the drift's fixed-point iteration needs nothing else)."""
-        return _interpolate(self._metric, self.landscape.axes, s).reshape(-1, self.dim, self.dim)
-
-    def _force(self, fields: tuple[torch.Tensor, ...], p: torch.Tensor) -> torch.Tensor:
-        """Return −∂H/∂s at momenta ``p``, with ``fields`` (:meth:`_at`) at the walkers' s."""
-        gradient, log_det_gradient, _, metric_gradient = fields
-        kinetic = 0.5 * torch.einsum("wi,wkij,wj->wk", p, metric_gradient, p)
-        return -(kinetic + gradient - 0.5 * self.landscape.kt * log_det_gradient)
+    @staticmethod
+    def _momentum_curvature(fields: tuple[torch.Tensor, ...], p: torch.Tensor) -> torch.Tensor:
+        """Return pᵀ(∂_k G)p (w, d), twice ∂H/∂s's kinetic part, with ``fields`` (:meth:`_at`) at the walkers' s."""
+        return _combine(fields[2], (p[:, :, None] * p[:, None, :]).flatten(1))
 
     def _ou(self, metric: torch.Tensor, p: torch.Tensor, duration: float, generator: torch.Generator) -> torch.Tensor:
         """Exact OU relaxation of p at fixed s (metric G there) towards N(0, k_BT G⁻¹) over ``duration``."""
         decay = math.exp(-self.friction * duration)
-        noise = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(self.device)
-        # G = L Lᵀ: L⁻ᵀ ξ has covariance G⁻¹
-        factor = torch.linalg.cholesky_ex(metric).L  # a blown-up walker (NaN) is caught by the support check
-        kicked = torch.linalg.solve_triangular(factor.transpose(-1, -2), noise[..., None], upper=True)[..., 0]
+        kicked = _cholesky_solve_transposed(metric, _normal(p, generator))  # G = L Lᵀ: L⁻ᵀ ξ has covariance G⁻¹
         return decay * p + math.sqrt((1 - decay**2) * self.landscape.kt) * kicked
 
     def _underdamped(
@@ -408,26 +469,27 @@ class LatentLangevin:
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """OU(h/2), the generalized leapfrog, OU(h/2); ``fields`` are at s, and the new ones are returned."""
         h = self.timestep
-        p = self._ou(fields[2], p, 0.5 * h, generator)
+        p = self._ou(fields[1], p, 0.5 * h, generator)
+        potential_kicked = torch.add(p, fields[0], alpha=-0.5 * h)  # ½ h ∂H/∂s = ½ h (∇V + ½ pᵀ∂G p)
         half = p
         for _ in range(FIXED_POINT_ITERATIONS):  # implicit half-kick, at fixed s
-            half = p + 0.5 * h * self._force(fields, half)
-        velocity = torch.einsum("wij,wj->wi", fields[2], half)
+            half = torch.add(potential_kicked, self._momentum_curvature(fields, half), alpha=-0.25 * h)
+        velocity = _combine(fields[1], half)
         moved = s + h * velocity
+        drifted = torch.add(s, velocity, alpha=0.5 * h)
         for _ in range(FIXED_POINT_ITERATIONS):  # implicit drift: ½[G(s) + G(s′)] p
-            moved = s + 0.5 * h * (velocity + torch.einsum("wij,wj->wi", self._metric_at(moved), half))
+            moved = torch.add(drifted, _combine(self._metric(moved), half), alpha=0.5 * h)
         fields = self._at(moved)
-        p = self._ou(fields[2], half + 0.5 * h * self._force(fields, half), 0.5 * h, generator)
+        kicked = torch.add(half, fields[0], alpha=-0.5 * h)  # the explicit half-kick at s′: −½h ∂H/∂s
+        kicked = torch.add(kicked, self._momentum_curvature(fields, half), alpha=-0.25 * h)
+        p = self._ou(fields[1], kicked, 0.5 * h, generator)
         return moved, p, fields
 
     def _brownian(self, s: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        gradient, _, metric, metric_gradient = self._at(s)
-        divergence = torch.einsum("wjij->wi", metric_gradient)  # Σ_j ∂_j G_ij
-        drift = (-torch.einsum("wij,wj->wi", metric, gradient) + self.landscape.kt * divergence) / self.friction
-        noise = torch.randn(s.shape, generator=generator, dtype=s.dtype).to(self.device)
-        root = torch.linalg.cholesky_ex(metric).L
+        gradient, metric, divergence = self._at(s)
+        drift = (self.landscape.kt * divergence - _combine(metric, gradient)) / self.friction
         scale = math.sqrt(2 * self.landscape.kt * self.timestep / self.friction)
-        return s + self.timestep * drift + scale * torch.einsum("wij,wj->wi", root, noise)
+        return s + self.timestep * drift + scale * _cholesky_times(metric, _normal(s, generator))
 
     def run(
         self,
@@ -455,7 +517,7 @@ class LatentLangevin:
         s = torch.from_numpy(start).to(self.device)
         self._check_support(s, 0)
         fields = self._at(s)
-        p = self._ou(fields[2], torch.zeros_like(s), math.inf, generator)
+        p = self._ou(self._metric(s), torch.zeros_like(s), math.inf, generator)
         frames = []
         for step in range(1, steps + 1):
             if self.overdamped:
@@ -477,8 +539,13 @@ def _grid_gradient(values: np.ndarray, spacing: list[float]) -> np.ndarray:
     return np.stack(parts if d > 1 else [parts], axis=d)
 
 
-def _fields(landscape: LatentLandscape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the grid channels ∇F, ∇ log det G, G, ∂_k G (…, d + d + d² + d³), where all are known, and F's height.
+def _fields(landscape: LatentLandscape) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Return the grid channels (…, width), where all are known, and F's height.
+
+    The channels: ``free_energy_gradient`` ∇F (d), ``potential_gradient`` ∇V (d) with
+    V = F − ½ k_BT log det G (the underdamped dynamics' potential, the module's docstring),
+    ``metric`` G (d·d, row-major), ``metric_gradient`` ∂_k G_ij (d·d·d: i, j, then k) and
+    ``divergence`` (∇·G)_i = Σ_j ∂_j G_ij (d).
 
     F is capped at ``WALL_KT`` k_BT above its minimum before differencing; its height is
     (F − min F)/k_BT, capped so, and 0 where F is unknown. Unknown cells are NaN before
@@ -493,14 +560,14 @@ def _fields(landscape: LatentLandscape) -> tuple[np.ndarray, np.ndarray, np.ndar
     height = np.minimum(height / landscape.kt, WALL_KT)
     metric = np.where(supported[..., None, None], landscape.metric, np.nan)
     log_det = np.where(supported, np.linalg.slogdet(np.where(np.isnan(metric), np.eye(d), metric))[1], np.nan)
-    channels = np.concatenate(
-        [
-            _grid_gradient(np.where(supported, landscape.kt * height, np.nan), spacing),
-            _grid_gradient(log_det, spacing),
-            metric.reshape(*shape, d * d),
-            _grid_gradient(metric, spacing).reshape(*shape, d**3),
-        ],
-        -1,
-    )
-    usable = np.isfinite(channels).all(-1)
-    return np.nan_to_num(channels, nan=0.0), usable, height
+    free_energy_gradient = _grid_gradient(np.where(supported, landscape.kt * height, np.nan), spacing)
+    metric_gradient = _grid_gradient(metric, spacing)  # (…, k, i, j)
+    channels = {
+        "free_energy_gradient": free_energy_gradient,
+        "potential_gradient": free_energy_gradient - 0.5 * landscape.kt * _grid_gradient(log_det, spacing),
+        "metric": metric.reshape(*shape, d * d),
+        "metric_gradient": np.moveaxis(metric_gradient, d, -1).reshape(*shape, d**3),
+        "divergence": np.einsum("...jij->...i", metric_gradient),
+    }
+    usable = np.logical_and.reduce([np.isfinite(values).all(-1) for values in channels.values()])
+    return {name: np.nan_to_num(values, nan=0.0) for name, values in channels.items()}, usable, height
