@@ -309,3 +309,14 @@ def test_dspib_populations_move_with_temperature_as_quadrature_says(dspib_model,
     np.testing.assert_allclose(generated_change, exact_change, atol=0.025)
     if factor > 1:  # hotter: every well moves the way quadrature says
         np.testing.assert_array_equal(np.sign(generated_change), np.sign(exact_change))
+
+
+def test_training_is_reproducible_from_its_seed(unbiased):
+    """The same data and seed give the same model bit for bit: encoder, and D-SPIB's diffusion noise draws."""
+    torch.set_num_threads(1)
+    data = TrainingData([trajectory[:1500] for trajectory in unbiased[:2]], temperatures=np.full(2, KT))
+    settings = {**SETTINGS, "n_initial_states": 9, "refinements": 1, "joint_max_epochs": 1, "polish_steps": 100}
+    first, again = (DSPIB(**settings).fit(data) for _ in range(2))
+    frames = unbiased[0][:500]
+    np.testing.assert_array_equal(first.transform(frames), again.transform(frames))
+    np.testing.assert_array_equal(first.sample(KT, 500, seed=0), again.sample(KT, 500, seed=0))
