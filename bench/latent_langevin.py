@@ -19,7 +19,9 @@ started at those frames, a frame at MD's frame spacing (the lifetimes depend on 
   there cost a narrow state probability (state 3: 0.025 at 100 × 100, 0.036 at 200 × 200,
   the model's 0.040).
 - alanine dipeptide (OBC2; 300 K, the walkers' temperature; unseen 330 K between the
-  loop's replica temperatures): 4 × 500 000 steps (1 ns), a frame every ps.
+  loop's replica temperatures): 4 × 500 000 steps (1 ns), a frame every ps. With
+  --overdamped the γ scan is 32–256 ps⁻¹: a Brownian step moves s by √(2 k_BT G dt / γ),
+  ≈ 1.7 latent units at γ = 1 ps⁻¹, and walkers leave the support within one report.
 
 Reported per temperature:
 
@@ -84,13 +86,15 @@ class Case:
     walker_time: float
     frictions: tuple[float, ...]  # the γ scan the fit interpolates in
     bins: int = DEFAULT_BINS  # the latent grid's points per dimension
+    overdamped_frictions: tuple[float, ...] | None = None  # --overdamped's scan, where it differs
 
 
 CASES = {
     "threehole": Case("threehole", (0.75, 1.0), 1_500_000, 30, 0.005, 300.0, (1.0, 2.0, 4.0, 8.0)),
     "lj7": Case("lj7", (0.2, 0.3), 1_000_000, 20, 0.005, 200.0, (4.0, 8.0, 16.0, 32.0), bins=200),
-    "ala2": Case("ala2_obc2", (300.0, 330.0), 500_000, 500, 0.002, 100.0, (1.0, 4.0, 16.0, 64.0)),
-}
+    "ala2": Case("ala2_obc2", (300.0, 330.0), 500_000, 500, 0.002, 100.0, (1.0, 4.0, 16.0, 64.0),
+                 overdamped_frictions=(32.0, 64.0, 128.0, 256.0)),
+}  # fmt: skip
 
 
 def md_runs(case: Case, folder: Path, temperature: float) -> tuple[list, float]:
@@ -122,7 +126,7 @@ def main() -> None:
     case = CASES[args.system]
     model = load_model(args.model or Path(__file__).parents[1] / f"models/{args.system}/model.pt")
     timestep, walker_time = args.timestep or case.timestep, args.time or case.walker_time
-    frictions = args.frictions or list(case.frictions)
+    frictions = args.frictions or list((args.overdamped and case.overdamped_frictions) or case.frictions)
     molsys = load_system(case.recipe)
     interval = case.frame_interval * molsys.timestep
     report = round(interval / timestep)
