@@ -21,7 +21,8 @@ started at those frames, a frame at MD's frame spacing (the lifetimes depend on 
 - alanine dipeptide (OBC2; 300 K, the walkers' temperature; unseen 330 K between the
   loop's replica temperatures): 4 × 500 000 steps (1 ns), a frame every ps. With
   --overdamped the γ scan is 32–256 ps⁻¹: a Brownian step moves s by √(2 k_BT G dt / γ),
-  ≈ 1.7 latent units at γ = 1 ps⁻¹, and walkers leave the support within one report.
+  ≈ 1.7 latent units at γ = 1 ps⁻¹, and walkers leave the support within one report. A
+  scan point where a walker leaves the support is reported (``error``) and left out of the fit.
 
 Reported per temperature:
 
@@ -55,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latf_openmm.errors import LatfError
 from latf_openmm.features import resolved_featurizer
 from latf_openmm.generation import (
     LatentLangevin,
@@ -93,7 +95,7 @@ CASES = {
     "threehole": Case("threehole", (0.75, 1.0), 1_500_000, 30, 0.005, 300.0, (1.0, 2.0, 4.0, 8.0)),
     "lj7": Case("lj7", (0.2, 0.3), 1_000_000, 20, 0.005, 200.0, (4.0, 8.0, 16.0, 32.0), bins=200),
     "ala2": Case("ala2_obc2", (300.0, 330.0), 500_000, 500, 0.002, 100.0, (1.0, 4.0, 16.0, 64.0),
-                 overdamped_frictions=(32.0, 64.0, 128.0, 256.0)),
+                 overdamped_frictions=(32.0, 48.0, 64.0, 128.0, 256.0)),
 }  # fmt: skip
 
 
@@ -178,9 +180,15 @@ def main() -> None:
 
     populations, visits = model.latent_populations(encoded[own]), md_lifetimes[own][1]
     fitted_state = int(np.argmin(np.where(visits >= MIN_VISITS, populations, np.inf)))
-    scan = [latent_run(own, g) for g in frictions]
-    for row in scan:
-        print(json.dumps(row), flush=True)
+    scan = []
+    for friction in frictions:
+        try:
+            scan.append(latent_run(own, friction))
+        except LatfError as error:  # a walker left the support: γ too small for this step, reported and skipped
+            print(json.dumps({"friction": friction, "error": str(error)}), flush=True)
+            continue
+        print(json.dumps(scan[-1]), flush=True)
+    frictions = [row["friction"] for row in scan]
     log_lifetime = np.log([row["lifetimes"][fitted_state] for row in scan])
     order = np.argsort(log_lifetime)
     target = np.log(md_lifetimes[own][0][fitted_state])
