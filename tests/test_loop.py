@@ -17,7 +17,7 @@ from conftest import check_final
 from latf_openmm import LatfError
 from latf_openmm.loop import LoopConfig
 from latf_openmm.loop.estimate import load_estimate
-from latf_openmm.loop.rounds import read_record
+from latf_openmm.loop.rounds import few_frames_warnings, read_record
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
@@ -412,3 +412,16 @@ def test_a_resume_may_move_the_recipe_and_data_but_not_change_them(tmp_path):
         trained.check_resume(first.stored(), tmp_path)
     with pytest.raises(LatfError, match="earlier version of the loop"):
         first.check_resume({k: v for k, v in first.stored().items() if k != "format"}, tmp_path)
+
+
+def test_a_round_run_worth_few_frames_after_unbiasing_is_reported_in_one_line():
+    record = {
+        "round": 2,
+        "walkers": ["w0"],
+        "production": ["p0"],
+        "replicas": ["r300", "r330"],
+        "effective_sample_size": {"w0": 3.0, "p0": 400.0, "r300": 3.2, "r330": 375.0},
+    }
+    (warning,) = few_frames_warnings(record)  # the walker's own c(t) weights are not the estimate's
+    assert warning.startswith("round 2: r300 is worth 3 frames after unbiasing") and "\n" not in warning
+    assert few_frames_warnings({**record, "effective_sample_size": {"r300": 50.0, "r330": 60.0}}) == []

@@ -75,6 +75,7 @@ from latf_openmm.loop.rounds import (
     completed_round,
     dask_client,
     describe_round,
+    few_frames_warnings,
     new_round,
     read_record,
     write_record,
@@ -190,6 +191,8 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
                 record = new_round(config, client, folder, number, runs, previous_model, estimate, rounds)
                 write_record(folder, record)
             log.info("%s (elapsed %.0f s)", describe_round(config, record), time.perf_counter() - started)
+            for warning in few_frames_warnings(record):
+                log.warning(warning)
             history.append(record)
             runs = runs + record["walkers"] + record.get("production", []) + record.get("replicas", [])
             previous_model, estimate = record["model"], folder / ESTIMATE
