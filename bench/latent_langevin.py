@@ -189,6 +189,8 @@ def main() -> None:
             continue
         print(json.dumps(scan[-1]), flush=True)
     frictions = [row["friction"] for row in scan]
+    if not scan:
+        raise SystemExit("a walker left the support at every γ of the scan: give larger --frictions")
     log_lifetime = np.log([row["lifetimes"][fitted_state] for row in scan])
     order = np.argsort(log_lifetime)
     target = np.log(md_lifetimes[own][0][fitted_state])

@@ -517,7 +517,7 @@ class LatentLangevin:
         s = torch.from_numpy(start).to(self.device)
         self._check_support(s, 0)
         fields = self._at(s)
-        p = self._ou(self._metric(s), torch.zeros_like(s), math.inf, generator)
+        p = self._ou(fields[1], torch.zeros_like(s), math.inf, generator)  # G at s, in either table
         frames = []
         for step in range(1, steps + 1):
             if self.overdamped:
