@@ -249,10 +249,36 @@ class BiasSpec:
             (self.sigma is None or min(self.sigma) > 0, "sigma must be positive"),
             (self.bins is None or min(self.bins) >= 4, "the bias grid needs at least 4 points per component"),
             (self.method != "restraint" or self.centre is not None, "a restraint needs centre, one per component"),
+            *self._region_checks(),
         ]
         for ok, message in checks:
             if not ok:
                 raise LatfError(f"bias {message}")
+
+    def _region_checks(self) -> list[tuple[bool, str]]:
+        """Return the checks of components and per-component values that need no model (counts, order, finiteness)."""
+        components = self.components
+        per_component = {name: getattr(self, name) for name in ("lower", "upper", "sigma", "bins")}
+        lengths = {len(value) for value in per_component.values() if value is not None}
+        expected = {len(components)} if components is not None else lengths
+        given = ", ".join(f"{name} {list(value)}" for name, value in per_component.items() if value is not None)
+        checks = [
+            (
+                components is None or (len(components) in (1, 2) and len(set(components)) == len(components)
+                                       and min(components) >= 0),
+                f"components must be 1 or 2 distinct CV components ≥ 0, got {components}",
+            ),
+            (
+                len(expected) <= 1 and lengths <= expected and expected <= {1, 2},
+                f"lower, upper, sigma and bins need one value per biased component, 1 or 2 ({given})",
+            ),
+        ]  # fmt: skip
+        if self.lower is not None and self.upper is not None and len(self.lower) == len(self.upper):
+            ends = np.asarray([self.lower, self.upper], dtype=float)
+            checks.append((bool(np.isfinite(ends).all() and (ends[1] > ends[0]).all()),
+                           f"needs finite lower < upper for each component, got lower {list(self.lower)}, "
+                           f"upper {list(self.upper)}"))  # fmt: skip
+        return checks
 
     def resolved(self, cv_dim: int, latent_range: Sequence[Sequence[float]] | None, temperature: float) -> BiasSpec:
         """Return the spec with its model-dependent defaults filled in.

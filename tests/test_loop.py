@@ -4,6 +4,7 @@ reweighted populations against exact quadrature."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -340,6 +341,17 @@ def test_bad_workflow(tmp_path):
     bad.write_text('system = "threehole"\nproduction_steps = 300\nvalidation_replica_exchange = true\n')
     with pytest.raises(LatfError, match="validation_replica_exchange needs validation_steps"):
         LoopConfig.from_toml(bad)
+    for table, message in (  # these failed inside a walker, after round 0 and training
+        ("components = [0, 1, 2]", "components must be 1 or 2 distinct CV components"),
+        ("components = [1, 1]", "components must be 1 or 2 distinct CV components"),
+        ("components = [0]\nlower = [0.0, 0.0]\nupper = [1.0, 1.0]", "one value per biased component, 1 or 2"),
+        ("sigma = [0.1, 0.1, 0.1]", "one value per biased component"),
+        ("lower = [1.0]\nupper = [-1.0]", "finite lower < upper"),
+        ("components = [2]", "not all CV components of a 2-dimensional CV ([train] latent_dim); use 0 … 1"),
+    ):
+        bad.write_text(f'system = "threehole"\nproduction_steps = 300\n[bias]\n{table}\n')
+        with pytest.raises(LatfError, match=re.escape(message)):
+            LoopConfig.from_toml(bad)
     bad.write_text('system = "threehole"\n[train]\nlagg = 3\n')
     with pytest.raises(LatfError, match="lagg"):
         LoopConfig.from_toml(bad)

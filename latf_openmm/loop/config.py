@@ -154,6 +154,12 @@ class LoopConfig:
             training.validate()
         except LatfError as error:
             raise LatfError(f"{source} [train]: {str(error).removeprefix('training config: ')}") from None
+        components = self.bias.components
+        if components is not None and max(components) >= training.latent_dim:
+            raise LatfError(
+                f"{source} [bias]: components {list(components)} are not all CV components of a "
+                f"{training.latent_dim}-dimensional CV ([train] latent_dim); use 0 … {training.latent_dim - 1}"
+            )
         if not (self.production_steps > 0 or self.replicas_along_cv):
             raise LatfError(
                 f"{source}: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "
