@@ -36,6 +36,7 @@ BIAS_METHODS = ("metad", "opes", "restraint")
 BIAS_ENGINES = ("openmm", "plumed")
 ADAPTIVE_METHODS = ("metad", "opes")
 METAD_BIAS_FACTOR = 10.0
+SHARE_EVERY_DEPOSITIONS = 10  # metad/opes walkers' default share_interval, in units of pace
 
 
 def option(default: Default, help: str) -> Default:
@@ -227,7 +228,9 @@ class BiasSpec:
     barrier: float = option(30.0, "opes: expected barrier ΔE, kJ/mol")
     wall_constant: float = option(1000.0, "walls: kJ/mol per CV unit²")
     share_interval: int | None = option(
-        None, "metad/opes walkers: steps between exchanges of depositions (a multiple of pace; default 10 × pace)"
+        None,
+        f"metad/opes walkers: steps between exchanges of depositions (a multiple of pace; default "
+        f"{SHARE_EVERY_DEPOSITIONS} × pace)",
     )
     centre: tuple[float, ...] | None = option(None, "restraint: window centre per CV component")
     force_constant: float = option(100.0, "restraint: kJ/mol per CV unit²")
@@ -310,6 +313,7 @@ __all__ = [
     "BIAS_METHODS",
     "PLATFORM_NAMES",
     "PRECISIONS",
+    "SHARE_EVERY_DEPOSITIONS",
     "TRAJECTORY_FORMATS",
     "BiasSpec",
     "MDOptions",

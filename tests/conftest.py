@@ -112,6 +112,27 @@ def check_final(folder):
     return metadata
 
 
+def check_plumed_bias(text, spec, latent_range):
+    """A plumed.dat's bias line and walls carry the BiasSpec ``spec`` (defaults: walls at the model's
+    ``latent_range`` ± margin)."""
+    lines = text.splitlines()
+    bias = next(line.split() for line in lines if line.startswith("bias: "))
+    keys = dict(token.split("=", 1) for token in bias[2:] if "=" in token)
+    assert bias[1] == {"opes": "OPES_METAD", "metad": "METAD"}[spec.method]
+    components = list(range(min(len(latent_range[0]), 2))) if spec.components is None else list(spec.components)
+    assert keys["ARG"] == ",".join(f"cv.node-{c}" for c in components) and int(keys["PACE"]) == spec.pace
+    assert float(keys["BARRIER"] if spec.method == "opes" else keys["HEIGHT"]) == (
+        spec.barrier if spec.method == "opes" else spec.height
+    )
+    if spec.bias_factor is not None:
+        assert float(keys["BIASFACTOR"]) == spec.bias_factor
+    low, high = (np.asarray(v)[components] for v in latent_range)
+    walls = {line.split(":")[0]: line for line in lines if "_WALLS" in line}
+    for label, expected in (("lwall", low - spec.margin * (high - low)), ("uwall", high + spec.margin * (high - low))):
+        at = walls[label].split("AT=")[1].split()[0]
+        np.testing.assert_allclose([float(v) for v in at.split(",")], expected, rtol=1e-5)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)

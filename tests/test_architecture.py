@@ -14,12 +14,20 @@ LAYERS = [  # lowest first; the root package (the public API) sits on top of the
 SHARED_LEAVES = {"errors", "files", "units", "versions", "devices", "specs", "_quiet", "_plugins"}  # importable by all
 
 
-def imports(source: str) -> list[tuple[str, int]]:
-    """The latf_openmm modules a module's source imports, with line numbers, at any depth."""
+def imports(source: str, module: str, is_package: bool = False) -> list[tuple[str, int]]:
+    """The latf_openmm modules a module's source imports, with line numbers, at any depth.
+
+    Relative imports are resolved against ``module`` (a package's ``__init__`` when ``is_package``).
+    """
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.module, node.lineno))
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")[: len(module.split(".")) - node.level + is_package]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            names = [base] if node.module else [f"{base}.{alias.name}" for alias in node.names]
+            found.extend((name, node.lineno) for name in names)
         elif isinstance(node, ast.Import):
             found.extend((alias.name, node.lineno) for alias in node.names)
     return [(name, line) for name, line in found if name.split(".")[0] == "latf_openmm"]
@@ -58,7 +66,7 @@ def package_graph() -> dict[str, list[tuple[str, int]]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE.parent).with_suffix("")
         parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
-        graph[".".join(parts)] = imports(path.read_text())
+        graph[".".join(parts)] = imports(path.read_text(), ".".join(parts), relative.name == "__init__")
     return graph
 
 
@@ -75,8 +83,10 @@ def test_every_import_goes_to_the_same_or_a_lower_layer():
         ("latf_openmm.models.data", "from latf_openmm.reweighting import run_weights\n", "higher layer"),
         ("latf_openmm.files", "import latf_openmm.models\n", "a shared leaf"),
         ("latf_openmm.bias.cv", "from latf_openmm.export import paired_featurizer\n", None),  # downwards: fine
+        ("latf_openmm.simulation.md", "from ..bias import CVBias\n", "higher layer (bias)"),  # relative
+        ("latf_openmm.simulation.md", "from . import run\nfrom .protocol import SimulationBias\n", None),
     ],
 )
 def test_the_check_catches_an_upward_import(module, source, message):
-    found = violations({module: imports(source)})
+    found = violations({module: imports(source, module)})
     assert (found == []) if message is None else (len(found) == 1 and message in found[0])

@@ -10,11 +10,13 @@ import mdtraj
 import numpy as np
 import openmm
 import pytest
+from conftest import check_plumed_bias
 
 from latf_openmm import LatfError
 from latf_openmm.generation import block_fraction, two_state_fit, two_state_folded_fraction
 from latf_openmm.loop import LoopConfig, run_loop
 from latf_openmm.loop.final import melting_curves, named_regions
+from latf_openmm.models import load_model
 from latf_openmm.systems import REGIONS, load_system, native_contact_fraction
 from latf_openmm.systems.builders import alanine_dipeptide
 
@@ -116,6 +118,8 @@ def test_chignolin_workflow_runs_every_stage_in_a_few_picoseconds(tmp_path):
     for name in ("summary.json", "summary.png", "melting.png", "final/model.pt", "final/cv.pt",
                  "final/plumed/plumed.dat", "round_001/model.pt", "round_001/estimate.npz"):  # fmt: skip
         assert (out / name).is_file(), name
+    final = load_model(out / "final" / "model.pt")  # the workflow's [bias] in the final plumed.dat
+    check_plumed_bias((out / "final" / "plumed" / "plumed.dat").read_text(), smoke.bias, final.info["latent_range"])
     assert sorted(p.name for p in (out / "round_000" / "md").iterdir()) == ["T300K", "T400K"]
     assert sorted(p.name for p in (out / "validation").glob("T*")) == [f"T{t:g}K" for t in config.targets]
     melting = json.loads((out / "summary.json").read_text())["melting"]

@@ -34,10 +34,9 @@ from latf_openmm.bias.cv import LearnedCV
 from latf_openmm.bias.harmonic import wall_energies, wall_energy
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_npz
-from latf_openmm.specs import bias_grid, bias_region
+from latf_openmm.specs import SHARE_EVERY_DEPOSITIONS, BiasSpec, bias_grid, bias_region
 from latf_openmm.units import KB_KJ_PER_MOL_K
 
-SHARE_EVERY_DEPOSITIONS = 10  # default share_interval, in units of pace
 KERNEL_KEYS = ("centres", "weights")  # what OPES's pair sums need of each walker's kernels
 KERNELS = "plumed-2.10"  # the kernel shapes, as PLUMED 2.10's (Metadynamics' hills, OPES's kernels)
 HILL_CUTOFF = 6.25  # r²/2 beyond which a metadynamics hill is zero, PLUMED's DP2CUTOFF
@@ -145,8 +144,8 @@ class GridBias(CVBias):
         upper: Sequence[float] | None = None,
         sigma: Sequence[float] | None = None,
         bins: Sequence[int] | None = None,
-        wall_constant: float = 1000.0,
-        margin: float = 0.1,
+        wall_constant: float = BiasSpec.wall_constant,
+        margin: float = BiasSpec.margin,
         walkers_dir: str | Path | None = None,
         walker: int = 0,
         share_interval: int | None = None,

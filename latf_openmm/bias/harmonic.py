@@ -18,6 +18,7 @@ import openmm
 from latf_openmm.bias.base import CVBias
 from latf_openmm.bias.cv import LearnedCV
 from latf_openmm.errors import LatfError
+from latf_openmm.specs import BiasSpec
 
 NO_WALL = 1e6
 
@@ -67,7 +68,7 @@ class HarmonicBias(CVBias):
         force_constant: float,
         lower: Sequence[float | None] | None = None,
         upper: Sequence[float | None] | None = None,
-        wall_constant: float = 0.0,
+        wall_constant: float = BiasSpec.wall_constant,
         periodic: bool = False,
     ) -> None:
         dim = cv.dim

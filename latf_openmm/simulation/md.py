@@ -121,7 +121,7 @@ def simulate(
     """
     out_dir = Path(out_dir)
     md = md or MDOptions()
-    settings = _settings(molsys, temperature, n_steps, seed, md)
+    settings = run_settings(molsys, temperature, n_steps, seed, md)
     if bias is not None:
         settings["bias"] = bias.settings()
     finished = _finished_run(out_dir, settings)
@@ -168,16 +168,15 @@ def simulate(
 
 def _finished_run(out_dir: Path, settings: dict[str, Any]) -> Run | None:
     """Return the finished run in ``out_dir``, if any; raise if it was made with other settings."""
-    manifest_path = out_dir / MANIFEST
-    if not manifest_path.is_file():
+    if not (out_dir / MANIFEST).is_file():
         return None
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("settings") != settings:
+    run = Run.open(out_dir)
+    if run.manifest.get("settings") != settings:
         raise LatfError(
             f"{out_dir} holds a finished run with other settings (or from another latf_openmm version); "
             "choose a new output directory"
         )
-    return Run(out_dir, manifest, ran_now=False)
+    return run
 
 
 def _prepare_context(
@@ -301,7 +300,7 @@ def _ns_per_day(steps: int, timestep_ps: float, seconds: float) -> float | None:
     return steps * timestep_ps * 1e-3 * 86400 / seconds if seconds > 0 and steps else None
 
 
-def _settings(molsys: MolecularSystem, temperature: float, n_steps: int, seed: int, md: MDOptions) -> dict[str, Any]:
+def run_settings(molsys: MolecularSystem, temperature: float, n_steps: int, seed: int, md: MDOptions) -> dict[str, Any]:
     """Return what a run's manifest records of how it was made.
 
     A finished run with other settings is not resumed.

@@ -32,10 +32,10 @@ import openmm.unit as u
 from latf_openmm._quiet import quiet_import
 from latf_openmm.errors import LatfError
 from latf_openmm.files import write_json
-from latf_openmm.simulation.md import _settings, run_label, write_run
+from latf_openmm.simulation.md import run_label, run_settings, write_run
 from latf_openmm.simulation.platforms import select_platform
 from latf_openmm.simulation.protocol import SimulationBias
-from latf_openmm.simulation.run import Run
+from latf_openmm.simulation.run import MANIFEST, Run
 from latf_openmm.specs import MDOptions
 from latf_openmm.systems import MolecularSystem
 from latf_openmm.units import KB_KJ_PER_MOL_K
@@ -122,16 +122,16 @@ def replica_exchange(
     out = Path(out_dir)
     md = md or MDOptions()
     steps = int(n_iterations) * int(md.frame_interval or molsys.frame_interval)
-    per_temperature = [_settings(molsys, t, steps, seed, md) for t in temperatures]
+    per_temperature = [run_settings(molsys, t, steps, seed, md) for t in temperatures]
     if bias is not None:
         bias.freeze()
         for settings in per_temperature:
             settings["bias"] = bias.settings()
     folders = [out / run_label(molsys, t) for t in temperatures]
     identity = json.loads(json.dumps({"settings": per_temperature, "exchange_interval": int(exchange_interval)}))
-    finished = all((f / "manifest.json").is_file() for f in folders)
+    finished = all((f / MANIFEST).is_file() for f in folders)
     if finished:
-        saved = {**identity, "settings": [json.loads((f / "manifest.json").read_text())["settings"] for f in folders]}
+        saved = {**identity, "settings": [Run.open(f).manifest.get("settings") for f in folders]}
     else:
         saved = json.loads((out / IDENTITY).read_text()) if (out / IDENTITY).is_file() else None
     if (finished or (out / STORAGE).is_file()) and saved != identity:
