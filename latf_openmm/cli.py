@@ -227,7 +227,9 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
         "the same command is run again; walkers sharing --walkers-dir build one bias together.",
     )
     p.add_argument("model", nargs="?", help="model file written by 'latf train'")
-    _add_system_options(p, "system name or recipe whose featurizer the model was trained on")
+    _add_system_options(
+        p, "system name or recipe whose featurizer the model was trained on (default: the featurizer the model keeps)"
+    )
     p.add_argument(
         "--temperature", type=float, help="K, or k_BT/ε for reduced-unit systems (default: the recipe's first)"
     )
@@ -543,7 +545,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "TorchForce. --component k writes the scalar component k, for a CustomCVForce.",
     )
     p.add_argument("model", nargs="?", help="model file written by 'latf train'")
-    _add_system_options(p, "system name or recipe whose featurizer the model was trained on")
+    _add_system_options(
+        p, "system name or recipe whose featurizer the model was trained on (default: the featurizer the model keeps)"
+    )
     p.add_argument("--out", help="output TorchScript file (.pt)")
     p.add_argument("--component", type=int, help="export only this CV component, as a scalar")
     p.add_argument(
@@ -551,25 +555,38 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also write DIR/model.ptc (PLUMED PYTORCH_MODEL) and DIR/plumed.dat (features, CV, bias)",
     )
-    p.add_argument("--temperature", type=float, help="temperature for plumed.dat, K (default: the system's first)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="temperature for plumed.dat in the system's unit (K, or k_BT/ε for reduced units; without --system: K; "
+        "default: the system's first)",
+    )
     _add_spec_options(p.add_argument_group("the bias in plumed.dat (as 'latf bias' takes it)"), BiasSpec)
-    p.set_defaults(handler=_export, required=("model", "system", "out"), outputs={"out": "file", "plumed": "folder"})
+    p.set_defaults(handler=_export, required=("model", "out"), outputs={"out": "file", "plumed": "folder"})
 
 
 def _export(args: argparse.Namespace) -> int:
-    from latf_openmm.export import export_cv
+    from latf_openmm.export import export_cv, paired_featurizer
+    from latf_openmm.models import load_model
 
-    model, molsys, featurizer = _load_model_on_system(args)
-    export_cv(model, featurizer, args.out, component=args.component, feature_description=molsys.features)
+    if args.system:
+        model, molsys, featurizer = _load_model_on_system(args)
+        description = molsys.features
+        temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
+    else:  # the featurizer the model keeps: no system to build
+        model, description, temperature = load_model(args.model), None, args.temperature
+        featurizer = paired_featurizer(model)
+    if args.plumed and temperature is None:
+        raise LatfError("latf export --plumed without --system needs --temperature (K) for plumed.dat")
+    bias = _spec_from_args(BiasSpec, args, "latf export") if args.plumed else None
+    export_cv(model, featurizer, args.out, component=args.component, feature_description=description)
     if args.plumed:
         from latf_openmm.export.plumed import write_plumed
 
-        temperature = molsys.to_kelvin(args.temperature) if args.temperature else molsys.temperatures[0]
-        bias = _spec_from_args(BiasSpec, args, "latf export")
         model_file, plumed_file = write_plumed(model, featurizer, args.plumed, temperature, bias)
         print(f"wrote {model_file} and {plumed_file}")
     print(
-        f"wrote {args.out}: {molsys.topology.getNumAtoms()} atoms → "
+        f"wrote {args.out}: {featurizer.n_atoms} atoms → "
         f"{'CV component ' + str(args.component) if args.component is not None else f'{model.latent_dim}-D CV'}"
     )
     return 0

@@ -219,9 +219,20 @@ def test_export_cli(two_state_data, tmp_path):
     positions = np.array([[-1.0, 0.2, 0.0]])
     expected = load_model(model).transform(positions[:, :2])
     np.testing.assert_allclose(exported(torch.from_numpy(positions)).detach().numpy(), expected[0], atol=1e-5)
+    # without --system: the featurizer the model keeps (trained on run folders), the same CV and plumed.dat
+    kelvin = load_system("threehole").to_kelvin(0.75)
+    result = _cli("export", model, "--out", tmp_path / "kept.pt", "--plumed", tmp_path / "pl2", "--temperature", kelvin)
+    assert result.returncode == 0, result.stderr
+    kept = torch.jit.load(str(tmp_path / "kept.pt"))
+    np.testing.assert_allclose(kept(torch.from_numpy(positions)).detach().numpy(), expected[0], atol=1e-5)
+    assert (tmp_path / "pl2" / "plumed.dat").read_text() == plumed
+    result = _cli("export", model, "--out", tmp_path / "no_t.pt", "--plumed", tmp_path / "pl3")
+    assert result.returncode == 2 and "needs --temperature (K)" in result.stderr and not (tmp_path / "no_t.pt").exists()
     # a model trained on other features is refused
     other = tmp_path / "other.pt"
     result = _cli("train", two_state_data, "--model", "spib", "--out", other, "--lag", 5, *QUICK_TRAIN)
     assert result.returncode == 0, result.stderr
     result = _cli("export", other, "--system", "threehole", "--out", tmp_path / "bad.pt")
     assert result.returncode == 2 and "features differ" in result.stderr
+    result = _cli("export", other, "--out", tmp_path / "bad.pt")  # trained on arrays: no featurizer kept
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "(or --system)" in result.stderr

@@ -117,7 +117,8 @@ def export_cv(
     component
         Export only this CV component as a scalar (for an OpenMM CustomCVForce).
     feature_description
-        The featurizer's description, stored in the metadata.
+        The featurizer's description (a system's ``features``), stored in the metadata;
+        None: the featurizer's resolved form (its atoms and features).
     """
     featurizer = paired_featurizer(model, featurizer)
     module = torch.jit.script(CollectiveVariable(featurizer, model, component).eval())
@@ -128,7 +129,7 @@ def export_cv(
         "n_atoms": featurizer.n_atoms,
         "n_features": featurizer.n_features,
         "feature_names": featurizer.names,
-        "features": feature_description,
+        "features": featurizer.resolved() if feature_description is None else feature_description,
         "units": {"positions": "nm", "box": "nm", "cv": "latent (dimensionless)"},
         "data_digest": model.info.get("data_digest"),
         "versions": versions(),

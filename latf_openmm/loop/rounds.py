@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from latf_openmm.errors import LatfError
 from latf_openmm.export import export_cv
-from latf_openmm.features import build_featurizer
 from latf_openmm.files import write_json
 from latf_openmm.generation import (
     generate,
@@ -31,7 +30,6 @@ from latf_openmm.loop.estimate import (
 from latf_openmm.loop.tasks import (
     cpu_timed,
     fixed_bias,
-    load_workflow_system,
     production_task,
     replica_task,
     train_task,
@@ -137,7 +135,7 @@ def new_round(
                              pure=False).result()[1]  # fmt: skip
     t1 = time.perf_counter()
     model = load_model(model_path)
-    _export(config, model, folder / "cv.pt")
+    export_cv(model, None, folder / "cv.pt")  # with the featurizer it keeps: no system to build
     futures = [
         client.submit(
             cpu_timed,
@@ -251,10 +249,3 @@ def _report_round(config: LoopConfig, model: LatentModel, folder: Path) -> str:
     plot = folder / "fes.png" if model.latent_dim == 2 else None
     generate(model, config.targets, min(config.samples, 50_000), folder / "generated.npz", plot=plot)
     return model.info["data_digest"]
-
-
-def _export(config: LoopConfig, model: LatentModel, out: Path) -> None:
-    """Export the model's CV with the system's featurizer (TorchScript, positions → CV) to ``out``."""
-    molsys = load_workflow_system(config)
-    featurizer = build_featurizer(molsys.features, molsys.topology)
-    export_cv(model, featurizer, out, feature_description=molsys.features)
