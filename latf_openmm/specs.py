@@ -269,7 +269,7 @@ class BiasSpec:
             (
                 components is None or (len(components) in (1, 2) and len(set(components)) == len(components)
                                        and min(components) >= 0),
-                f"components must be 1 or 2 distinct CV components ≥ 0, got {list(components)}",
+                f"components must be 1 or 2 distinct CV components ≥ 0, got {list(components or ())}",
             ),
             (
                 len(expected) <= 1 and lengths <= expected and expected <= {1, 2},

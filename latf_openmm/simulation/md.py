@@ -147,16 +147,16 @@ def simulate(
         frames_done = _prepare_context(context, molsys, segments, bias, settings["temperature_K"], seed)
 
         n_frames = n_steps // settings["frame_interval"]
-        dof = degrees_of_freedom(molsys.system)
-        periodic = molsys.system.usesPeriodicBoundaryConditions()
+        frames = _FrameReporter(bias, settings, degrees_of_freedom(molsys.system),
+                                molsys.system.usesPeriodicBoundaryConditions())  # fmt: skip
         progress_bar = _ProgressReporter(molsys, settings, n_steps, frames_done, progress)
-        checkpoints = _SegmentReporter(segments, checkpoint_seconds, bias)
+        checkpoints = _SegmentReporter(segments, frames, checkpoint_seconds, bias)
         with progress_bar:
             for frame in range(frames_done, n_frames):
                 step = (frame + 1) * settings["frame_interval"]
-                _run_frame(checkpoints.frames, integrator, context, bias, step, settings, dof, periodic)
+                _advance_to(integrator, context, bias, step, settings)
                 now = time.perf_counter()
-                for reporter in (progress_bar, checkpoints):
+                for reporter in (frames, progress_bar, checkpoints):
                     reporter.report(context, frame, now, frame + 1 == n_frames)
         del context  # a finished run's forces end within the session (PLUMED logs its timings there)
     wall = time.perf_counter() - progress_bar.started
@@ -208,37 +208,49 @@ def _prepare_context(
     return frames_done
 
 
-def _run_frame(
-    buffer: _FrameBuffer,
+def _advance_to(
     integrator: openmm.Integrator,
     context: openmm.Context,
     bias: SimulationBias | None,
     step: int,
     settings: dict[str, Any],
-    dof: int,
-    periodic: bool,
 ) -> None:
-    """Run MD up to ``step`` and add the frame there to ``buffer``; raise if the simulation blew up."""
+    """Run MD from one frame before ``step`` up to ``step``; raise if the simulation blew up or stopped."""
     try:
         _advance(integrator, context, bias, step - settings["frame_interval"], step)
     except openmm.OpenMMException as error:  # the CPU platform refuses NaN coordinates
         if "NaN" not in str(error):  # e.g. PLUMED's CV leaving its METAD grid
             raise LatfError(f"the run stopped before step {step}: {_one_line(error)}") from None
         raise blew_up(step, settings["timestep_ps"]) from None
-    state = context.getState(getPositions=True, getEnergy=True)
-    epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-    with np.errstate(over="ignore", invalid="ignore"):
-        positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
-    if not (np.isfinite(epot) and np.isfinite(positions).all()):
-        raise blew_up(step, settings["timestep_ps"])
-    kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-    buffer.add(
-        positions,
-        state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer) if periodic else None,
-        epot,
-        2 * kinetic / (dof * KB_KJ_PER_MOL_K) if dof else 0.0,
-        None if bias is None else bias.observe(context, step),
-    )
+
+
+class _FrameReporter:
+    """Record each frame in ``buffer``: positions, box, potential energy, temperature and the bias's COLVAR row.
+
+    A frame with a non-finite energy or position is a blow-up (an error).
+    """
+
+    def __init__(self, bias: SimulationBias | None, settings: dict[str, Any], dof: int, periodic: bool) -> None:
+        self.bias, self.settings, self.dof, self.periodic = bias, settings, dof, periodic
+        self.buffer = _FrameBuffer()
+
+    def report(self, context: openmm.Context, frame: int, now: float, last: bool) -> None:
+        """Add the frame now in ``context`` (frame number ``frame``) to the buffer."""
+        step = (frame + 1) * self.settings["frame_interval"]
+        state = context.getState(getPositions=True, getEnergy=True)
+        epot = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        with np.errstate(over="ignore", invalid="ignore"):
+            positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32)
+        if not (np.isfinite(epot) and np.isfinite(positions).all()):
+            raise blew_up(step, self.settings["timestep_ps"])
+        kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        self.buffer.add(
+            positions,
+            state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer) if self.periodic else None,
+            epot,
+            2 * kinetic / (self.dof * KB_KJ_PER_MOL_K) if self.dof else 0.0,
+            None if self.bias is None else self.bias.observe(context, step),
+        )
 
 
 def _one_line(error: Exception, limit: int = 400) -> str:
@@ -403,25 +415,27 @@ class _ProgressReporter:
 
 
 class _SegmentReporter:
-    """Keep the frames and COLVAR rows since the last segment, and write them as the next one.
+    """Write the frames ``frames`` recorded since the last segment as the next one.
 
     Every ``checkpoint_seconds`` of wall time, and after the last frame, they go to a new
     segment with the OpenMM checkpoint and the bias's state after them (atomically), so that
     a killed run resumes there.
     """
 
-    def __init__(self, segments: _Segments, checkpoint_seconds: float, bias: SimulationBias | None) -> None:
-        self.segments, self.checkpoint_seconds, self.bias = segments, checkpoint_seconds, bias
-        self.frames = _FrameBuffer()
+    def __init__(
+        self, segments: _Segments, frames: _FrameReporter, checkpoint_seconds: float, bias: SimulationBias | None
+    ) -> None:
+        self.segments, self.frames, self.checkpoint_seconds, self.bias = segments, frames, checkpoint_seconds, bias
         self.last_write = time.perf_counter()
 
     def report(self, context: openmm.Context, frame: int, now: float, last: bool) -> None:
-        """Write the kept frames as a segment if it is time, ``frame`` being the last of them."""
+        """Write the recorded frames as a segment if it is time, ``frame`` being the last of them."""
         if not last and now - self.last_write < self.checkpoint_seconds:
             return
         state = {} if self.bias is None else self.bias.state()
-        self.segments.write(self.frames, frame + 1 - len(self.frames), context.createCheckpoint(), state)
-        self.frames = _FrameBuffer()
+        buffer = self.frames.buffer
+        self.segments.write(buffer, frame + 1 - len(buffer), context.createCheckpoint(), state)
+        self.frames.buffer = _FrameBuffer()
         self.last_write = now
 
 
