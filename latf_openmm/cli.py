@@ -227,9 +227,7 @@ def _add_bias(sub: argparse._SubParsersAction) -> None:
         "the same command is run again; walkers sharing --walkers-dir build one bias together.",
     )
     p.add_argument("model", nargs="?", help="model file written by 'latf train'")
-    _add_system_options(
-        p, "system name or recipe whose featurizer the model was trained on (default: the featurizer the model keeps)"
-    )
+    _add_system_options(p, "system name or recipe whose featurizer the model was trained on")
     p.add_argument(
         "--temperature", type=float, help="K, or k_BT/ε for reduced-unit systems (default: the recipe's first)"
     )

@@ -249,8 +249,11 @@ class BiasSpec:
             (self.bias_factor is None or self.bias_factor > 1, f"bias_factor must be > 1, got {self.bias_factor}"),
             (self.margin >= 0 and self.wall_constant >= 0, "margin and wall_constant must be ≥ 0"),
             (self.force_constant > 0, f"force_constant must be positive, got {self.force_constant}"),
-            (self.sigma is None or min(self.sigma) > 0, "sigma must be positive"),
-            (self.bins is None or min(self.bins) >= 4, "the bias grid needs at least 4 points per component"),
+            (self.sigma is None or all(v > 0 for v in self.sigma), "sigma must be positive"),
+            (
+                self.bins is None or all(b >= 4 for b in self.bins),
+                "the bias grid needs at least 4 points per component",
+            ),
             (self.method != "restraint" or self.centre is not None, "a restraint needs centre, one per component"),
             *self._region_checks(),
         ]
@@ -260,22 +263,26 @@ class BiasSpec:
 
     def _region_checks(self) -> list[tuple[bool, str]]:
         """Return the checks of components and per-component values that need no model (counts, order, finiteness)."""
-        components = self.components
         per_component = {name: getattr(self, name) for name in ("lower", "upper", "sigma", "bins")}
-        lengths = {len(value) for value in per_component.values() if value is not None}
-        expected = {len(components)} if components is not None else lengths
         given = ", ".join(f"{name} {list(value)}" for name, value in per_component.items() if value is not None)
-        checks = [
-            (
-                components is None or (len(components) in (1, 2) and len(set(components)) == len(components)
-                                       and min(components) >= 0),
-                f"components must be 1 or 2 distinct CV components ≥ 0, got {list(components or ())}",
-            ),
-            (
-                len(expected) <= 1 and lengths <= expected and expected <= {1, 2},
-                f"lower, upper, sigma and bins need one value per biased component, 1 or 2 ({given})",
-            ),
-        ]  # fmt: skip
+        lengths = {len(value) for value in per_component.values() if value is not None}
+        if self.method == "restraint":  # every CV component: walls one value each, as the centre
+            checks = [(lengths <= {len(self.centre or ())}, f"a restraint's walls need one value per centre value "
+                                                            f"({len(self.centre or ())}), got {given}")]  # fmt: skip
+        else:
+            components = self.components
+            expected = {len(components)} if components is not None else lengths
+            checks = [
+                (
+                    components is None or (len(components) in (1, 2) and len(set(components)) == len(components)
+                                           and min(components) >= 0),
+                    f"components must be 1 or 2 distinct CV components ≥ 0, got {list(components or ())}",
+                ),
+                (
+                    len(expected) <= 1 and lengths <= expected and expected <= {1, 2},
+                    f"lower, upper, sigma and bins need one value per biased component, 1 or 2 ({given})",
+                ),
+            ]  # fmt: skip
         if self.lower is not None and self.upper is not None and len(self.lower) == len(self.upper):
             ends = np.asarray([self.lower, self.upper], dtype=float)
             checks.append((bool(np.isfinite(ends).all() and (ends[1] > ends[0]).all()),

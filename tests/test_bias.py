@@ -97,6 +97,14 @@ def test_bad_bias_input(cv_setup, ala2_vacuum):
         HarmonicBias(cv, centre=[0.0, np.nan], force_constant=1.0)
     with pytest.raises(LatfError, match="≥ 0"):
         HarmonicBias(cv, centre=[0.0, 0.0], force_constant=-1.0)
+    # a restraint's walls: one per component of the whole CV (3 here), as its centre; the 1–2 rule is the adaptive ones'
+    BiasSpec(method="restraint", centre=(0.0, 0.0, 0.0), lower=(-1.0,) * 3, upper=(1.0,) * 3)
+    with pytest.raises(LatfError, match=r"walls need one value per centre value \(2\), got lower \[-1.0\]"):
+        BiasSpec(method="restraint", centre=(0.0, 0.0), lower=(-1.0,), upper=(1.0, 1.0))
+    with pytest.raises(LatfError, match="1 or 2"):
+        BiasSpec(method="metad", lower=(-1.0,) * 3, upper=(1.0,) * 3)
+    with pytest.raises(LatfError, match="one value per biased component"):
+        BiasSpec(sigma=())  # was a ValueError from min() of nothing
     with pytest.raises(LatfError, match="too large for OpenMM expressions"):
         LearnedCV(model, featurizer, backend="native")
     with pytest.raises(LatfError, match="unknown CV backend"):

@@ -348,6 +348,7 @@ def test_bad_workflow(tmp_path):
         ("sigma = [0.1, 0.1, 0.1]", "one value per biased component"),
         ("lower = [1.0]\nupper = [-1.0]", "finite lower < upper"),
         ("components = [2]", "not all CV components of a 2-dimensional CV ([train] latent_dim); use 0 … 1"),
+        ("lower = [0.0, 0.0]\nupper = [1.0, 1.0]\n[train]\nlatent_dim = 1", "more values per component than the 1-dim"),
     ):
         bad.write_text(f'system = "threehole"\nproduction_steps = 300\n[bias]\n{table}\n')
         with pytest.raises(LatfError, match=re.escape(message)):

@@ -154,12 +154,16 @@ class LoopConfig:
             training.validate()
         except LatfError as error:
             raise LatfError(f"{source} [train]: {str(error).removeprefix('training config: ')}") from None
-        components = self.bias.components
-        if components is not None and max(components) >= training.latent_dim:
+        components, dim = self.bias.components, training.latent_dim
+        if components is not None and max(components) >= dim:
             raise LatfError(
                 f"{source} [bias]: components {list(components)} are not all CV components of a "
-                f"{training.latent_dim}-dimensional CV ([train] latent_dim); use 0 … {training.latent_dim - 1}"
+                f"{dim}-dimensional CV ([train] latent_dim); use 0 … {dim - 1}"
             )
+        per_component = [getattr(self.bias, name) for name in ("lower", "upper", "sigma", "bins")]
+        if components is None and max((len(v) for v in per_component if v is not None), default=0) > dim:
+            raise LatfError(f"{source} [bias]: more values per component than the {dim}-dimensional CV has "
+                            "components ([train] latent_dim); give components")  # fmt: skip
         if not (self.production_steps > 0 or self.replicas_along_cv):
             raise LatfError(
                 f"{source}: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "

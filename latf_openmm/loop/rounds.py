@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from latf_openmm.errors import LatfError
 from latf_openmm.export import export_cv
+from latf_openmm.features import build_featurizer
 from latf_openmm.files import write_json
 from latf_openmm.generation import (
     generate,
@@ -30,6 +31,7 @@ from latf_openmm.loop.estimate import (
 from latf_openmm.loop.tasks import (
     cpu_timed,
     fixed_bias,
+    load_workflow_system,
     production_task,
     replica_task,
     train_task,
@@ -135,7 +137,9 @@ def new_round(
                              pure=False).result()[1]  # fmt: skip
     t1 = time.perf_counter()
     model = load_model(model_path)
-    export_cv(model, None, folder / "cv.pt")  # with the featurizer it keeps: no system to build
+    kept = model.featurizer is not None  # else trained on runs made before run folders recorded it
+    molsys = None if kept else load_workflow_system(config)
+    export_cv(model, None if kept else build_featurizer(molsys.features, molsys.topology), folder / "cv.pt")
     futures = [
         client.submit(
             cpu_timed,

@@ -22,8 +22,9 @@ run restarts from its last segment; the finished run gathers the segments into t
 final files and removes them. A complete run is recognised by its manifest.
 
 :func:`simulate` is an engine loop in the style of OpenMM's ``Simulation``: it steps to
-each frame (the bias depositing at its pace), and hands every frame to its reporters, the
-progress bar (ns/day) and the segment reporter (frames, COLVAR rows, checkpoints).
+each frame (the bias depositing at its pace), and hands every frame to its reporters: the
+frame reporter (positions, energies, COLVAR row), the progress bar (ns/day) and the segment
+reporter (the recorded frames with a checkpoint).
 """
 
 from __future__ import annotations
