@@ -165,6 +165,53 @@ def bias_grid(
     return grid_lower, grid_upper, points
 
 
+def _walls_problem(lower: Sequence[float] | None, upper: Sequence[float] | None) -> str | None:
+    """Return what is wrong with walls ``lower``/``upper`` of equal length (finite, lower < upper), or None."""
+    if lower is None or upper is None or len(lower) != len(upper):
+        return None
+    ends = np.asarray([lower, upper], dtype=float)
+    if np.isfinite(ends).all() and (ends[1] > ends[0]).all():
+        return None
+    return f"needs finite lower < upper for each component, got lower {list(lower)}, upper {list(upper)}"
+
+
+def bias_region_problem(
+    components: Sequence[int] | None,
+    lower: Sequence[float] | None,
+    upper: Sequence[float] | None,
+    sigma: Sequence[float] | None = None,
+    bins: Sequence[int] | None = None,
+    cv_dim: int | None = None,
+) -> str | None:
+    """Return what is wrong with a bias's components and per-component values, or None.
+
+    The one check of an adaptive bias's region, made when a spec is read (``cv_dim`` None:
+    the CV's dimension is not known yet) and again once the model's CV dimension is known:
+    1 or 2 distinct components (< ``cv_dim``; without components, the first min(d, 2)), one
+    value per biased component in each of ``lower``/``upper``/``sigma``/``bins``, finite
+    ``lower < upper`` and ``sigma > 0``.
+    """
+    span = "≥ 0" if cv_dim is None else f"out of 0 … {cv_dim - 1}"
+    if components is not None and not (
+        len(components) in (1, 2)
+        and len(set(components)) == len(components)
+        and all(0 <= c < (cv_dim or np.inf) for c in components)
+    ):
+        return f"components must be 1 or 2 distinct CV components {span}, got {list(components)}"
+    per_component = {"lower": lower, "upper": upper, "sigma": sigma, "bins": bins}
+    given = {name: list(value) for name, value in per_component.items() if value is not None}
+    lengths = {len(value) for value in given.values()}
+    count = len(components) if components is not None else None if cv_dim is None else min(cv_dim, 2)
+    if not (len(lengths) <= 1 and lengths <= ({1, 2} if count is None else {count})):
+        values = ", ".join(f"{name} {value}" for name, value in given.items())
+        return f"lower, upper, sigma and bins need one value per biased component ({count or '1 or 2'}), got {values}"
+    if (problem := _walls_problem(lower, upper)) is not None:
+        return problem
+    if sigma is not None and not (np.isfinite(sigma).all() and (np.asarray(sigma) > 0).all()):
+        return f"sigma must be finite and positive, got {list(sigma)}"
+    return None
+
+
 def bias_region(
     cv_dim: int,
     components: Sequence[int] | None,
@@ -178,12 +225,12 @@ def bias_region(
 
     Components default to the first min(d, 2); ``lower``/``upper`` to the model's training
     range (``latent_range``: per component low and high) widened by ``margin`` times that
-    range on each side; ``sigma`` to (upper − lower)/25.
+    range on each side; ``sigma`` to (upper − lower)/25. Checked by :func:`bias_region_problem`.
     """
+    problem = bias_region_problem(components, lower, upper, sigma, cv_dim=cv_dim)
+    if problem is not None:
+        raise LatfError(f"bias {problem}")
     components = list(range(min(cv_dim, 2))) if components is None else [int(c) for c in components]
-    n = len(components)
-    if n not in (1, 2) or len(set(components)) != n or not all(0 <= c < cv_dim for c in components):
-        raise LatfError(f"bias 1 or 2 distinct CV components out of 0…{cv_dim - 1}, got {components}")
     if lower is None or upper is None:
         if latent_range is None:
             raise LatfError("give lower and upper (the CV region to explore) for each biased component")
@@ -191,13 +238,10 @@ def bias_region(
         lower = low - margin * (high - low) if lower is None else lower
         upper = high + margin * (high - low) if upper is None else upper
     lower, upper = (np.asarray(v, dtype=float).reshape(-1) for v in (lower, upper))
-    if len(lower) == len(upper) and sigma is None:
-        sigma = (upper - lower) / 25
-    sigma = np.asarray(sigma, dtype=float).reshape(-1)
-    if not (len(lower) == len(upper) == len(sigma) == n):
-        raise LatfError(f"lower, upper and sigma need one value per biased component ({n})")
-    if not (np.isfinite([*lower, *upper, *sigma]).all() and (upper > lower).all() and (sigma > 0).all()):
-        raise LatfError("need finite lower < upper and sigma > 0 for every biased component")
+    sigma = (upper - lower) / 25 if sigma is None else np.asarray(sigma, dtype=float).reshape(-1)
+    problem = bias_region_problem(components, lower, upper, sigma)  # the defaults from the training range
+    if problem is not None:
+        raise LatfError(f"bias {problem}")
     return components, lower, upper, sigma
 
 
@@ -249,7 +293,6 @@ class BiasSpec:
             (self.bias_factor is None or self.bias_factor > 1, f"bias_factor must be > 1, got {self.bias_factor}"),
             (self.margin >= 0 and self.wall_constant >= 0, "margin and wall_constant must be ≥ 0"),
             (self.force_constant > 0, f"force_constant must be positive, got {self.force_constant}"),
-            (self.sigma is None or all(v > 0 for v in self.sigma), "sigma must be positive"),
             (
                 self.bins is None or all(b >= 4 for b in self.bins),
                 "the bias grid needs at least 4 points per component",
@@ -262,33 +305,18 @@ class BiasSpec:
                 raise LatfError(f"bias {message}")
 
     def _region_checks(self) -> list[tuple[bool, str]]:
-        """Return the checks of components and per-component values that need no model (counts, order, finiteness)."""
-        per_component = {name: getattr(self, name) for name in ("lower", "upper", "sigma", "bins")}
-        given = ", ".join(f"{name} {list(value)}" for name, value in per_component.items() if value is not None)
-        lengths = {len(value) for value in per_component.values() if value is not None}
-        if self.method == "restraint":  # every CV component: walls one value each, as the centre
-            checks = [(lengths <= {len(self.centre or ())}, f"a restraint's walls need one value per centre value "
-                                                            f"({len(self.centre or ())}), got {given}")]  # fmt: skip
-        else:
-            components = self.components
-            expected = {len(components)} if components is not None else lengths
-            checks = [
-                (
-                    components is None or (len(components) in (1, 2) and len(set(components)) == len(components)
-                                           and min(components) >= 0),
-                    f"components must be 1 or 2 distinct CV components ≥ 0, got {list(components or ())}",
-                ),
-                (
-                    len(expected) <= 1 and lengths <= expected and expected <= {1, 2},
-                    f"lower, upper, sigma and bins need one value per biased component, 1 or 2 ({given})",
-                ),
-            ]  # fmt: skip
-        if self.lower is not None and self.upper is not None and len(self.lower) == len(self.upper):
-            ends = np.asarray([self.lower, self.upper], dtype=float)
-            checks.append((bool(np.isfinite(ends).all() and (ends[1] > ends[0]).all()),
-                           f"needs finite lower < upper for each component, got lower {list(self.lower)}, "
-                           f"upper {list(self.upper)}"))  # fmt: skip
-        return checks
+        """Return the checks of the region that need no model (:func:`bias_region_problem`; a restraint's walls)."""
+        if self.method != "restraint":
+            problem = bias_region_problem(self.components, self.lower, self.upper, self.sigma, self.bins)
+            return [(problem is None, problem or "")]
+        given = {name: getattr(self, name) for name in ("lower", "upper") if getattr(self, name) is not None}
+        walls = ", ".join(f"{name} {list(value)}" for name, value in given.items())
+        centre = len(self.centre or ())
+        return [
+            ({len(value) for value in given.values()} <= {centre},
+             f"a restraint's walls need one value per centre value ({centre}), got {walls}"),
+            (_walls_problem(self.lower, self.upper) is None, _walls_problem(self.lower, self.upper) or ""),
+        ]  # fmt: skip
 
     def resolved(self, cv_dim: int, latent_range: Sequence[Sequence[float]] | None, temperature: float) -> BiasSpec:
         """Return the spec with its model-dependent defaults filled in.
@@ -326,6 +354,7 @@ __all__ = [
     "MDOptions",
     "bias_grid",
     "bias_region",
+    "bias_region_problem",
     "option",
     "read_spec",
 ]

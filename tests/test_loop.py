@@ -344,11 +344,11 @@ def test_bad_workflow(tmp_path):
     for table, message in (  # these failed inside a walker, after round 0 and training
         ("components = [0, 1, 2]", "components must be 1 or 2 distinct CV components"),
         ("components = [1, 1]", "components must be 1 or 2 distinct CV components"),
-        ("components = [0]\nlower = [0.0, 0.0]\nupper = [1.0, 1.0]", "one value per biased component, 1 or 2"),
+        ("components = [0]\nlower = [0.0, 0.0]\nupper = [1.0, 1.0]", "one value per biased component (1)"),
         ("sigma = [0.1, 0.1, 0.1]", "one value per biased component"),
         ("lower = [1.0]\nupper = [-1.0]", "finite lower < upper"),
-        ("components = [2]", "not all CV components of a 2-dimensional CV ([train] latent_dim); use 0 … 1"),
-        ("lower = [0.0, 0.0]\nupper = [1.0, 1.0]\n[train]\nlatent_dim = 1", "more values per component than the 1-dim"),
+        ("components = [2]", "CV components out of 0 … 1, got [2] (the CV is 2-dimensional: [train] latent_dim)"),
+        ("lower = [0.0, 0.0]\nupper = [1.0, 1.0]\n[train]\nlatent_dim = 1", "per biased component (1), got lower"),
     ):
         bad.write_text(f'system = "threehole"\nproduction_steps = 300\n[bias]\n{table}\n')
         with pytest.raises(LatfError, match=re.escape(message)):

@@ -16,7 +16,7 @@ from latf_openmm.bias import require_openmm_plumed
 from latf_openmm.errors import LatfError
 from latf_openmm.export.plumed import require_shared_walkers
 from latf_openmm.models import TrainingConfig
-from latf_openmm.specs import ADAPTIVE_METHODS, BiasSpec, MDOptions, read_spec
+from latf_openmm.specs import ADAPTIVE_METHODS, BiasSpec, MDOptions, bias_region_problem, read_spec
 
 ROUND_FILE = "round.json"
 ESTIMATE = "estimate.npz"  # round_NNN/estimate.npz: the round's equilibrium estimate over all runs so far
@@ -154,16 +154,10 @@ class LoopConfig:
             training.validate()
         except LatfError as error:
             raise LatfError(f"{source} [train]: {str(error).removeprefix('training config: ')}") from None
-        components, dim = self.bias.components, training.latent_dim
-        if components is not None and max(components) >= dim:
-            raise LatfError(
-                f"{source} [bias]: components {list(components)} are not all CV components of a "
-                f"{dim}-dimensional CV ([train] latent_dim); use 0 … {dim - 1}"
-            )
-        per_component = [getattr(self.bias, name) for name in ("lower", "upper", "sigma", "bins")]
-        if components is None and max((len(v) for v in per_component if v is not None), default=0) > dim:
-            raise LatfError(f"{source} [bias]: more values per component than the {dim}-dimensional CV has "
-                            "components ([train] latent_dim); give components")  # fmt: skip
+        bias, dim = self.bias, training.latent_dim
+        problem = bias_region_problem(bias.components, bias.lower, bias.upper, bias.sigma, bias.bins, cv_dim=dim)
+        if problem is not None:
+            raise LatfError(f"{source} [bias]: {problem} (the CV is {dim}-dimensional: [train] latent_dim)")
         if not (self.production_steps > 0 or self.replicas_along_cv):
             raise LatfError(
                 f"{source}: the estimate needs runs under a fixed bias; set production_steps (each walker goes on "
