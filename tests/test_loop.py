@@ -17,8 +17,9 @@ from conftest import check_final
 
 from latf_openmm import LatfError
 from latf_openmm.loop import LoopConfig
-from latf_openmm.loop.estimate import load_estimate
+from latf_openmm.loop.estimate import latent_of_run, load_estimate
 from latf_openmm.loop.rounds import few_frames_warnings, read_record
+from latf_openmm.simulation import Run
 from latf_openmm.systems.builders import threehole_populations, threehole_well
 
 LATF = [sys.executable, "-m", "latf_openmm.cli"]
@@ -266,11 +267,10 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
     # (the walker's bias evaluated at every frame from round_001/'s saved grid); the walker stays out.
     # The round saved it; computed again from the runs, it is the same.
     from latf_openmm.loop import equilibrium_estimate
-    from latf_openmm.models import load_model
 
     zero = read_record(tmp_path / "run" / "round_000")["runs"]
     runs = [*zero, *record["walkers"], *record["replicas"]]
-    estimate = equilibrium_estimate(load_model(record["model"]), runs, [tmp_path / "run" / "round_001"])
+    estimate = equilibrium_estimate(runs, [tmp_path / "run" / "round_001"])
     saved = load_estimate(tmp_path / "run" / "round_001" / "estimate.npz")
     members = [runs[k] for k in (0, 1, 3, 4, 5)]
     assert list(estimate.runs) == members == list(saved.runs)
@@ -281,6 +281,19 @@ def test_replicas_along_the_cv_carry_the_walkers_bias_and_reweight_to_exact_popu
         w = estimate.frame_weights(kt)
         populations = np.bincount(wells, weights=w, minlength=3) / w.sum()
         np.testing.assert_allclose(populations, threehole_populations(kt), atol=0.03)
+    # Each round's CV of each run and each run's time series are kept from one round to the next
+    # while their files are unchanged, read-only; a changed model file is read again.
+    model_file = tmp_path / "run" / "round_001" / "model.pt"
+    first = latent_of_run(model_file, members[0])
+    assert latent_of_run(model_file, members[0]) is first and not first.flags.writeable
+    series = Run.open(members[0]).load_timeseries()
+    assert Run.open(members[0]).load_timeseries()["features"] is series["features"]
+    assert not series["features"].flags.writeable
+    modified = model_file.stat().st_mtime_ns + 1_000_000
+    os.utime(model_file, ns=(modified, modified))
+    again = latent_of_run(model_file, members[0])
+    assert again is not first
+    np.testing.assert_array_equal(again, first)
 
 
 WORKFLOWS = Path(__file__).parents[1] / "workflows"

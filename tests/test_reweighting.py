@@ -221,7 +221,7 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     with pytest.raises(LatfError, match="positive"):
         mixed_estimate.weights(0.0)
     with pytest.raises(LatfError, match="none of the loop's rounds holds"):  # fixed biases: the loop's rounds only
-        equilibrium_estimate(bias.cv.model, [str(p) for p in mixed])
+        equilibrium_estimate([str(p) for p in mixed])
 
 
 def test_replica_exchange_seed_repeats_the_run_in_a_worker_thread_and_exchanges_at_the_interval(tmp_path):

@@ -179,7 +179,7 @@ def run_loop(config: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
         runs = round_zero_record["runs"]
         estimate = round_zero / ESTIMATE  # round 0's, along the features: round 1 trains with it
         if not estimate.is_file():
-            save_estimate(equilibrium_estimate(None, runs), estimate)
+            save_estimate(equilibrium_estimate(runs), estimate)
         rounds: list[Path] = []
         for number in range(1, config.rounds + 1):
             folder = out / f"round_{number:03d}"

@@ -30,6 +30,7 @@ ROUND_SUMMARY_KEYS = (
     "fes_change_kT",
     "effective_sample_size",
     "train_seconds",
+    "train_cpu_seconds",
     "walker_seconds",
     "production_seconds",
     "replica_seconds",

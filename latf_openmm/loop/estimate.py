@@ -6,6 +6,7 @@ The record gives populations, effective sample sizes and convergence.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,59 +30,86 @@ from latf_openmm.reweighting import (
     statistical_inefficiency,
 )
 from latf_openmm.simulation import Run
+from latf_openmm.simulation.run import MANIFEST
 
 if TYPE_CHECKING:
     from latf_openmm.models import LatentModel
 
+CACHED_LATENTS = 1024  # (model, run) pairs whose latent CV stays in memory
+CACHED_MODELS = 16  # round models kept loaded to encode
 
-def equilibrium_estimate(
-    model: LatentModel | None, runs: list[str], rounds: Sequence[Path] = ()
-) -> EquilibriumEstimate:
+
+def equilibrium_estimate(runs: list[str], rounds: Sequence[Path] = ()) -> EquilibriumEstimate:
     """Return the loop's estimate of equilibrium from ``runs``: one MBAR, solved once (weights at any temperature).
 
     Its members are every run whose bias is known at every frame: the unbiased runs and the
     runs under a round's fixed bias (production walkers, replicas along the CV). Each of
     ``rounds`` (round folders) holds its model and its fixed bias's grid (``model.pt``,
-    ``frozen_bias.npz``): that round's CV is computed at every frame of every member, and its
-    bias evaluated there from the grid alone, without the system or OpenMM. Each run counts by
-    its uncorrelated samples (statistical inefficiency) along ``model``'s CV (along the features
-    when ``model`` is None), so a long run that seldom crosses between states does not outweigh
-    short ones that cross often. Adaptive walkers are left out.
+    ``frozen_bias.npz``): that round's CV is computed at every frame of every member
+    (:func:`latent_of_run`, kept from earlier rounds) and its bias evaluated there from the grid
+    alone, without the system or OpenMM. Each run counts by its uncorrelated samples
+    (statistical inefficiency) along the last round's CV (along the features without rounds), so
+    a long run that seldom crosses between states does not outweigh short ones that cross
+    often. Adaptive walkers are left out.
     """
-    settings = [Run.open(run).settings for run in runs]
-    members = [k for k, s in enumerate(settings) if s.get("bias") is None or s["bias"].get("frozen")]
-    features = _features([runs[k] for k in members])
-    every_frame = np.concatenate(features)
+    kept = [(run, s) for run, s in ((run, Run.open(run).settings) for run in runs)
+            if s.get("bias") is None or s["bias"].get("frozen")]  # fmt: skip
+    members, member_settings = [run for run, _ in kept], [s for _, s in kept]
     rows, row_of = [], {}
     for folder in rounds:
         grid = FrozenGrid.load(Path(folder) / FROZEN_BIAS)
         row_of[json.dumps(grid.settings, sort_keys=True)] = len(rows)
-        rows.append(grid.energy_at(load_model(Path(folder) / "model.pt").transform(every_frame)))
+        model_file = Path(folder) / "model.pt"
+        rows.append(grid.energy_at(np.concatenate([latent_of_run(model_file, run) for run in members])))
     sampled = []
-    for k in members:
-        key = settings[k].get("bias") and json.dumps(settings[k]["bias"], sort_keys=True)
+    for run, run_settings in zip(members, member_settings, strict=True):
+        key = run_settings.get("bias") and json.dumps(run_settings["bias"], sort_keys=True)
         if key and key not in row_of:
             raise LatfError(
-                f"{runs[k]} ran under a fixed bias that none of the loop's rounds holds: the loop's estimate takes "
+                f"{run} ran under a fixed bias that none of the loop's rounds holds: the loop's estimate takes "
                 "runs under a fixed bias only from its own rounds; leave others out of initial_data"
             )
         sampled.append(row_of[key] if key else None)
-    energies = [run_energies(runs[k])[0] for k in members]
-    kelvin = [settings[k]["temperature_K"] for k in members]
-    inefficiency = [statistical_inefficiency(f if model is None else model.transform(f)) for f in features]
-    biases = np.array(rows).reshape(len(rows), len(every_frame))
-    mbar = multistate_estimate(energies, kelvin, sampled, biases, inefficiency)
-    return EquilibriumEstimate.of_runs([runs[k] for k in members], [settings[k] for k in members], mbar)
+    energies = [run_energies(run)[0] for run in members]
+    kelvin = [s["temperature_K"] for s in member_settings]
+    along = [latent_of_run(Path(rounds[-1]) / "model.pt", run) if rounds else _features(run) for run in members]
+    biases = np.array(rows).reshape(len(rows), sum(map(len, energies)))
+    mbar = multistate_estimate(energies, kelvin, sampled, biases, list(map(statistical_inefficiency, along)))
+    return EquilibriumEstimate.of_runs(members, member_settings, mbar)
 
 
-def _features(runs: Sequence[str]) -> list[np.ndarray]:
-    """Return each run's features (float64), from its time series."""
-    return [Run.open(run).load_timeseries()["features"].astype(np.float64) for run in runs]
+def _features(run: str | Path) -> np.ndarray:
+    """Return a run's features (float64), from its time series."""
+    return Run.open(run).load_timeseries()["features"].astype(np.float64)
 
 
-def latent_by_run(model: LatentModel, runs: Sequence[str]) -> dict[str, np.ndarray]:
-    """Return ``model``'s latent CV of every frame of each of ``runs``, keyed by run."""
-    return {run: model.transform(f) for run, f in zip(runs, _features(runs), strict=True)}
+def latent_of_run(model_file: str | Path, run: str | Path) -> np.ndarray:
+    """Return the latent CV of every frame of ``run`` under the model saved in ``model_file``.
+
+    Each is kept in memory while both files are unchanged (the last :data:`CACHED_LATENTS`):
+    the loop's estimate needs every earlier round's CV of every run again each round.
+    """
+    model_file, manifest = Path(model_file).resolve(), (Path(run) / MANIFEST).resolve()
+    return _latent(model_file, model_file.stat().st_mtime_ns, manifest.parent, manifest.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=CACHED_LATENTS)
+def _latent(model_file: Path, model_stamp: int, run: Path, run_stamp: int) -> np.ndarray:
+    """Return :func:`latent_of_run`'s CV (read-only), for files as they were at the two stamps (mtime, ns)."""
+    latent = _model(model_file, model_stamp).transform(_features(run))
+    latent.flags.writeable = False
+    return latent
+
+
+@functools.lru_cache(maxsize=CACHED_MODELS)
+def _model(model_file: Path, model_stamp: int) -> LatentModel:
+    """Return the model saved in ``model_file`` as it was at ``model_stamp``, loaded once (only to encode)."""
+    return load_model(model_file)
+
+
+def latent_by_run(model_file: str | Path, runs: Sequence[str]) -> dict[str, np.ndarray]:
+    """Return the latent CV of every frame of each of ``runs`` under the model in ``model_file``, keyed by run."""
+    return {run: latent_of_run(model_file, run) for run in runs}
 
 
 def reweighted(
@@ -96,16 +124,18 @@ def reweighted(
     return {f"{t:g}": (frames, estimate.frame_weights(t)) for t in temperatures}
 
 
-def round_record(model: LatentModel, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
+def round_record(model_file: Path, before: EquilibriumEstimate, after: EquilibriumEstimate) -> dict[str, Any]:
     """Return the round's record of its estimate ``after`` (all data).
 
     It holds the reweighted state populations per simulated temperature and the Kish effective
     sample size of its weights, and how much the round's data changed the populations and the
     free-energy profiles along each CV component since the estimate ``before`` (the previous round's).
 
-    Both are measured with this round's ``model``, so states and CV axes are the same on both sides.
+    Both are measured with this round's model (in ``model_file``), so states and CV axes are the
+    same on both sides.
     """
-    latent = latent_by_run(model, list(dict.fromkeys([*after.runs, *before.runs])))  # each run's CV once
+    model = load_model(model_file)
+    latent = latent_by_run(model_file, list(dict.fromkeys([*after.runs, *before.runs])))  # each run's CV once
     old = reweighted(before, latent, before.temperatures)
     new = reweighted(after, latent, after.temperatures)
     populations = {

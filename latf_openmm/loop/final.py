@@ -234,7 +234,7 @@ def summarize(
     (``cpu_seconds`` in all, ``validation_cpu_seconds`` of it for the validation MD).
     """
     model = load_model(model_path)
-    baseline = reweighted(estimate, latent_by_run(model, estimate.runs), config.targets)
+    baseline = reweighted(estimate, latent_by_run(model_path, estimate.runs), config.targets)
     molsys = load_workflow_system(config)  # built once: the regions here, the exports in _write_final
     regions = molsys.regions
     if regions is not None:  # the region of every frame of the estimate's and the validation runs, from positions

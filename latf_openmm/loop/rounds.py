@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from latf_openmm.errors import LatfError
 from latf_openmm.export import export_cv
-from latf_openmm.features import build_featurizer
 from latf_openmm.files import write_json
 from latf_openmm.generation import (
     generate,
@@ -30,8 +29,8 @@ from latf_openmm.loop.estimate import (
 )
 from latf_openmm.loop.tasks import (
     cpu_timed,
+    export_featurizer,
     fixed_bias,
-    load_workflow_system,
     production_task,
     replica_task,
     train_task,
@@ -130,16 +129,15 @@ def new_round(
     folder.mkdir(parents=True, exist_ok=True)
     t0, here = time.perf_counter(), time.process_time()
     model_path = str(folder / "model.pt")
-    cpu = 0.0
+    train_cpu = 0.0  # the training task's CPU time (its wall time counts waits for the shared cores)
     if not Path(model_path).is_file():
         log.info("round %d: training on %d runs", number, len(runs))
-        cpu += client.submit(cpu_timed, train_task, config, runs, previous_model, str(previous_estimate), model_path,
-                             pure=False).result()[1]  # fmt: skip
+        train_cpu = client.submit(cpu_timed, train_task, config, runs, previous_model, str(previous_estimate),
+                                  model_path, pure=False).result()[1]  # fmt: skip
     t1 = time.perf_counter()
+    cpu = train_cpu
     model = load_model(model_path)
-    kept = model.featurizer is not None  # else trained on runs made before run folders recorded it
-    molsys = None if kept else load_workflow_system(config)
-    export_cv(model, None if kept else build_featurizer(molsys.features, molsys.topology), folder / "cv.pt")
+    export_cv(model, export_featurizer(config, model), folder / "cv.pt")
     futures = [
         client.submit(
             cpu_timed,
@@ -193,9 +191,9 @@ def new_round(
     t3 = time.perf_counter()
     _, fixed, _ = fixed_bias(config, model_path, folder / "shared")
     fixed.frozen_grid().save(folder / FROZEN_BIAS)
-    estimate = equilibrium_estimate(model, runs + walkers + production + replicas, [*rounds, folder])
+    estimate = equilibrium_estimate(runs + walkers + production + replicas, [*rounds, folder])
     save_estimate(estimate, folder / ESTIMATE)
-    estimates = round_record(model, load_estimate(previous_estimate), estimate)
+    estimates = round_record(Path(model_path), load_estimate(previous_estimate), estimate)
     data_digest = _report_round(config, model, folder)
     cpu += time.process_time() - here
     t_end = time.perf_counter()
@@ -211,6 +209,7 @@ def new_round(
         **estimates,
         "effective_sample_size": effective_sample_sizes(walkers + production + replicas),
         "train_seconds": round(t1 - t0, 2),
+        "train_cpu_seconds": round(train_cpu, 1),
         "walker_seconds": round(t2 - t1, 2),
         "production_seconds": round(t_production - t2, 2),
         "replica_seconds": round(t3 - t_production, 2),

@@ -28,6 +28,7 @@ from latf_openmm.systems import load_system
 
 if TYPE_CHECKING:
     from latf_openmm.bias import GridBias, PlumedBias
+    from latf_openmm.features import Featurizer
     from latf_openmm.models import LatentModel
     from latf_openmm.systems import MolecularSystem
 
@@ -37,6 +38,17 @@ TaskResult = TypeVar("TaskResult")
 def load_workflow_system(config: LoopConfig) -> MolecularSystem:
     """Build the workflow's system from its name and builder options."""
     return load_system(config.system, **config.system_args)
+
+
+def export_featurizer(config: LoopConfig, model: LatentModel) -> Featurizer | None:
+    """Return the featurizer to export ``model`` with: None, the one it keeps, or else the workflow system's.
+
+    A model keeps none when trained on runs made before run folders recorded their featurizer.
+    """
+    if model.featurizer is not None:
+        return None
+    molsys = load_workflow_system(config)
+    return build_featurizer(molsys.features, molsys.topology)
 
 
 def _md_options(config: LoopConfig) -> dict[str, Any]:

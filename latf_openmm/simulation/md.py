@@ -151,7 +151,7 @@ def simulate(
         frames = _FrameReporter(bias, settings, degrees_of_freedom(molsys.system),
                                 molsys.system.usesPeriodicBoundaryConditions())  # fmt: skip
         progress_bar = _ProgressReporter(molsys, settings, n_steps, frames_done, progress)
-        checkpoints = _SegmentReporter(segments, frames, checkpoint_seconds, bias)
+        checkpoints = _SegmentReporter(segments, frames, checkpoint_seconds)
         with progress_bar:
             for frame in range(frames_done, n_frames):
                 step = (frame + 1) * settings["frame_interval"]
@@ -420,20 +420,19 @@ class _SegmentReporter:
 
     Every ``checkpoint_seconds`` of wall time, and after the last frame, they go to a new
     segment with the OpenMM checkpoint and the bias's state after them (atomically), so that
-    a killed run resumes there.
+    a killed run resumes there (the bias is the frame reporter's).
     """
 
-    def __init__(
-        self, segments: _Segments, frames: _FrameReporter, checkpoint_seconds: float, bias: SimulationBias | None
-    ) -> None:
-        self.segments, self.frames, self.checkpoint_seconds, self.bias = segments, frames, checkpoint_seconds, bias
+    def __init__(self, segments: _Segments, frames: _FrameReporter, checkpoint_seconds: float) -> None:
+        self.segments, self.frames, self.checkpoint_seconds = segments, frames, checkpoint_seconds
         self.last_write = time.perf_counter()
 
     def report(self, context: openmm.Context, frame: int, now: float, last: bool) -> None:
         """Write the recorded frames as a segment if it is time, ``frame`` being the last of them."""
         if not last and now - self.last_write < self.checkpoint_seconds:
             return
-        state = {} if self.bias is None else self.bias.state()
+        bias = self.frames.bias
+        state = {} if bias is None else bias.state()
         buffer = self.frames.buffer
         self.segments.write(buffer, frame + 1 - len(buffer), context.createCheckpoint(), state)
         self.frames.buffer = _FrameBuffer()
