@@ -66,6 +66,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int, int]:
+    """Return what tells one version of file ``path`` from another: inode, size, modification and change times (ns).
+
+    Files written here replace their name atomically (a new inode), so a rewrite within the
+    file system's time resolution still changes the stamp.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError as error:
+        raise LatfError(f"cannot read {path}: {error.strerror}") from None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def write_json(path: str | os.PathLike, data: object) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

@@ -165,6 +165,11 @@ def bias_grid(
     return grid_lower, grid_upper, points
 
 
+def _listed(values: Sequence[float]) -> list[float | int]:
+    """Return ``values`` as a plain list of Python numbers (for messages: no NumPy reprs)."""
+    return np.asarray(values).tolist()
+
+
 def _walls_problem(lower: Sequence[float] | None, upper: Sequence[float] | None) -> str | None:
     """Return what is wrong with walls ``lower``/``upper`` of equal length (finite, lower < upper), or None."""
     if lower is None or upper is None or len(lower) != len(upper):
@@ -172,7 +177,7 @@ def _walls_problem(lower: Sequence[float] | None, upper: Sequence[float] | None)
     ends = np.asarray([lower, upper], dtype=float)
     if np.isfinite(ends).all() and (ends[1] > ends[0]).all():
         return None
-    return f"needs finite lower < upper for each component, got lower {list(lower)}, upper {list(upper)}"
+    return f"needs finite lower < upper for each component, got lower {_listed(lower)}, upper {_listed(upper)}"
 
 
 def bias_region_problem(
@@ -197,18 +202,22 @@ def bias_region_problem(
         and len(set(components)) == len(components)
         and all(0 <= c < (cv_dim or np.inf) for c in components)
     ):
-        return f"components must be 1 or 2 distinct CV components {span}, got {list(components)}"
+        return f"components must be 1 or 2 distinct CV components {span}, got {_listed(components)}"
     per_component = {"lower": lower, "upper": upper, "sigma": sigma, "bins": bins}
-    given = {name: list(value) for name, value in per_component.items() if value is not None}
+    given = {name: _listed(value) for name, value in per_component.items() if value is not None}
     lengths = {len(value) for value in given.values()}
     count = len(components) if components is not None else None if cv_dim is None else min(cv_dim, 2)
     if not (len(lengths) <= 1 and lengths <= ({1, 2} if count is None else {count})):
         values = ", ".join(f"{name} {value}" for name, value in given.items())
-        return f"lower, upper, sigma and bins need one value per biased component ({count or '1 or 2'}), got {values}"
+        hint = "; or give components" if components is None and cv_dim is not None else ""
+        return (
+            f"lower, upper, sigma and bins need one value per biased component ({count or '1 or 2'}), "
+            f"got {values}{hint}"
+        )
     if (problem := _walls_problem(lower, upper)) is not None:
         return problem
     if sigma is not None and not (np.isfinite(sigma).all() and (np.asarray(sigma) > 0).all()):
-        return f"sigma must be finite and positive, got {list(sigma)}"
+        return f"sigma must be finite and positive, got {_listed(sigma)}"
     return None
 
 
@@ -220,18 +229,21 @@ def bias_region(
     sigma: Sequence[float] | None,
     margin: float,
     latent_range: Sequence[Sequence[float]] | None,
+    bins: Sequence[int] | None = None,
 ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
     """Return the biased components and their region and kernel widths, defaults filled in.
 
     Components default to the first min(d, 2); ``lower``/``upper`` to the model's training
     range (``latent_range``: per component low and high) widened by ``margin`` times that
-    range on each side; ``sigma`` to (upper − lower)/25. Checked by :func:`bias_region_problem`.
+    range on each side; ``sigma`` to (upper − lower)/25. Checked by :func:`bias_region_problem`
+    (``bins`` only checked: one value per biased component).
     """
-    problem = bias_region_problem(components, lower, upper, sigma, cv_dim=cv_dim)
+    problem = bias_region_problem(components, lower, upper, sigma, bins, cv_dim=cv_dim)
     if problem is not None:
         raise LatfError(f"bias {problem}")
     components = list(range(min(cv_dim, 2))) if components is None else [int(c) for c in components]
-    if lower is None or upper is None:
+    defaults = lower is None or upper is None
+    if defaults:
         if latent_range is None:
             raise LatfError("give lower and upper (the CV region to explore) for each biased component")
         low, high = (np.asarray(v, dtype=float)[components] for v in latent_range)
@@ -239,9 +251,10 @@ def bias_region(
         upper = high + margin * (high - low) if upper is None else upper
     lower, upper = (np.asarray(v, dtype=float).reshape(-1) for v in (lower, upper))
     sigma = (upper - lower) / 25 if sigma is None else np.asarray(sigma, dtype=float).reshape(-1)
-    problem = bias_region_problem(components, lower, upper, sigma)  # the defaults from the training range
+    problem = bias_region_problem(components, lower, upper, sigma)
     if problem is not None:
-        raise LatfError(f"bias {problem}")
+        source = " (walls from the model's training range ± margin; give lower and upper)" if defaults else ""
+        raise LatfError(f"bias {problem}{source}")
     return components, lower, upper, sigma
 
 
@@ -298,6 +311,10 @@ class BiasSpec:
                 "the bias grid needs at least 4 points per component",
             ),
             (self.method != "restraint" or self.centre is not None, "a restraint needs centre, one per component"),
+            (
+                self.method != "restraint" or (self.sigma is None and self.bins is None),
+                "a restraint takes no sigma or bins (metad/opes kernels and grids)",
+            ),
             *self._region_checks(),
         ]
         for ok, message in checks:
@@ -327,7 +344,7 @@ class BiasSpec:
         if self.method == "restraint":
             return self
         components, lower, upper, sigma = bias_region(
-            cv_dim, self.components, self.lower, self.upper, self.sigma, self.margin, latent_range
+            cv_dim, self.components, self.lower, self.upper, self.sigma, self.margin, latent_range, self.bins
         )
         bias_factor = self.bias_factor or (
             METAD_BIAS_FACTOR if self.method == "metad" else self.barrier / (KB_KJ_PER_MOL_K * temperature)

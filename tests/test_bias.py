@@ -105,6 +105,12 @@ def test_bad_bias_input(cv_setup, ala2_vacuum):
         BiasSpec(method="metad", lower=(-1.0,) * 3, upper=(1.0,) * 3)
     with pytest.raises(LatfError, match="one value per biased component"):
         BiasSpec(sigma=())  # was a ValueError from min() of nothing
+    with pytest.raises(LatfError, match=r"one value per biased component \(1\), got bins \[50, 50\]"):
+        BiasSpec(bins=(50, 50)).resolved(1, [[0.0], [1.0]], 300.0)  # was a NumPy ValueError in the grid
+    with pytest.raises(LatfError, match=r"got lower \[-0.1, nan\].*walls from the model's training range"):
+        BiasSpec().resolved(2, [[0.0, np.nan], [1.0, 1.0]], 300.0)
+    with pytest.raises(LatfError, match="a restraint takes no sigma or bins"):
+        BiasSpec(method="restraint", centre=(0.0,), sigma=(0.1,))
     with pytest.raises(LatfError, match="too large for OpenMM expressions"):
         LearnedCV(model, featurizer, backend="native")
     with pytest.raises(LatfError, match="unknown CV backend"):

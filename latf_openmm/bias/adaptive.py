@@ -152,7 +152,7 @@ class GridBias(CVBias):
         periodic: bool = False,
     ) -> None:
         components, lower, upper, sigma = bias_region(
-            cv.dim, components, lower, upper, sigma, margin, cv.model.info.get("latent_range")
+            cv.dim, components, lower, upper, sigma, margin, cv.model.info.get("latent_range"), bins
         )
         n = len(components)
         if not (temperature > 0 and bias_factor > 1 and int(pace) >= 1 and wall_constant >= 0):

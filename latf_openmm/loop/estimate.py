@@ -10,12 +10,13 @@ import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from latf_openmm.bias import FrozenGrid
 from latf_openmm.errors import LatfError
+from latf_openmm.files import file_stamp
 from latf_openmm.generation import (
     free_energy_profile_change,
 )
@@ -35,8 +36,12 @@ from latf_openmm.simulation.run import MANIFEST
 if TYPE_CHECKING:
     from latf_openmm.models import LatentModel
 
-CACHED_LATENTS = 1024  # (model, run) pairs whose latent CV stays in memory
-CACHED_MODELS = 16  # round models kept loaded to encode
+# The loop's process keeps what its estimate reads of each run (features, energies) and each round's CV
+# of each run: a round then reads and encodes only its new runs. A least-recently-used cache read in
+# the same order each round keeps nothing once full, so these are far above a loop's runs and rounds.
+CACHED_RUNS = 2048
+CACHED_LATENTS = 16384
+CACHED_MODELS = 64
 
 
 def equilibrium_estimate(runs: list[str], rounds: Sequence[Path] = ()) -> EquilibriumEstimate:
@@ -70,40 +75,62 @@ def equilibrium_estimate(runs: list[str], rounds: Sequence[Path] = ()) -> Equili
                 "runs under a fixed bias only from its own rounds; leave others out of initial_data"
             )
         sampled.append(row_of[key] if key else None)
-    energies = [run_energies(run)[0] for run in members]
+    energies = [_frames(run).energies for run in members]
     kelvin = [s["temperature_K"] for s in member_settings]
-    along = [latent_of_run(Path(rounds[-1]) / "model.pt", run) if rounds else _features(run) for run in members]
+    along = [latent_of_run(Path(rounds[-1]) / "model.pt", run) if rounds else _frames(run).features for run in members]
     biases = np.array(rows).reshape(len(rows), sum(map(len, energies)))
     mbar = multistate_estimate(energies, kelvin, sampled, biases, list(map(statistical_inefficiency, along)))
     return EquilibriumEstimate.of_runs(members, member_settings, mbar)
 
 
-def _features(run: str | Path) -> np.ndarray:
-    """Return a run's features (float64), from its time series."""
-    return Run.open(run).load_timeseries()["features"].astype(np.float64)
+class _RunFrames(NamedTuple):
+    """What the estimate reads of a finished run, each frame's: features (float64) and energy without its bias."""
+
+    features: np.ndarray
+    energies: np.ndarray
+
+
+def _stamped(path: Path) -> tuple[Path, tuple[int, int, int, int]]:
+    """Return ``path`` resolved and its :func:`~latf_openmm.files.file_stamp` (the key of a cached read)."""
+    return path.resolve(), file_stamp(path)
+
+
+def _frames(run: str | Path) -> _RunFrames:
+    """Return a finished run's features and unbiased energies, read once while its manifest is unchanged."""
+    return _run_frames(*_stamped(Path(run) / MANIFEST))
+
+
+@functools.lru_cache(maxsize=CACHED_RUNS)
+def _run_frames(manifest: Path, stamp: tuple[int, int, int, int]) -> _RunFrames:
+    """Return a run's features and unbiased energies (read-only), for its manifest as at ``stamp``."""
+    features = Run.open(manifest.parent).load_timeseries()["features"].astype(np.float64)
+    frames = _RunFrames(features, run_energies(manifest.parent)[0])
+    for array in frames:
+        array.flags.writeable = False
+    return frames
 
 
 def latent_of_run(model_file: str | Path, run: str | Path) -> np.ndarray:
     """Return the latent CV of every frame of ``run`` under the model saved in ``model_file``.
 
-    Each is kept in memory while both files are unchanged (the last :data:`CACHED_LATENTS`):
-    the loop's estimate needs every earlier round's CV of every run again each round.
+    Each is kept in memory (read-only) while both files are unchanged, as are each run's
+    features and energies: the loop's estimate needs every earlier round's CV of every run
+    again each round.
     """
-    model_file, manifest = Path(model_file).resolve(), (Path(run) / MANIFEST).resolve()
-    return _latent(model_file, model_file.stat().st_mtime_ns, manifest.parent, manifest.stat().st_mtime_ns)
+    return _latent(*_stamped(Path(model_file)), *_stamped(Path(run) / MANIFEST))
 
 
 @functools.lru_cache(maxsize=CACHED_LATENTS)
-def _latent(model_file: Path, model_stamp: int, run: Path, run_stamp: int) -> np.ndarray:
-    """Return :func:`latent_of_run`'s CV (read-only), for files as they were at the two stamps (mtime, ns)."""
-    latent = _model(model_file, model_stamp).transform(_features(run))
+def _latent(model_file: Path, model_stamp: tuple, manifest: Path, run_stamp: tuple) -> np.ndarray:
+    """Return :func:`latent_of_run`'s CV (read-only), for the two files as at their stamps."""
+    latent = _model(model_file, model_stamp).transform(_run_frames(manifest, run_stamp).features)
     latent.flags.writeable = False
     return latent
 
 
 @functools.lru_cache(maxsize=CACHED_MODELS)
-def _model(model_file: Path, model_stamp: int) -> LatentModel:
-    """Return the model saved in ``model_file`` as it was at ``model_stamp``, loaded once (only to encode)."""
+def _model(model_file: Path, model_stamp: tuple) -> LatentModel:
+    """Return the model saved in ``model_file`` as at ``model_stamp``, loaded once (only to encode)."""
     return load_model(model_file)
 
 

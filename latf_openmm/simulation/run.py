@@ -5,7 +5,6 @@ This module is also the one reader of such folders (:class:`Run`, :func:`find_ru
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from latf_openmm.errors import LatfError
 MANIFEST = "manifest.json"  # written last: a run folder with it is finished
 TIMESERIES = "timeseries.npz"
 TOPOLOGY = "topology.pdb"
-CACHED_TIMESERIES = 128  # runs whose time series stay in memory (the loop reads each run's every round)
 
 
 @dataclass(frozen=True)
@@ -67,13 +65,10 @@ class Run:
         """Load the run's time series.
 
         These are time, step, energies, temperature, features and, for a biased run,
-        ``colvar`` and ``colvar_fields``. The arrays are read-only: they are kept in memory
-        for the next call (the last :data:`CACHED_TIMESERIES` files read, each while its file
-        is unchanged), so the loop reads each run's file once, not once per round and reader.
+        ``colvar`` and ``colvar_fields``.
         """
-        path = (self.directory / self.manifest["files"]["timeseries"]).resolve()
-        stamp = path.stat()
-        return dict(_timeseries(path, stamp.st_mtime_ns, stamp.st_size))
+        with np.load(self.directory / self.manifest["files"]["timeseries"]) as data:
+            return {key: data[key] for key in data.files}
 
     def load_trajectory(self) -> mdtraj.Trajectory:
         """Load the run's frames as an mdtraj trajectory (quietly: mdtraj's DCD reader prints its format)."""
@@ -87,16 +82,6 @@ class Run:
             raise LatfError(f"{self.directory} has {n_frames} frames; there is no frame {index}")
         with quiet_stdout():
             return mdtraj.load_frame(str(self.trajectory), index % n_frames, top=str(self.directory / TOPOLOGY))
-
-
-@functools.lru_cache(maxsize=CACHED_TIMESERIES)
-def _timeseries(path: Path, modified_ns: int, size: int) -> dict[str, np.ndarray]:
-    """Return the arrays of time-series file ``path`` as read-only arrays (cached by path, time and size)."""
-    with np.load(path) as data:
-        arrays = {key: data[key] for key in data.files}
-    for array in arrays.values():
-        array.flags.writeable = False
-    return arrays
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
