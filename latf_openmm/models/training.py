@@ -628,11 +628,12 @@ class _Trainer:
         (equilibrium-weighted, :func:`population_check`); the figures go to
         ``info["generation_check"]``. A state off by more than ``generation_tolerance`` is an
         error: the model would generate a wrong ensemble with confidence. SPIB's VampPrior is
-        not checked: it claims no temperature.
+        not checked: it claims no temperature; nor is any prior with ``generation_tolerance``
+        None (the loop's training, whose prior is refitted and checked next).
         """
         info = self.info()
         model = LatentModel(self.network, info, self.prior)
-        if model.kind == "spib":
+        if model.kind == "spib" or self.config.generation_tolerance is None:
             return model
         labels = self._predicted_labels().cpu().numpy()
         weights = self.equilibrium_weights.double().cpu().numpy()
