@@ -327,12 +327,13 @@ class BiasSpec:
             problem = bias_region_problem(self.components, self.lower, self.upper, self.sigma, self.bins)
             return [(problem is None, problem or "")]
         given = {name: getattr(self, name) for name in ("lower", "upper") if getattr(self, name) is not None}
-        walls = ", ".join(f"{name} {list(value)}" for name, value in given.items())
+        walls = ", ".join(f"{name} {_listed(value)}" for name, value in given.items())
         centre = len(self.centre or ())
+        order = _walls_problem(self.lower, self.upper)
         return [
             ({len(value) for value in given.values()} <= {centre},
              f"a restraint's walls need one value per centre value ({centre}), got {walls}"),
-            (_walls_problem(self.lower, self.upper) is None, _walls_problem(self.lower, self.upper) or ""),
+            (order is None, order or ""),
         ]  # fmt: skip
 
     def resolved(self, cv_dim: int, latent_range: Sequence[Sequence[float]] | None, temperature: float) -> BiasSpec:

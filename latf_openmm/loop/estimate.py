@@ -161,7 +161,7 @@ def round_record(model_file: Path, before: EquilibriumEstimate, after: Equilibri
     Both are measured with this round's model (in ``model_file``), so states and CV axes are the
     same on both sides.
     """
-    model = load_model(model_file)
+    model = _model(*_stamped(model_file))  # the one that encodes the runs, loaded once
     latent = latent_by_run(model_file, list(dict.fromkeys([*after.runs, *before.runs])))  # each run's CV once
     old = reweighted(before, latent, before.temperatures)
     new = reweighted(after, latent, after.temperatures)
