@@ -208,11 +208,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _report_run(result: Run) -> None:
-    settings = result.manifest["settings"]
-    rate = result.manifest.get("ns_per_day_last_session")
+    settings, rate = result.settings, result.ns_per_day
     speed = f", {rate:.4g} ns/day" if rate and result.ran_now else " (already complete)"
     print(
-        f"{result.directory}: {result.manifest['n_frames']} frames at "
+        f"{result.directory}: {result.n_frames} frames at "
         f"{settings['temperature']:g} {settings['temperature_unit']}{speed}"
     )
 
@@ -505,10 +504,10 @@ def _langevin(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     runs = [Run.open(path) for path in find_runs(args.runs)]
     settings = runs[0].settings
-    masses = system_from_recipe(runs[0].manifest["recipe"], settings["system"]).masses
+    masses = system_from_recipe(runs[0].recipe, settings["system"]).masses
     positions = np.concatenate([run.load_trajectory().xyz for run in runs]).astype(np.float64)
-    weights = np.concatenate([run_weights(run.directory) for run in runs])
-    featurizer = resolved_featurizer(runs[0].manifest["featurizer"])  # the model's own, if it keeps one (checked)
+    weights = np.concatenate([run_weights(run) for run in runs])
+    featurizer = resolved_featurizer(runs[0].featurizer)  # the model's own, if it keeps one (checked)
     landscape = model_landscape(model, args.temperature, positions, masses, weights, featurizer, args.bins)
     friction = args.friction if args.friction is not None else settings["friction_per_ps"]
     timestep = args.timestep if args.timestep is not None else settings["timestep_ps"]

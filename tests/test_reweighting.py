@@ -17,14 +17,13 @@ from latf_openmm.reweighting import (
     effective_sample_size,
     multistate_estimate,
     restraint_energy,
-    run_energies,
     run_weights,
     statistical_inefficiency,
     temperature_estimate,
     umbrella_weights,
     without_transient,
 )
-from latf_openmm.simulation import read_colvar, replica_exchange, simulate
+from latf_openmm.simulation import Run, read_colvar, replica_exchange, simulate
 from latf_openmm.specs import MDOptions
 from latf_openmm.systems import load_system
 from latf_openmm.systems.builders import threehole_populations, threehole_well
@@ -207,8 +206,10 @@ def test_replicas_with_one_fixed_learned_cv_bias_reweight_to_exact_populations(t
     fixed = bias.frozen_grid().energy_at(bias.cv.model.transform(features.astype(np.float64)))
     n_cold = len(cold["features"])
     np.testing.assert_allclose(fixed[:n_cold], cold["colvar"][:, -2], atol=0.01)  # numpy = OpenMM's, kJ/mol
-    energies, own = zip(*map(run_energies, mixed), strict=True)
+    mixed_runs = [Run.open(p) for p in mixed]
+    energies, own = [r.unbiased_energy() for r in mixed_runs], [r.bias_energy() for r in mixed_runs]
     assert own[-1] is None and np.allclose(energies[0] + own[0], cold["potential_energy"])
+    np.testing.assert_array_equal(own[0], cold["colvar"][:, -2])  # the bias column, read by name
     kelvin = [*ladder, temperature]
     replicas_only = multistate_estimate(energies[:3], ladder, [0] * 3, fixed[None, : -len(energies[-1])])
     expected_weights = temperature_estimate(paths).mbar.weights(ladder[1])

@@ -59,6 +59,13 @@ def test_outputs_are_readable_and_consistent(tmp_path):
         cn = np.where(np.eye(7, dtype=bool), 0, (1 - r**8) / (1 - r**16)).sum(-1)
         np.testing.assert_allclose(series["features"], cn, atol=2e-3)  # xtc stores 1e-3 nm
         assert np.isfinite(series["potential_energy"]).all()
+        # the Run's accessors: read once, read-only, the unbiased energy is the potential energy
+        assert result.n_frames == 200 and result.bias_energy() is None and result.ns_per_day > 0
+        assert result.temperature_K == pytest.approx(temps[results.index(result)])
+        assert not series["features"].flags.writeable and result.load_timeseries()["features"] is series["features"]
+        np.testing.assert_array_equal(result.unbiased_energy(), series["potential_energy"])
+        with pytest.raises(LatfError, match="unbiased run"):
+            result.cv()
         manifest = json.loads((result.directory / "manifest.json").read_text())
         assert manifest["complete"] and manifest["versions"]["openmm"] == "8.5.2"
         assert not (result.directory / "partial").exists()

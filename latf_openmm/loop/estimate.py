@@ -26,7 +26,6 @@ from latf_openmm.reweighting import (
     EquilibriumEstimate,
     effective_sample_size,
     multistate_estimate,
-    run_energies,
     run_weights,
     statistical_inefficiency,
 )
@@ -103,8 +102,8 @@ def _frames(run: str | Path) -> _RunFrames:
 @functools.lru_cache(maxsize=CACHED_RUNS)
 def _run_frames(manifest: Path, stamp: tuple[int, int, int, int]) -> _RunFrames:
     """Return a run's features and unbiased energies (read-only), for its manifest as at ``stamp``."""
-    features = Run.open(manifest.parent).load_timeseries()["features"].astype(np.float64)
-    frames = _RunFrames(features, run_energies(manifest.parent)[0])
+    run = Run.open(manifest.parent)
+    frames = _RunFrames(run.load_timeseries()["features"].astype(np.float64), run.unbiased_energy())
     for array in frames:
         array.flags.writeable = False
     return frames

@@ -30,13 +30,14 @@ from latf_openmm.loop.estimate import (
 from latf_openmm.loop.tasks import (
     cpu_timed,
     export_featurizer,
-    fixed_bias,
+    frozen_grid,
     production_task,
     replica_task,
     train_task,
     walker_task,
 )
 from latf_openmm.models import LatentModel, load_model
+from latf_openmm.simulation import Run
 from latf_openmm.versions import versions
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,7 @@ def new_round(
                                               pure=False).result()  # fmt: skip
         cpu += replica_cpu
     t3 = time.perf_counter()
-    _, fixed, _ = fixed_bias(config, model_path, folder / "shared")
-    fixed.frozen_grid().save(folder / FROZEN_BIAS)
+    frozen_grid(config, model, folder / "shared", Run.open(walkers[0]).temperature_K).save(folder / FROZEN_BIAS)
     estimate = equilibrium_estimate(runs + walkers + production + replicas, [*rounds, folder])
     save_estimate(estimate, folder / ESTIMATE)
     estimates = round_record(Path(model_path), load_estimate(previous_estimate), estimate)

@@ -141,9 +141,8 @@ def plot_loop(summary: dict, rounds: list[dict], out_png: str | Path) -> None:
     change.xaxis.get_major_locator().set_params(integer=True)
     change.legend(fontsize=8)
     for k, walker in enumerate(rounds[-1]["walkers"]):
-        data = Run.open(walker).load_timeseries()
-        components = [i for i, name in enumerate(data["colvar_fields"]) if str(name)[1:].isdigit()]  # s0, s1, …
-        time, cv = data["time"], data["colvar"][:, components]
+        run = Run.open(walker)
+        time, cv = run.load_timeseries()["time"], run.cv()
         if cv.shape[1] >= 2:  # where each walker went in the CV plane
             walkers.plot(cv[:, 0], cv[:, 1], ".", ms=1, alpha=0.3, color=f"C{k}", label=f"walker {k}")
         else:

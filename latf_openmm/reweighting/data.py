@@ -116,12 +116,12 @@ def _from_run(path: Path) -> TrainingData:
     settings = run.settings
     return TrainingData(
         [features],
-        weights=[run_weights(path)] if run.bias else None,
+        weights=[run_weights(run)] if run.bias else None,
         temperatures=np.array([settings["temperature"]]),
         temperature_unit=settings["temperature_unit"],
         feature_names=names,
         segments=replicas,
-        featurizer=run.manifest.get("featurizer"),
+        featurizer=run.featurizer,
     )
 
 

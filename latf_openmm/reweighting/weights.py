@@ -34,22 +34,6 @@ def _normalized(log_weights: list[np.ndarray]) -> list[np.ndarray]:
     return [np.exp(w - shift) for w in log_weights]
 
 
-def _run(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Return a finished run's manifest and time series."""
-    run = Run.open(path)
-    return run.manifest, run.load_timeseries()
-
-
-def _bias_columns(series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    fields = [str(f) for f in series.get("colvar_fields", [])]
-    return {name: series["colvar"][:, k] for k, name in enumerate(fields)}
-
-
-def _bias_energy(series: dict[str, np.ndarray], bias: dict) -> np.ndarray:
-    """Return the bias energy (kJ/mol) of each frame of a run biased by ``bias`` (its settings)."""
-    return _bias_columns(series)[f"{bias['kind']}.bias"]
-
-
 def bias_weights(energy: np.ndarray, constant: np.ndarray, kt: float) -> np.ndarray:
     """Unbiasing weights exp((V − c(t))/k_BT), mean 1, of frames with bias ``energy`` and c(t) ``constant``.
 
@@ -80,20 +64,18 @@ def without_transient(weights: np.ndarray) -> np.ndarray:
     return kept * (weights.size / kept.sum())
 
 
-def run_weights(path: str | Path) -> np.ndarray:
+def run_weights(run: Run | str | Path) -> np.ndarray:
     """Unbiasing weights of one run's frames (all 1 for an unbiased run), mean 1.
 
     An adaptive bias's frames weigh exp((V − c(t))/k_BT) from the start that maximizes
     their Kish effective sample size (:func:`without_transient`); earlier frames weigh 0.
+    ``run`` is a :class:`~latf_openmm.simulation.Run` or its folder.
     """
-    manifest, series = _run(path)
-    bias = manifest["settings"].get("bias")
-    if bias is None:
-        return np.ones(len(series["time"]))
-    kt = KB_KJ_PER_MOL_K * manifest["settings"]["temperature_K"]
-    energy = _bias_energy(series, bias)
-    constant = _bias_columns(series).get(f"{bias['kind']}.rct")
-    if constant is None or bias.get("frozen"):  # a restraint, or a bias held fixed
+    run = run if isinstance(run, Run) else Run.open(run)
+    energy, constant, kt = run.bias_energy(), run.reweighting_constant(), KB_KJ_PER_MOL_K * run.temperature_K
+    if energy is None:
+        return np.ones(run.n_frames)
+    if constant is None or run.bias.get("frozen"):  # a restraint, or a bias held fixed
         return bias_weights(energy, np.zeros_like(energy) if constant is None else constant, kt)
     return without_transient(bias_weights(energy, constant, kt))
 
@@ -285,31 +267,17 @@ def statistical_inefficiency(series: np.ndarray) -> float:
     return max((timeseries.statistical_inefficiency(c) for c in series.T if np.ptp(c) > 0), default=1.0)
 
 
-def run_energies(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Return a finished run's potential energies without its bias, and its bias energies.
-
-    Both are kJ/mol per frame; the bias energies are None if the run is unbiased.
-    """
-    manifest, series = _run(path)
-    bias = manifest["settings"].get("bias")
-    if bias is None:
-        return series["potential_energy"], None
-    own = _bias_energy(series, bias)
-    return series["potential_energy"] - own, own
-
-
 def umbrella_weights(paths: Sequence[str | Path]) -> list[np.ndarray]:
     """Unbiased weights of the frames of umbrella-window runs (restraints on the same CV), by MBAR."""
-    runs = [_run(p) for p in paths]
-    settings = [m["settings"].get("bias") or {} for m, _ in runs]
+    runs = [Run.open(p) for p in paths]
+    settings = [run.bias or {} for run in runs]
     if any(s.get("kind") != "restraint" for s in settings):
         raise LatfError("umbrella_weights needs runs biased by restraints ('latf bias --method restraint')")
-    temperatures = {m["settings"]["temperature_K"] for m, _ in runs}
+    temperatures = {run.temperature_K for run in runs}
     if len(temperatures) != 1:
         raise LatfError(f"umbrella windows must share one temperature, got {sorted(temperatures)} K")
     kelvin = temperatures.pop()
-    dim = settings[0]["cv_dim"]
-    cvs = [series["colvar"][:, :dim] for _, series in runs]
+    cvs = [run.cv() for run in runs]
     restraints = np.stack([restraint_energy(s, np.concatenate(cvs)) for s in settings])
     zeros = [np.zeros(len(c)) for c in cvs]  # one temperature: the potential energy cancels
     return multistate_estimate(zeros, [kelvin] * len(runs), range(len(runs)), restraints).weights(kelvin)
@@ -324,16 +292,19 @@ def temperature_estimate(paths: Sequence[str | Path]) -> EquilibriumEstimate:
     The runs are unbiased, or all carry one fixed bias (replica exchange with a bias): the
     sampled states are then β_k (U + V) and the target β U.
     """
-    settings = [Run.open(p).settings for p in paths]
-    biases = [s.get("bias") for s in settings]
+    runs = [Run.open(p) for p in paths]
+    settings, biases = [run.settings for run in runs], [run.bias for run in runs]
     if any(biases) and not (biases[0] and biases[0].get("frozen") and all(b == biases[0] for b in biases)):
         raise LatfError(
             "temperature reweighting takes unbiased runs or replicas sharing one fixed bias; "
             "reweight other biased runs with run_weights"
         )
-    energies, own = zip(*(run_energies(p) for p in paths), strict=True)
-    kelvin = [s["temperature_K"] for s in settings]
-    fixed = np.concatenate(own)[None] if biases[0] else np.zeros((0, sum(map(len, energies))))
+    energies, kelvin = [run.unbiased_energy() for run in runs], [run.temperature_K for run in runs]
+    fixed = (
+        np.concatenate([run.bias_energy() for run in runs])[None]
+        if biases[0]
+        else np.zeros((0, sum(map(len, energies))))
+    )
     mbar = multistate_estimate(energies, kelvin, [0 if biases[0] else None] * len(paths), fixed)
     return EquilibriumEstimate.of_runs(paths, settings, mbar)
 
@@ -344,7 +315,6 @@ __all__ = [
     "effective_sample_size",
     "multistate_estimate",
     "restraint_energy",
-    "run_energies",
     "run_weights",
     "statistical_inefficiency",
     "temperature_estimate",

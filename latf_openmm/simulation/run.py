@@ -5,6 +5,7 @@ This module is also the one reader of such folders (:class:`Run`, :func:`find_ru
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,18 +58,74 @@ class Run:
         return self.settings.get("bias")
 
     @property
+    def temperature_K(self) -> float:
+        """The run's temperature, K."""
+        return float(self.settings["temperature_K"])
+
+    @property
+    def n_frames(self) -> int:
+        """The number of frames saved."""
+        return int(self.manifest["n_frames"])
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The recipe the run's system was built from (:func:`~latf_openmm.systems.system_from_recipe`)."""
+        return self.manifest["recipe"]
+
+    @property
+    def featurizer(self) -> dict[str, Any] | None:
+        """The featurizer that made the run's features, resolved to numbers; None if it has none."""
+        return self.manifest.get("featurizer")
+
+    @property
+    def ns_per_day(self) -> float | None:
+        """The speed of the run's last session that ran MD, ns/day (None if not recorded)."""
+        return self.manifest.get("ns_per_day_last_session")
+
+    @property
     def trajectory(self) -> Path:
         """Path of the trajectory file."""
         return self.directory / self.manifest["files"]["trajectory"]
 
     def load_timeseries(self) -> dict[str, np.ndarray]:
-        """Load the run's time series.
+        """Return the run's time series (read-only arrays, read once per :class:`Run`).
 
         These are time, step, energies, temperature, features and, for a biased run,
         ``colvar`` and ``colvar_fields``.
         """
+        return dict(self._timeseries)
+
+    @functools.cached_property
+    def _timeseries(self) -> dict[str, np.ndarray]:
         with np.load(self.directory / self.manifest["files"]["timeseries"]) as data:
-            return {key: data[key] for key in data.files}
+            series = {key: data[key] for key in data.files}
+        for array in series.values():
+            array.flags.writeable = False
+        return series
+
+    def _colvar_column(self, name: str) -> np.ndarray | None:
+        """Return the COLVAR column ``name`` (each frame's), None if the run has none of that name."""
+        fields = [str(f) for f in self._timeseries.get("colvar_fields", [])]
+        return self._timeseries["colvar"][:, fields.index(name)] if name in fields else None
+
+    def cv(self) -> np.ndarray:
+        """Return the CV the run's bias saw at each frame (n_frames, cv_dim): COLVAR's first columns."""
+        if self.bias is None:
+            raise LatfError(f"{self.directory} is an unbiased run: it has no CV in its COLVAR")
+        return self._timeseries["colvar"][:, : self.bias["cv_dim"]]
+
+    def bias_energy(self) -> np.ndarray | None:
+        """Return each frame's bias energy, kJ/mol (None for an unbiased run)."""
+        return None if self.bias is None else self._colvar_column(f"{self.bias['kind']}.bias")
+
+    def reweighting_constant(self) -> np.ndarray | None:
+        """Return an adaptive bias's c(t) at each frame, kJ/mol (None for other runs)."""
+        return None if self.bias is None else self._colvar_column(f"{self.bias['kind']}.rct")
+
+    def unbiased_energy(self) -> np.ndarray:
+        """Return each frame's potential energy without the run's bias, kJ/mol."""
+        energy, bias = self._timeseries["potential_energy"], self.bias_energy()
+        return energy if bias is None else energy - bias
 
     def load_trajectory(self) -> mdtraj.Trajectory:
         """Load the run's frames as an mdtraj trajectory (quietly: mdtraj's DCD reader prints its format)."""
@@ -77,7 +134,7 @@ class Run:
 
     def load_frame(self, index: int) -> mdtraj.Trajectory:
         """Load frame ``index`` (negative: counted from the end) as a one-frame mdtraj trajectory."""
-        n_frames = self.manifest["n_frames"]
+        n_frames = self.n_frames
         if not -n_frames <= index < n_frames:
             raise LatfError(f"{self.directory} has {n_frames} frames; there is no frame {index}")
         with quiet_stdout():
