@@ -11,7 +11,7 @@ from conftest import Killed, dying_at, linear_cv
 from latf_openmm import LatfError, build_featurizer
 from latf_openmm.bias import OPES, HarmonicBias, LearnedCV, Metadynamics, set_window
 from latf_openmm.models import LatentModel
-from latf_openmm.simulation import md, read_colvar, simulate
+from latf_openmm.simulation import Run, md, read_colvar, simulate
 from latf_openmm.specs import BiasSpec, MDOptions, read_spec
 from latf_openmm.systems import load_system
 from latf_openmm.systems.builders import threehole_populations, threehole_well
@@ -164,6 +164,14 @@ def test_reweighted_adaptive_bias_recovers_exact_populations(kind, threehole_cv,
     reweighted = np.bincount(wells, weights=weights, minlength=3) / weights.sum()
     assert abs(unweighted[1] - threehole_populations(KT)[1]) > 0.04  # the bias changes the sampling
     np.testing.assert_allclose(reweighted, threehole_populations(KT), atol=0.04)
+    # the Run reads the same columns by name; a biased run whose COLVAR lost its bias column is refused
+    np.testing.assert_allclose(run.bias_energy(), colvar[f"{kind}.bias"], rtol=1e-9, atol=1e-9)  # COLVAR: 10 digits
+    np.testing.assert_allclose(run.reweighting_constant(), colvar[f"{kind}.rct"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(run.cv(), np.c_[colvar["s0"], colvar["s1"]], rtol=1e-9, atol=1e-9)
+    renamed = {**series, "colvar_fields": np.array(["s0", "s1", "other", f"{kind}.rct"])}
+    np.savez(tmp_path / run.manifest["files"]["timeseries"], **renamed)
+    with pytest.raises(LatfError, match="no bias column"):
+        Run.open(tmp_path).bias_energy()
 
 
 @pytest.mark.parametrize("kind", ["metad", "opes"])

@@ -116,7 +116,12 @@ class Run:
 
     def bias_energy(self) -> np.ndarray | None:
         """Return each frame's bias energy, kJ/mol (None for an unbiased run)."""
-        return None if self.bias is None else self._colvar_column(f"{self.bias['kind']}.bias")
+        if self.bias is None:
+            return None
+        energy = self._colvar_column(f"{self.bias['kind']}.bias")
+        if energy is None:
+            raise LatfError(f"{self.directory} ran under a {self.bias['kind']} bias but its COLVAR has no bias column")
+        return energy
 
     def reweighting_constant(self) -> np.ndarray | None:
         """Return an adaptive bias's c(t) at each frame, kJ/mol (None for other runs)."""
